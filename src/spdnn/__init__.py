@@ -1,0 +1,45 @@
+"""spdnn: sparse deep neural network inference at scale (Graph Challenge Sparse DNN).
+
+Public API (everything else is private)::
+
+    import spdnn
+    net, feats, truth = spdnn.generate_challenge(neurons=1024, layers=120)
+    result = spdnn.infer(net, feats, engine="auto", precision="fp32")
+    spdnn.compare_categories(result.categories, truth)
+"""
+from __future__ import annotations
+
+from .errors import (SpdnnError, FormatError, DataNotFoundError, ChecksumError, DownloadError,
+                     EngineUnavailableError, OptionError, DeviceMemoryError)
+from .network import Network, LazyLayers, OFFICIAL_BIAS, YMAX
+from .engines import get_engine, available_engines, InferenceResult, Engine
+
+__version__ = "0.1.0"
+
+
+def infer(network: Network, features, *, engine: str = "auto", precision: str = "fp32", **options) -> InferenceResult:
+    """Run inference with the named engine ('auto': best available).
+
+    Parameters
+    ----------
+    network : Network
+    features : scipy.sparse matrix (samples, N)
+    engine : str
+        'auto', 'reference', 'cpu', 'cuda', ...
+    precision : {'fp32', 'fp64'}
+    **options
+        Passed to the engine's constructor.
+
+    Returns
+    -------
+    InferenceResult
+    """
+    return get_engine(engine, precision=precision, **options).run(network, features)
+
+
+__all__ = [
+    "SpdnnError", "FormatError", "DataNotFoundError", "ChecksumError", "DownloadError",
+    "EngineUnavailableError", "OptionError", "DeviceMemoryError",
+    "Network", "LazyLayers", "OFFICIAL_BIAS", "YMAX",
+    "get_engine", "available_engines", "InferenceResult", "Engine", "infer",
+]

@@ -1,0 +1,84 @@
+"""Detection of optional dependencies, so that spdnn imports on any machine.
+
+Nothing here imports CuPy or mpi4py at module import time; each function tries once
+and caches the answer together with the reason it failed.
+
+Documented environment overrides (validated once, here):
+
+``SPDNN_CACHE_DIR``
+    Directory of the binary cache and of generated data (default
+    ``$XDG_CACHE_HOME/spdnn`` or ``~/.cache/spdnn``).
+``SPDNN_DISABLE_GPU``
+    ``1`` hides CUDA from engine auto-selection (the ``cuda`` engine can still be named).
+``SPDNN_CUDA_DEBUG``
+    ``1`` synchronizes and checks every kernel launch of the CUDA engine.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from pathlib import Path
+
+from .errors import OptionError
+
+__all__ = ["cache_dir", "cupy_status", "mpi_status", "numba_status", "env_flag"]
+
+
+def env_flag(name: str) -> bool:
+    """Read a boolean environment override: unset/''/'0' is False, '1' is True."""
+    value = os.environ.get(name, "").strip()
+    if value in ("", "0"):
+        return False
+    if value == "1":
+        return True
+    raise OptionError(f"environment variable {name}={value!r}: expected 0 or 1")
+
+
+def cache_dir() -> Path:
+    """Directory for the binary cache and generated data sets (created on demand)."""
+    env = os.environ.get("SPDNN_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "spdnn"
+
+
+def _try_import(module: str) -> tuple[object | None, str]:
+    try:
+        return importlib.import_module(module), ""
+    except Exception as exc:  # ImportError, or a broken CUDA install raising on import
+        return None, f"{module} cannot be imported ({type(exc).__name__}: {exc})"
+
+
+@functools.lru_cache(maxsize=None)
+def cupy_status() -> tuple[bool, str]:
+    """(usable, reason): CuPy imports and sees at least one CUDA device."""
+    cp, why = _try_import("cupy")
+    if cp is None:
+        return False, why + "; install with: pip install 'spdnn[gpu]'"
+    try:
+        count = cp.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        return False, f"CuPy found no usable CUDA device ({exc})"
+    if count < 1:
+        return False, "CuPy found no CUDA device"
+    return True, f"{count} CUDA device(s)"
+
+
+@functools.lru_cache(maxsize=None)
+def mpi_status() -> tuple[bool, str]:
+    """(usable, reason): mpi4py imports (an MPI library is present)."""
+    mod, why = _try_import("mpi4py")
+    if mod is None:
+        return False, why + "; install with: pip install 'spdnn[mpi]'"
+    return True, "mpi4py " + getattr(mod, "__version__", "?")
+
+
+@functools.lru_cache(maxsize=None)
+def numba_status() -> tuple[bool, str]:
+    """(usable, reason): numba imports."""
+    mod, why = _try_import("numba")
+    if mod is None:
+        return False, why + "; install with: pip install numba"
+    return True, "numba " + getattr(mod, "__version__", "?")

@@ -1,0 +1,86 @@
+"""Engines behind one interface, picked by name.
+
+============  ==============================================  =====================
+name          what                                            needs
+============  ==============================================  =====================
+reference     scipy, the official semantics (float64 truth)   scipy
+cpu           numba, fused and pruned, all cores              numba
+cuda          CuPy + CUDA C++ kernels compiled at run time    a GPU, ``spdnn[gpu]``
+cusparse      library baseline: CuPy cuSPARSE SpMM per layer  a GPU, ``spdnn[gpu]``
+============  ==============================================  =====================
+
+``auto`` picks cuda where a GPU is usable, else cpu, else reference.
+"""
+from __future__ import annotations
+
+import importlib
+
+from ..config import cupy_status, env_flag
+from ..errors import EngineUnavailableError, OptionError
+from .base import Engine, InferenceResult, PRECISIONS
+
+__all__ = ["Engine", "InferenceResult", "PRECISIONS", "ENGINES", "get_engine", "engine_class",
+           "available_engines", "resolve_engine_name"]
+
+#: name -> "module:Class", imported lazily so a CPU machine never imports CuPy.
+ENGINES: dict[str, str] = {
+    "reference": "spdnn.engines.reference:ReferenceEngine",
+    "cpu": "spdnn.engines.cpu:CpuEngine",
+    "cuda": "spdnn.engines.cuda:CudaEngine",
+    "cusparse": "spdnn.engines.cusparse:CusparseEngine",
+}
+
+
+def engine_class(name: str) -> type[Engine]:
+    """The engine class registered under ``name`` (imports its module)."""
+    if name not in ENGINES:
+        raise OptionError(f"engine {name!r}: expected one of {['auto', *ENGINES]}")
+    module, cls = ENGINES[name].split(":")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        raise EngineUnavailableError(f"engine {name!r} cannot be imported: {exc}") from exc
+    return getattr(mod, cls)
+
+
+def available_engines() -> dict[str, tuple[bool, str]]:
+    """{name: (available, reason)} for every registered engine."""
+    out = {}
+    for name in ENGINES:
+        try:
+            out[name] = engine_class(name).availability()
+        except EngineUnavailableError as exc:
+            out[name] = (False, str(exc))
+    return out
+
+
+def resolve_engine_name(name: str) -> str:
+    """Turn 'auto' into the best engine available here; check any other name exists."""
+    if name != "auto":
+        engine_class(name)
+        return name
+    if not env_flag("SPDNN_DISABLE_GPU") and cupy_status()[0]:
+        try:
+            if engine_class("cuda").availability()[0]:
+                return "cuda"
+        except EngineUnavailableError:
+            pass
+    try:
+        if engine_class("cpu").availability()[0]:
+            return "cpu"
+    except EngineUnavailableError:
+        pass
+    return "reference"
+
+
+def get_engine(name: str = "auto", **options) -> Engine:
+    """Instantiate an engine by name ('auto' picks the best available).
+
+    Raises :class:`EngineUnavailableError` with the reason when it cannot run here.
+    """
+    name = resolve_engine_name(name)
+    cls = engine_class(name)
+    ok, why = cls.availability()
+    if not ok:
+        raise EngineUnavailableError(f"engine {name!r} is not available: {why}")
+    return cls(**options)
