@@ -11,6 +11,19 @@ Life cycle (what :meth:`Engine.run` does, and what a caller may do by hand)::
     engine.load(features)        # convert/upload features    -> preprocessing time
     categories, survivors, extra = engine.infer()             # -> inference time
 
+Segments (used by MPI rebalancing): ``infer(start, stop)`` runs layers
+``start..stop-1`` (0-based) over the samples currently loaded, and
+``activations()`` then returns the survivors' rows, which can be ``load``-ed again
+(here or on another rank) before the next segment. In fp32 the round trip through
+float64 CSR is exact.
+
+Exactness contract for ``precision='fp64'``: each output is accumulated as
+``((0 + y[i1]*w[i1,j]) + y[i2]*w[i2,j]) + ...`` over the input neurons i in ascending
+order, without fused multiply-add, then the bias is added where the sum is nonzero,
+then the result is clamped to [0, ymax]. This is the reference's order, so fp64
+engines reproduce it bit for bit. (A one-value-per-layer fast path that sums first
+and multiplies once is bit-identical only when that value is a power of two.)
+
 Engines that must interleave loading and inference (batching features that do not
 fit a device) override :meth:`Engine.run` and time the parts themselves.
 """
@@ -128,14 +141,30 @@ class Engine(abc.ABC):
         self.features = as_features(features, self.network.neurons)
 
     @abc.abstractmethod
-    def infer(self) -> tuple[np.ndarray, np.ndarray, dict]:
-        """Run every layer over the loaded features.
+    def infer(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Run layers ``start..stop-1`` (0-based; default all) over the loaded samples.
 
         Returns
         -------
-        categories : int64 array, sorted 1-based sample ids
-        survivors : int64 array, shape (L,), samples alive after each layer
-        extra : dict, engine-specific details
+        categories : int64 array
+            Sorted 1-based ids (row index in the loaded features + 1) of the samples
+            alive after layer ``stop-1``.
+        survivors : int64 array, shape (stop - start,)
+            Samples alive after each layer run.
+        extra : dict
+            Engine-specific details, JSON-serializable.
+        """
+
+    @abc.abstractmethod
+    def activations(self) -> tuple[np.ndarray, sp.csr_matrix]:
+        """State after the last :meth:`infer`.
+
+        Returns
+        -------
+        rows : int64 array (alive,)
+            0-based rows of the loaded features still alive, ascending.
+        values : csr_matrix (alive, N), float64
+            Their activations (exactly the engine's values, widened to float64).
         """
 
     def run(self, network: Network, features) -> InferenceResult:

@@ -40,6 +40,10 @@ def reference_layer(y: sp.csr_matrix, w: sp.csr_matrix, bias: np.ndarray, ymax: 
     """
     z = (y @ w).tocsr()
     z.eliminate_zeros()
+    # scipy accumulates each output over the nonzeros of y's row in stored order;
+    # keeping rows sorted makes that order "ascending input neuron", the contract of
+    # every fp64 engine (see engines.base).
+    z.sort_indices()
     if z.nnz:
         z.data += bias[z.indices]
         np.clip(z.data, 0, ymax, out=z.data)
@@ -64,20 +68,32 @@ class ReferenceEngine(Engine):
         if isinstance(network.layers, list):
             self._weights = [w.astype(self.dtype, copy=False) for w in network.layers]
 
-    def infer(self):
-        net = self.network
+    def load(self, features) -> None:
+        super().load(features)
         y = self.features.astype(self.dtype)
-        ids = np.arange(y.shape[0], dtype=np.int64)
-        survivors = np.zeros(net.depth, dtype=np.int64)
+        y.sort_indices()
+        alive = np.diff(y.indptr) > 0
+        self._rows = np.flatnonzero(alive).astype(np.int64)
+        self._y = y[alive] if not alive.all() else y
+
+    def infer(self, start: int = 0, stop: int | None = None):
+        net = self.network
+        stop = net.depth if stop is None else stop
+        y, ids = self._y, self._rows
+        survivors = np.zeros(stop - start, dtype=np.int64)
         ymax = self.dtype(net.ymax)
-        for k in progress_bar(range(net.depth), enabled=self.progress, desc="reference layers"):
+        for k in progress_bar(range(start, stop), enabled=self.progress, desc="reference layers"):
             w = self._weights[k] if self._weights is not None else net.layers[k].astype(self.dtype)
             y = reference_layer(y, w, net.bias[k].astype(self.dtype), ymax)
             alive = np.diff(y.indptr) > 0
             if not alive.all():
                 y = y[alive]
                 ids = ids[alive]
-            survivors[k] = len(ids)
+            survivors[k - start] = len(ids)
             if len(ids) == 0:
                 break
+        self._y, self._rows = y, ids
         return ids + 1, survivors, {}
+
+    def activations(self):
+        return self._rows.copy(), self._y.astype(np.float64)
