@@ -1,0 +1,601 @@
+#!/usr/bin/env python
+"""Several ranks against one over MPI (issue 4 item 5), and the fit of the scaling model.
+
+One command runs every rank count and balancing mode of every cell, checks that all
+runs of a cell give the same categories and survivors, prints a table, fits the model
+of docs/scaling.md and writes everything as JSON (``--out``, default
+``$OUT/mpi_bench.json`` when ``$OUT`` is set)::
+
+    # on a 2-GPU host (as root with Open MPI the launcher flags are added by itself)
+    python benchmarks/mpi_bench.py --engine cuda --cells 16384x120,65536x120 --ranks 1,2
+
+    # the same on this CPU machine, tiny
+    python benchmarks/mpi_bench.py --engine cpu --cells 1024x24 --samples 600 --ranks 1,2 --inputs fast
+
+    # refit / predict from a saved JSON
+    python benchmarks/mpi_bench.py fit mpi_bench.json
+
+    # survivor profile of static splits (no MPI): per-layer max/mean of block counts
+    python benchmarks/mpi_bench.py profile 1024x120 --ranks 2,8,64 --engine cpu
+
+What runs: for each cell, the features are made once (``--inputs challenge``: the exact
+challenge inputs of :func:`spdnn.generate.challenge_features`, reused from spdnn's cache
+when ``spdnn run``/``bench`` already made them; ``--inputs fast``: a documented stand-in,
+see :func:`fast_features`) and written to ``--workdir`` as an uncompressed npz that each
+rank memory-maps (it reads only its own rows). Then for each rank count P one launch
+(plain ``python`` for P = 1, ``mpiexec -n P`` otherwise) prepares the engine once and
+runs every mode (``off``: static split; ``on``: the default cost-aware policy;
+``force``: rebalance at any imbalance, whatever it costs) once as a warm-up and
+``--repeat`` times, keeping the fastest. P = 1 runs ``off`` and ``on`` only (``on`` gives
+the per-segment timings the model is fitted to).
+
+The model (docs/scaling.md), per cell, fitted on the P = 1 ``on`` run and the P = 2 runs::
+
+    T(P) = a * W(P) + c * L + o1 + alpha * log2(P)
+
+``a`` seconds per row x layer and ``c`` seconds per layer (least squares over the
+segments of the 1-rank run: busy_j = a * rows_j + c * layers_j), ``o1`` the 1-rank time
+outside ``engine.infer``, ``alpha`` the extra overhead measured at P = 2, and ``W(P)``
+the row x layers of the busiest rank: ``Wd / P + k * L`` with ``Wd`` the work of the
+samples that die and ``k`` the final survivors of the busiest contiguous block
+(``off``), or ``ceil(S / P)`` (``balanced``, S the final survivors).
+
+Exit status: 0 when every run of every cell agrees, 1 on a mismatch, 2 on a usage error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+REPO = Path(__file__).resolve().parents[1]
+MODES = ("off", "on", "force")
+PREDICT_RANKS = (1, 2, 4, 8, 16, 32, 64)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def fast_features(neurons: int, samples: int) -> sp.csr_matrix:
+    """A fast stand-in for the challenge inputs: each MNIST image resized on its own.
+
+    Nearest-neighbour resampling of image n to s x s (s = sqrt(N); output pixel x takes
+    input pixel floor(x * 28 / s)), kept where the grey value exceeds 127.5 (half of
+    the 0-255 range), feature index ``c * s + r`` (column-major, 0-based), value 1.
+    Same images, similar shapes and densities as the official inputs, but not their
+    Fourier resampling: categories differ from the official ones, survivor profiles are
+    close. Seconds instead of minutes at N = 65536.
+    """
+    from spdnn.generate import image_shape, load_mnist
+
+    s_r, s_c = image_shape(neurons)
+    images = load_mnist()[:samples]
+    count, h, w = images.shape
+    rows = (np.arange(s_r) * h) // s_r
+    cols = (np.arange(s_c) * w) // s_c
+    indptr = np.zeros(count + 1, dtype=np.int64)
+    chunks = []
+    step = max(1, (1 << 26) // (s_r * s_c))
+    for first in range(0, count, step):
+        block = images[first:first + step][:, rows][:, :, cols] > 127.5      # (k, s_r, s_c)
+        flat = block.transpose(0, 2, 1).reshape(block.shape[0], s_r * s_c)   # column-major features
+        img, feat = np.nonzero(flat)
+        indptr[first + 1:first + 1 + block.shape[0]] = np.bincount(img, minlength=block.shape[0])
+        chunks.append(feat.astype(np.int32))
+    np.cumsum(indptr, out=indptr)
+    indices = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
+    m = sp.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(count, neurons))
+    m.has_sorted_indices = True
+    return m
+
+
+def _spdnn_cached_features(neurons: int) -> Path | None:
+    """spdnn's own cache of the full challenge inputs, if ``spdnn run``/``bench`` made it."""
+    try:
+        from spdnn.config import cache_dir
+        from spdnn.generate.challenge import GENERATOR_VERSION
+    except ImportError:
+        return None
+    path = cache_dir() / "generated" / f"features-n{neurons}-all-v{GENERATOR_VERSION}.npz"
+    return path if path.exists() else None
+
+
+def features_file(workdir: Path, neurons: int, samples: int, inputs: str) -> tuple[Path, float, str]:
+    """(npz path, seconds spent making it, where it came from) for one cell's features."""
+    from spdnn.distributed import NpzSource, save_npz_source
+
+    if inputs == "challenge":
+        cached = _spdnn_cached_features(neurons)
+        if cached is not None and NpzSource(cached).samples >= samples:
+            return cached, 0.0, f"spdnn cache {cached}"
+    path = workdir / f"features-{inputs}-n{neurons}-s{samples}.npz"
+    if path.exists():
+        return path, 0.0, f"workdir cache {path}"
+    t = time.perf_counter()
+    if inputs == "challenge":
+        from spdnn.generate import challenge_features
+
+        feats = challenge_features(neurons, samples=samples)
+    else:
+        feats = fast_features(neurons, samples)
+    save_npz_source(path, feats, values=False)
+    return path, time.perf_counter() - t, f"made ({inputs})"
+
+
+class _Head:
+    """The first ``samples`` rows of a FeatureSource, each range read once (repeats reuse it)."""
+
+    def __init__(self, source, samples: int):
+        self._source, self.samples, self.neurons = source, min(int(samples), source.samples), source.neurons
+        self._memo: dict = {}
+
+    def rows(self, start: int, stop: int):
+        if stop > self.samples:
+            raise ValueError(f"rows({start}, {stop}): only {self.samples} samples")
+        if (start, stop) not in self._memo:
+            from spdnn.network import as_features
+
+            self._memo[(start, stop)] = as_features(self._source.rows(start, stop), self.neurons)
+        return self._memo[(start, stop)]
+
+
+# ----------------------------------------------------------------------------- worker
+
+
+def _policy(mode: str):
+    from spdnn.distributed import BalancePolicy
+
+    return {"off": False, "on": True, "force": BalancePolicy(threshold=1.0, cost_aware=False)}[mode]
+
+
+def worker(args) -> int:
+    """One launch: prepare once, run every mode (warm-up + repeats); rank 0 writes JSON."""
+    from spdnn.distributed import NpzSource, bind_resources, run_distributed, world
+    from spdnn.engines import get_engine, resolve_engine_name
+    from spdnn.generate import radixnet_network
+
+    here = world()
+    name = resolve_engine_name(args.engine)
+    bound = bind_resources(name, here)
+    neurons, layers = _parse_cell(args.cell)
+    network = radixnet_network(neurons, layers, seed=args.seed)
+    source = _Head(NpzSource(args.features), args.samples)
+    options = json.loads(args.engine_options) if args.engine_options else {}
+    engine = get_engine(name, precision=args.precision, **options)
+    t = time.perf_counter()
+    engine.prepare(network)
+    prepare_seconds = time.perf_counter() - t
+    if here.comm is not None:
+        prepare_seconds = max(here.comm.allgather(prepare_seconds))
+    out = {"ranks": here.size, "engine": name, "precision": args.precision, "prepare_seconds": prepare_seconds,
+           "resources": bound, "modes": {}}
+    for mode in args.modes.split(","):
+        runs = []
+        for i in range(1 + args.repeat):
+            result = run_distributed(network, source, engine=engine, balance=_policy(mode))
+            if i > 0 or args.repeat == 0:
+                runs.append(result)
+        best = min(runs, key=lambda r: r.inference_seconds)
+        d = best.to_dict()
+        d["all_inference_seconds"] = [r.inference_seconds for r in runs]
+        out["modes"][mode] = d
+    if here.rank == 0:
+        Path(args.out).write_text(json.dumps(out, default=_json_default))
+    return 0
+
+
+def _json_default(obj):
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"not JSON-serializable: {type(obj).__name__}")
+
+
+# ------------------------------------------------------------------------------ model
+
+
+def fit_model(one: dict, two: dict | None, *, layers: int, samples: int, predict=PREDICT_RANKS) -> dict:
+    """Fit the scaling model of docs/scaling.md and predict P ranks.
+
+    Parameters
+    ----------
+    one : dict
+        The 1-rank ``on`` run (``InferenceResult.to_dict()``; its ``extra["segments"]``
+        hold per-segment busy seconds and rows x layers).
+    two : dict or None
+        {mode: run dict} of the 2-rank runs (``off`` gives the overhead ``alpha`` and
+        the check of the prediction).
+    layers, samples : int
+
+    Returns
+    -------
+    dict with the parameters (``a``, ``c``, ``o1``, ``alpha``, ``Wd``, ``S``), the
+    check at P = 2 (predicted against measured) and ``predictions``: for each P,
+    seconds, speed-up and efficiency, static split (``off``) and ``balanced``.
+    """
+    segs = one["extra"]["segments"]
+    busy = np.array([s["busy_seconds"][0] for s in segs], dtype=np.float64)
+    rows = np.array([s["row_layers"][0] for s in segs], dtype=np.float64)
+    nlay = np.array([s["stop"] - s["start"] for s in segs], dtype=np.float64)
+    a = c = None
+    if len(segs) >= 2:
+        (a_fit, c_fit), *_ = np.linalg.lstsq(np.column_stack([rows, nlay]), busy, rcond=None)
+        if a_fit >= 0 and c_fit >= 0:
+            a, c = float(a_fit), float(c_fit)
+    if a is None:   # fewer than two segments, or a negative coefficient: one term only
+        a, c = (float(busy.sum() / rows.sum()), 0.0) if rows.sum() > 0 else (0.0, float(busy.sum() / nlay.sum()))
+    t1 = float(one["inference_seconds"])
+    o1 = max(t1 - float(busy.sum()), 0.0)
+    total_work = float(rows.sum())
+    cats = np.asarray(one["categories"], dtype=np.int64)
+    S = int(len(cats))
+    Wd = max(total_work - S * layers, 0.0)
+
+    def busiest_block(P: int) -> int:
+        from spdnn.distributed import partition
+
+        bounds = partition(samples, P)
+        per = np.histogram(cats - 1, bins=bounds)[0] if S else np.zeros(P)
+        return int(per.max())
+
+    def predict_seconds(P: int, alpha: float, balanced: bool) -> float:
+        k = math.ceil(S / P) if balanced else busiest_block(P)
+        return a * (Wd / P + k * layers) + c * layers + o1 + alpha * math.log2(P)
+
+    alpha, check = 0.0, {}
+    if two and "off" in two:
+        off2 = two["off"]
+        t2 = float(off2["inference_seconds"])
+        busy2 = max(off2["extra"]["rank_busy_seconds"])
+        alpha = max((t2 - busy2) - o1, 0.0)
+        for mode, run in two.items():
+            balanced = mode != "off" and run["extra"]["rebalances"] > 0
+            predicted = predict_seconds(2, alpha, balanced)
+            check[mode] = {"measured": float(run["inference_seconds"]), "predicted": predicted,
+                           "error": predicted / float(run["inference_seconds"]) - 1.0}
+    predictions = []
+    for P in predict:
+        row = {"ranks": P}
+        for kind in ("off", "balanced"):
+            t = predict_seconds(P, alpha, kind == "balanced")
+            row[kind] = {"seconds": t, "speedup": t1 / t if t > 0 else float("inf"),
+                         "efficiency": t1 / t / P if t > 0 else float("inf")}
+        predictions.append(row)
+    return {"a_seconds_per_row_layer": a, "c_seconds_per_layer": c, "o1_seconds": o1, "alpha_seconds": alpha,
+            "Wd_row_layers": Wd, "S_final_survivors": S, "t1_seconds": t1, "segments_fitted": len(segs),
+            "fit_residual_seconds": float(np.abs(busy - (a * rows + c * nlay)).max()) if len(segs) else 0.0,
+            "check_P2": check, "predictions": predictions}
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _parse_cell(text: str) -> tuple[int, int]:
+    try:
+        n, l = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--cells: {text!r} is not NxL (e.g. 16384x120)") from None
+    return n, l
+
+
+def _mpiexec(explicit: str | None) -> list[str]:
+    if explicit:
+        return explicit.split()
+    beside = Path(sys.executable).with_name("mpiexec")
+    exe = str(beside) if beside.exists() else shutil.which("mpiexec")
+    if exe is None:
+        raise SystemExit("no mpiexec beside python or on PATH: pass --mpiexec")
+    cmd = [exe]
+    try:
+        version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        version = ""
+    if "Open MPI" in version or "OpenRTE" in version:
+        cmd += ["--bind-to", "none"]
+        if os.geteuid() == 0:
+            cmd += ["--allow-run-as-root"]
+    return cmd
+
+
+def _launch(args, cell: str, features: Path, ranks: int, modes: str, out: Path, timeout: float) -> dict | None:
+    worker_args = [sys.executable, str(Path(__file__).resolve()), "worker", "--cell", cell, "--features",
+                   str(features), "--samples", str(args.samples), "--engine", args.engine, "--precision",
+                   args.precision, "--modes", modes, "--repeat", str(args.repeat), "--seed", str(args.seed),
+                   "--out", str(out)]
+    if args.engine_options:
+        worker_args += ["--engine-options", args.engine_options]
+    cmd = worker_args if ranks == 1 else _mpiexec(args.mpiexec) + ["-n", str(ranks)] + worker_args
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    if args.engine == "cpu" and ranks > 1 and "NUMBA_NUM_THREADS" not in os.environ:
+        env["NUMBA_NUM_THREADS"] = str(os.cpu_count() or 1)
+    print(f"[mpi_bench] {cell}: {ranks} rank(s), modes {modes}: {' '.join(cmd)}", flush=True)
+    out.unlink(missing_ok=True)
+    try:
+        proc = subprocess.run(cmd, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"[mpi_bench] {cell}: {ranks} rank(s) did not finish in {timeout:.0f} s", flush=True)
+        return None
+    if proc.returncode != 0 or not out.exists():
+        print(f"[mpi_bench] {cell}: {ranks} rank(s) failed (exit {proc.returncode})", flush=True)
+        return None
+    got = json.loads(out.read_text())
+    if got["ranks"] != ranks:
+        print(f"[mpi_bench] {cell}: asked for {ranks} ranks, the workers saw {got['ranks']}: the launcher does "
+              f"not match mpi4py's MPI library; pass --mpiexec", flush=True)
+        return None
+    return got
+
+
+def _truth(neurons: int, layers: int, seed: int, samples: int) -> np.ndarray | None:
+    """spdnn's cached float64 truth of a generated cell, if ``spdnn run``/``bench`` made it."""
+    try:
+        from spdnn.config import cache_dir
+        from spdnn.generate.challenge import GENERATOR_VERSION
+    except ImportError:
+        return None
+    path = (cache_dir() / "generated" /
+            f"truth-n{neurons}-l{layers}-seed{seed}-samples{samples}-v{GENERATOR_VERSION}.json")
+    try:
+        return np.asarray(json.loads(path.read_text())["categories"], dtype=np.int64)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def run_cell(args, cell: str, deadline: float) -> dict:
+    neurons, layers = _parse_cell(cell)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    features, made_seconds, origin = features_file(workdir, neurons, args.samples, args.inputs)
+    edges = 32 * neurons * layers
+    record = {"cell": cell, "neurons": neurons, "layers": layers, "samples": args.samples, "inputs": args.inputs,
+              "features": origin, "features_seconds": made_seconds, "launches": {}, "rows": [], "passed": True}
+    launches = {}
+    for ranks in args.ranks:
+        left = deadline - time.time()
+        if left < 30:
+            print(f"[mpi_bench] {cell}: skipping {ranks} rank(s): --max-seconds reached", flush=True)
+            record["passed"] = False
+            continue
+        modes = "off,on" if ranks == 1 else args.modes
+        got = _launch(args, cell, features, ranks, modes, workdir / f"out-{cell}-{ranks}.json", left)
+        if got is None:
+            record["passed"] = False
+            continue
+        launches[ranks] = got
+    record["launches"] = launches
+
+    base = launches.get(1, {}).get("modes", {})
+    t1 = min((r["inference_seconds"] for r in base.values()), default=None)
+    reference = base.get("off") or next(iter(base.values()), None)
+    if reference is None and launches:
+        reference = next(iter(next(iter(launches.values()))["modes"].values()))
+    truth = _truth(neurons, layers, args.seed, args.samples) if args.inputs == "challenge" else None
+    for ranks, got in launches.items():
+        for mode, r in got["modes"].items():
+            e = r["extra"]
+            same = (r["categories"] == reference["categories"] and r["survivors"] == reference["survivors"])
+            record["passed"] &= same
+            record["rows"].append({
+                "ranks": ranks, "mode": mode, "seconds": r["inference_seconds"],
+                "all_seconds": r["all_inference_seconds"],
+                "teraedges_per_second": args.samples * edges / r["inference_seconds"] / 1e12,
+                "speedup": (t1 / r["inference_seconds"]) if t1 else None,
+                "imbalance": e["imbalance"], "rebalances": e["rebalances"], "rows_moved": e["rows_moved"],
+                "bytes_moved": e["bytes_moved"], "reload_seconds": max(e["rank_reload_seconds"]),
+                "rank_busy_seconds": e["rank_busy_seconds"], "categories": len(r["categories"]),
+                "same_as_1_rank": same,
+                "truth": None if truth is None else bool(np.array_equal(truth, r["categories"])),
+                "prepare_seconds": got["prepare_seconds"], "resources": got["resources"],
+            })
+    if 1 in launches and "on" in launches[1]["modes"]:
+        record["model"] = fit_model(launches[1]["modes"]["on"], launches.get(2, {}).get("modes"),
+                                    layers=layers, samples=args.samples)
+    return record
+
+
+def print_cell(record: dict) -> None:
+    print(f"\n{record['cell']}  ({record['samples']} samples, inputs {record['inputs']}: {record['features']})")
+    head = (f"{'ranks':>5} {'mode':>5} {'seconds':>9} {'TE/s':>8} {'speedup':>7} {'imbal':>6} {'rebal':>5} "
+            f"{'MB moved':>8} {'reload s':>8} {'cats':>5} {'same':>4} {'truth':>5}")
+    print(head)
+    print("-" * len(head))
+    for r in record["rows"]:
+        sp_ = f"{r['speedup']:.2f}" if r["speedup"] else "-"
+        truth = "-" if r["truth"] is None else ("yes" if r["truth"] else "NO")
+        print(f"{r['ranks']:>5} {r['mode']:>5} {r['seconds']:>9.4f} {r['teraedges_per_second']:>8.3f} {sp_:>7} "
+              f"{r['imbalance']:>6.3f} {r['rebalances']:>5} {r['bytes_moved'] / 1e6:>8.2f} "
+              f"{r['reload_seconds']:>8.4f} {r['categories']:>5} {'yes' if r['same_as_1_rank'] else 'NO':>4} "
+              f"{truth:>5}")
+    if "model" in record:
+        print_model(record["model"])
+
+
+def print_model(m: dict) -> None:
+    print(f"model: T(P) = a*W(P) + c*L + o1 + alpha*log2(P);  a = {m['a_seconds_per_row_layer']:.3e} s/row-layer, "
+          f"c = {m['c_seconds_per_layer']:.3e} s/layer, o1 = {m['o1_seconds']:.4f} s, alpha = {m['alpha_seconds']:.4f} s,"
+          f" S = {m['S_final_survivors']}, Wd = {m['Wd_row_layers']:.4g} row-layers "
+          f"(fit on {m['segments_fitted']} segments, worst residual {m['fit_residual_seconds']:.2e} s)")
+    for mode, c in m["check_P2"].items():
+        print(f"  check P=2 {mode:>5}: measured {c['measured']:.4f} s, predicted {c['predicted']:.4f} s "
+              f"({100 * c['error']:+.1f}%)")
+    print(f"  {'P':>4} {'off s':>9} {'speedup':>7} {'eff':>5}   {'balanced s':>10} {'speedup':>7} {'eff':>5}")
+    for p in m["predictions"]:
+        o, b = p["off"], p["balanced"]
+        print(f"  {p['ranks']:>4} {o['seconds']:>9.4f} {o['speedup']:>7.2f} {o['efficiency']:>5.2f}   "
+              f"{b['seconds']:>10.4f} {b['speedup']:>7.2f} {b['efficiency']:>5.2f}")
+
+
+def drive(args) -> int:
+    out = args.out or (str(Path(os.environ["OUT"]) / "mpi_bench.json") if os.environ.get("OUT") else None)
+    deadline = time.time() + args.max_seconds
+    report = {"argv": sys.argv, "engine": args.engine, "precision": args.precision, "repeat": args.repeat,
+              "host": os.uname().nodename, "cells": []}
+    try:
+        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30).stdout.strip().splitlines()
+    except (OSError, subprocess.TimeoutExpired):
+        gpu = []
+    report["gpus"] = gpu
+    for cell in args.cells.split(","):
+        if args.features_only:
+            neurons, _ = _parse_cell(cell)
+            Path(args.workdir).mkdir(parents=True, exist_ok=True)
+            path, seconds, origin = features_file(Path(args.workdir), neurons, args.samples, args.inputs)
+            print(f"[mpi_bench] {cell}: features {path} ({origin}, {seconds:.1f} s)", flush=True)
+            continue
+        record = run_cell(args, cell, deadline)
+        report["cells"].append(record)
+        print_cell(record)
+        if out:   # after every cell, so a later timeout keeps what was measured
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(report, indent=1, default=_json_default))
+    passed = all(c["passed"] for c in report["cells"])
+    print(f"\n[mpi_bench] {'PASS' if passed else 'FAIL'}: every run of a cell gave the same categories"
+          + ("" if passed else " (or a launch failed / was skipped)") + (f"; JSON: {out}" if out else ""))
+    return 0 if passed else 1
+
+
+def static_profile(cell: str, ranks, *, samples: int = 60000, engine: str = "cpu", inputs: str = "challenge",
+                   workdir: Path | None = None) -> dict:
+    """How unevenly samples die across the contiguous blocks of P ranks (one process, no MPI).
+
+    Runs the network one layer at a time and, after each layer, counts the alive samples
+    of every block of ``partition(samples, P)``. Returns per P the per-layer imbalance
+    (max/mean of the block counts) and the work-weighted slowdown of the static split,
+    ``sum_k max_r alive_r(k) / sum_k mean_r alive_r(k)`` (what the busiest rank pays
+    when a layer costs in proportion to its alive rows).
+    """
+    from spdnn.distributed import NpzSource, partition
+    from spdnn.engines import get_engine
+    from spdnn.generate import radixnet_network
+
+    neurons, layers = _parse_cell(cell)
+    workdir = Path(workdir or REPO / ".devdata" / "mpi_bench")
+    workdir.mkdir(parents=True, exist_ok=True)
+    path, _, origin = features_file(workdir, neurons, samples, inputs)
+    feats = _Head(NpzSource(path), samples).rows(0, samples)
+    eng = get_engine(engine, precision="fp32")
+    eng.prepare(radixnet_network(neurons, layers, materialize=True))
+    eng.load(feats)
+    bounds = {P: partition(samples, P) for P in ranks}
+    alive0 = np.flatnonzero(np.diff(feats.indptr) > 0)
+    counts = {P: [np.histogram(alive0, bins=bounds[P])[0]] for P in ranks}
+    for k in range(layers):
+        cats, _, _ = eng.infer(k, k + 1)
+        for P in ranks:
+            counts[P].append(np.histogram(np.asarray(cats) - 1, bins=bounds[P])[0])
+    out = {"cell": cell, "samples": samples, "features": origin, "survivors": [], "ranks": {}}
+    out["survivors"] = [int(c.sum()) for c in counts[ranks[0]]][1:]
+    for P in ranks:
+        c = np.array(counts[P][:-1], dtype=np.float64)     # alive before each layer: the rows it computes
+        mean = c.mean(axis=1)
+        per_layer = np.where(mean > 0, c.max(axis=1) / np.where(mean > 0, mean, 1), 1.0)
+        out["ranks"][P] = {"per_layer_imbalance": per_layer.tolist(),
+                           "work_weighted_slowdown": float(c.max(axis=1).sum() / mean.sum()),
+                           "final_counts_max": int(counts[P][-1].max()), "final_counts_mean": float(counts[P][-1].mean())}
+    return out
+
+
+def print_profile(prof: dict) -> None:
+    print(f"{prof['cell']}, {prof['samples']} samples ({prof['features']}); survivors after layers 1..:"
+          f" {prof['survivors'][:12]} ... {prof['survivors'][-1]}")
+    print(f"{'P':>4} {'work-weighted slowdown':>23} {'final max/mean':>15}  per-layer imbalance (layers 1,2,4,8,16,32,64,L)")
+    for P, r in prof["ranks"].items():
+        pl = r["per_layer_imbalance"]
+        picks = [pl[i - 1] for i in (1, 2, 4, 8, 16, 32, 64) if i <= len(pl)] + [pl[-1]]
+        print(f"{P:>4} {r['work_weighted_slowdown']:>23.3f} {r['final_counts_max']:>6}/{r['final_counts_mean']:<8.1f}  "
+              + " ".join(f"{v:.2f}" for v in picks))
+
+
+def refit(path: str) -> int:
+    report = json.loads(Path(path).read_text())
+    for record in report["cells"]:
+        launches = {int(k): v for k, v in record["launches"].items()}
+        if 1 not in launches or "on" not in launches[1]["modes"]:
+            print(f"{record['cell']}: no 1-rank 'on' run to fit")
+            continue
+        print(record["cell"])
+        print_model(fit_model(launches[1]["modes"]["on"], launches.get(2, {}).get("modes"),
+                              layers=record["layers"], samples=record["samples"]))
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["profile"]:
+        q = argparse.ArgumentParser(description=static_profile.__doc__.split("\n")[0])
+        q.add_argument("cell")
+        q.add_argument("--ranks", default="2,8,64")
+        q.add_argument("--samples", type=int, default=60000)
+        q.add_argument("--engine", default="cpu")
+        q.add_argument("--inputs", choices=("challenge", "fast"), default="challenge")
+        q.add_argument("--workdir", default=None)
+        q.add_argument("--out", default=None)
+        a = q.parse_args(argv[1:])
+        prof = static_profile(a.cell, [int(v) for v in a.ranks.split(",")], samples=a.samples, engine=a.engine,
+                              inputs=a.inputs, workdir=a.workdir)
+        print_profile(prof)
+        if a.out:
+            Path(a.out).write_text(json.dumps(prof, default=_json_default))
+        return 0
+    if argv[:1] == ["fit"]:
+        if len(argv) != 2:
+            print("usage: mpi_bench.py fit RESULTS.json", file=sys.stderr)
+            return 2
+        return refit(argv[1])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = argv[:1] == ["worker"]
+    if sub:
+        argv = argv[1:]
+        p.add_argument("--cell", required=True)
+        p.add_argument("--features", required=True)
+        p.add_argument("--modes", required=True)
+        p.add_argument("--out", required=True)
+    else:
+        p.add_argument("--cells", default="16384x120,65536x120", help="comma-separated NxL cells")
+        p.add_argument("--ranks", default="1,2", help="comma-separated rank counts (1 first)")
+        p.add_argument("--modes", default="off,on,force", help="balancing modes of the multi-rank launches")
+        p.add_argument("--inputs", choices=("challenge", "fast"), default="challenge",
+                       help="challenge: the exact inputs (minutes at N=65536, cached); fast: see fast_features")
+        p.add_argument("--workdir", default=str(REPO / ".devdata" / "mpi_bench"),
+                       help="where features and per-launch JSON go (git-ignored)")
+        p.add_argument("--mpiexec", default=None, help="launcher command (default: mpiexec, flags for Open MPI)")
+        p.add_argument("--max-seconds", type=float, default=560.0,
+                       help="stop launching new runs after this many seconds (device commands stop at 600)")
+        p.add_argument("--out", default=None, help="JSON output (default: $OUT/mpi_bench.json when $OUT is set)")
+        p.add_argument("--features-only", action="store_true",
+                       help="only make (and cache in --workdir) the features of every cell, then stop")
+    p.add_argument("--samples", type=int, default=60000)
+    p.add_argument("--engine", default="cuda")
+    p.add_argument("--precision", choices=("fp32", "fp64"), default="fp32")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0, help="RadiX-Net permutation seed")
+    p.add_argument("--engine-options", default=None, help="JSON dict of engine constructor options")
+    args = p.parse_args(argv)
+    if args.repeat < 0 or args.samples < 1:
+        p.error("--repeat must be >= 0 and --samples >= 1")
+    if sub:
+        return worker(args)
+    try:
+        args.ranks = sorted({int(v) for v in args.ranks.split(",")})
+    except ValueError:
+        p.error(f"--ranks {args.ranks!r}: expected comma-separated integers")
+    if any(m not in MODES for m in args.modes.split(",")):
+        p.error(f"--modes {args.modes!r}: expected a comma-separated subset of {MODES}")
+    return drive(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

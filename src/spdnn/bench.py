@@ -1,0 +1,444 @@
+"""``spdnn bench``: time engines side by side on generated challenge cells, against a floor.
+
+For every cell N x L the data is prepared once (:func:`spdnn.generate.cached_challenge`,
+60,000 samples by default, float64 truth); every engine then runs once as a warm-up and
+``repeats`` times; the engine's own ``inference_seconds`` are kept and their median
+reported together with TeraEdges/s (samples x edges / seconds / 1e12), as in the
+tables of the challenge papers. Every run's categories are checked against the truth.
+
+The floor of a cell on a device is the time to move the bytes any engine must move,
+at the device's memory bandwidth, plus one kernel launch (or parallel region) per
+layer::
+
+    bytes   = sum_k (alive_before_k + alive_after_k) * N * bytes_per_value  +  weight_bytes
+    seconds = bytes / bandwidth + layers * launch_latency
+
+``alive_before_1`` is the number of samples with a nonzero input row, ``alive_after_k``
+the survivors after layer k; ``weight_bytes`` counts a 16-bit index per edge (values
+are free: generated networks have one weight value per layer). ``xfloor`` is the
+measured median over that floor.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import OptionError, SpdnnError
+from .engines import PRECISIONS, available_engines, get_engine
+from .network import LazyLayers, Network
+from .report import to_json
+from ._progress import progress_bar
+
+__all__ = ["parse_cells", "default_engines", "Floor", "floor_estimate", "host_bandwidth_gbs",
+           "gpu_bandwidth_gbs", "engine_device", "run_bench", "write_json", "write_plot",
+           "require_matplotlib", "materialized", "cpu_model", "LAUNCH_LATENCY_S", "MATERIALIZE_MAX_EDGES"]
+
+#: Per-layer launch cost assumed by the floor, seconds: a kernel node of a CUDA graph
+#: on the GPU; a fork/join of a parallel region (numba/OpenMP) on the CPU.
+LAUNCH_LATENCY_S = {"gpu": 2e-6, "cpu": 5e-6}
+
+#: Engines that run on the GPU (every other engine is a CPU engine).
+GPU_ENGINES = frozenset({"cuda", "cusparse"})
+
+#: Default engines of ``spdnn bench``, those available here are used.
+DEFAULT_ENGINES = ("cuda", "cusparse", "cpu")
+
+#: Bytes of one weight index in the floor (the seed's 16-bit buffer-local indices).
+WEIGHT_INDEX_BYTES = 2
+
+
+#: Lazy (generated) networks up to this many edges are built into memory before timing
+#: (about 12 bytes an edge as float64 CSR: 3e8 edges is 3.6 GB).
+MATERIALIZE_MAX_EDGES = 300_000_000
+
+
+def materialized(network: Network, *, max_edges: int = MATERIALIZE_MAX_EDGES) -> Network:
+    """The network with its lazy layers built once into a list, if it has at most ``max_edges`` edges.
+
+    Generated networks make each layer on access; engines that read layers inside
+    their layer loop (the reference) would otherwise time the generator. Larger
+    networks are returned unchanged (lazy), so they never sit in memory at once.
+    """
+    if not isinstance(network.layers, LazyLayers) or network.edges > max_edges:
+        return network
+    return Network(layers=list(network.layers), bias=network.bias, ymax=network.ymax)
+
+
+def parse_cells(text: str | Sequence[str]) -> list[tuple[int, int]]:
+    """Parse ``"1024x120,4096x120"`` (or a list of such strings) into [(N, L), ...].
+
+    Raises :class:`OptionError` naming the bad item; N must be 16 * 2**S (S >= 1), L >= 1.
+    """
+    items = [text] if isinstance(text, str) else list(text)
+    cells = []
+    for chunk in items:
+        for item in str(chunk).split(","):
+            item = item.strip().lower()
+            if not item:
+                continue
+            parts = item.split("x")
+            if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+                raise OptionError(f"--cells: {item!r} is not NxL (e.g. 1024x120)")
+            n, layers = int(parts[0]), int(parts[1])
+            if n < 32 or n % 16 or (n // 16) & (n // 16 - 1):
+                raise OptionError(f"--cells: {item!r}: N={n} must be 16 * 2**S with S >= 1 (32, 64, ..., 1024, ...)")
+            if layers < 1:
+                raise OptionError(f"--cells: {item!r}: L must be at least 1")
+            cells.append((n, layers))
+    if not cells:
+        raise OptionError("--cells: no cell given (e.g. 1024x120,4096x120)")
+    return cells
+
+
+def default_engines() -> list[str]:
+    """The engines of :data:`DEFAULT_ENGINES` available on this machine (at least 'reference')."""
+    avail = available_engines()
+    names = [n for n in DEFAULT_ENGINES if avail.get(n, (False, ""))[0]]
+    return names or ["reference"]
+
+
+def engine_device(name: str) -> str:
+    """'gpu' for engines that run on a GPU, else 'cpu'."""
+    return "gpu" if name in GPU_ENGINES else "cpu"
+
+
+@dataclass(frozen=True)
+class Floor:
+    """A cell's lower bound on one device (see the module docstring).
+
+    Attributes
+    ----------
+    device : str
+        'cpu' or 'gpu'.
+    bytes : int
+        Activation bytes read and written over all layers, plus weight bytes.
+    bandwidth_gbs : float
+        Memory bandwidth assumed, GB/s (1e9 bytes).
+    launches : int
+    launch_latency_s : float
+    seconds : float
+        bytes / bandwidth + launches * launch_latency.
+    """
+
+    device: str
+    bytes: int
+    bandwidth_gbs: float
+    launches: int
+    launch_latency_s: float
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def floor_estimate(survivors: Sequence[int], *, alive_inputs: int, neurons: int, bytes_per_value: int,
+                   edges: int, bandwidth_gbs: float, launch_latency_s: float, device: str) -> Floor:
+    """The floor of one cell.
+
+    Parameters
+    ----------
+    survivors : sequence of int, length L
+        Samples alive after each layer.
+    alive_inputs : int
+        Samples alive before layer 1 (nonzero input rows).
+    neurons : int
+        N.
+    bytes_per_value : int
+        4 for fp32 activations, 8 for fp64.
+    edges : int
+        Sum of nnz over the layers (each costs :data:`WEIGHT_INDEX_BYTES`).
+    bandwidth_gbs : float
+        GB/s, > 0.
+    launch_latency_s : float
+        Seconds per layer launch.
+    device : str
+    """
+    if not bandwidth_gbs > 0:
+        raise OptionError(f"bandwidth {bandwidth_gbs} GB/s: expected a positive number")
+    after = np.asarray(survivors, dtype=np.int64)
+    before = np.concatenate([[int(alive_inputs)], after[:-1]])
+    act_bytes = int((before + after).sum()) * int(neurons) * int(bytes_per_value)
+    total = act_bytes + int(edges) * WEIGHT_INDEX_BYTES
+    launches = int(len(after))
+    seconds = total / (bandwidth_gbs * 1e9) + launches * launch_latency_s
+    return Floor(device=device, bytes=total, bandwidth_gbs=float(bandwidth_gbs), launches=launches,
+                 launch_latency_s=float(launch_latency_s), seconds=float(seconds))
+
+
+def host_bandwidth_gbs(*, megabytes: int = 256, repeats: int = 3) -> float:
+    """Measured host memory bandwidth, GB/s: best of ``repeats`` parallel array copies.
+
+    One thread per core copies its slice (numpy releases the GIL while copying); the
+    bytes counted are those read plus those written.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = megabytes * 2**20 // 8
+    src = np.ones(n)
+    dst = np.empty_like(src)
+    workers = max(1, os.cpu_count() or 1)
+    bounds = np.linspace(0, n, workers + 1).astype(np.int64)
+    slices = [slice(bounds[i], bounds[i + 1]) for i in range(workers)]
+    best = float("inf")
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            list(pool.map(lambda s: np.copyto(dst[s], src[s]), slices))
+            best = min(best, time.perf_counter() - t0)
+    return 2 * src.nbytes / best / 1e9
+
+
+def gpu_bandwidth_gbs() -> tuple[float, str]:
+    """(GB/s, how): the current CUDA device's peak bandwidth, else a measured copy.
+
+    The peak is memory clock x bus width x 2 (double data rate) from the device
+    attributes; where the runtime does not report them, a 1 GiB device-to-device copy
+    is timed with events (read + write bytes).
+    """
+    import cupy as cp
+
+    dev = cp.cuda.Device()
+    try:
+        clock_khz = cp.cuda.runtime.deviceGetAttribute(cp.cuda.runtime.cudaDevAttrMemoryClockRate, dev.id)
+        bus_bits = cp.cuda.runtime.deviceGetAttribute(cp.cuda.runtime.cudaDevAttrGlobalMemoryBusWidth, dev.id)
+        if clock_khz > 0 and bus_bits > 0:
+            return clock_khz * 1e3 * bus_bits / 8 * 2 / 1e9, "peak from device attributes"
+    except Exception:  # attribute missing in this CUDA/CuPy version: measure instead
+        pass
+    a = cp.ones(2**27, dtype=cp.float64)
+    b = cp.empty_like(a)
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+    best = float("inf")
+    for _ in range(5):
+        start.record()
+        b[...] = a
+        stop.record()
+        stop.synchronize()
+        best = min(best, cp.cuda.get_elapsed_time(start, stop) / 1e3)
+    return 2 * a.nbytes / best / 1e9, "measured device-to-device copy"
+
+
+def require_matplotlib():
+    """Import matplotlib with the Agg backend, or raise :class:`SpdnnError` saying what to install."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise SpdnnError("--plot needs matplotlib, which is not installed: "
+                         "pip install matplotlib (or pip install 'spdnn[dev]')") from exc
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what :mod:`platform` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _machine(bandwidths: dict[str, dict]) -> dict[str, Any]:
+    from . import __version__
+
+    out = {"platform": platform.platform(), "processor": cpu_model(),
+           "cpu_count": os.cpu_count(), "python": platform.python_version(), "spdnn": __version__,
+           "bandwidth": bandwidths}
+    if "gpu" in bandwidths:
+        import cupy as cp
+
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+        name = props["name"]
+        out["gpu"] = name.decode() if isinstance(name, bytes) else str(name)
+    return out
+
+
+def _bandwidths(devices: set[str], bandwidth_gbs: float | str) -> dict[str, dict]:
+    out = {}
+    for device in sorted(devices):
+        if bandwidth_gbs != "auto":
+            out[device] = {"gbs": float(bandwidth_gbs), "how": "given (--bandwidth-gbs)"}
+        elif device == "gpu":
+            gbs, how = gpu_bandwidth_gbs()
+            out[device] = {"gbs": gbs, "how": how}
+        else:
+            out[device] = {"gbs": host_bandwidth_gbs(), "how": "measured parallel host copy"}
+    return out
+
+
+def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repeats: int = 5,
+              samples: int | None = 60000, precision: str = "fp32", seed: int = 0,
+              bandwidth_gbs: float | str = "auto", launch_latency_s: float | None = None,
+              progress: bool | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the benchmark and return its report (a JSON-ready dict).
+
+    Parameters
+    ----------
+    cells : sequence of (N, L)
+    engines : sequence of str
+        Engine names (``spdnn.engines.ENGINES``); an unavailable one raises
+        :class:`~spdnn.errors.EngineUnavailableError` before anything runs.
+    repeats : int
+        Timed runs per engine and cell (after one warm-up run), >= 1.
+    samples : int or None
+        First samples of the generated features (None: all 60,000).
+    precision : {'fp32', 'fp64'}
+    seed : int
+        Generator seed of the permuted layers.
+    bandwidth_gbs : float or 'auto'
+        Memory bandwidth for the floor; 'auto' measures the host and reads the GPU's peak.
+    launch_latency_s : float, optional
+        Per-layer launch cost of the floor (default :data:`LAUNCH_LATENCY_S` per device).
+    progress : bool or None
+        Progress bars on stderr (None: when stderr is a terminal).
+    log : callable(str), optional
+        Receives one status line per step (the CLI prints them to stderr).
+
+    Returns
+    -------
+    dict
+        ``cells`` (per cell: neurons, layers, samples, edges, survivors, categories_count
+        (the truth's), and per engine: times, median_seconds, teraedges_per_second,
+        preprocess_seconds, passed, missing, extra, floor, floor_ratio), ``engines``,
+        ``repeats``, ``precision``, ``machine``, ``passed`` (every run matched the truth).
+    """
+    from .generate import cached_challenge
+    from .verify import compare_categories
+
+    log = log or (lambda line: None)
+    if repeats < 1:
+        raise OptionError(f"--repeats {repeats}: expected at least 1")
+    if precision not in PRECISIONS:
+        raise OptionError(f"--precision {precision!r}: expected one of {sorted(PRECISIONS)}")
+    if bandwidth_gbs != "auto" and not float(bandwidth_gbs) > 0:
+        raise OptionError(f"--bandwidth-gbs {bandwidth_gbs}: expected a positive number or 'auto'")
+    engines = list(dict.fromkeys(engines))
+    # Fail before any long step when an engine cannot run here.
+    for name in engines:
+        get_engine(name, precision=precision)
+    bandwidths = _bandwidths({engine_device(n) for n in engines}, bandwidth_gbs)
+    bytes_per_value = np.dtype(PRECISIONS[precision]).itemsize
+
+    report: dict[str, Any] = {
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["spdnn", *sys.argv[1:]]) if sys.argv and "spdnn" in sys.argv[0] else None,
+        "machine": _machine(bandwidths), "precision": precision, "repeats": repeats, "seed": seed,
+        "engines": engines, "cells": [],
+    }
+    for neurons, layers in cells:
+        log(f"cell {neurons}x{layers}: preparing data (generated, seed {seed}, cached)")
+        t0 = time.perf_counter()
+        network, features, truth, info = cached_challenge(neurons, layers, seed=seed, samples=samples,
+                                                          progress=progress)
+        network = materialized(network)
+        data_seconds = time.perf_counter() - t0
+        alive_inputs = int(np.count_nonzero(np.diff(features.indptr)))
+        cell: dict[str, Any] = {
+            "neurons": neurons, "layers": layers, "samples": int(features.shape[0]), "edges": network.edges,
+            "data_seconds": data_seconds, "alive_inputs": alive_inputs, "categories_count": int(len(truth)),
+            "truth_info": info, "survivors": None, "engines": {},
+        }
+        for name in engines:
+            engine = get_engine(name, precision=precision)
+            runs = []
+            for r in progress_bar(range(repeats + 1), enabled=progress, desc=f"{neurons}x{layers} {name}"):
+                runs.append(engine.run(network, features))
+            timed = runs[1:]
+            times = [res.inference_seconds for res in timed]
+            median = statistics.median(times)
+            checks = [compare_categories(res.categories, truth) for res in runs]
+            bad = next((c for c in checks if not c.passed), checks[0])
+            entry = {
+                "times": times, "median_seconds": median,
+                "teraedges_per_second": timed[0].samples * timed[0].edges / median / 1e12 if median > 0 else None,
+                "preprocess_seconds": statistics.median(res.preprocess_seconds for res in timed),
+                "passed": all(c.passed for c in checks), "categories_count": int(len(timed[-1].categories)),
+                "missing": bad.missing, "extra": bad.extra, "survivors": timed[-1].survivors,
+                "extra_info": timed[-1].extra,
+            }
+            cell["engines"][name] = entry
+            if cell["survivors"] is None and entry["passed"]:
+                cell["survivors"] = [int(s) for s in timed[-1].survivors]
+            log(f"cell {neurons}x{layers}: {name} median {median:.4g} s "
+                f"({'PASS' if entry['passed'] else 'FAIL'})")
+        if cell["survivors"] is None:  # no engine matched the truth: use the first one's profile
+            cell["survivors"] = [int(s) for s in cell["engines"][engines[0]]["survivors"]]
+        for name in engines:
+            entry = cell["engines"][name]
+            device = engine_device(name)
+            latency = LAUNCH_LATENCY_S[device] if launch_latency_s is None else launch_latency_s
+            fl = floor_estimate(cell["survivors"], alive_inputs=alive_inputs, neurons=neurons,
+                                bytes_per_value=bytes_per_value, edges=network.edges,
+                                bandwidth_gbs=bandwidths[device]["gbs"], launch_latency_s=latency, device=device)
+            entry["floor"] = fl.to_dict()
+            entry["floor_ratio"] = entry["median_seconds"] / fl.seconds
+        report["cells"].append(cell)
+    report["passed"] = all(e["passed"] for c in report["cells"] for e in c["engines"].values())
+    return report
+
+
+def write_json(report: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write the report as indented JSON, atomically (temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    try:
+        tmp.write_text(to_json(report, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise SpdnnError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return path
+
+
+def write_plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Save a PNG: TeraEdges/s per cell and engine (left), median time against the floor (right).
+
+    Raises :class:`SpdnnError` when matplotlib is missing.
+    """
+    plt = require_matplotlib()
+    path = Path(path)
+    labels = [f"{c['neurons']}x{c['layers']}" for c in report["cells"]]
+    engines = report["engines"]
+    x = np.arange(len(labels))
+    width = 0.8 / max(1, len(engines))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 2.5 * len(labels) + 4), 4.5))
+    for i, name in enumerate(engines):
+        teps = [c["engines"][name]["teraedges_per_second"] or 0.0 for c in report["cells"]]
+        secs = [c["engines"][name]["median_seconds"] for c in report["cells"]]
+        ax1.bar(x + i * width, teps, width, label=name)
+        ax2.bar(x + i * width, secs, width, label=name)
+    floors = [min(e["floor"]["seconds"] for e in c["engines"].values()) for c in report["cells"]]
+    ax2.scatter(x + width * (len(engines) - 1) / 2, floors, marker="_", s=600, color="black", label="floor",
+                zorder=3)
+    for ax, title, unit in ((ax1, "throughput", "TeraEdges/s"), (ax2, "inference time (median)", "seconds")):
+        ax.set_xticks(x + width * (len(engines) - 1) / 2, labels)
+        ax.set_xlabel("N x L")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.legend(fontsize="small")
+    ax2.set_yscale("log")
+    machine = report["machine"].get("gpu") or report["machine"]["processor"]
+    fig.suptitle(f"spdnn bench, {report['precision']}, {machine}", fontsize="medium")
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise SpdnnError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    finally:
+        plt.close(fig)
+    return path

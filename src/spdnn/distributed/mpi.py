@@ -1,0 +1,614 @@
+"""Inference over MPI ranks: partitioned samples, replicated weights, rebalanced survivors.
+
+How a run maps onto ranks (``mpiexec -n P``)::
+
+    rank r      owns the 0-based sample rows bounds[r]:bounds[r+1]   (contiguous split)
+                reads only those rows (FeatureSource.rows), so no rank holds all of them
+                builds/holds the whole network (weights are replicated)
+                uses GPU local_rank % count (cuda engines), or numba threads / local ranks
+    layers      run in segments; at each boundary the ranks allgather their survivor
+                counts and, when BalancePolicy says it pays, move surviving rows
+                (activations + global ids) from loaded to idle ranks
+    end         categories (global 1-based ids) and survivors per layer are combined on
+                every rank; the time reported is the slowest rank's
+
+mpi4py is imported only when the process was started by an MPI launcher (the launcher's
+environment variables are present): a plain ``python`` run never initialises MPI.
+
+The FeatureSource protocol
+--------------------------
+``run_distributed`` accepts the features either as one CSR matrix (every rank slices
+its own rows; fine when each rank can afford to read it all) or as any object with
+
+``samples`` : int
+    Number of rows (samples) in the whole set.
+``neurons`` : int
+    Number of columns N.
+``rows(start, stop)`` -> scipy.sparse.csr_matrix (stop - start, N)
+    Rows ``start..stop-1`` (0-based; global sample id = row + 1), values as float.
+
+so that each rank reads only its part. :class:`CsrSource` wraps a matrix;
+:class:`NpzSource` memory-maps an uncompressed ``.npz`` holding ``indptr``, ``indices``,
+``shape`` and optionally ``data`` (the layout of spdnn's generated-features cache and of
+:func:`save_npz_source`), so a rank touches only the bytes of its rows.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import struct
+import time
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import scipy.sparse as sp
+
+from .._atomic import atomic_path
+from ..engines import Engine, InferenceResult, get_engine, resolve_engine_name
+from ..errors import FormatError, OptionError, SpdnnError
+from ..network import Network, as_features
+from .balance import BalancePolicy, imbalance, partition, segment_ends
+
+__all__ = ["World", "world", "world_of", "bind_resources", "RELOAD_COST_GUESS", "FeatureSource", "CsrSource",
+           "NpzSource", "save_npz_source", "as_source", "run_distributed", "LAUNCHER_ENV"]
+
+#: Environment variables by which MPI launchers (MPICH/Hydra, Open MPI, PMIx, Slurm
+#: with PMI, MVAPICH, Intel MPI) mark the processes they start.
+LAUNCHER_ENV = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
+                "MPI_LOCALNRANKS", "MV2_COMM_WORLD_SIZE", "I_MPI_HYDRA_HOST_FILE")
+
+_TAG = 4242  # message tag of row transfers
+
+
+# ----------------------------------------------------------------------------- world
+
+
+@dataclass(frozen=True)
+class World:
+    """Where this process sits in an MPI run.
+
+    Attributes
+    ----------
+    comm : mpi4py.MPI.Intracomm or None
+        None in a plain (non-MPI) run.
+    rank, size : int
+        0-based rank and number of ranks (0 and 1 without MPI).
+    local_rank, local_size : int
+        Rank among, and number of, the ranks on this host (GPU ``local_rank % count``).
+    """
+
+    comm: Any
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int = 1
+
+
+def _launched() -> bool:
+    return any(name in os.environ for name in LAUNCHER_ENV)
+
+
+def world_of(comm) -> World:
+    """The :class:`World` of an existing mpi4py communicator (a collective call on ``comm``)."""
+    from mpi4py import MPI
+
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
+    try:
+        return World(comm=comm, rank=comm.Get_rank(), size=comm.Get_size(), local_rank=local.Get_rank(),
+                     local_size=local.Get_size())
+    finally:
+        local.Free()
+
+
+@functools.lru_cache(maxsize=1)
+def world() -> World:
+    """This process's :class:`World` (computed once).
+
+    Without an MPI launcher in the environment: ``World(None, 0, 1, 0, 1)`` and mpi4py is
+    not imported. Under a launcher: ``MPI.COMM_WORLD`` (importing mpi4py initialises MPI).
+    If mpi4py is missing under a launcher of several processes, a RuntimeWarning says
+    that every process will run the whole job alone.
+    """
+    if not _launched():
+        return World(comm=None, rank=0, size=1, local_rank=0, local_size=1)
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        size = os.environ.get("PMI_SIZE") or os.environ.get("OMPI_COMM_WORLD_SIZE") or "?"
+        if size not in ("1", "?"):
+            warnings.warn(f"launched by MPI ({size} processes) but mpi4py cannot be imported ({exc}): every "
+                          f"process runs alone; install with: pip install 'spdnn[mpi]'", RuntimeWarning,
+                          stacklevel=2)
+        return World(comm=None, rank=0, size=1, local_rank=0, local_size=1)
+    return world_of(MPI.COMM_WORLD)
+
+
+# -------------------------------------------------------------------- feature sources
+
+
+@runtime_checkable
+class FeatureSource(Protocol):
+    """Row-range access to a feature set; see the module docstring."""
+
+    samples: int
+    neurons: int
+
+    def rows(self, start: int, stop: int) -> sp.csr_matrix: ...
+
+
+class CsrSource:
+    """A :class:`FeatureSource` over a matrix in memory (samples x N)."""
+
+    def __init__(self, matrix):
+        self._m = matrix if sp.issparse(matrix) and matrix.format == "csr" else sp.csr_matrix(matrix)
+        self.samples, self.neurons = (int(v) for v in self._m.shape)
+
+    def rows(self, start: int, stop: int) -> sp.csr_matrix:
+        _check_range(start, stop, self.samples)
+        return sp.csr_matrix(self._m[start:stop])
+
+
+def _check_range(start: int, stop: int, samples: int) -> None:
+    if not (0 <= start <= stop <= samples):
+        raise OptionError(f"rows({start}, {stop}): expected 0 <= start <= stop <= {samples}")
+
+
+def _npz_member(path: Path, zf: zipfile.ZipFile, name: str) -> np.ndarray:
+    """Array ``name`` of an npz: memory-mapped when stored uncompressed, else read."""
+    try:
+        info = zf.getinfo(name + ".npy")
+    except KeyError:
+        raise FormatError(f"no array {name!r} (expected indptr, indices, shape[, data])", path=path) from None
+    if info.compress_type != zipfile.ZIP_STORED:
+        with zf.open(info) as fh:
+            return np.lib.format.read_array(fh, allow_pickle=False)
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        head = fh.read(30)
+        if len(head) != 30 or head[:4] != b"PK\x03\x04":
+            raise FormatError(f"member {info.filename}: bad local zip header", path=path)
+        name_len, extra_len = struct.unpack("<HH", head[26:30])
+        fh.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        if dtype.hasobject or fortran or len(shape) != 1:
+            raise FormatError(f"member {info.filename}: expected a 1-D numeric array", path=path)
+        offset = fh.tell()
+    if shape[0] == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+class NpzSource:
+    """A :class:`FeatureSource` over an ``.npz`` file, memory-mapped.
+
+    The file holds 1-D arrays ``indptr`` (samples + 1), ``indices`` (nnz, column 0-based),
+    ``shape`` (2,) and optionally ``data`` (nnz; absent means every value is 1), as
+    written by :func:`save_npz_source` or :func:`numpy.savez` (uncompressed: members are
+    mapped, so a rank reads only its rows; compressed members are read whole).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            zf = zipfile.ZipFile(self.path)
+        except (OSError, zipfile.BadZipFile) as exc:
+            raise FormatError(f"cannot open as .npz: {exc}", path=self.path) from exc
+        with zf:
+            shape = np.asarray(_npz_member(self.path, zf, "shape"))
+            self._indptr = _npz_member(self.path, zf, "indptr")
+            self._indices = _npz_member(self.path, zf, "indices")
+            names = zf.namelist()
+            self._data = _npz_member(self.path, zf, "data") if "data.npy" in names else None
+        if shape.shape != (2,):
+            raise FormatError(f"shape: expected 2 numbers, got {shape.tolist()}", path=self.path)
+        self.samples, self.neurons = int(shape[0]), int(shape[1])
+        if self._indptr.shape != (self.samples + 1,) or int(self._indptr[-1]) != self._indices.shape[0]:
+            raise FormatError(f"indptr/indices do not describe {self.samples} rows of {self._indices.shape[0]} "
+                              f"nonzeros", path=self.path)
+        if self._data is not None and self._data.shape != self._indices.shape:
+            raise FormatError("data and indices differ in length", path=self.path)
+
+    def rows(self, start: int, stop: int) -> sp.csr_matrix:
+        _check_range(start, stop, self.samples)
+        ptr = np.array(self._indptr[start:stop + 1], dtype=np.int64)
+        lo, hi = int(ptr[0]), int(ptr[-1])
+        indices = np.array(self._indices[lo:hi])
+        data = np.ones(hi - lo) if self._data is None else np.array(self._data[lo:hi], dtype=np.float64)
+        return sp.csr_matrix((data, indices, ptr - lo), shape=(stop - start, self.neurons))
+
+
+def save_npz_source(path: str | os.PathLike, features, *, values: bool = True) -> Path:
+    """Write features for :class:`NpzSource` (uncompressed npz, atomically).
+
+    Parameters
+    ----------
+    path : path of the ``.npz`` to write
+    features : sparse matrix (samples, N)
+    values : bool
+        False omits ``data`` (every value is then read back as 1: the challenge inputs).
+    """
+    m = as_features(features)
+    path = Path(path)
+    arrays = {"indptr": m.indptr, "indices": m.indices, "shape": np.asarray(m.shape, dtype=np.int64)}
+    if values:
+        arrays["data"] = m.data
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    return path
+
+
+def as_source(features, neurons: int | None = None) -> FeatureSource:
+    """A :class:`FeatureSource` for a matrix or a source (checked against ``neurons``)."""
+    if sp.issparse(features) or isinstance(features, np.ndarray):
+        source = CsrSource(features)
+    elif isinstance(features, FeatureSource):
+        source = features
+    else:
+        raise OptionError(f"features: expected a sparse matrix or a FeatureSource (samples, neurons, "
+                          f"rows(start, stop)), got {type(features).__name__}")
+    if neurons is not None and int(source.neurons) != neurons:
+        raise OptionError(f"features: {source.neurons} columns, expected {neurons} (one per neuron)")
+    return source
+
+
+# ------------------------------------------------------------------------- the runner
+
+
+class _Collectives:
+    """The few collective operations the runner needs; trivial without a communicator."""
+
+    def __init__(self, comm):
+        self.comm = comm
+        self._pkl5 = None
+
+    def barrier(self) -> None:
+        if self.comm is not None:
+            self.comm.Barrier()
+
+    def allgather(self, obj) -> list:
+        return [obj] if self.comm is None else self.comm.allgather(obj)
+
+    def allreduce_sum(self, array: np.ndarray) -> np.ndarray:
+        if self.comm is None:
+            return array
+        from mpi4py import MPI
+
+        out = np.empty_like(array)
+        self.comm.Allreduce(array, out, op=MPI.SUM)
+        return out
+
+    @property
+    def p2p(self):
+        """A pickle-5 view of the communicator: large numpy payloads, no 2 GB limit."""
+        if self._pkl5 is None:
+            from mpi4py.util import pkl5
+
+            self._pkl5 = pkl5.Intracomm(self.comm)
+        return self._pkl5
+
+
+#: Guess of a row's activations()/exchange/load() round trip, in layers of computing that
+#: row, before the first rebalance measures it. Device engines hold dense rows and move
+#: them over PCIe and through the host: ~4N bytes each way against 32N multiply-adds.
+RELOAD_COST_GUESS = {"cuda": 1000.0, "cusparse": 1000.0}
+
+
+def bind_resources(name: str, here: World | None = None) -> dict:
+    """Give this rank its GPU or its share of CPU threads, before its engine is made.
+
+    Parameters
+    ----------
+    name : str
+        Engine name (resolved, not 'auto'). cuda engines: make GPU
+        ``local_rank % device count`` current. cpu: ``numba.set_num_threads`` to
+        ``NUMBA_NUM_THREADS // local_size`` when several ranks share the host.
+    here : World, optional
+        Default :func:`world`.
+
+    Returns
+    -------
+    dict
+        What was chosen (``device`` and ``devices_visible``, or ``threads``), for reports.
+    """
+    here = world() if here is None else here
+    if name in ("cuda", "cusparse"):
+        import cupy
+
+        count = cupy.cuda.runtime.getDeviceCount()
+        device = here.local_rank % count
+        cupy.cuda.Device(device).use()
+        return {"device": int(device), "devices_visible": int(count)}
+    if name == "cpu" and here.local_size > 1:
+        import numba
+
+        threads = max(1, int(numba.config.NUMBA_NUM_THREADS) // here.local_size)
+        numba.set_num_threads(threads)
+        return {"threads": threads}
+    return {}
+
+
+def _policy(balance, engine_name: str) -> BalancePolicy | None:
+    if balance is True:
+        return BalancePolicy(reload_cost_layers=RELOAD_COST_GUESS.get(engine_name, 2.0))
+    if balance is False or balance is None:
+        return None
+    if isinstance(balance, BalancePolicy):
+        return balance
+    raise OptionError(f"balance={balance!r}: expected True, False or a BalancePolicy")
+
+
+def _check_ends(segment_layers, depth: int) -> list[int]:
+    ends = sorted({int(k) for k in segment_layers})
+    if any(not 0 < k < depth for k in ends):
+        raise OptionError(f"segment_layers={list(segment_layers)}: expected layer counts in 1..{depth - 1}")
+    return ends + [depth]
+
+
+def _payload_bytes(piece: tuple) -> int:
+    ids, m = piece
+    return int(ids.nbytes + m.data.nbytes + m.indices.nbytes + m.indptr.nbytes)
+
+
+class _RankRun:
+    """One rank's state through the layer loop (engine, global ids, timings)."""
+
+    def __init__(self, engine: Engine, ids: np.ndarray, alive: int, coll: _Collectives, here: World):
+        self.engine = engine
+        self.ids = ids            # global 0-based sample ids of the engine's loaded rows
+        self.alive = alive        # rows alive now on this rank
+        self.coll = coll
+        self.here = here
+        self.busy = 0.0           # seconds inside engine.infer
+        self.reload = 0.0         # seconds in activations/exchange/load
+        self.bytes_sent = 0
+        self.rows_sent = 0
+        self.categories = np.zeros(0, dtype=np.int64)
+        self.extra: dict = {}
+        self.log: list[tuple[int, int, float, int]] = []   # (start, stop, busy, rows x layers)
+
+    def segment(self, start: int, stop: int, survivors: np.ndarray) -> tuple[float, int]:
+        """Run layers start..stop-1; returns (busy seconds, rows x layers computed)."""
+        if self.alive == 0:
+            self.categories = np.zeros(0, dtype=np.int64)
+            self.log.append((start, stop, 0.0, 0))
+            return 0.0, 0
+        t = time.perf_counter()
+        cats, surv, extra = self.engine.infer(start, stop)
+        busy = time.perf_counter() - t
+        self.busy += busy
+        surv = np.asarray(surv, dtype=np.int64)
+        survivors[start:stop] = surv
+        row_layers = self.alive + int(surv[:-1].sum())
+        self.alive = int(surv[-1])
+        self.categories = self.ids[np.asarray(cats, dtype=np.int64) - 1] + 1
+        self.extra = dict(extra)
+        self.log.append((start, stop, busy, row_layers))
+        return busy, row_layers
+
+    def exchange(self, plan) -> tuple[float, int]:
+        """Carry out this rank's part of ``plan``; returns (seconds, rows it held before)."""
+        rank = self.here.rank
+        sends = [t for t in plan if t.source == rank]
+        recvs = [t for t in plan if t.dest == rank]
+        if not sends and not recvs:
+            return 0.0, 0
+        t0 = time.perf_counter()
+        held = self.alive
+        if held:
+            rows0, acts = self.engine.activations()
+            ids = self.ids[np.asarray(rows0, dtype=np.int64)]
+            acts = sp.csr_matrix(acts)
+        else:
+            ids, acts = np.zeros(0, dtype=np.int64), sp.csr_matrix((0, self.engine.network.neurons))
+        if len(ids) != held or acts.shape[0] != held:
+            raise SpdnnError(f"rank {rank}: engine {self.engine.name!r} returned {len(ids)} rows of activations, "
+                             f"its last infer reported {held} survivors")
+        p2p = self.coll.p2p
+        if sends:
+            keep = len(ids) - sum(t.rows for t in sends)
+            offset = keep
+            for t in sends:
+                piece = (ids[offset:offset + t.rows], acts[offset:offset + t.rows])
+                p2p.send(piece, dest=t.dest, tag=_TAG)
+                self.bytes_sent += _payload_bytes(piece)
+                self.rows_sent += t.rows
+                offset += t.rows
+            ids, acts = ids[:keep], acts[:keep]
+        else:
+            parts_ids, parts = [ids], [acts]
+            for t in recvs:
+                got_ids, got = p2p.recv(source=t.source, tag=_TAG)
+                parts_ids.append(np.asarray(got_ids, dtype=np.int64))
+                parts.append(sp.csr_matrix(got))
+            ids = np.concatenate(parts_ids)
+            acts = sp.vstack(parts, format="csr")
+        self.engine.load(acts)
+        self.ids = ids
+        self.alive = len(ids)
+        seconds = time.perf_counter() - t0
+        self.reload += seconds
+        return seconds, held
+
+
+def _make_engine(engine, network: Network, precision: str, options: dict, here: World, progress) -> tuple:
+    if isinstance(engine, Engine):
+        bound = {}
+        if engine.network is not network:
+            engine.prepare(network)
+        return engine, engine.name, bound
+    name = resolve_engine_name(engine)
+    bound = bind_resources(name, here)
+    opts = {"precision": precision, "progress": bool(progress) and here.rank == 0, **options}
+    eng = get_engine(name, **opts)
+    eng.prepare(network)
+    return eng, name, bound
+
+
+def run_distributed(network: Network, features, *, engine="auto", precision: str = "fp32", balance=True,
+                    segment_layers=None, comm=None, engine_options: dict | None = None,
+                    progress: bool | None = None) -> InferenceResult:
+    """Inference with the samples partitioned over MPI ranks (a collective call).
+
+    Every rank of ``comm`` calls it with the same network and features; every rank gets
+    the same result. Without MPI (a plain run) it runs on this process alone.
+
+    Parameters
+    ----------
+    network : Network
+        Replicated: every rank prepares all layers.
+    features : sparse matrix (samples, N) or FeatureSource
+        A matrix is sliced by each rank; a :class:`FeatureSource` lets each rank read only
+        its rows ``partition(samples, size)[rank]:...[rank+1]`` (0-based).
+    engine : str or Engine
+        Engine name ('auto' resolves on each rank), or an engine instance (already
+        prepared on ``network`` to skip preparation; ``precision``/``engine_options`` are
+        then ignored). cuda engines use GPU ``local_rank % device count``; the cpu engine
+        gets ``NUMBA_NUM_THREADS // local ranks`` threads.
+    precision : {'fp32', 'fp64'}
+    balance : bool or BalancePolicy
+        Rebalance surviving rows between segments when it pays (True: the default
+        :class:`~spdnn.distributed.balance.BalancePolicy`, with the first round-trip
+        cost guessed from :data:`RELOAD_COST_GUESS`). False runs all layers as one
+        segment unless ``segment_layers`` is given.
+    segment_layers : sequence of int, optional
+        Segment boundaries (layer counts in 1..L-1). Default with balancing:
+        :func:`~spdnn.distributed.balance.segment_ends` (2, 4, 8, ...), cut short once the
+        survivors settle.
+    comm : mpi4py.MPI.Intracomm, optional
+        Default: :func:`world`'s (COMM_WORLD under a launcher, none in a plain run).
+    engine_options : dict, optional
+        Extra keyword arguments of the engine's constructor.
+    progress : bool, optional
+        Per-layer progress bars of rank 0's engine.
+
+    Returns
+    -------
+    InferenceResult
+        ``categories``: sorted global 1-based ids; ``survivors``: summed over ranks;
+        ``inference_seconds``: from the common start (after a barrier) to the end of the
+        final gather, the slowest rank's; ``preprocess_seconds``: the slowest rank's
+        prepare + read + load. ``extra`` holds: ``ranks``, ``rank_samples``,
+        ``rank_inference_seconds`` (each rank's layer loop), ``rank_busy_seconds`` (inside
+        ``engine.infer``), ``rank_reload_seconds``, ``imbalance`` (max/mean busy),
+        ``rebalances``, ``rows_moved``, ``bytes_moved``, ``gather_seconds``,
+        ``boundaries`` (one record per segment boundary: layer, counts, imbalance, action,
+        reason), ``segments`` (start, stop, per-rank busy seconds and rows x layers),
+        ``rank_resources`` (GPU or threads), ``engine_extra`` (rank 0's engine details).
+    """
+    here = world() if comm is None else world_of(comm)
+    coll = _Collectives(here.comm)
+    if not (balance is True or balance is False or balance is None or isinstance(balance, BalancePolicy)):
+        raise OptionError(f"balance={balance!r}: expected True, False or a BalancePolicy")
+    depth = network.depth
+    source = as_source(features, network.neurons)
+    bounds = partition(int(source.samples), here.size)
+    start, stop = int(bounds[here.rank]), int(bounds[here.rank + 1])
+
+    t0 = time.perf_counter()
+    eng, name, bound = _make_engine(engine, network, precision, dict(engine_options or {}), here, progress)
+    policy = _policy(balance, name)
+    local = as_features(source.rows(start, stop), network.neurons)
+    eng.load(local)
+    alive = int(np.count_nonzero(np.diff(local.indptr)))
+    del local
+    preprocess = time.perf_counter() - t0
+
+    if segment_layers is not None:
+        ends = _check_ends(segment_layers, depth)
+    elif policy is not None:
+        ends = segment_ends(depth)
+    else:
+        ends = [depth]
+
+    run = _RankRun(eng, np.arange(start, stop, dtype=np.int64), alive, coll, here)
+    survivors = np.zeros(depth, dtype=np.int64)
+    boundaries = []
+    rebalances = 0
+    reload_per_row = None        # measured round-trip seconds per row (busiest rank)
+    previous_total = None
+
+    coll.barrier()
+    t_start = time.perf_counter()
+    seg_start, i = 0, 0
+    while seg_start < depth:
+        seg_stop = ends[i]
+        busy, row_layers = run.segment(seg_start, seg_stop, survivors)
+        last = seg_stop >= depth
+        if not last and policy is not None:
+            gathered = coll.allgather((run.alive, busy, row_layers))
+            counts = np.array([g[0] for g in gathered], dtype=np.int64)
+            total_rl = sum(g[2] for g in gathered)
+            per_row_layer = sum(g[1] for g in gathered) / total_rl if total_rl else None
+            decision = policy.decide(counts, remaining_layers=depth - seg_stop,
+                                     seconds_per_row_layer=per_row_layer, reload_seconds_per_row=reload_per_row)
+            record = {"layer": seg_stop, "counts": counts.tolist(), "imbalance": decision.imbalance,
+                      "action": "rebalance" if decision.rebalance else "keep", "reason": decision.reason,
+                      "gain_seconds": decision.gain_seconds, "cost_seconds": decision.cost_seconds}
+            if decision.rebalance and here.size > 1:
+                seconds, held = run.exchange(decision.plan)
+                rebalances += 1
+                timing = coll.allgather((seconds, held))
+                worst = max(timing)
+                if worst[1] > 0:
+                    reload_per_row = worst[0] / worst[1]
+                record["exchange_seconds"] = [float(s) for s, _ in timing]
+            total = int(counts.sum())
+            settled = (previous_total is not None and not decision.rebalance
+                       and total >= (1.0 - policy.settle) * previous_total)
+            boundaries.append(record)
+            previous_total = total
+            if settled and segment_layers is None:
+                ends = ends[:i + 1] + [depth]
+                record["reason"] += "; survivors settled: one segment to the end"
+        seg_start = seg_stop
+        i += 1
+    t_loop = time.perf_counter() - t_start
+
+    t_gather = time.perf_counter()
+    parts = coll.allgather(run.categories)
+    categories = np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+    survivors = coll.allreduce_sum(survivors)
+    stats = coll.allgather({"loop": t_loop, "busy": run.busy, "reload": run.reload, "pre": preprocess,
+                            "bytes": run.bytes_sent, "rows": run.rows_sent, "alive": run.alive,
+                            "resources": bound, "samples": stop - start, "log": run.log})
+    t_end = time.perf_counter()
+    gather_seconds = t_end - t_gather
+    inference = max(coll.allgather(t_end - t_start))
+
+    busy = [s["busy"] for s in stats]
+    extra = {
+        "ranks": here.size,
+        "rank_samples": [s["samples"] for s in stats],
+        "rank_inference_seconds": [s["loop"] for s in stats],
+        "rank_busy_seconds": busy,
+        "rank_reload_seconds": [s["reload"] for s in stats],
+        "rank_final_survivors": [s["alive"] for s in stats],
+        "imbalance": imbalance(busy),
+        "balance": policy is not None,
+        "rebalances": rebalances,
+        "rows_moved": int(sum(s["rows"] for s in stats)),
+        "bytes_moved": int(sum(s["bytes"] for s in stats)),
+        "gather_seconds": gather_seconds,
+        "boundaries": boundaries,
+        "segments": [{"start": int(a), "stop": int(b),
+                      "busy_seconds": [float(s["log"][j][2]) for s in stats],
+                      "row_layers": [int(s["log"][j][3]) for s in stats]}
+                     for j, (a, b, _, _) in enumerate(stats[0]["log"])],
+        "rank_resources": [s["resources"] for s in stats],
+        "engine_extra": run.extra,
+    }
+    return InferenceResult(categories=categories.astype(np.int64), survivors=survivors.astype(np.int64),
+                           inference_seconds=float(inference),
+                           preprocess_seconds=float(max(s["pre"] for s in stats)), engine=name,
+                           precision=eng.precision, samples=int(source.samples), neurons=network.neurons,
+                           layers=depth, edges=network.edges, extra=extra)
+

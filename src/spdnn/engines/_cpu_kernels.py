@@ -1,0 +1,185 @@
+"""numba kernels of the CPU engine (private; :mod:`spdnn.engines.cpu` is the public side).
+
+Layout
+------
+Activations of the alive samples are dense and *tiled neuron-major*: samples are grouped
+in tiles of ``T`` and ``y[b, i, t]`` is neuron ``i`` of sample ``b*T + t``, shape
+``(tiles, N, T)``, C order. Each tile is one contiguous block (``N*T`` values, about
+1 MiB), so the kernel's inner loop over the tile's samples is unit-stride and the pages
+a tile touches stay few. (Sample-major rows need a transpose of every tile in and out of
+the kernel; one flat ``(N, samples)`` array makes every tile touch ``N`` pages.)
+Weights are in *gather* form: for every output neuron ``j`` the input
+neurons ``i`` of column ``j`` of ``W`` in ascending order (``indices``) with their
+``values`` -- CSC of ``W``. When every column has the same count ``K`` the layout is
+ELLPACK: column ``j`` occupies ``indices[j*K:(j+1)*K]`` and no column pointer is read
+(``ell_width = K``; CSC when ``ell_width < 0``).
+
+One layer (:func:`spdnn_cpu_layer`) works one tile per parallel iteration (numba
+``prange``): for each output neuron the inner loop runs over the tile's samples,
+contiguous in memory and vectorized by LLVM, so each weight index is loaded once per
+tile (the CPU analogue of a GPU thread's register
+tile). Bias, ReLU and cap are fused into the epilogue, which also records whether each
+sample has a nonzero (alive) and its smallest nonzero value. :func:`spdnn_cpu_compact`
+then copies the alive samples, in order, into the other buffer (pruning).
+
+Accumulation modes (``mode``)
+-----------------------------
+``MODE_VALUES``
+    ``z += x[i] * values[p]`` per term: any weights.
+``MODE_UNIFORM``
+    One value ``weight`` for the whole layer: ``z += x[i] * weight`` per term (no value
+    loads). Same rounding as ``MODE_VALUES``.
+``MODE_SUM``
+    One value for the whole layer: ``z = (sum x[i]) * weight``. Bit-identical to the
+    per-term sum only when ``weight`` is a power of two and no product ``x[i]*weight`` is
+    subnormal or overflows (the caller checks, see ``spdnn.engines.cpu``); in float32 it
+    is used for any uniform weight, since float32's summation order is free.
+
+For every mode each output is accumulated as ``((0 + t1) + t2) + ...`` over the inputs
+in ascending index order, without fused multiply-add (``fastmath=False``; LLVM does not
+contract without it), which is the fp64 exactness contract of :mod:`spdnn.engines.base`.
+Zero inputs contribute exact zeros, which leave a sum unchanged, so the dense gather
+gives the same bits as the reference's sparse product.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["MODE_VALUES", "MODE_UNIFORM", "MODE_SUM", "spdnn_cpu_layer", "spdnn_cpu_compact",
+           "spdnn_cpu_densify", "spdnn_cpu_undensify"]
+
+MODE_VALUES = 0
+MODE_UNIFORM = 1
+MODE_SUM = 2
+
+
+@njit(parallel=True, cache=True, fastmath=False, nogil=True)
+def spdnn_cpu_layer(y, out, count, indptr, indices, values, ell_width, weight, mode,
+                    bias, uniform_bias, ymax, alive, tile_min):
+    """One layer over the first ``count`` samples of ``y``; results into ``out``.
+
+    Parameters
+    ----------
+    y : (tiles, N, T) float32/float64 C array
+        Input activations, tiled neuron-major (module docstring); samples
+        ``0..count-1`` are used.
+    out : same shape and dtype as ``y``
+        Output activations (the tiles holding samples ``0..count-1`` are written).
+    count : int
+    indptr : (N+1,) int64 array
+        Column pointers (CSC); ignored when ``ell_width >= 0``.
+    indices : int32 array
+        Input neuron of every weight, ascending within each output column.
+    values : array of ``y.dtype``
+        Weight values (read only in ``MODE_VALUES``).
+    ell_width : int
+        Nonzeros per column for the ELLPACK layout, or -1 for CSC.
+    weight : scalar of ``y.dtype``
+        The one weight value (``MODE_UNIFORM``/``MODE_SUM``).
+    mode : int
+        ``MODE_VALUES``, ``MODE_UNIFORM`` or ``MODE_SUM``.
+    bias : (N,) array of ``y.dtype``
+        Bias of every output neuron; only ``bias[0]`` is read when ``uniform_bias``.
+    uniform_bias : bool
+    ymax : scalar of ``y.dtype``
+        Cap of the activations.
+    alive : (>= count,) bool array
+        Output: whether each output sample has a nonzero.
+    tile_min : (tiles,) array of ``y.dtype``
+        Output: smallest nonzero output value of every tile used (``inf`` when none).
+    """
+    n = y.shape[1]
+    tile = y.shape[2]
+    zero = ymax - ymax
+    tiles = (count + tile - 1) // tile
+    for it in prange(tiles):
+        m = min(tile, count - it * tile)
+        yt = y[it]
+        zt = out[it]
+        largest = np.zeros(m, dtype=y.dtype)             # per sample: max output (>= 0)
+        smallest = np.full(m, np.inf, dtype=y.dtype)     # per sample: min nonzero output
+        inf = smallest[0]
+        b = bias[0]
+        for j in range(n):
+            if ell_width >= 0:
+                p0 = j * ell_width
+                p1 = p0 + ell_width
+            else:
+                p0 = indptr[j]
+                p1 = indptr[j + 1]
+            zr = zt[j]
+            for t in range(m):
+                zr[t] = zero
+            if mode == MODE_VALUES:
+                for p in range(p0, p1):
+                    xr = yt[indices[p]]
+                    v = values[p]
+                    for t in range(m):
+                        zr[t] += xr[t] * v
+            elif mode == MODE_UNIFORM:
+                for p in range(p0, p1):
+                    xr = yt[indices[p]]
+                    for t in range(m):
+                        zr[t] += xr[t] * weight
+            else:
+                for p in range(p0, p1):
+                    xr = yt[indices[p]]
+                    for t in range(m):
+                        zr[t] += xr[t]
+                for t in range(m):
+                    zr[t] *= weight
+            if not uniform_bias:
+                b = bias[j]
+            # bias only where the sum is nonzero, then ReLU and cap
+            for t in range(m):
+                v = zr[t]
+                v = v + b if v != zero else v
+                v = zero if v < zero else v
+                v = ymax if v > ymax else v
+                zr[t] = v
+                largest[t] = max(largest[t], v)
+                smallest[t] = min(smallest[t], v if v > zero else inf)
+        low = inf
+        for t in range(m):
+            alive[it * tile + t] = largest[t] > zero
+            low = min(low, smallest[t])
+        tile_min[it] = low
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def spdnn_cpu_compact(src, dst, keep):
+    """Copy samples ``keep`` (ascending positions) of tiled ``src`` to positions
+    ``0..len(keep)-1`` of tiled ``dst`` (same shape), in order."""
+    n = src.shape[1]
+    tile = src.shape[2]
+    k = keep.size
+    for it in prange((k + tile - 1) // tile):
+        zt = dst[it]
+        for t in range(min(tile, k - it * tile)):
+            c = keep[it * tile + t]
+            xt = src[c // tile]
+            lane = c % tile
+            for i in range(n):
+                zt[i, t] = xt[i, lane]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def spdnn_cpu_densify(indptr, indices, data, r0, r1, y):
+    """Write CSR rows ``r0..r1-1`` as samples ``0..r1-r0-1`` of tiled ``y`` (zeros elsewhere
+    in the tiles they occupy)."""
+    tile = y.shape[2]
+    m = r1 - r0
+    for it in prange((m + tile - 1) // tile):
+        yt = y[it]
+        yt[:, :] = 0
+        for t in range(min(tile, m - it * tile)):
+            r = r0 + it * tile + t
+            for p in range(indptr[r], indptr[r + 1]):
+                yt[indices[p], t] = data[p]
+
+
+def spdnn_cpu_undensify(y, count):
+    """Samples ``0..count-1`` of tiled ``y`` as a dense ``(count, N)`` array (a copy)."""
+    tiles, n, tile = y.shape
+    return np.ascontiguousarray(y.transpose(0, 2, 1).reshape(tiles * tile, n)[:count])

@@ -1,0 +1,387 @@
+"""The fast CPU engine: numba kernels, every core busy, dead samples pruned every layer.
+
+Per layer (kernels in :mod:`spdnn.engines._cpu_kernels`)::
+
+    for every tile of T alive samples, in parallel (prange): # y[tile]: (N, T), neuron-major
+        for every output neuron j:                       # gather form: column j of W
+            z = 0 + y[i1]*w[i1,j] + y[i2]*w[i2,j] + ...  # inputs ascending, no FMA,
+                                                         # vectorized over the tile's samples
+            y'[j] = min(max(z + b[j]*(z != 0), 0), ymax) # fused bias, ReLU, cap
+    move the samples that have a nonzero to the front    # compaction (pruning)
+
+Fast paths, detected per layer in :meth:`CpuEngine.prepare`:
+
+- *ELLPACK*: every column of ``W_k`` has the same count, no column pointers are read;
+  otherwise CSC (any column lengths, empty columns included).
+- *one value per layer*: the value is not loaded per term. In 'fp32' the float32 sum is
+  multiplied once by the value. In 'fp64' the value multiplies every term, except when
+  it is a power of two and no product can be subnormal or overflow (checked every layer
+  from the smallest nonzero and the largest input), where summing first and
+  multiplying once gives the same bits.
+- *uniform bias*: one bias value read per layer instead of one per neuron.
+
+Numerics: 'fp64' follows the exactness contract of :mod:`spdnn.engines.base` (equal to
+the reference bit for bit). 'fp32' accumulates in float32 in the same order (inputs
+ascending), multiplying a uniform weight once after the sum; it may differ from the
+float64 reference on ill-conditioned samples (SPEC.md section 5; see
+:mod:`spdnn.verify`).
+
+Memory: two dense buffers of ``batch x N`` activations, tiled neuron-major
+(``(tiles, N, T)``, see :mod:`spdnn.engines._cpu_kernels`); samples are processed in
+batches of at most ``batch_samples`` rows (default: what fits in 1 GiB a buffer, so
+all 60,000 samples of N=1024 in one batch). Compilation is cached on disk
+(``cache=True``) and done in :meth:`prepare`, outside the inference time.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from ..config import numba_status
+from ..errors import OptionError, SpdnnError
+from ..network import LazyLayers, Network
+from .._progress import progress_bar
+from .base import Engine
+
+__all__ = ["CpuEngine"]
+
+#: Bytes of one activation buffer when ``batch_samples`` is not given.
+_BUFFER_BYTES = 1 << 30
+#: Converted layers above this size are not kept; lazy layers are converted per use.
+_LAYER_CACHE_BYTES = 4 << 30
+#: Bytes of one tile of inputs (N x T values): a core's share of L2 cache.
+_TILE_BYTES = 1 << 18
+
+
+def _kernels():
+    """Import the numba kernels (only when numba is present)."""
+    from . import _cpu_kernels
+
+    return _cpu_kernels
+
+
+@dataclass
+class _Block:
+    """Samples held between calls: 0-based rows and their activations.
+
+    ``values`` is dense tiled ``(tiles, N, T)`` of the engine's dtype (sample ``rows[c]``
+    at ``[c // T, :, c % T]``), or the loaded CSR
+    features; ``smallest``/``largest`` bound the nonzero magnitudes (for the fp64
+    sum-then-multiply guard).
+    """
+
+    rows: np.ndarray
+    values: object
+    smallest: float
+    largest: float
+
+
+@dataclass
+class _GatherLayer:
+    """One layer in gather form (see :mod:`spdnn.engines._cpu_kernels`)."""
+
+    indptr: np.ndarray          # (N+1,) int64 column pointers, or (1,) when ELLPACK
+    indices: np.ndarray         # (nnz,) int32 input neurons, ascending per column
+    values: np.ndarray          # (nnz,) dtype, or (1,) when the layer has one value
+    ell_width: int              # nonzeros per column (ELLPACK) or -1 (CSC)
+    weight: object              # the one value (dtype scalar), or 0
+    mode: int                   # MODE_VALUES, MODE_UNIFORM or MODE_SUM
+    max_count: int              # largest column count
+    bias: np.ndarray            # (N,) dtype, contiguous
+    uniform_bias: bool
+
+    @property
+    def nbytes(self) -> int:
+        return self.indptr.nbytes + self.indices.nbytes + self.values.nbytes + self.bias.nbytes
+
+
+def _is_power_of_two(value: float) -> bool:
+    mantissa, _ = math.frexp(value)
+    return abs(mantissa) == 0.5
+
+
+def _gather_layer(w: sp.csr_matrix, bias: np.ndarray, dtype) -> _GatherLayer:
+    """Convert layer ``w`` (CSR, rows = inputs) and its bias row into gather form."""
+    k = _kernels()
+    n = w.shape[0]
+    csc = w.tocsc()
+    csc.sort_indices()
+    counts = np.diff(csc.indptr)
+    data = csc.data.astype(dtype)
+    indices = csc.indices.astype(np.int32)
+    ell = counts.size > 0 and bool(np.all(counts == counts[0]))
+    max_count = int(counts.max()) if counts.size else 0
+    uniform = data.size > 0 and bool(np.all(data == data[0]))
+    weight = dtype(data[0]) if uniform else dtype(0)
+    if not uniform:
+        mode = k.MODE_VALUES
+    elif dtype == np.float32 or _is_power_of_two(float(weight)):
+        mode = k.MODE_SUM          # fp64: only where each layer's guard allows it (infer)
+    else:
+        mode = k.MODE_UNIFORM
+    b = np.ascontiguousarray(bias, dtype=dtype)
+    if b.shape != (n,):
+        raise OptionError(f"bias row: shape {b.shape}, expected ({n},)")
+    uniform_bias = bool(np.all(b == b[0])) if n else True
+    return _GatherLayer(
+        indptr=np.zeros(1, np.int64) if ell else csc.indptr.astype(np.int64),
+        indices=indices,
+        values=np.zeros(1, dtype) if uniform else data,
+        ell_width=int(counts[0]) if ell else -1,
+        weight=weight,
+        mode=mode,
+        max_count=max_count,
+        bias=b,
+        uniform_bias=uniform_bias,
+    )
+
+
+_WARM: set = set()
+
+
+def _warm_up(dtype) -> None:
+    """Compile (or load from numba's cache) every kernel for ``dtype`` once per process."""
+    if dtype in _WARM:
+        return
+    k = _kernels()
+    n = 4
+    w = sp.csr_matrix(np.eye(n) * 0.5)
+    layer = _gather_layer(w, np.full(n, -0.1), dtype)
+    y = np.ones((1, n, 8), dtype)
+    out = np.empty_like(y)
+    alive = np.empty(8, np.bool_)
+    tile_min = np.empty(1, dtype)
+    for mode in (k.MODE_VALUES, k.MODE_UNIFORM, k.MODE_SUM):
+        k.spdnn_cpu_layer(y, out, 2, layer.indptr, layer.indices, np.full(n, 0.5, dtype), layer.ell_width,
+                          layer.weight, mode, layer.bias, layer.uniform_bias, dtype(32), alive, tile_min)
+    k.spdnn_cpu_compact(out, y, np.arange(1, dtype=np.int64))
+    f = sp.csr_matrix(np.ones((2, n)))
+    k.spdnn_cpu_densify(f.indptr, f.indices, f.data, 0, 2, out)
+    _WARM.add(dtype)
+
+
+class CpuEngine(Engine):
+    """numba CPU engine (see the module docstring).
+
+    Parameters
+    ----------
+    precision : {'fp32', 'fp64'}
+        'fp32' (default) accumulates in float32; 'fp64' equals the reference exactly.
+    progress : bool
+        Progress bar over layers.
+    batch_samples : int, optional
+        Most samples held densely at once (default: 1 GiB of activations).
+    tile : int, optional
+        Samples per tile of the kernel, T (default: ``N*T`` values in 256 KiB, 8..64).
+    """
+
+    name = "cpu"
+
+    def __init__(self, *, precision: str = "fp32", progress: bool = False, batch_samples: int | None = None,
+                 tile: int | None = None):
+        super().__init__(precision=precision, progress=progress)
+        for label, value in (("batch_samples", batch_samples), ("tile", tile)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+                raise OptionError(f"{label}={value!r}: expected a positive integer")
+        self.batch_samples = None if batch_samples is None else int(batch_samples)
+        self.tile = None if tile is None else int(tile)
+        self._layers: list[_GatherLayer] | None = None
+        self._blocks: list[_Block] = []
+        self._spare: np.ndarray | None = None
+
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        ok, why = numba_status()
+        return (True, why) if ok else (False, why)
+
+    # -- preprocessing -------------------------------------------------------------------
+
+    def prepare(self, network: Network) -> None:
+        """Convert every layer into gather form and compile the kernels (not timed as inference).
+
+        Lazy networks whose converted layers would exceed 4 GiB are converted layer by
+        layer during :meth:`infer` instead (that time then counts as inference).
+        """
+        ok, why = self.availability()
+        if not ok:
+            raise SpdnnError(f"cpu engine: {why}")
+        self.network = network
+        self._layers = None
+        per_edge = 4 + np.dtype(self.dtype).itemsize
+        if not isinstance(network.layers, LazyLayers) or network.edges * per_edge <= _LAYER_CACHE_BYTES:
+            self._layers = [self._convert(k) for k in range(network.depth)]
+        _warm_up(self.dtype)
+        self._blocks = []
+
+    def _convert(self, k: int) -> _GatherLayer:
+        net = self.network
+        return _gather_layer(net.layers[k], net.bias[k], self.dtype)
+
+    def _layer(self, k: int) -> _GatherLayer:
+        return self._layers[k] if self._layers is not None else self._convert(k)
+
+    def _batch_rows(self) -> int:
+        if self.batch_samples is not None:
+            return self.batch_samples
+        return max(64, _BUFFER_BYTES // (self.network.neurons * np.dtype(self.dtype).itemsize))
+
+    def load(self, features) -> None:
+        """Take the features (or activations from :meth:`activations`), samples x N.
+
+        When all samples fit one batch they are made dense here (preprocessing), with
+        the second buffer of the layer loop; otherwise each batch is made dense when
+        :meth:`infer` reaches it.
+        """
+        super().load(features)
+        f = self.features
+        rows = np.arange(f.shape[0], dtype=np.int64)
+        magnitudes = np.abs(f.data[f.data != 0])
+        smallest = float(magnitudes.min()) if magnitudes.size else math.inf
+        largest = float(magnitudes.max()) if magnitudes.size else 0.0
+        self._spare = None
+        if f.shape[0] <= self._batch_rows():
+            values = self._densify(f, 0, f.shape[0])
+            self._spare = np.empty_like(values)
+            self._spare.fill(0)          # touch the pages now rather than in the first layer
+        else:
+            values = f
+        self._blocks = [_Block(rows, values, smallest, largest)]
+
+    def _tile(self) -> int:
+        """Samples per tile, T: N*T values in about 256 KiB (8..64), unless given."""
+        if self.tile is not None:
+            return self.tile
+        width = _TILE_BYTES // (self.network.neurons * np.dtype(self.dtype).itemsize)
+        return min(64, max(8, 1 << (max(width, 1).bit_length() - 1)))
+
+    def _densify(self, f: sp.csr_matrix, r0: int, r1: int) -> np.ndarray:
+        """Rows ``r0..r1-1`` of ``f`` as a dense tiled buffer ``(tiles, N, T)``."""
+        tile = self._tile()
+        y = np.empty((max(1, -(-(r1 - r0) // tile)), f.shape[1], tile), dtype=self.dtype)
+        _kernels().spdnn_cpu_densify(f.indptr, f.indices, f.data, r0, r1, y)
+        return y
+
+    # -- inference -----------------------------------------------------------------------
+
+    @staticmethod
+    def _threads_for(count: int, tile: int) -> int:
+        """Threads for a layer over ``count`` samples: one when they fit one tile (waking
+        the other threads would cost more than the work, far more on a loaded machine)."""
+        from numba import get_num_threads
+
+        return 1 if count <= tile else get_num_threads()
+
+    def _sum_exact(self, layer: _GatherLayer, smallest: float, largest: float) -> bool:
+        """Whether sum-then-multiply gives the per-term bits for inputs in [smallest, largest].
+
+        Needs every product ``x * w`` exact (normal or zero) and no overflow.
+        """
+        if self.dtype == np.float32:
+            return True
+        w = abs(float(layer.weight))
+        info = np.finfo(self.dtype)
+        return smallest * w >= info.tiny and layer.max_count * largest * max(1.0, w) < info.max / 2
+
+    def infer(self, start: int = 0, stop: int | None = None):
+        net = self.network
+        if net is None or self.features is None:
+            raise SpdnnError("cpu: prepare(network) and load(features) must come before infer()")
+        stop = net.depth if stop is None else stop
+        if not (isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer))
+                and 0 <= start <= stop <= net.depth):
+            raise OptionError(f"infer(start={start!r}, stop={stop!r}): expected 0 <= start <= stop <= {net.depth}")
+        survivors = np.zeros(stop - start, dtype=np.int64)
+        batch = self._batch_rows()
+        work = [(block, r0, min(len(block.rows), r0 + batch))
+                for block in self._blocks for r0 in range(0, len(block.rows), batch)]
+        steps = iter(progress_bar(range(len(work) * (stop - start)), enabled=self.progress,
+                                  desc=f"cpu {self.precision} layers"))
+        modes = {"values": 0, "uniform": 0, "sum": 0}
+        blocks = []
+        for block, r0, r1 in work:
+            if sp.issparse(block.values):
+                y, spare = self._densify(block.values, r0, r1), None
+            else:
+                y, spare = block.values, self._spare
+            self._spare = None
+            sub = _Block(block.rows[r0:r1].copy(), y, block.smallest, block.largest)
+            blocks.append(self._run_batch(sub, spare, start, stop, survivors, steps, modes))
+        for _ in steps:
+            pass
+        self._blocks = blocks
+        categories = np.concatenate([b.rows for b in blocks]) + 1 if blocks else np.zeros(0, np.int64)
+        extra = {"batches": len(work), "threads": _num_threads(), "layer_modes": modes}
+        return np.sort(categories), survivors, extra
+
+    def _run_batch(self, block: _Block, spare, start, stop, survivors, steps, modes) -> _Block:
+        """Layers ``start..stop-1`` over one dense batch; returns its survivors."""
+        kern = _kernels()
+        dtype = self.dtype
+        ymax = dtype(self.network.ymax)
+        rows, smallest, largest = block.rows, block.smallest, block.largest
+        count = len(rows)
+        y = block.values
+        out = spare if spare is not None and spare.shape == y.shape else np.empty_like(y)
+        tile = y.shape[2]
+        for k in range(start, stop):
+            next(steps, None)
+            if count == 0:
+                continue
+            layer = self._layer(k)
+            mode = layer.mode
+            if mode == kern.MODE_SUM and not self._sum_exact(layer, smallest, largest):
+                mode = kern.MODE_UNIFORM
+            modes[("values", "uniform", "sum")[mode]] += 1
+            alive = np.empty(count, np.bool_)
+            tile_min = np.empty(-(-count // tile), dtype)
+            with _threads(self._threads_for(count, tile)):
+                kern.spdnn_cpu_layer(y, out, count, layer.indptr, layer.indices, layer.values, layer.ell_width,
+                                     layer.weight, mode, layer.bias, layer.uniform_bias, ymax, alive, tile_min)
+                if alive.all():
+                    y, out = out, y
+                else:
+                    keep = np.flatnonzero(alive)
+                    kern.spdnn_cpu_compact(out, y, keep)     # survivors back into y, in order
+                    rows = rows[keep]
+                    count = len(keep)
+            smallest, largest = float(tile_min.min()), float(ymax)
+            survivors[k - start] += count
+        return _Block(rows, y, smallest, largest)
+
+    def activations(self):
+        n = self.network.neurons if self.network is not None else 0
+        if not self._blocks:
+            return np.zeros(0, np.int64), sp.csr_matrix((0, n))
+        rows = np.concatenate([b.rows for b in self._blocks])
+        parts = [b.values if sp.issparse(b.values)
+                 else sp.csr_matrix(_kernels().spdnn_cpu_undensify(b.values, len(b.rows)).astype(np.float64))
+                 for b in self._blocks]
+        values = sp.vstack(parts, format="csr").astype(np.float64)
+        values.eliminate_zeros()
+        keep = np.diff(values.indptr) > 0       # rows loaded but never run may be empty
+        order = np.argsort(rows, kind="stable")
+        order = order[keep[order]]
+        return rows[order], values[order]
+
+
+@contextlib.contextmanager
+def _threads(count: int):
+    """Run numba parallel regions of this thread on ``count`` threads inside the block."""
+    from numba import get_num_threads, set_num_threads
+
+    before = get_num_threads()
+    set_num_threads(min(count, before))
+    try:
+        yield
+    finally:
+        set_num_threads(before)
+
+
+def _num_threads() -> int:
+    from numba import get_num_threads
+
+    return int(get_num_threads())

@@ -1,0 +1,410 @@
+"""Weight layout of the CUDA engine: plain numpy, no GPU needed (tested in CI).
+
+The layer kernel (``kernels/layer.cu``) is a *gather*: each thread owns ``opt`` output
+neurons and, for a tile of ``mb`` samples held in registers, sums
+``y[s, i] * w[i, j]`` over the inputs ``i`` of its columns ``j``. A thread block
+works on one *slice* of ``threads * opt`` output neurons; the inputs are staged in
+shared memory one *chunk* of ``chunk`` consecutive input neurons at a time (a chunk
+of every sample of the tile: the block's input buffer), and the weights of that
+chunk are read from a warp-sliced ELLPACK:
+
+* a *warp slice* is (slice, chunk, t, warp): the 32 columns
+  ``j = slice*threads*opt + t*threads + warp*32 + lane``, lane = 0..31;
+* its entries are stored lane-interleaved, entry k of lane l at ``offset + 32*k + l``,
+  ``width`` entries per lane (the most any of the 32 columns has in that chunk);
+  missing entries are padding that point to the buffer's zero slot (index ``chunk``)
+  with weight 0, which adds an exact zero;
+* indices are 16-bit and buffer-local (``i - chunk_index * chunk``), in ascending
+  order within a column: the accumulation order is ascending input neuron, the fp64
+  exactness contract of :mod:`spdnn.engines.base`.
+
+``meta[sid] = (offset, width)`` for warp slice ``sid = ((slice*nchunks + c)*opt + t)*nwarps
++ warp``. Everything here is 0-based.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from ...errors import OptionError
+
+__all__ = ["KernelConfig", "PackedLayer", "ValuePlan", "choose_config", "pack_layer", "value_plan",
+           "narrowest_exact_dtype", "entry_values", "unique_columns",
+           "VALUE_SUM_THEN_SCALE", "VALUE_SCALAR", "VALUE_ARRAY"]
+
+#: Value modes (the kernel's VMODE): every weight of a layer is one power of two
+#: (sum the inputs, multiply once), one other value (multiply each term by the
+#: scalar, no value loads), or per-entry values (loaded in the narrowest exact type).
+VALUE_SUM_THEN_SCALE, VALUE_SCALAR, VALUE_ARRAY = 0, 1, 2
+
+#: Largest zero-slot index a 16-bit buffer-local index can hold.
+_MAX_CHUNK = 65535
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Blocking of the layer kernel.
+
+    Attributes
+    ----------
+    threads : int
+        Threads per block (a multiple of 32, at most 1024).
+    opt : int
+        Output neurons per thread (the register tile's second axis).
+    mb : int
+        Samples per tile (the register tile's first axis; each weight load is reused
+        ``mb`` times).
+    chunk : int
+        Input neurons staged in shared memory at once (per sample of the tile).
+    dedupe : bool
+        Compute each distinct weight column once ("virtual outputs"), keep the sums in
+        shared memory and expand them to the N outputs in the epilogue through a map.
+        Identical columns give identical sums (same entries, same order), so this is
+        exact; RadiX-Net layers have N/16 distinct columns.
+    """
+
+    threads: int
+    opt: int
+    mb: int
+    chunk: int
+    dedupe: bool = False
+
+    def __post_init__(self):
+        if not (32 <= self.threads <= 1024 and self.threads % 32 == 0):
+            raise OptionError(f"threads={self.threads}: expected a multiple of 32 in 32..1024")
+        if not 1 <= self.opt <= 256:
+            raise OptionError(f"opt={self.opt}: expected 1..256")
+        if self.mb not in (1, 2, 4, 8, 16):
+            raise OptionError(f"mb={self.mb}: expected 1, 2, 4, 8 or 16")
+        if not 1 <= self.chunk <= _MAX_CHUNK:
+            raise OptionError(f"chunk={self.chunk}: expected 1..{_MAX_CHUNK} (16-bit buffer indices)")
+
+    @property
+    def nwarps(self) -> int:
+        return self.threads // 32
+
+    @property
+    def outputs_per_block(self) -> int:
+        """Output neurons of one slice."""
+        return self.threads * self.opt
+
+    def slices(self, neurons: int) -> int:
+        """Slices of output neurons (1: a block owns whole samples, compaction is fused)."""
+        if self.dedupe:
+            return 1
+        return -(-neurons // self.outputs_per_block)
+
+    def nchunks(self, neurons: int) -> int:
+        """Input chunks staged one after the other."""
+        return -(-neurons // self.chunk)
+
+    def staging_bytes(self, itemsize: int) -> int:
+        """The input buffer: ``(chunk + 1) * mb`` activations (+1: the zero slot), 16-byte aligned."""
+        return -(-(self.chunk + 1) * self.mb * itemsize // 16) * 16
+
+    def smem_bytes(self, itemsize: int) -> int:
+        """Dynamic shared memory of one block: input buffer (+ the virtual sums when deduplicating)."""
+        sums = self.outputs_per_block * self.mb * itemsize if self.dedupe else 0
+        return self.staging_bytes(itemsize) + sums
+
+
+def choose_config(neurons: int, itemsize: int, *, smem_limit: int = 227 * 1024,
+                  max_accumulators: int = 64, threads: int | None = None, mb: int | None = None,
+                  opt: int | None = None, virtual: int | None = None) -> KernelConfig:
+    """A blocking for N neurons and activations of ``itemsize`` bytes (4 or 8).
+
+    Rules: 256 threads up to N = 2048, else 512 (the kernel's launch bound then leaves
+    128 registers a thread); each thread owns ``ceil(N / threads)`` outputs, at most 32
+    (wider layers are sliced over blocks); the tile has the most samples (8, 4, 2, 1)
+    whose ``opt * mb`` accumulators fit ``max_accumulators`` and whose rows fit the shared
+    memory, preferring whole rows (one chunk) and else equal chunks.
+
+    Parameters
+    ----------
+    neurons : int
+    itemsize : int
+        4 (fp32) or 8 (fp64).
+    smem_limit : int
+        Dynamic shared memory a block may use, in bytes (227 KiB on an H100).
+    max_accumulators : int
+        Register budget of the tile, ``opt * mb``.
+    threads, mb, opt : int, optional
+        Force these (benchmark variants); the others follow the rules.
+    virtual : int, optional
+        Deduplicate (see :class:`KernelConfig`): the most distinct columns of a layer.
+        Each thread then owns ``ceil(virtual / threads)`` of them (at most 32), the block
+        owns whole samples, and the tile takes the most samples (8, 4, 2, 1) that keep
+        the rows in at most 4 chunks beside the sums.
+    """
+    n = int(neurons)
+    if n < 1:
+        raise OptionError(f"neurons={neurons}: expected >= 1")
+    if virtual is not None:
+        return _choose_dedupe(n, itemsize, int(virtual), smem_limit, max_accumulators, threads, mb)
+    if threads is None:
+        threads = 256 if n <= 2048 else 512
+        threads = min(threads, -(-n // 32) * 32)
+    if opt is None:
+        opt = min(-(-n // threads), 32)
+    if mb is None:
+        mb = 1
+        for cand in (8, 4, 2):
+            if cand * opt <= max_accumulators and (n + 1) * cand * itemsize <= smem_limit:
+                mb = cand
+                break
+        else:
+            if n > 16384 and 2 * opt <= max_accumulators:
+                mb = 2                      # rows do not fit anyway: reuse weights, chunk the rows
+    chunk = min(n, smem_limit // (mb * itemsize) - 1, _MAX_CHUNK)
+    if chunk < 1:
+        raise OptionError(f"mb={mb}: no room in {smem_limit} bytes of shared memory")
+    if chunk < n:
+        parts = -(-n // chunk)              # equal chunks: less padding in the last one
+        chunk = -(-n // parts)
+    return KernelConfig(threads=threads, opt=opt, mb=mb, chunk=chunk)
+
+
+def _choose_dedupe(n, itemsize, virtual, smem_limit, max_accumulators, threads, mb) -> KernelConfig:
+    if threads is None:
+        threads = 256 if n <= 2048 else 512
+        threads = min(threads, -(-max(virtual, n) // 32) * 32)
+    opt = -(-virtual // threads)
+    if opt > 32:
+        raise OptionError(f"virtual={virtual}: too many distinct columns to deduplicate with {threads} threads")
+    cands = (mb,) if mb is not None else (8, 4, 2, 1)
+    for cand in cands:
+        if cand * opt > max_accumulators and mb is None:
+            continue
+        room = smem_limit - threads * opt * cand * itemsize
+        chunk = min(n, room // (cand * itemsize) - 2, _MAX_CHUNK)
+        if chunk < 1:
+            continue
+        parts = -(-n // chunk)
+        if parts > 4 and cand > 1 and mb is None:
+            continue
+        chunk = -(-n // parts)
+        return KernelConfig(threads=threads, opt=opt, mb=cand, chunk=chunk, dedupe=True)
+    raise OptionError(f"no blocking fits {smem_limit} bytes of shared memory for N={n}, virtual={virtual}")
+
+
+def unique_columns(w: sp.csc_matrix) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct columns of a canonical CSC matrix (same row indices and values, in order).
+
+    Returns
+    -------
+    reps : int64 (u,)
+        One representative column per distinct column, ascending.
+    inverse : int64 (ncols,)
+        ``inverse[j]`` = position in ``reps`` of the column equal to column j.
+    """
+    ncols = w.shape[1]
+    counts = np.diff(w.indptr)
+    idx = w.indices.astype(np.uint64)
+    bits = np.ascontiguousarray(w.data, dtype=np.float64).view(np.uint64)
+    with np.errstate(over="ignore"):
+        mixed = (idx + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15) ^ (bits * np.uint64(0xC2B2AE3D27D4EB4F))
+        mixed ^= mixed >> np.uint64(29)
+        mixed *= np.uint64(0xBF58476D1CE4E5B9)
+    h = np.zeros(ncols, dtype=np.uint64)
+    nonempty = counts > 0
+    if w.nnz:
+        with np.errstate(over="ignore"):
+            h[nonempty] = np.add.reduceat(mixed, w.indptr[:-1][nonempty])
+    with np.errstate(over="ignore"):
+        key = h ^ (counts.astype(np.uint64) * np.uint64(0x94D049BB133111EB))
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    rep_of = first[inverse]                          # candidate representative of each column
+    # Verify (hash collisions): every column must equal its representative entry by entry.
+    same = counts == counts[rep_of]
+    lengths = np.where(same, counts, 0)
+    pos = np.repeat(w.indptr[:-1], lengths) + (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths))
+    rpos = np.repeat(w.indptr[:-1][rep_of], lengths) + (pos - np.repeat(w.indptr[:-1], lengths))
+    bad = (w.indices[pos] != w.indices[rpos]) | (bits[pos] != bits[rpos])
+    col_of_entry = np.repeat(np.arange(ncols), lengths)
+    wrong = ~same
+    wrong[col_of_entry[bad]] = True
+    rep_of = np.where(wrong, np.arange(ncols), rep_of)
+    reps, inverse = np.unique(rep_of, return_inverse=True)
+    return reps.astype(np.int64), inverse.reshape(-1).astype(np.int64)
+
+
+@dataclass
+class PackedLayer:
+    """One layer in the warp-sliced ELLPACK of a :class:`KernelConfig`.
+
+    Attributes
+    ----------
+    idx : ndarray uint16 (entries,)
+        Buffer-local input index of each entry (``chunk`` for padding).
+    values : ndarray float64 (entries,)
+        Weight of each entry (0 for padding). Callers may drop it (uniform layers).
+    meta : ndarray int32 (slices*nchunks*opt*nwarps, 2)
+        ``(offset, width)`` per warp slice.
+    nnz : int
+        Real entries (the layer's nonzeros).
+    uniform_value : float or None
+        The single value of every nonzero, if there is one.
+    out_map : ndarray uint16 (N,) or None
+        With deduplication: the virtual column (distinct column) of each output.
+    virtual : int
+        Columns packed (distinct columns with deduplication, else N).
+    packed_nnz : int
+        Nonzeros packed (those of the distinct columns with deduplication).
+    """
+
+    idx: np.ndarray
+    values: np.ndarray
+    meta: np.ndarray
+    nnz: int
+    uniform_value: float | None
+    out_map: np.ndarray | None = None
+    virtual: int = 0
+    packed_nnz: int = 0
+
+    @property
+    def entries(self) -> int:
+        return int(self.idx.size)
+
+    @property
+    def padding_ratio(self) -> float:
+        """Entries processed per packed nonzero (1.0: no padding)."""
+        return self.entries / self.packed_nnz if self.packed_nnz else 1.0
+
+
+def pack_layer(w: sp.spmatrix, config: KernelConfig, neurons: int, *,
+               columns: tuple[np.ndarray, np.ndarray] | None = None) -> PackedLayer:
+    """Pack one layer (rows = input neurons, columns = output neurons) for ``config``.
+
+    Parameters
+    ----------
+    w : scipy sparse matrix (N, N)
+    config : KernelConfig
+    neurons : int
+        N.
+    columns : (reps, inverse), optional
+        :func:`unique_columns` of ``w`` when already known (``config.dedupe``).
+
+    Returns
+    -------
+    PackedLayer
+    """
+    n = int(neurons)
+    if w.shape != (n, n):
+        raise OptionError(f"layer shape {w.shape}, expected ({n}, {n})")
+    cfg = config
+    csc = sp.csc_matrix(w)
+    if not csc.has_sorted_indices:
+        csc = csc.copy()
+        csc.sort_indices()
+    data_all = csc.data
+    uniform = float(data_all[0]) if data_all.size and np.all(data_all == data_all[0]) else None
+    out_map = None
+    if cfg.dedupe:
+        reps, inverse = unique_columns(csc) if columns is None else columns
+        if reps.size > cfg.outputs_per_block or reps.size > _MAX_CHUNK:
+            raise OptionError(f"{reps.size} distinct columns do not fit {cfg} (at most "
+                              f"{min(cfg.outputs_per_block, _MAX_CHUNK)})")
+        csc = csc[:, reps]
+        csc.sort_indices()
+        out_map = inverse.astype(np.uint16)
+    nv = csc.shape[1]
+    nchunks, slices = cfg.nchunks(n), cfg.slices(nv)
+    ncols = slices * cfg.outputs_per_block
+    col_counts = np.diff(csc.indptr)
+    j = np.repeat(np.arange(nv, dtype=np.int64), col_counts)     # (virtual) output of each nonzero
+    i = csc.indices.astype(np.int64)                              # input neuron, ascending per column
+    c = i // cfg.chunk
+    key = j * nchunks + c                                         # non-decreasing over the nonzeros
+    group = np.bincount(key, minlength=ncols * nchunks)
+    group_start = np.concatenate(([0], np.cumsum(group)[:-1]))
+    rank = np.arange(i.size, dtype=np.int64) - group_start[key]  # position within (column, chunk)
+
+    # Width of every warp slice: the most entries any of its 32 columns has.
+    counts = group.reshape(slices, cfg.opt, cfg.nwarps, 32, nchunks)
+    width = counts.max(axis=3).transpose(0, 3, 1, 2)              # (slices, nchunks, opt, nwarps)
+    width = np.ascontiguousarray(width).reshape(-1).astype(np.int64)
+    offsets = np.concatenate(([0], np.cumsum(width * 32)[:-1]))
+    total = int(width.sum() * 32)
+
+    sl, rem = np.divmod(j, cfg.outputs_per_block)
+    t, tid = np.divmod(rem, cfg.threads)
+    warp, lane = np.divmod(tid, 32)
+    sid = ((sl * nchunks + c) * cfg.opt + t) * cfg.nwarps + warp
+    pos = offsets[sid] + rank * 32 + lane
+
+    idx = np.full(total, cfg.chunk, dtype=np.uint16)
+    idx[pos] = (i - c * cfg.chunk).astype(np.uint16)
+    values = np.zeros(total, dtype=np.float64)
+    values[pos] = csc.data
+    if total >= 2**31:
+        raise OptionError("layer too large for 32-bit entry offsets")
+    meta = np.stack([offsets, width], axis=1).astype(np.int32)
+    return PackedLayer(idx=idx, values=values, meta=meta, nnz=int(data_all.size), uniform_value=uniform,
+                       out_map=out_map, virtual=nv, packed_nnz=int(csc.nnz))
+
+
+def _is_power_of_two(v: float) -> bool:
+    m, _ = np.frexp(v)
+    return v != 0 and abs(m) == 0.5
+
+
+def narrowest_exact_dtype(values: np.ndarray, activation_dtype) -> np.dtype:
+    """The narrowest of float16/float32/float64 (at most the activation type) holding ``values`` exactly.
+
+    For fp32 activations a value that float32 cannot hold is rounded to float32, as
+    the reference does with ``w.astype(float32)``.
+    """
+    act = np.dtype(activation_dtype)
+    for dt in (np.float16, np.float32, np.float64):
+        if np.dtype(dt).itemsize >= act.itemsize:
+            return act
+        with np.errstate(over="ignore"):
+            if np.array_equal(values.astype(dt).astype(np.float64), values):
+                return np.dtype(dt)
+    return act
+
+
+def entry_values(layer: PackedLayer, chunk: int) -> np.ndarray:
+    """Per-entry weights of a layer (0 on padding), rebuilt for uniform layers whose values were dropped."""
+    if layer.values is not None and layer.values.size == layer.idx.size:
+        return layer.values
+    if layer.uniform_value is None:
+        raise OptionError("a non-uniform layer needs its values")
+    return np.where(layer.idx == chunk, 0.0, layer.uniform_value)
+
+
+@dataclass(frozen=True)
+class ValuePlan:
+    """How the weights' values reach the kernel (one choice for the whole network).
+
+    Attributes
+    ----------
+    mode : int
+        :data:`VALUE_SUM_THEN_SCALE`, :data:`VALUE_SCALAR` or :data:`VALUE_ARRAY`.
+    value_dtype : numpy dtype or None
+        For :data:`VALUE_ARRAY`: float16, float32 or float64, the narrowest type that
+        holds every weight exactly (never wider than the activations).
+    """
+
+    mode: int
+    value_dtype: np.dtype | None
+
+
+def value_plan(uniforms: list, exact_dtypes: list, activation_dtype) -> ValuePlan:
+    """Pick the value mode from each layer's single value (or None) and exact value type.
+
+    One value per layer everywhere gives :data:`VALUE_SUM_THEN_SCALE` when every such
+    value is a power of two (summing first and multiplying once is then bit-identical
+    to multiplying each term), else :data:`VALUE_SCALAR`. Otherwise values are loaded
+    in the widest of the layers' exact types.
+    """
+    if all(u is not None for u in uniforms):
+        if all(_is_power_of_two(u) for u in uniforms):
+            return ValuePlan(VALUE_SUM_THEN_SCALE, None)
+        return ValuePlan(VALUE_SCALAR, None)
+    act = np.dtype(activation_dtype)
+    widest = max((np.dtype(d) for d in exact_dtypes), key=lambda d: d.itemsize, default=act)
+    return ValuePlan(VALUE_ARRAY, widest)

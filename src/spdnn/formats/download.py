@@ -1,0 +1,209 @@
+"""Downloading the official files: resumable, MD5-checked, atomic (urllib only).
+
+A download goes to ``dest.part``; an interrupted one is resumed with an HTTP ``Range``
+request (a server that ignores it and answers 200 makes it restart from zero). Only a
+complete file whose MD5 matches is renamed to ``dest``.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .._progress import progress_bar
+from ..errors import ChecksumError, DownloadError, OptionError
+from .tsv import positive_int
+
+__all__ = ["OFFICIAL_BASE_URL", "OFFICIAL_MD5", "OFFICIAL_SIZES", "OFFICIAL_DEPTHS", "download_file",
+           "download_official", "official_files", "file_md5"]
+
+#: Root of the official data (SPEC.md section 2).
+OFFICIAL_BASE_URL = "https://graphchallenge.s3.amazonaws.com/synthetic/sparsechallenge_2019"
+
+#: MD5 of the network archives ``neuron{N}.tar.gz`` (SPEC.md section 2; none published for 65536).
+OFFICIAL_MD5 = {
+    1024: "8ccdd73e06ff905f7c72410e9a5cc4be",
+    4096: "ebf3785df180ae921db7c805e5c9adfb",
+    16384: "92a48c20050e3d8fcf511b810eb56faf",
+}
+
+#: Official network sizes N and depths L.
+OFFICIAL_SIZES = (1024, 4096, 16384, 65536)
+OFFICIAL_DEPTHS = (120, 480, 1920)
+
+_BLOCK = 1 << 20
+
+
+def file_md5(path: str | os.PathLike) -> str:
+    """Hex MD5 of a file's bytes."""
+    h = hashlib.md5()
+    with open(path, "rb") as fh:
+        while block := fh.read(_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _open(url: str, start: int, timeout: float):
+    req = urllib.request.Request(url, headers={"User-Agent": "spdnn"})
+    if start:
+        req.add_header("Range", f"bytes={start}-")
+    try:
+        return urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if start and exc.code == 416:  # the partial file is not a prefix we can extend
+            exc.close()
+            return None
+        exc.close()
+        raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise DownloadError(f"{url}: cannot connect ({reason})") from None
+
+
+def download_file(url: str, dest: str | os.PathLike, *, md5: str | None = None, progress: bool | None = None,
+                  timeout: float = 60) -> Path:
+    """Download ``url`` to ``dest`` (resumable, atomic, optionally MD5-checked).
+
+    Parameters
+    ----------
+    url : str
+    dest : str or os.PathLike
+        Final path; the transfer goes to ``dest + '.part'``, kept when interrupted so that
+        the next call resumes it.
+    md5 : str, optional
+        Expected hex digest of the complete file.
+    progress : bool, optional
+        Byte progress bar (None: when stderr is a terminal).
+    timeout : float
+        Seconds for connecting and for each read.
+
+    Returns
+    -------
+    pathlib.Path
+        ``dest``.
+
+    Raises
+    ------
+    DownloadError
+        HTTP error status, connection failure or a short transfer (names the URL).
+    ChecksumError
+        The complete file's MD5 differs from ``md5``; the bad file is removed.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    start = part.stat().st_size if part.exists() else 0
+    resp = _open(url, start, timeout)
+    if resp is None:  # 416: restart from zero
+        part.unlink(missing_ok=True)
+        start = 0
+        resp = _open(url, 0, timeout)
+    with resp:
+        status = resp.status
+        if start and status == 206:
+            crange = resp.headers.get("Content-Range", "")
+            if not crange.startswith(f"bytes {start}-"):
+                raise DownloadError(f"{url}: server answered range {crange!r} to a request from byte {start}")
+            mode = "ab"
+        else:
+            mode = "wb"
+            start = 0
+        length = resp.headers.get("Content-Length")
+        expected = int(length) if length is not None and length.isdigit() else None
+        total = None if expected is None else start + expected
+        got = 0
+        bar = progress_bar(None, enabled=progress, desc=dest.name, total=total, unit="B")
+        bar.update(start)
+        try:
+            with open(part, mode) as out:
+                while True:
+                    try:
+                        block = resp.read(_BLOCK)
+                    except (OSError, http.client.HTTPException) as exc:
+                        raise DownloadError(f"{url}: transfer interrupted after {start + got} bytes ({exc}); "
+                                            f"run again to resume") from None
+                    if not block:
+                        break
+                    out.write(block)
+                    got += len(block)
+                    bar.update(len(block))
+        finally:
+            bar.close()
+    if expected is not None and got < expected:
+        raise DownloadError(f"{url}: transfer truncated at {start + got} of {total} bytes; run again to resume")
+    if md5 is not None:
+        digest = file_md5(part)
+        if digest.lower() != md5.lower():
+            part.unlink(missing_ok=True)
+            raise ChecksumError(f"{url}: MD5 {digest} does not match the expected {md5.lower()}; "
+                                f"the download was removed")
+    os.replace(part, dest)
+    return dest
+
+
+def official_files(neurons: int, layers: int, *, base_url: str = OFFICIAL_BASE_URL,
+                   what=("network", "features", "truth")) -> list[tuple[str, str, str | None]]:
+    """(url, file name, md5 or None) of the official files of one problem.
+
+    Raises
+    ------
+    OptionError
+        N or L is not an official size, or ``what`` names an unknown part.
+    """
+    neurons = positive_int(neurons, "neurons")
+    layers = positive_int(layers, "layers")
+    if neurons not in OFFICIAL_SIZES:
+        raise OptionError(f"neurons={neurons}: official sizes are {OFFICIAL_SIZES}")
+    if layers not in OFFICIAL_DEPTHS:
+        raise OptionError(f"layers={layers}: official depths are {OFFICIAL_DEPTHS}")
+    if isinstance(what, str):
+        what = (what,)
+    base = base_url.rstrip("/")
+    table = {
+        "network": (f"{base}/dnn/neuron{neurons}.tar.gz", f"neuron{neurons}.tar.gz", OFFICIAL_MD5.get(neurons)),
+        "features": (f"{base}/mnist/sparse-images-{neurons}.tsv.gz", f"sparse-images-{neurons}.tsv.gz", None),
+        "truth": (f"{base}/dnn/neuron{neurons}-l{layers}-categories.tsv",
+                  f"neuron{neurons}-l{layers}-categories.tsv", None),
+    }
+    unknown = [w for w in what if w not in table]
+    if unknown:
+        raise OptionError(f"what={tuple(what)!r}: unknown part(s) {unknown}; expected network, features, truth")
+    return [table[w] for w in what]
+
+
+def download_official(neurons: int, layers: int, dest_dir: str | os.PathLike, *,
+                      base_url: str = OFFICIAL_BASE_URL, what=("network", "features", "truth"),
+                      progress: bool | None = None) -> list[Path]:
+    """Download the official files of one problem into ``dest_dir`` under their official names.
+
+    A file already present is kept (after checking its MD5 when one is known).
+
+    Parameters
+    ----------
+    neurons : int
+        N, one of 1024, 4096, 16384, 65536.
+    layers : int
+        L, one of 120, 480, 1920 (names the truth file).
+    dest_dir : str or os.PathLike
+    base_url : str
+        Root URL (a mirror or a local server in tests).
+    what : sequence of {'network', 'features', 'truth'}
+    progress : bool, optional
+
+    Returns
+    -------
+    list of pathlib.Path
+        The downloaded (or already present) files, in the order of ``what``.
+    """
+    out = Path(dest_dir)
+    paths = []
+    for url, name, md5 in official_files(neurons, layers, base_url=base_url, what=what):
+        dest = out / name
+        if dest.is_file() and (md5 is None or file_md5(dest) == md5):
+            paths.append(dest)
+            continue
+        paths.append(download_file(url, dest, md5=md5, progress=progress))
+    return paths

@@ -1,0 +1,189 @@
+"""Formatting of results for people (aligned text) and for programs (JSON).
+
+Nothing here computes anything: each function turns a plain dict (built by the CLI
+or by :mod:`spdnn.bench`) into text. JSON is written with :func:`to_json`, which
+understands numpy scalars and arrays, so callers never convert by hand.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["to_json", "jsonable", "format_ids", "format_seconds", "format_run", "format_comparison",
+           "format_info", "format_bench"]
+
+
+def jsonable(obj: Any) -> Any:
+    """Convert numpy scalars/arrays, paths, sets and tuples (recursively) into JSON types.
+
+    Non-finite floats become ``None`` (JSON has no NaN/inf).
+    """
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, np.ndarray):
+        return [jsonable(v) for v in obj.tolist()]
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return jsonable(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    if hasattr(obj, "to_dict"):
+        return jsonable(obj.to_dict())
+    return str(obj)
+
+
+def to_json(obj: Any, *, indent: int | None = None) -> str:
+    """One JSON document for ``obj`` (see :func:`jsonable` for the conversions)."""
+    return json.dumps(jsonable(obj), indent=indent, sort_keys=False)
+
+
+def format_ids(ids: Iterable[int], *, limit: int = 20) -> str:
+    """Comma-separated 1-based ids, the first ``limit`` of them and a count of the rest."""
+    ids = [int(i) for i in ids]
+    if not ids:
+        return "none"
+    shown = ", ".join(str(i) for i in ids[:limit])
+    if len(ids) > limit:
+        shown += f", ... ({len(ids) - limit} more)"
+    return shown
+
+
+def format_seconds(seconds: float | None) -> str:
+    """A duration with a unit that keeps three significant digits (``'1.23 ms'``)."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    if seconds >= 1:
+        return f"{seconds:.3g} s" if seconds < 100 else f"{seconds:.0f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds * 1e6:.3g} us"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, right: Sequence[bool] | None = None) -> str:
+    """Align columns; ``right[i]`` right-aligns column i (numbers)."""
+    cols = len(header)
+    right = right or [False] * cols
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(cols)]
+    lines = []
+    for r in [header, *rows]:
+        cells = [str(c).rjust(w) if ra else str(c).ljust(w) for c, w, ra in zip(r, widths, right)]
+        lines.append("  ".join(cells).rstrip())
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_comparison(passed: bool | None, missing: Sequence[int], extra: Sequence[int], *,
+                      found_count: int, truth_count: int | None) -> str:
+    """PASS/FAIL lines for a categories check (``passed=None``: no truth to check against)."""
+    if passed is None:
+        return f"check:        none (no truth categories; {found_count} found)"
+    if passed:
+        return f"check:        PASS ({found_count} categories equal the truth)"
+    lines = [f"check:        FAIL ({found_count} found, {truth_count} in the truth)",
+             f"  missing ({len(missing)}, in the truth but not found): {format_ids(missing)}",
+             f"  extra   ({len(extra)}, found but not in the truth):   {format_ids(extra)}"]
+    return "\n".join(lines)
+
+
+def _survivors_note(survivors) -> str:
+    if survivors is None or len(survivors) == 0:
+        return ""
+    return f" (alive after layer 1: {int(survivors[0]):,}; after layer {len(survivors)}: {int(survivors[-1]):,})"
+
+
+def format_run(summary: Mapping[str, Any]) -> str:
+    """Human-readable report of one ``spdnn run`` (the keys of its JSON object)."""
+    lines = [
+        f"data:         {summary['source']}",
+        f"network:      {summary['neurons']} neurons x {summary['layers']} layers, "
+        f"{summary['edges']:,} edges; {summary['samples']:,} samples",
+        f"engine:       {summary['engine']} ({summary['precision']})"
+        + (f", {summary['ranks']} MPI ranks" if summary.get("ranks", 1) > 1 else ""),
+        f"categories:   {summary['categories_count']} found" + _survivors_note(summary.get("survivors")),
+        format_comparison(summary.get("passed"), summary.get("missing", []), summary.get("extra", []),
+                          found_count=summary["categories_count"], truth_count=summary.get("truth_count")),
+        f"read:         {format_seconds(summary['read_seconds'])} (reading and conversion of the data)",
+        f"preprocess:   {format_seconds(summary['preprocess_seconds'])} (engine: weights and features)",
+        f"inference:    {format_seconds(summary['inference_seconds'])}",
+        f"throughput:   {summary['teraedges_per_second']:.4g} TeraEdges/s "
+        f"(samples x edges / inference seconds)",
+    ]
+    if summary.get("categories_file"):
+        lines.append(f"written:      {summary['categories_file']}")
+    text = summary.get("explanation_text")
+    if text:
+        lines += ["", "verification:", *("  " + ln for ln in text.rstrip().splitlines())]
+    return "\n".join(lines)
+
+
+def format_info(info: Mapping[str, Any]) -> str:
+    """Human-readable ``spdnn info``."""
+    lines = [f"spdnn {info['version']} (python {info['python']}, numpy {info['numpy']}, scipy {info['scipy']})",
+             "engines:"]
+    width = max(len(n) for n in info["engines"])
+    for name, e in info["engines"].items():
+        mark = "yes" if e["available"] else "no "
+        lines.append(f"  {name.ljust(width)}  {mark}  {e['reason']}")
+    lines.append(f"auto engine:  {info['auto_engine']}")
+    devices = info["devices"]
+    if devices:
+        lines.append("devices:")
+        for d in devices:
+            lines.append(f"  cuda:{d['id']}  {d['name']}  {d['memory_bytes'] / 2**30:.1f} GiB")
+    else:
+        lines.append(f"devices:      none ({info['cuda_reason']})")
+    lines.append(f"mpi:          {'yes' if info['mpi']['available'] else 'no'} ({info['mpi']['reason']})")
+    lines.append(f"numba:        {info['numba']['reason']}; threads {info['numba'].get('threads', '-')}")
+    lines.append(f"cpu cores:    {info['cpu_count']}")
+    lines.append(f"cache dir:    {info['cache_dir']}")
+    return "\n".join(lines)
+
+
+def format_bench(report: Mapping[str, Any]) -> str:
+    """The benchmark table: one row per cell, per engine the median time and TeraEdges/s.
+
+    Below each engine's columns, ``xfloor`` is the measured median over the cell's floor
+    (see :func:`spdnn.bench.floor_estimate`); ``check`` says whether every engine's
+    categories equal the truth.
+    """
+    engines = report["engines"]
+    header = ["N x L", "samples", "categories"]
+    right = [False, True, True]
+    for name in engines:
+        header += [f"{name} time", f"{name} TE/s", f"{name} xfloor"]
+        right += [True, True, True]
+    header += ["floor", "check"]
+    right += [True, False]
+    rows = []
+    for cell in report["cells"]:
+        row = [f"{cell['neurons']}x{cell['layers']}", f"{cell['samples']:,}", str(cell["categories_count"])]
+        floors = []
+        for name in engines:
+            e = cell["engines"][name]
+            row += [format_seconds(e["median_seconds"]), f"{e['teraedges_per_second']:.3g}",
+                    "-" if e.get("floor_ratio") is None else f"{e['floor_ratio']:.3g}"]
+            floors.append(f"{format_seconds(e['floor']['seconds'])} ({e['floor']['device']})")
+        row.append(", ".join(dict.fromkeys(floors)))
+        bad = [name for name in engines if not cell["engines"][name]["passed"]]
+        row.append("PASS" if not bad else "FAIL: " + ", ".join(bad))
+        rows.append(row)
+    lines = [_table(header, rows, right=right)]
+    for cell in report["cells"]:
+        for name in engines:
+            e = cell["engines"][name]
+            if not e["passed"]:
+                lines.append(f"{cell['neurons']}x{cell['layers']} {name}: missing {format_ids(e['missing'])}; "
+                             f"extra {format_ids(e['extra'])}")
+    lines.append(f"median of {report['repeats']} runs after a warm-up; precision {report['precision']}; "
+                 "TE/s = samples x edges / inference seconds / 1e12; xfloor = median / floor")
+    return "\n".join(lines)

@@ -1,0 +1,418 @@
+"""The ``spdnn`` command line end to end, on a small generated network.
+
+Every command runs through click's CliRunner with ``SPDNN_CACHE_DIR`` in a temporary
+directory; the data (N=64, L=12, the first 200 samples) are generated once per module.
+Also: the formatting and floor helpers behind ``spdnn bench``.
+"""
+from __future__ import annotations
+
+import functools
+import http.server
+import inspect
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from spdnn.bench import floor_estimate, parse_cells
+from spdnn.cli import cli
+from spdnn.errors import OptionError
+from spdnn.report import format_ids, jsonable
+
+N, L, S = 64, 12, 200
+SMALL = ["--neurons", str(N), "--layers", str(L), "--samples", str(S)]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A private cache dir, filled once with the small challenge; returns (dir, truth)."""
+    path = tmp_path_factory.mktemp("spdnn-cache")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SPDNN_CACHE_DIR", str(path))
+    from spdnn.generate import cached_challenge
+
+    _, _, truth, _ = cached_challenge(N, L, samples=S)
+    mp.undo()
+    assert len(truth) >= 1, "the small challenge must have at least one category"
+    return path, np.asarray(truth)
+
+
+def _runner() -> CliRunner:
+    """A CliRunner keeping stderr apart from stdout (click 8.1 needs mix_stderr=False)."""
+    kwargs = {"mix_stderr": False} if "mix_stderr" in inspect.signature(CliRunner).parameters else {}
+    return CliRunner(**kwargs)
+
+
+@pytest.fixture
+def spdnn_cli(cache, monkeypatch):
+    """invoke(*args) -> click Result with separate stdout/stderr, cache dir set."""
+    monkeypatch.setenv("SPDNN_CACHE_DIR", str(cache[0]))
+    runner = _runner()
+
+    def invoke(*args):
+        result = runner.invoke(cli, [str(a) for a in args], catch_exceptions=True)
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception  # a bug, not a handled error: show its traceback
+        return result
+
+    return invoke
+
+
+def _no_traceback(result):
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def _listed(text, label):
+    """The ids printed on the line starting with ``label`` ('missing' or 'extra')."""
+    line = next(ln for ln in text.splitlines() if ln.strip().startswith(label))
+    return [int(v) for v in line.split("):", 1)[1].replace(",", " ").split()]
+
+
+def _truth_file(path, ids):
+    path.write_text("".join(f"{int(i)}\n" for i in ids))
+    return path
+
+
+# ------------------------------------------------------------------------- run
+
+
+def test_run_text_pass(spdnn_cli, cache):
+    result = spdnn_cli("run", *SMALL, "--engine", "reference", "--no-progress")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "PASS" in out and "FAIL" not in out
+    assert f"{len(cache[1])} found" in out
+    for word in ("data:", "engine:", "reference", "inference:", "preprocess:", "read:", "TeraEdges/s"):
+        assert word in out
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp64"])
+def test_run_json_pass(spdnn_cli, cache, precision):
+    result = spdnn_cli("run", *SMALL, "--engine", "auto", "--precision", precision, "--json", "--no-progress")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    doc = json.loads(result.stdout)  # exactly one JSON object on stdout
+    for key in ("engine", "neurons", "layers", "samples", "categories_count", "passed", "inference_seconds",
+                "preprocess_seconds", "teraedges_per_second", "read_seconds", "precision", "survivors"):
+        assert key in doc, key
+    assert doc["passed"] is True
+    assert (doc["neurons"], doc["layers"], doc["samples"], doc["precision"]) == (N, L, S, precision)
+    assert doc["categories"] == cache[1].tolist()
+    assert doc["categories_count"] == len(cache[1])
+    assert len(doc["survivors"]) == L and doc["survivors"][-1] == len(cache[1])
+    edges = 32 * N * L
+    assert doc["teraedges_per_second"] == pytest.approx(S * edges / doc["inference_seconds"] / 1e12)
+
+
+def test_run_wrong_truth_fails(spdnn_cli, cache, tmp_path):
+    truth = cache[1]
+    dropped = int(truth[0])
+    added = next(i for i in range(1, S + 1) if i not in set(truth.tolist()))
+    wrong = _truth_file(tmp_path / "wrong.tsv", sorted([*truth[1:].tolist(), added]))
+    result = spdnn_cli("run", *SMALL, "--engine", "reference", "--truth", wrong, "--no-explain", "--no-progress")
+    assert result.exit_code == 1
+    assert "FAIL" in result.stdout
+    assert _listed(result.stdout, "missing") == [added] and _listed(result.stdout, "extra") == [dropped]
+
+    result = spdnn_cli("run", *SMALL, "--engine", "reference", "--truth", wrong, "--json", "--no-progress")
+    assert result.exit_code == 1
+    doc = json.loads(result.stdout)
+    assert doc["passed"] is False
+    assert doc["missing"] == [added] and doc["extra"] == [dropped]
+    assert doc["explanation"]  # the verification's report of the differing samples
+
+
+def test_run_wrong_truth_explained_in_text(spdnn_cli, cache, tmp_path):
+    truth = cache[1]
+    wrong = _truth_file(tmp_path / "wrong.tsv", truth[1:])
+    result = spdnn_cli("run", *SMALL, "--engine", "reference", "--precision", "fp64", "--truth", wrong,
+                       "--no-progress")
+    assert result.exit_code == 1
+    assert "verification:" in result.stdout
+    assert str(int(truth[0])) in result.stdout.split("verification:")[1]
+
+
+def test_run_saves_categories_and_verify(spdnn_cli, cache, tmp_path):
+    out = tmp_path / "found.tsv"
+    result = spdnn_cli("run", *SMALL, "--engine", "reference", "--save-categories", out, "--no-progress")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert [int(v) for v in out.read_text().split()] == cache[1].tolist()
+
+    truth = _truth_file(tmp_path / "truth.tsv", cache[1])
+    result = spdnn_cli("verify", out, truth)
+    assert result.exit_code == 0 and "PASS" in result.stdout
+
+    other = _truth_file(tmp_path / "other.tsv", [*cache[1][1:].tolist(), S + 7])
+    result = spdnn_cli("verify", out, other)
+    assert result.exit_code == 1
+    assert "FAIL" in result.stdout
+    assert _listed(result.stdout, "missing") == [S + 7] and _listed(result.stdout, "extra") == [int(cache[1][0])]
+    result = spdnn_cli("verify", out, other, "--json")
+    doc = json.loads(result.stdout)
+    assert result.exit_code == 1 and doc["passed"] is False
+    assert doc["missing"] == [S + 7] and doc["extra"] == [int(cache[1][0])]
+
+
+@pytest.fixture(scope="module")
+def generated(cache, tmp_path_factory):
+    """``spdnn generate`` once per module (N=64, 4 layers, 200 samples): (output dir, click result)."""
+    out = tmp_path_factory.mktemp("generated") / "gen"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SPDNN_CACHE_DIR", str(cache[0]))
+    result = _runner().invoke(cli, ["generate", "--neurons", str(N), "--layers", "4", "--samples", str(S),
+                                    "--out", str(out), "--no-progress"])
+    mp.undo()
+    return out, result
+
+
+def test_generate_then_run_data(spdnn_cli, generated):
+    out, result = generated
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert str(out) in result.stdout
+    assert sorted(p.name for p in (out / f"neuron{N}").iterdir()) == [f"n{N}-l{k}.tsv" for k in range(1, 5)]
+    truth_file = out / f"neuron{N}-l4-categories.tsv"
+    assert truth_file.exists() and (out / f"sparse-images-{N}.tsv.gz").exists()
+
+    result = spdnn_cli("run", "--data", out, "--engine", "reference", "--json", "--no-progress")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["passed"] is True and (doc["neurons"], doc["layers"], doc["samples"]) == (N, 4, S)
+    assert doc["categories"] == [int(v) for v in truth_file.read_text().split()]
+
+    # The same data generated in memory (and cached) give the same categories.
+    result = spdnn_cli("run", "--neurons", N, "--layers", 4, "--samples", S, "--engine", "reference", "--json",
+                       "--no-progress")
+    assert json.loads(result.stdout)["categories"] == doc["categories"]
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    """A local HTTP server (127.0.0.1, free port) serving ``tmp_path/www``: (root dir, base url)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep the test output clean
+        pass
+
+
+def test_download_from_local_server(spdnn_cli, http_root, tmp_path):
+    root, url = http_root
+    (root / "dnn").mkdir()
+    (root / "dnn" / "neuron1024-l120-categories.tsv").write_text("3\n17\n")
+    out = tmp_path / "dl"
+    result = spdnn_cli("download", "--neurons", 1024, "--layers", 120, "--out", out, "--what", "truth",
+                       "--base-url", url, "--no-progress")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert (out / "neuron1024-l120-categories.tsv").read_text() == "3\n17\n"
+    assert "neuron1024-l120-categories.tsv" in result.stdout
+
+    # Not on the server: one clean error line naming the address, exit 2, no partial file.
+    result = spdnn_cli("download", "--neurons", 1024, "--layers", 120, "--out", out, "--what", "features",
+                       "--base-url", url, "--no-progress")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("spdnn: error:") and "sparse-images-1024.tsv.gz" in result.stderr
+    assert not (out / "sparse-images-1024.tsv.gz").exists()
+    _no_traceback(result)
+
+
+def test_info(spdnn_cli):
+    result = spdnn_cli("info")
+    assert result.exit_code == 0
+    assert "reference" in result.stdout and "cache dir" in result.stdout
+    result = spdnn_cli("info", "--json")
+    doc = json.loads(result.stdout)
+    assert doc["engines"]["reference"]["available"] is True
+    assert set(doc["engines"]) >= {"reference", "cpu", "cuda", "cusparse"}
+    assert doc["auto_engine"] in doc["engines"] and doc["engines"][doc["auto_engine"]]["available"]
+    for key in ("version", "devices", "mpi", "numba", "cache_dir"):
+        assert key in doc
+
+
+def test_version_via_python_m():
+    proc = subprocess.run([sys.executable, "-m", "spdnn", "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "spdnn" in proc.stdout
+
+
+@pytest.mark.mpi
+def test_run_under_mpiexec(cache):
+    """``mpiexec -n 2 spdnn run``: samples split over 2 ranks, one JSON object (rank 0), same categories."""
+    mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+    env = {**os.environ, "SPDNN_CACHE_DIR": str(cache[0]), "NUMBA_NUM_THREADS": "1"}
+    cmd = [mpiexec, "-n", "2", sys.executable, "-m", "spdnn", "run", *SMALL, "--engine", "reference", "--json",
+           "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["ranks"] == 2 and doc["passed"] is True
+    assert doc["categories"] == cache[1].tolist()
+
+
+# ----------------------------------------------------------------------- bench
+
+
+def test_bench_json_and_plot(spdnn_cli, cache, tmp_path):
+    pytest.importorskip("matplotlib")
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = spdnn_cli("bench", "--cells", f"{N}x{L}", "--engines", "reference", "--repeats", 2, "--samples", S,
+                       "--json-out", out, "--plot", png, "--bandwidth-gbs", 10, "--no-progress")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert f"{N}x{L}" in result.stdout and "PASS" in result.stdout
+    doc = json.loads(out.read_text())
+    assert doc["passed"] is True and doc["engines"] == ["reference"] and doc["repeats"] == 2
+    (cell,) = doc["cells"]
+    assert (cell["neurons"], cell["layers"], cell["samples"]) == (N, L, S)
+    assert cell["categories_count"] == len(cache[1]) and len(cell["survivors"]) == L
+    e = cell["engines"]["reference"]
+    assert len(e["times"]) == 2 and e["median_seconds"] == pytest.approx(float(np.median(e["times"])))
+    assert e["teraedges_per_second"] == pytest.approx(S * 32 * N * L / e["median_seconds"] / 1e12)
+    assert e["floor"]["bandwidth_gbs"] == 10 and e["floor"]["seconds"] > 0
+    assert e["floor_ratio"] == pytest.approx(e["median_seconds"] / e["floor"]["seconds"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_plot_without_matplotlib(spdnn_cli, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    result = spdnn_cli("bench", "--cells", f"{N}x{L}", "--engines", "reference", "--samples", S,
+                       "--plot", tmp_path / "x.png", "--no-progress")
+    assert result.exit_code == 2
+    assert "spdnn: error:" in result.stderr and "matplotlib" in result.stderr
+    _no_traceback(result)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_bench_json_stdout(spdnn_cli, cache):
+    result = spdnn_cli("bench", "--cells", f"{N}x{L}", "--engines", "reference", "--repeats", 1, "--samples", S,
+                       "--json", "--no-progress")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["cells"][0]["engines"]["reference"]["passed"] is True
+    bw = doc["machine"]["bandwidth"]["cpu"]
+    assert bw["gbs"] > 0 and "measured" in bw["how"]
+
+
+# ------------------------------------------------------------------ bad inputs
+
+
+@pytest.mark.parametrize("args, names", [
+    (["run", "--data", "/no/such/dir"], ["--data", "/no/such/dir"]),
+    (["run", "--engine", "bogus"], ["--engine", "bogus"]),
+    (["run", "--precision", "fp16"], ["--precision", "fp16"]),
+    (["run", "--samples", "0"], ["--samples"]),
+    (["run", "--truth", "/no/such/truth.tsv"], ["--truth"]),
+    (["verify", "/no/such/a.tsv", "/no/such/b.tsv"], ["CATEGORIES"]),
+    (["bench", "--cells", "100x5"], ["--cells", "100x5"]),
+    (["bench", "--cells", "1024by120"], ["--cells", "1024by120"]),
+    (["bench", "--engines", "cpu,nope"], ["--engines", "nope"]),
+    (["bench", "--bandwidth-gbs", "-3"], ["--bandwidth-gbs"]),
+    (["download", "--neurons", "1024", "--layers", "120", "--out", "x", "--what", "weights"], ["--what", "weights"]),
+])
+def test_usage_errors_exit_2(spdnn_cli, args, names):
+    result = spdnn_cli(*args)
+    assert result.exit_code == 2, result.stdout + result.stderr
+    for name in names:
+        assert name in result.stderr, (name, result.stderr)
+    _no_traceback(result)
+
+
+def test_run_data_without_features_exit_2(spdnn_cli, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = spdnn_cli("run", "--data", tmp_path / "empty", "--no-progress")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("spdnn: error:") and len(result.stderr.strip().splitlines()) == 1
+    assert "empty" in result.stderr
+    _no_traceback(result)
+
+
+@pytest.fixture
+def generated_dir(generated, tmp_path):
+    """A private copy of the generated data set, to damage."""
+    assert generated[1].exit_code == 0, generated[1].stdout + generated[1].stderr
+    return shutil.copytree(generated[0], tmp_path / "gen")
+
+
+def test_run_corrupt_layer_exit_2(spdnn_cli, generated_dir):
+    layer = generated_dir / f"neuron{N}" / f"n{N}-l3.tsv"
+    lines = layer.read_text().splitlines()
+    lines[4] = "5\tseven\t6.250000e-02"
+    layer.write_text("\n".join(lines) + "\n")
+    result = spdnn_cli("run", "--data", generated_dir, "--engine", "reference", "--no-progress")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("spdnn: error:") and f"n{N}-l3.tsv" in result.stderr and ":5" in result.stderr
+    _no_traceback(result)
+
+
+def test_run_missing_layer_exit_2(spdnn_cli, generated_dir):
+    (generated_dir / f"neuron{N}" / f"n{N}-l2.tsv").unlink()
+    result = spdnn_cli("run", "--data", generated_dir, "--engine", "reference", "--no-progress")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("spdnn: error:") and f"n{N}-l2.tsv" in result.stderr
+    _no_traceback(result)
+
+
+def test_verify_corrupt_file_exit_2(spdnn_cli, tmp_path):
+    good = _truth_file(tmp_path / "good.tsv", [1, 5, 9])
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("1\n5\nnine\n")
+    result = spdnn_cli("verify", bad, good)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("spdnn: error:") and "bad.tsv" in result.stderr
+    _no_traceback(result)
+
+
+def test_console_script_error_line(tmp_path):
+    """The installed entry point prints one clean line and exits 2 (no traceback)."""
+    exe = shutil.which("spdnn")
+    if exe is None:
+        pytest.skip("the spdnn console script is not on PATH (package not installed)")
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("x\n")
+    proc = subprocess.run([exe, "verify", str(bad), str(bad)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("spdnn: error:") and "bad.tsv" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------- bench helpers
+
+
+def test_parse_cells():
+    assert parse_cells("1024x120, 4096X480") == [(1024, 120), (4096, 480)]
+    assert parse_cells(["64x8", "32x1,128x2"]) == [(64, 8), (32, 1), (128, 2)]
+    for bad in ("", "1024", "1000x120", "16x4", "1024x0", "ax3"):
+        with pytest.raises(OptionError, match="--cells"):
+            parse_cells(bad)
+
+
+def test_floor_estimate_by_hand():
+    # alive before: 10, 6, 3; after: 6, 3, 2 -> (16 + 9 + 5) rows x 8 neurons x 4 bytes = 960 bytes,
+    # plus 2 bytes x 100 edges = 1160 bytes; at 1 GB/s 1.16 us, plus 3 launches x 1 us.
+    fl = floor_estimate([6, 3, 2], alive_inputs=10, neurons=8, bytes_per_value=4, edges=100,
+                        bandwidth_gbs=1.0, launch_latency_s=1e-6, device="cpu")
+    assert fl.bytes == 1160 and fl.launches == 3
+    assert fl.seconds == pytest.approx(1160e-9 + 3e-6)
+    with pytest.raises(OptionError):
+        floor_estimate([1], alive_inputs=1, neurons=8, bytes_per_value=4, edges=1, bandwidth_gbs=0,
+                       launch_latency_s=0, device="cpu")
+
+
+def test_report_helpers():
+    assert format_ids([]) == "none"
+    assert format_ids(range(1, 4)) == "1, 2, 3"
+    assert format_ids(range(1, 31), limit=5) == "1, 2, 3, 4, 5, ... (25 more)"
+    doc = jsonable({"a": np.int64(3), "b": np.array([1.5, np.inf]), "c": (np.float32(2),)})
+    assert doc == {"a": 3, "b": [1.5, None], "c": [2.0]}
+    json.dumps(doc)

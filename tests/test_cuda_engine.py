@@ -1,0 +1,175 @@
+"""CUDA and cuSPARSE engines on the device (skipped without a GPU).
+
+Every run poisons the activation buffers first (a kernel reading a row nothing wrote
+then changes the categories); fp64 must equal the float64 reference bit for bit.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from spdnn.engines import get_engine
+from spdnn.engines.cuda.layout import KernelConfig
+from spdnn.engines.reference import ReferenceEngine
+from spdnn.network import Network
+
+pytestmark = pytest.mark.gpu
+
+POISON = 1e30      # finite and positive: an unwritten read would make a sample live
+
+
+def random_network(rng, n, depth, *, density=0.08, values="normal", bias=None):
+    layers = []
+    for _ in range(depth):
+        w = sp.random(n, n, density=density, format="csr", random_state=rng)
+        if values == "normal":
+            w.data = rng.normal(0, 1.5 / np.sqrt(n * density), w.nnz)
+        elif values == "fp16":
+            w.data = rng.integers(-8, 24, w.nnz) / 64.0          # exact in half precision
+        else:
+            w.data[:] = values
+        layers.append(w)
+    if bias is None:
+        bias = rng.uniform(-0.2, 0.3, size=(depth, n))
+    return Network.from_layers(layers, bias)
+
+
+def random_features(rng, samples, n, density=0.3):
+    f = sp.random(samples, n, density=density, format="csr", random_state=rng)
+    f.data[:] = 1.0
+    f = f.tolil()
+    f[samples // 2, :] = 0          # one empty sample: dead from the start
+    return f.tocsr()
+
+
+def reference(net, feats, precision="fp64"):
+    eng = ReferenceEngine(precision=precision)
+    res = eng.run(net, feats)
+    return res, eng.activations()
+
+
+def check_same(eng, net, feats, precision="fp64"):
+    res = eng.run(net, feats)
+    ref, (rrows, rvals) = reference(net, feats, precision)
+    np.testing.assert_array_equal(res.categories, ref.categories)
+    np.testing.assert_array_equal(res.survivors, ref.survivors)
+    if precision == "fp64" and res.extra.get("batches", 1) == 1:
+        rows, vals = eng.activations()
+        np.testing.assert_array_equal(rows, rrows)
+        np.testing.assert_array_equal(vals.toarray(), rvals.toarray())
+    assert ref.categories.size > 0
+    return res
+
+
+@pytest.fixture(scope="module")
+def official(official_dir):
+    from spdnn.formats.official import read_categories, read_features, read_network
+
+    net = read_network(official_dir / "neuron1024.tar.gz", cache=False)
+    feats = read_features(official_dir / "sparse-images-1024-first1200.mtx.gz", cache=False)
+    truth = read_categories(official_dir / "neuron1024-l120-categories-first1200.mtx")
+    return net, feats, truth
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp64"])
+@pytest.mark.parametrize("graph", [True, False])
+def test_official_subset_gives_the_truth(official, precision, graph):
+    net, feats, truth = official
+    eng = get_engine("cuda", precision=precision, poison=POISON, use_graph=graph)
+    res = eng.run(net, feats)
+    np.testing.assert_array_equal(res.categories, truth)
+    assert res.extra["graph"] is graph
+    assert res.extra["value_mode"] == "sum_then_scale"
+    ref, _ = reference(net, feats, precision)
+    np.testing.assert_array_equal(res.survivors, ref.survivors)
+
+
+@pytest.mark.parametrize("values", ["normal", "fp16", 0.3, 0.0625])
+@pytest.mark.parametrize("n", [96, 1000])
+def test_random_networks_fp64_exact(rng, values, n):
+    net = random_network(rng, n, 8, values=values)
+    feats = random_features(rng, 150, n)
+    eng = get_engine("cuda", precision="fp64", poison=POISON)
+    res = check_same(eng, net, feats)
+    expected = {"normal": "array", "fp16": "array", 0.3: "scalar", 0.0625: "sum_then_scale"}[values]
+    assert res.extra["value_mode"] == expected
+    if values == "fp16":
+        assert res.extra["value_dtype"] == "float16"
+
+
+@pytest.mark.parametrize("config", [KernelConfig(threads=64, opt=2, mb=2, chunk=100),
+                                    KernelConfig(threads=32, opt=4, mb=4, chunk=700),
+                                    KernelConfig(threads=128, opt=1, mb=1, chunk=333)], ids=str)
+def test_sliced_and_chunked_blockings_fp64_exact(rng, config):
+    """Outputs sliced over blocks (compaction kernel) and inputs staged in chunks."""
+    n = 700
+    net = random_network(rng, n, 6)
+    feats = random_features(rng, 90, n)
+    eng = get_engine("cuda", precision="fp64", poison=POISON, config=config)
+    res = check_same(eng, net, feats)
+    assert res.extra["config"]["slices"] == config.slices(n)
+
+
+def test_fp32_matches_reference_categories(rng):
+    net = random_network(rng, 512, 6, values=0.0625, bias=-0.05)
+    feats = random_features(rng, 200, 512, density=0.5)
+    res = get_engine("cuda", precision="fp32", poison=POISON).run(net, feats)
+    ref, _ = reference(net, feats, "fp64")
+    np.testing.assert_array_equal(res.categories, ref.categories)
+
+
+def test_batches_forced_small(rng):
+    net = random_network(rng, 256, 5)
+    feats = random_features(rng, 203, 256)
+    eng = get_engine("cuda", precision="fp64", poison=POISON, batch_samples=37)
+    res = check_same(eng, net, feats)
+    assert res.extra["batches"] == 6
+
+
+def test_streaming_forced_by_a_memory_cap(rng):
+    net = random_network(rng, 256, 12, density=0.1)
+    feats = random_features(rng, 120, 256)
+    eng = get_engine("cuda", precision="fp64", poison=POISON, memory_cap_bytes=3_000_000)
+    res = check_same(eng, net, feats)
+    assert res.extra["stream_weights"] is True
+    eng2 = get_engine("cuda", precision="fp64", poison=POISON, stream_weights=True, batch_samples=50)
+    res2 = check_same(eng2, net, feats)
+    assert res2.extra["stream_weights"] is True and res2.extra["batches"] == 3
+
+
+def test_segments_and_reload(rng):
+    """infer(start, stop) in pieces, and activations() loaded back, give the whole run."""
+    n, depth = 300, 9
+    net = random_network(rng, n, depth)
+    feats = random_features(rng, 80, n)
+    ref, (rrows, rvals) = reference(net, feats)
+    eng = get_engine("cuda", precision="fp64", poison=POISON)
+    eng.prepare(net)
+    eng.load(feats)
+    _, s1, _ = eng.infer(0, 4)
+    rows, vals = eng.activations()
+    eng.load(vals)                                  # as if moved to another rank
+    cats, s2, _ = eng.infer(4, depth)
+    np.testing.assert_array_equal(np.concatenate([s1, s2]), ref.survivors)
+    np.testing.assert_array_equal(rows[cats - 1] + 1, ref.categories)
+    _, vals2 = eng.activations()
+    np.testing.assert_array_equal(vals2.toarray(), rvals.toarray())
+
+
+def test_debug_mode_checks_every_launch(rng, monkeypatch):
+    monkeypatch.setenv("SPDNN_CUDA_DEBUG", "1")
+    net = random_network(rng, 128, 3)
+    feats = random_features(rng, 40, 128)
+    eng = get_engine("cuda", precision="fp64")
+    assert eng.debug
+    res = check_same(eng, net, feats)
+    assert res.extra["graph"] is False
+
+
+def test_cusparse_baseline_official(official):
+    net, feats, truth = official
+    res = get_engine("cusparse", precision="fp32").run(net, feats)
+    np.testing.assert_array_equal(res.categories, truth)
+    res = get_engine("cusparse", precision="fp32", batch_samples=500).run(net, feats)
+    np.testing.assert_array_equal(res.categories, truth)

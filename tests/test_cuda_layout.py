@@ -1,0 +1,177 @@
+"""CUDA engine layout (plain numpy, runs in CI): packing invariants and the blocked replay."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from spdnn.engines.cuda.emulate import emulate_layer, emulate_network
+from spdnn.engines.cuda.layout import (VALUE_ARRAY, VALUE_SCALAR, VALUE_SUM_THEN_SCALE, KernelConfig,
+                                       choose_config, entry_values, narrowest_exact_dtype, pack_layer,
+                                       value_plan)
+from spdnn.engines.reference import ReferenceEngine
+from spdnn.errors import OptionError
+from spdnn.network import Network
+
+#: Small blockings that exercise several warps, output slices and input chunks.
+CONFIGS = [
+    KernelConfig(threads=64, opt=2, mb=4, chunk=1000),     # one slice, one chunk (fused path)
+    KernelConfig(threads=32, opt=2, mb=2, chunk=37),       # several slices and chunks
+    KernelConfig(threads=64, opt=1, mb=1, chunk=64),       # several slices, N not a multiple
+]
+
+
+def random_layer(rng, n, density, *, values="normal"):
+    w = sp.random(n, n, density=density, format="csr", random_state=rng,
+                  data_rvs=(lambda k: rng.normal(0, 1.5 / np.sqrt(n * density), k)) if values == "normal" else None)
+    if values != "normal":
+        w.data[:] = values
+    return w
+
+
+def random_network(rng, n, depth, *, density=0.1, bias=None, values="normal"):
+    layers = [random_layer(rng, n, density, values=values) for _ in range(depth)]
+    if bias is None:
+        bias = rng.uniform(-0.2, 0.3, size=(depth, n))
+    return Network.from_layers(layers, bias, ymax=32.0)
+
+
+def random_features(rng, samples, n, density=0.3):
+    f = sp.random(samples, n, density=density, format="csr", random_state=rng)
+    f.data[:] = 1.0
+    return f
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+@pytest.mark.parametrize("n", [96, 130])
+def test_pack_layer_places_every_nonzero_once(rng, config, n):
+    w = random_layer(rng, n, 0.15)
+    p = pack_layer(w, config, n)
+    nchunks, slices = config.nchunks(n), config.slices(n)
+    assert p.meta.shape == (slices * nchunks * config.opt * config.nwarps, 2)
+    assert p.entries == 32 * int(p.meta[:, 1].sum())
+    assert p.nnz == w.nnz and p.entries >= p.nnz
+    padding = p.idx == config.chunk
+    assert int((~padding).sum()) == w.nnz
+    assert np.all(p.values[padding] == 0)
+    assert np.all(p.idx[~padding] < config.chunk)
+    # Rebuild W from the packed entries: (input, output, value) must be W's nonzeros.
+    meta = p.meta.reshape(slices, nchunks, config.opt, config.nwarps, 2)
+    got = sp.lil_matrix((n, n))
+    seen_inputs = {}
+    for s in range(slices):
+        for c in range(nchunks):
+            for t in range(config.opt):
+                for wp in range(config.nwarps):
+                    off, width = meta[s, c, t, wp]
+                    for lane in range(32):
+                        j = s * config.outputs_per_block + t * config.threads + wp * 32 + lane
+                        for k in range(width):
+                            e = off + 32 * k + lane
+                            if p.idx[e] == config.chunk:
+                                continue
+                            assert j < n
+                            i = c * config.chunk + int(p.idx[e])
+                            got[i, j] = p.values[e]
+                            # ascending input order within each column
+                            assert seen_inputs.get(j, -1) < i
+                            seen_inputs[j] = i
+    assert (got.tocsr() != w).nnz == 0
+    # Padding only after the real entries of a lane (so sums start with real products).
+    for s_ in range(p.meta.shape[0]):
+        off, width = p.meta[s_]
+        block = p.idx[off:off + 32 * width].reshape(width, 32) if width else np.zeros((0, 32))
+        for lane in range(32):
+            pads = block[:, lane] == config.chunk
+            assert not np.any(pads[:-1] & ~pads[1:])
+
+
+def test_uniform_layer_and_entry_values(rng):
+    n, cfg = 64, CONFIGS[1]
+    w = random_layer(rng, n, 0.2, values=0.0625)
+    p = pack_layer(w, cfg, n)
+    assert p.uniform_value == 0.0625
+    p.values = None
+    vals = entry_values(p, cfg.chunk)
+    assert np.count_nonzero(vals) == w.nnz and set(np.unique(vals)) == {0.0, 0.0625}
+
+
+def test_value_plan_modes():
+    assert value_plan([0.0625, 0.5], [None, None], np.float32).mode == VALUE_SUM_THEN_SCALE
+    assert value_plan([0.0625, 0.3], [None, None], np.float64).mode == VALUE_SCALAR
+    plan = value_plan([None, 0.5], [np.dtype(np.float16), np.dtype(np.float16)], np.float64)
+    assert plan.mode == VALUE_ARRAY and plan.value_dtype == np.float16
+    assert narrowest_exact_dtype(np.array([0.25, -3.0, 1024.0]), np.float64) == np.float16
+    assert narrowest_exact_dtype(np.array([0.1]), np.float64) == np.float64
+    assert narrowest_exact_dtype(np.array([1 / 3]), np.float32) == np.float32
+    assert narrowest_exact_dtype(np.array([1e5]), np.float64) == np.float32   # overflows fp16
+
+
+@pytest.mark.parametrize("n", [1024, 4096, 16384, 65536])
+@pytest.mark.parametrize("itemsize", [4, 8])
+def test_choose_config_fits_the_device(n, itemsize):
+    cfg = choose_config(n, itemsize)
+    assert cfg.smem_bytes(itemsize) <= 227 * 1024
+    assert cfg.opt * cfg.mb <= 64
+    assert cfg.threads <= 512 or cfg.opt * cfg.mb <= 32
+    assert cfg.nchunks(n) * cfg.chunk >= n
+    if n <= 4096:
+        assert cfg.slices(n) == 1 and cfg.nchunks(n) == 1 and cfg.mb >= 2
+
+
+def test_kernel_config_rejects_bad_values():
+    with pytest.raises(OptionError, match="threads"):
+        KernelConfig(threads=48, opt=1, mb=1, chunk=10)
+    with pytest.raises(OptionError, match="chunk"):
+        KernelConfig(threads=32, opt=1, mb=1, chunk=70000)
+    with pytest.raises(OptionError, match="mb"):
+        KernelConfig(threads=32, opt=1, mb=3, chunk=10)
+
+
+def reference(network, features, precision="fp64"):
+    eng = ReferenceEngine(precision=precision)
+    res = eng.run(network, features)
+    rows, values = eng.activations()
+    return res, rows, values
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+@pytest.mark.parametrize("values", ["normal", 0.0625, 0.3])
+def test_emulation_equals_reference_fp64(rng, config, values):
+    """General weights, positive and negative bias: the replay is bit-identical in fp64."""
+    n = 96
+    net = random_network(rng, n, 6, density=0.12, values=values)
+    feats = random_features(rng, 40, n).tolil()
+    feats[5, :] = 0       # an empty sample is dead from the start
+    feats = feats.tocsr()
+    res, rows, vals = reference(net, feats)
+    cats, survivors, erows, ey = emulate_network(net, feats, precision="fp64", config=config)
+    np.testing.assert_array_equal(cats, res.categories)
+    np.testing.assert_array_equal(survivors, res.survivors)
+    assert res.categories.size > 0          # the test means something
+    order = np.argsort(erows)
+    np.testing.assert_array_equal(ey[order], vals.toarray())   # bit-identical activations
+
+
+def test_emulation_matches_reference_fp32_categories(rng):
+    n = 128
+    net = random_network(rng, n, 5, density=0.1, values=0.0625, bias=-0.05)
+    feats = random_features(rng, 30, n, density=0.5)
+    res, _, _ = reference(net, feats, precision="fp32")
+    cats, survivors, _, ey = emulate_network(net, feats, precision="fp32", config=CONFIGS[1])
+    np.testing.assert_array_equal(cats, res.categories)
+    assert ey.dtype == np.float32
+
+
+def test_emulate_layer_fused_and_sliced_agree(rng):
+    n = 100
+    w = random_layer(rng, n, 0.1)
+    y = rng.uniform(0, 2, size=(7, n))
+    bias = rng.uniform(-0.5, 0.5, n)
+    outs = []
+    for cfg in CONFIGS:
+        p = pack_layer(w, cfg, n)
+        z, alive = emulate_layer(y, p, cfg, n, bias, 32.0, mode=VALUE_ARRAY, value_dtype=np.float64)
+        outs.append(z)
+    for z in outs[1:]:
+        np.testing.assert_array_equal(z, outs[0])

@@ -1,0 +1,441 @@
+"""spdnn.distributed: transfer plans and policy (plain numpy), feature sources, and MPI runs.
+
+The MPI tests launch ``mpiexec -n P python tests/_mpi_worker.py`` (with a timeout, one
+numba thread per rank) and check that P ranks give exactly the 1-rank categories and
+survivors, with balancing off, on, and forced.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from spdnn.distributed import (BalancePolicy, CsrSource, NpzSource, Transfer, apply_plan, as_source,
+                               balanced_targets, imbalance, partition, run_distributed, save_npz_source,
+                               segment_ends, transfer_plan)
+from spdnn.engines import engine_class, get_engine
+from spdnn.errors import EngineUnavailableError, FormatError, OptionError
+from spdnn.network import Network
+
+from _mpi_worker import save_network
+
+WORKER = Path(__file__).with_name("_mpi_worker.py")
+MPI_TIMEOUT = 300
+
+
+# ------------------------------------------------------------------- balance (no MPI)
+
+
+def test_imbalance():
+    assert imbalance([3, 3, 3]) == 1.0
+    assert imbalance([0, 0]) == 1.0
+    assert imbalance([4, 0]) == 2.0
+    assert imbalance([1.5, 0.5]) == 1.5
+    with pytest.raises(OptionError, match="non-negative"):
+        imbalance([1, -1])
+    with pytest.raises(OptionError, match="1-D"):
+        imbalance([])
+
+
+def test_balanced_targets_keeps_remainder_on_the_largest():
+    t = balanced_targets([1, 9, 5, 0])       # total 15 over 4: 3 each, 3 extra
+    assert t.sum() == 15 and t.max() - t.min() <= 1
+    assert t.tolist() == [4, 4, 4, 3]      # the extras stay on ranks 1, 2, 0 (the largest)
+    assert balanced_targets([5, 5]).tolist() == [5, 5]
+    with pytest.raises(OptionError, match="negative"):
+        balanced_targets([1, -2])
+    with pytest.raises(OptionError, match="integers"):
+        balanced_targets([1.5, 2])
+
+
+def test_transfer_plan_properties(rng):
+    for _ in range(300):
+        size = int(rng.integers(1, 12))
+        counts = rng.integers(0, 50, size=size) * rng.integers(0, 2, size=size) + rng.integers(0, 3, size=size)
+        plan = transfer_plan(counts)
+        after = apply_plan(counts, plan)
+        targets = balanced_targets(counts)
+        assert after.tolist() == targets.tolist()
+        assert after.sum() == counts.sum() and after.max() - after.min() <= 1
+        # minimal: exactly the surplus over the targets moves, in at most P - 1 messages
+        assert sum(t.rows for t in plan) == int(np.maximum(counts - targets, 0).sum())
+        assert len(plan) <= max(size - 1, 0)
+        assert all(t.rows > 0 and t.source != t.dest for t in plan)
+        senders, receivers = {t.source for t in plan}, {t.dest for t in plan}
+        assert not senders & receivers
+
+
+def test_transfer_plan_examples():
+    assert transfer_plan([4, 4, 4]) == []
+    assert transfer_plan([10, 0]) == [Transfer(0, 1, 5)]
+    assert transfer_plan([0, 9, 0]) == [Transfer(1, 0, 3), Transfer(1, 2, 3)]
+    with pytest.raises(OptionError, match="does not hold"):
+        apply_plan([1, 0], [Transfer(0, 1, 2)])
+    with pytest.raises(OptionError, match="ranks must be"):
+        apply_plan([1, 0], [Transfer(0, 5, 1)])
+
+
+def test_partition():
+    b = partition(10, 3)
+    assert b.tolist() == [0, 4, 7, 10]
+    assert partition(2, 4).tolist() == [0, 1, 2, 2, 2]
+    assert partition(0, 2).tolist() == [0, 0, 0]
+    with pytest.raises(OptionError, match="size"):
+        partition(10, 0)
+    with pytest.raises(OptionError, match="samples"):
+        partition(-1, 2)
+
+
+def test_segment_ends():
+    assert segment_ends(120) == [2, 4, 8, 16, 32, 64, 120]
+    assert segment_ends(1920)[-2:] == [1024, 1920]
+    assert segment_ends(2) == [2]
+    assert segment_ends(1) == [1]
+    assert segment_ends(20, first=5, factor=3) == [5, 15, 20]
+    with pytest.raises(OptionError, match="depth"):
+        segment_ends(0)
+
+
+def test_policy_decisions():
+    policy = BalancePolicy(threshold=1.1, min_rows=2, reload_cost_layers=2.0)
+    keep = policy.decide([100, 104], remaining_layers=50, seconds_per_row_layer=1e-6)
+    assert not keep.rebalance and "threshold" in keep.reason
+    go = policy.decide([100, 300], remaining_layers=50, seconds_per_row_layer=1e-6)
+    assert go.rebalance and go.plan == [Transfer(1, 0, 100)]
+    assert go.gain_seconds == pytest.approx(100 * 50 * 1e-6) and go.cost_seconds == pytest.approx(300 * 2e-6)
+    # the same imbalance near the end does not pay for the round trip
+    late = policy.decide([100, 300], remaining_layers=3, seconds_per_row_layer=1e-6)
+    assert not late.rebalance and "cost" in late.reason
+    # a measured round trip replaces the guess
+    slow = policy.decide([100, 300], remaining_layers=50, seconds_per_row_layer=1e-6, reload_seconds_per_row=1e-3)
+    assert not slow.rebalance
+    assert not policy.decide([0, 3], remaining_layers=50).rebalance          # moves 1 row < min_rows
+    assert policy.decide([0, 4], remaining_layers=50).rebalance              # timing unknown: no cost test
+    assert not policy.decide([0, 400], remaining_layers=0).rebalance
+    eager = BalancePolicy(threshold=1.0, cost_aware=False)
+    assert eager.decide([100, 101, 99], remaining_layers=1, seconds_per_row_layer=1.0,
+                        reload_seconds_per_row=1e6).plan == [Transfer(1, 2, 1)]
+    for bad in ({"threshold": 0.5}, {"min_rows": 0}, {"reload_cost_layers": -1}, {"settle": 1.0}):
+        with pytest.raises(OptionError, match="BalancePolicy"):
+            BalancePolicy(**bad)
+
+
+# --------------------------------------------------------------------- feature sources
+
+
+def _features(rng, samples, neurons, density=0.2):
+    m = sp.random(samples, neurons, density=density, random_state=rng, format="csr",
+                  data_rvs=lambda n: rng.uniform(0.5, 2.0, n))
+    m.sort_indices()
+    return m
+
+
+@pytest.mark.parametrize("values", [True, False])
+def test_npz_source_reads_row_ranges(tmp_path, rng, values):
+    m = _features(rng, 37, 16)
+    path = save_npz_source(tmp_path / "f.npz", m, values=values)
+    src = NpzSource(path)
+    assert (src.samples, src.neurons) == (37, 16)
+    expect = m if values else (m != 0).astype(np.float64)
+    for start, stop in [(0, 37), (0, 0), (5, 9), (36, 37)]:
+        got = src.rows(start, stop)
+        assert got.shape == (stop - start, 16)
+        assert (got != expect[start:stop]).nnz == 0
+    assert isinstance(src._indices, np.memmap)   # uncompressed members are mapped, not read
+    with pytest.raises(OptionError, match="rows"):
+        src.rows(3, 38)
+
+
+def test_npz_source_compressed_and_cache_layout(tmp_path, rng):
+    m = _features(rng, 12, 8)
+    # the generated-features cache layout: pattern only, compressed here
+    np.savez_compressed(tmp_path / "c.npz", indptr=m.indptr, indices=m.indices, shape=np.array(m.shape))
+    got = NpzSource(tmp_path / "c.npz").rows(2, 7)
+    assert (got != (m[2:7] != 0).astype(np.float64)).nnz == 0
+
+
+def test_npz_source_errors(tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(FormatError, match="bad.npz"):
+        NpzSource(bad)
+    np.savez(tmp_path / "partial.npz", indptr=np.array([0, 1]), shape=np.array([1, 4]))
+    with pytest.raises(FormatError, match="indices"):
+        NpzSource(tmp_path / "partial.npz")
+    np.savez(tmp_path / "wrong.npz", indptr=np.array([0, 1, 5]), indices=np.array([0]), shape=np.array([2, 4]))
+    with pytest.raises(FormatError, match="2 rows"):
+        NpzSource(tmp_path / "wrong.npz")
+
+
+def test_as_source(rng):
+    m = _features(rng, 5, 4)
+    assert isinstance(as_source(m, 4), CsrSource)
+    assert isinstance(as_source(m.toarray()), CsrSource)
+    with pytest.raises(OptionError, match="expected 8"):
+        as_source(m, 8)
+    with pytest.raises(OptionError, match="FeatureSource"):
+        as_source([[1, 2]])
+
+
+def test_world_plain_run_does_not_start_mpi():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI", "PMIX", "OMPI", "MPI_", "MV2", "I_MPI"))}
+    code = ("import sys; from spdnn.distributed import world; w = world(); "
+            "print(w.size, w.rank, w.comm is None, 'mpi4py.MPI' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "0", "True", "False"]
+
+
+# ------------------------------------------------------------ one process (no launcher)
+
+
+def _availability(name: str) -> tuple[bool, str]:
+    try:
+        return engine_class(name).availability()
+    except EngineUnavailableError as exc:
+        return False, str(exc)
+
+
+def _engines() -> list[str]:
+    return [name for name in ("reference", "cpu") if _availability(name)[0]]
+
+
+def _random_case(rng, *, neurons=48, depth=20, samples=160, skew=True) -> tuple[Network, sp.csr_matrix]:
+    """A random network whose first half of samples dies early when ``skew`` (forces imbalance)."""
+    layers = [sp.random(neurons, neurons, density=0.15, random_state=rng,
+                        data_rvs=lambda n: rng.uniform(0.05, 0.45, n)) for _ in range(depth)]
+    net = Network.from_layers(layers, rng.uniform(-0.4, -0.1, size=neurons))
+    feats = _features(rng, samples, neurons, density=0.3).tolil()
+    if skew:
+        half = samples // 2
+        feats[:half] = _features(rng, half, neurons, density=0.03).tolil()
+        feats[3] = 0        # a sample dead from the start
+    return net, feats.tocsr()
+
+
+@pytest.mark.parametrize("engine", ["reference", "cpu"])
+@pytest.mark.parametrize("precision", ["fp32", "fp64"])
+def test_single_process_segments_match_engine(rng, engine, precision):
+    if engine not in _engines():
+        pytest.skip(f"engine {engine!r} not available: {_availability(engine)[1]}")
+    net, feats = _random_case(rng)
+    ref = get_engine(engine, precision=precision).run(net, feats)
+    assert len(ref.categories) > 0
+    for balance, segments in [(False, None), (True, None), (True, [1, 2, 5, 11, 19]), (False, [7])]:
+        got = run_distributed(net, feats, engine=engine, precision=precision, balance=balance,
+                              segment_layers=segments)
+        assert got.categories.tolist() == ref.categories.tolist()
+        assert got.survivors.tolist() == ref.survivors.tolist()
+        assert got.extra["ranks"] == 1 and got.samples == feats.shape[0] and got.edges == net.edges
+        spans = [(s["start"], s["stop"]) for s in got.extra["segments"]]
+        assert spans[0][0] == 0 and spans[-1][1] == net.depth
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        if segments is not None:
+            assert [s for _, s in spans] == segments + [net.depth]
+
+
+def test_single_process_accepts_prepared_engine_and_source(rng, tmp_path):
+    net, feats = _random_case(rng, skew=False)
+    ref = get_engine("reference", precision="fp32").run(net, feats)
+    eng = get_engine("reference", precision="fp32")
+    eng.prepare(net)
+    src = NpzSource(save_npz_source(tmp_path / "f.npz", feats))
+    got = run_distributed(net, src, engine=eng)
+    assert got.categories.tolist() == ref.categories.tolist()
+    with pytest.raises(OptionError, match="balance"):
+        run_distributed(net, feats, engine="reference", balance="yes")
+    with pytest.raises(OptionError, match="segment_layers"):
+        run_distributed(net, feats, engine="reference", segment_layers=[0, 5])
+
+
+# ------------------------------------------------------------------------ under mpiexec
+
+
+def _mpiexec() -> str | None:
+    beside = Path(sys.executable).with_name("mpiexec")
+    return str(beside) if beside.exists() else shutil.which("mpiexec")
+
+
+def _launch(case_dir: Path, runs: list[dict], ranks: int) -> list[dict]:
+    mpiexec = _mpiexec()
+    if mpiexec is None:
+        pytest.skip("needs MPI: no mpiexec beside sys.executable or on PATH")
+    runs_file, out_file = case_dir / "runs.json", case_dir / f"out-{ranks}.json"
+    runs_file.write_text(json.dumps(runs))
+    out_file.unlink(missing_ok=True)
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    cmd = [mpiexec, "-n", str(ranks), sys.executable, str(WORKER), str(case_dir), str(runs_file), str(out_file)]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=MPI_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{' '.join(cmd)} did not finish in {MPI_TIMEOUT} s")
+    assert proc.returncode == 0, f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return json.loads(out_file.read_text())
+
+
+def _write_case(case_dir: Path, net: Network, feats) -> Path:
+    case_dir.mkdir(parents=True, exist_ok=True)
+    save_network(case_dir / "network.npz", net)
+    save_npz_source(case_dir / "features.npz", feats)
+    return case_dir
+
+
+def _check_against_one_rank(results, net, feats, ranks, truth=None):
+    """Every run equals the 1-rank run of its engine and precision (and the truth if given)."""
+    for item in results:
+        run, got = item["run"], item["result"]
+        ref = get_engine(run["engine"], precision=run["precision"]).run(net, feats)
+        label = f"{run} on {ranks} ranks"
+        assert item["size"] == ranks and got["extra"]["ranks"] == ranks, label
+        assert got["categories"] == ref.categories.tolist(), label
+        assert got["survivors"] == ref.survivors.tolist(), label
+        if truth is not None:
+            assert got["categories"] == truth.tolist(), label
+        extra = got["extra"]
+        assert sum(extra["rank_samples"]) == feats.shape[0]
+        assert got["inference_seconds"] >= max(extra["rank_busy_seconds"])
+        assert extra["imbalance"] >= 1.0
+        if run["balance"] == "off":
+            assert extra["rebalances"] == 0 and extra["bytes_moved"] == 0
+        if run["balance"] == "force":
+            assert extra["rebalances"] >= 1 and extra["rows_moved"] > 0 and extra["bytes_moved"] > 0, label
+            moved = [b for b in extra["boundaries"] if b["action"] == "rebalance"]
+            assert moved and all(len(b["counts"]) == ranks for b in moved)
+
+
+def _runs(engine: str, precisions=("fp32",)) -> list[dict]:
+    return [{"engine": engine, "precision": p, "balance": b} for p in precisions for b in ("off", "on", "force")]
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("engine", ["reference", "cpu"])
+def test_mpi_two_ranks_random_network(tmp_path, rng, engine):
+    if engine not in _engines():
+        pytest.skip(f"engine {engine!r} not available: {_availability(engine)[1]}")
+    net, feats = _random_case(rng)
+    case = _write_case(tmp_path / "case", net, feats)
+    results = _launch(case, _runs(engine, ("fp32", "fp64")), 2)
+    _check_against_one_rank(results, net, feats, 2)
+    # the skewed split (rank 0 holds the samples that die early) must trigger the default policy
+    on = [r["result"]["extra"] for r in results if r["run"]["balance"] == "on"]
+    assert all(e["rebalances"] >= 1 for e in on), [e["boundaries"] for e in on]
+
+
+@pytest.mark.mpi
+def test_mpi_three_ranks_uneven_split(tmp_path, rng):
+    net, feats = _random_case(rng, samples=131)
+    case = _write_case(tmp_path / "case", net, feats)
+    results = _launch(case, _runs("reference"), 3)
+    _check_against_one_rank(results, net, feats, 3)
+
+
+def _read_official(official_dir: Path):
+    """The official 120 layers of N=1024, the first 1,200 inputs and their truth (own tiny reader)."""
+    import gzip
+    import tarfile
+
+    import scipy.io
+
+    n = 1024
+    layers = [None] * 120
+    with tarfile.open(official_dir / "neuron1024.tar.gz") as tar:
+        for member in tar:
+            name = Path(member.name).name
+            if not (member.isfile() and name.startswith("n1024-l") and name.endswith(".tsv")):
+                continue
+            k = int(name[len("n1024-l"):-len(".tsv")])
+            t = np.array(tar.extractfile(member).read().split(), dtype=np.float64).reshape(-1, 3)
+            layers[k - 1] = sp.csr_matrix((t[:, 2], (t[:, 0].astype(np.int64) - 1, t[:, 1].astype(np.int64) - 1)),
+                                          shape=(n, n))
+    assert all(w is not None for w in layers), "official tarball lacks some of the 120 layers"
+    with gzip.open(official_dir / "sparse-images-1024-first1200.mtx.gz") as fh:
+        feats = sp.csr_matrix(scipy.io.mmread(fh))
+    feats.data[:] = 1.0
+    truth = sp.coo_matrix(scipy.io.mmread(official_dir / "neuron1024-l120-categories-first1200.mtx"))
+    ids = np.unique(truth.row + 1 if truth.shape[0] > 1 else truth.col + 1).astype(np.int64)
+    return Network.from_layers(layers, -0.30), feats, ids
+
+
+@pytest.mark.mpi
+def test_mpi_two_ranks_official_subset(tmp_path, official_dir):
+    net, feats, truth = _read_official(official_dir)
+    assert feats.shape == (1200, 1024) and len(truth) == 19
+    case = _write_case(tmp_path / "official", net, feats)
+    engines = _engines()
+    runs = [r for e in engines for r in _runs(e)]
+    results = _launch(case, runs, 2)
+    _check_against_one_rank(results, net, feats, 2, truth=truth)
+    assert {r["run"]["engine"] for r in results} == set(engines)
+
+
+# ------------------------------------------------------------------ benchmarks/mpi_bench.py
+
+
+def _bench_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "mpi_bench.py"
+    spec = importlib.util.spec_from_file_location("spdnn_mpi_bench", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _fake_run(segments, *, seconds, categories, busy=None, rebalances=0):
+    return {"inference_seconds": seconds, "categories": categories,
+            "extra": {"segments": segments, "rank_busy_seconds": busy or [], "rebalances": rebalances}}
+
+
+def test_bench_model_recovers_parameters():
+    bench = _bench_module()
+    a, c, layers, samples = 2e-6, 1e-4, 40, 1000
+    spans = [(0, 2, 1800), (2, 4, 900), (4, 8, 700), (8, 16, 800), (16, 40, 2400)]
+    segs = [{"start": s, "stop": e, "row_layers": [rl], "busy_seconds": [a * rl + c * (e - s)]} for s, e, rl in spans]
+    total = sum(s["busy_seconds"][0] for s in segs)
+    cats = list(range(901, 1001))            # all 100 survivors in the last tenth: a skewed static split
+    one = _fake_run(segs, seconds=total + 0.001, categories=cats)
+    two = {"off": _fake_run([], seconds=total / 2 + 0.0012, categories=cats, busy=[total / 2, total / 2])}
+    m = bench.fit_model(one, two, layers=layers, samples=samples, predict=(1, 2, 8, 64))
+    assert m["a_seconds_per_row_layer"] == pytest.approx(a, rel=1e-6)
+    assert m["c_seconds_per_layer"] == pytest.approx(c, rel=1e-6)
+    assert m["o1_seconds"] == pytest.approx(0.001, rel=1e-6)
+    assert m["alpha_seconds"] == pytest.approx(0.0002, rel=1e-6)
+    assert m["S_final_survivors"] == 100
+    p = {row["ranks"]: row for row in m["predictions"]}
+    assert p[1]["off"]["seconds"] == pytest.approx(one["inference_seconds"], rel=1e-6)
+    # every survivor is on one rank of the static split: balancing must predict faster runs
+    assert p[8]["balanced"]["seconds"] < p[8]["off"]["seconds"]
+    assert p[64]["balanced"]["speedup"] > p[8]["balanced"]["speedup"] > 1
+    assert 0 < p[64]["off"]["efficiency"] < p[8]["off"]["efficiency"] <= 1
+
+
+def test_bench_fast_features_shape():
+    bench = _bench_module()
+    f = bench.fast_features(1024, 5)
+    assert f.shape == (5, 1024) and f.nnz > 0 and set(np.unique(f.data)) == {1.0}
+    assert np.all(np.diff(f.indptr) > 0)
+
+
+@pytest.mark.mpi
+def test_bench_script_runs_one_and_two_ranks(tmp_path):
+    engine = "cpu" if "cpu" in _engines() else "reference"
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "mpi_bench.py"), "--engine",
+           engine, "--cells", "1024x12", "--samples", "240", "--ranks", "1,2", "--inputs", "fast", "--repeat", "0",
+           "--workdir", str(tmp_path / "work"), "--out", str(out)]
+    env = dict(os.environ, NUMBA_NUM_THREADS="1")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=MPI_TIMEOUT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    (cell,) = report["cells"]
+    assert cell["passed"] and {(r["ranks"], r["mode"]) for r in cell["rows"]} == {
+        (1, "off"), (1, "on"), (2, "off"), (2, "on"), (2, "force")}
+    assert all(r["same_as_1_rank"] for r in cell["rows"])
+    assert "predictions" in cell["model"] and "off" in cell["model"]["check_P2"]

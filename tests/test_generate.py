@@ -1,0 +1,365 @@
+"""spdnn.generate: RadiX-Net weights, MNIST features and truth against the official data."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+import time
+
+import numpy as np
+import pytest
+import scipy.io
+import scipy.sparse as sp
+
+from spdnn.errors import DataNotFoundError, FormatError, OptionError
+from spdnn.network import LazyLayers, Network
+from spdnn.generate import (cached_challenge, challenge_features, default_bias, generate_challenge, image_shape,
+                            load_mnist, place_value, radixnet_base, radixnet_layer, radixnet_network,
+                            radixnet_permutations, write_challenge)
+from spdnn.generate import mnist as mnist_module
+
+
+def same_csr(a: sp.csr_matrix, b: sp.csr_matrix) -> bool:
+    """Exact equality of two canonical CSR matrices (shape, pattern and values)."""
+    a, b = sp.csr_matrix(a), sp.csr_matrix(b)
+    a.sort_indices()
+    b.sort_indices()
+    return (a.shape == b.shape and np.array_equal(a.indptr, b.indptr)
+            and np.array_equal(a.indices, b.indices) and np.array_equal(a.data, b.data))
+
+
+def official_layer_bytes(official_dir, k: int) -> bytes:
+    with tarfile.open(official_dir / "neuron1024.tar.gz") as tar:
+        return tar.extractfile(f"neuron1024/n1024-l{k}.tsv").read()
+
+
+def parse_layer(raw: bytes, n: int) -> sp.csr_matrix:
+    d = np.loadtxt(io.BytesIO(raw))
+    rows, cols = d[:, 0].astype(np.int64) - 1, d[:, 1].astype(np.int64) - 1
+    return sp.csr_matrix((d[:, 2], (rows, cols)), shape=(n, n))
+
+
+# --- RadiX-Net weights ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("k", range(1, 7))
+def test_layers_1_to_6_equal_official(official_dir, k, tmp_path):
+    from spdnn.formats import write_layer_tsv
+
+    raw = official_layer_bytes(official_dir, k)
+    w = radixnet_layer(1024, k)
+    assert same_csr(w, parse_layer(raw, 1024))
+    out = tmp_path / f"n1024-l{k}.tsv"
+    write_layer_tsv(out, w)
+    assert out.read_bytes() == raw
+
+
+def test_official_layer_7_is_a_permuted_base(official_dir):
+    """The official later layers are K_p with rows and columns permuted: same degrees, values."""
+    w = parse_layer(official_layer_bytes(official_dir, 7), 1024).tocsr()
+    assert place_value(1024, 7) == 1
+    assert np.all(np.diff(w.indptr) == 32) and np.all(np.bincount(w.indices, minlength=1024) == 32)
+    assert np.all(w.data == 0.0625)
+
+
+@pytest.mark.parametrize("neurons", [32, 64, 128, 1024, 4096])
+def test_every_layer_has_32_per_row_and_column(neurons):
+    s = (neurons // 16).bit_length() - 1
+    for k in sorted({1, s, s + 1, 2 * s + 3, 13}):
+        w = radixnet_layer(neurons, k, seed=3)
+        assert w.shape == (neurons, neurons) and w.dtype == np.float64
+        assert w.has_canonical_format
+        assert np.all(np.diff(w.indptr) == 32)
+        assert np.all(np.bincount(w.indices, minlength=neurons) == 32)
+        assert np.all(w.data == 1 / 16)
+
+
+def test_base_pattern_definition():
+    """K_p[u', v'] = 1 exactly when u = v or u = (v + p) mod M (u = u' mod M, v = v' mod M)."""
+    n, m = 128, 8
+    for p in (1, 2, 4):
+        dense = radixnet_base(n, p).toarray() * 16
+        u = np.arange(n)[:, None] % m
+        v = np.arange(n)[None, :] % m
+        assert np.array_equal(dense, ((u == v) | (u == (v + p) % m)).astype(float))
+
+
+def test_later_layers_are_permutations_of_the_base(seed):
+    n = 256                                   # S = 4
+    assert radixnet_permutations(n, 4, seed=seed) is None
+    for k in (5, 6, 11, 40):
+        rows, cols = radixnet_permutations(n, k, seed=seed)
+        w = radixnet_layer(n, k, seed=seed)
+        base = radixnet_base(n, place_value(n, k))
+        assert same_csr(w, base[rows][:, cols])
+        undo_r, undo_c = np.argsort(rows), np.argsort(cols)
+        assert same_csr(w[undo_r][:, undo_c], base)
+        assert not same_csr(w, base)
+
+
+def test_layers_are_deterministic_per_seed_in_any_order(seed):
+    n, k = 512, 20
+    late_first = radixnet_layer(n, k, seed=seed)
+    radixnet_layer(n, k - 1, seed=seed)
+    assert same_csr(late_first, radixnet_layer(n, k, seed=seed))
+    other = radixnet_layer(n, k, seed=seed + 1)
+    assert not same_csr(late_first, other)
+    assert same_csr(radixnet_layer(n, 3, seed=seed), radixnet_layer(n, 3, seed=seed + 1))
+
+
+def test_place_values_cycle():
+    assert [place_value(1024, k) for k in range(1, 14)] == [1, 2, 4, 8, 16, 32, 1, 2, 4, 8, 16, 32, 1]
+    assert [place_value(32, k) for k in range(1, 4)] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("bad", [0, 16, 48, 1000, 1024.0, "1024", True])
+def test_bad_neurons_rejected(bad):
+    with pytest.raises(OptionError, match="neurons"):
+        radixnet_layer(bad, 1)
+
+
+def test_bad_layer_and_seed_rejected():
+    with pytest.raises(OptionError, match="layer"):
+        radixnet_layer(1024, 0)
+    with pytest.raises(OptionError, match="seed"):
+        radixnet_layer(1024, 9, seed=-1)
+    with pytest.raises(OptionError, match="layers"):
+        radixnet_network(1024, 0)
+
+
+def test_network_is_lazy_with_official_bias():
+    net = radixnet_network(1024, 120, seed=5)
+    assert isinstance(net, Network) and isinstance(net.layers, LazyLayers)
+    assert net.neurons == 1024 and net.depth == 120
+    assert net.edges == 32 * 1024 * 120
+    assert net.uniform_bias() == -0.30
+    assert same_csr(net.layers[99], radixnet_layer(1024, 100, seed=5))
+    small = radixnet_network(64, 5, seed=5, bias=-0.2, materialize=True)
+    assert isinstance(small.layers, list) and len(small.layers) == 5
+    assert all(same_csr(w, radixnet_layer(64, k + 1, seed=5)) for k, w in enumerate(small.layers))
+
+
+def test_network_needs_bias_off_the_official_sizes():
+    with pytest.raises(OptionError, match="bias"):
+        radixnet_network(64, 4)
+    assert radixnet_network(64, 4, bias=-0.2).uniform_bias() == -0.2
+
+
+def test_default_bias_extends_the_official_rule():
+    assert [default_bias(n) for n in (1024, 4096, 16384, 65536)] == [-0.30, -0.35, -0.40, -0.45]
+    assert default_bias(64) == -0.2 and default_bias(32) == -0.175 and default_bias(2048) == -0.325
+
+
+# --- MNIST ---------------------------------------------------------------------------------
+
+def test_load_mnist_shipped_file(mnist_path):
+    images = load_mnist()
+    assert images.shape == (60000, 28, 28) and images.dtype == np.uint8
+    raw = gzip.decompress(mnist_path.read_bytes())
+    assert hashlib.md5(raw).hexdigest() == "6bbc9ace898e44ae57da46a324031adb"
+    assert np.array_equal(images[59999], np.frombuffer(raw[-784:], dtype=np.uint8).reshape(28, 28))
+
+
+def test_load_mnist_bad_files(tmp_path, mnist_path):
+    with pytest.raises(DataNotFoundError, match="missing.gz"):
+        load_mnist(tmp_path / "missing.gz")
+    head = gzip.decompress(mnist_path.read_bytes())[:16 + 784 * 3]
+    bad_magic = tmp_path / "magic.idx"
+    bad_magic.write_bytes(b"\x00\x00\x08\x01" + head[4:])
+    with pytest.raises(FormatError, match="magic.idx.*magic"):
+        load_mnist(bad_magic)
+    short = tmp_path / "short.idx.gz"
+    short.write_bytes(gzip.compress(head))              # header says 60000 images, 3 present
+    with pytest.raises(FormatError, match="short.idx.gz.*bytes, expected"):
+        load_mnist(short)
+    corrupt = tmp_path / "corrupt.gz"
+    corrupt.write_bytes(gzip.compress(head)[:-20])
+    with pytest.raises(FormatError, match="corrupt.gz"):
+        load_mnist(corrupt)
+    good = tmp_path / "three.idx"
+    good.write_bytes(head[:4] + np.array([3], dtype=">u4").tobytes() + head[8:])
+    assert load_mnist(good).shape == (3, 28, 28)
+
+
+# --- features ------------------------------------------------------------------------------
+
+def direct_features(images: np.ndarray, s_r: int, s_c: int) -> sp.csr_matrix:
+    """The recipe of SPEC.md section 3 the straightforward way: full fft2/ifft2 in memory."""
+    count, h, w = images.shape
+    a = images.transpose(1, 0, 2).reshape(h, count * w).astype(np.float64)
+    shifted = np.fft.fftshift(np.fft.fft2(a))
+    padded = np.zeros((s_r, s_c * count), dtype=np.complex128)
+    # centred pad (or crop): keep the middle min(n, m) entries of each shifted axis
+    kr, kc = min(h, s_r), min(w * count, s_c * count)
+    padded[(s_r - kr) // 2:(s_r - kr) // 2 + kr, (s_c * count - kc) // 2:(s_c * count - kc) // 2 + kc] = \
+        shifted[(h - kr) // 2:(h - kr) // 2 + kr, (w * count - kc) // 2:(w * count - kc) // 2 + kc]
+    del shifted
+    spectrum = np.fft.ifftshift(padded)
+    del padded
+    mag = np.abs(np.fft.ifft2(spectrum))
+    del spectrum
+    keep = (mag / mag.max()) > 0.5
+    keep = keep.reshape(s_r, count, s_c).transpose(1, 2, 0).reshape(count, s_r * s_c)
+    return sp.csr_matrix(keep.astype(np.float64))
+
+
+@pytest.fixture(scope="module")
+def features_1024():
+    return challenge_features(1024)
+
+
+def test_features_1024_equal_official_rows(official_dir, features_1024):
+    official = scipy.io.mmread(official_dir / "sparse-images-1024-first1200.mtx.gz").tocsr()
+    assert official.shape == (1200, 1024)
+    x = features_1024
+    assert x.shape == (60000, 1024) and x.dtype == np.float64 and x.has_sorted_indices
+    assert np.all(x.data == 1.0)
+    assert same_csr(x[:1200], official.astype(np.float64))
+
+
+def test_features_1024_official_total(features_1024):
+    assert features_1024.nnz == 6_374_505
+
+
+def test_features_samples_are_first_rows_of_the_whole_set(features_1024):
+    part = challenge_features(1024, samples=300)
+    assert same_csr(part, features_1024[:300])
+
+
+@pytest.fixture(scope="module")
+def some_images():
+    return np.asarray(load_mnist()[:1500])
+
+
+@pytest.mark.parametrize("neurons", [1024, 4096, 32, 64, 128, 512])
+def test_lean_features_equal_direct_fft(some_images, neurons):
+    s_r, s_c = image_shape(neurons)
+    lean = challenge_features(neurons, images=some_images)
+    assert lean.shape == (len(some_images), neurons)
+    assert lean.nnz > 0 and lean.indices.max() < neurons
+    assert same_csr(lean, direct_features(some_images, s_r, s_c))
+
+
+def test_features_do_not_depend_on_block_size(some_images):
+    a = challenge_features(4096, images=some_images, block_elements=1)
+    b = challenge_features(4096, images=some_images, block_elements=1 << 24)
+    assert same_csr(a, b)
+    c = challenge_features(4096, images=some_images, samples=77, block_elements=5 * 4096)
+    assert same_csr(c, a[:77])
+
+
+def test_image_shapes():
+    assert image_shape(1024) == (32, 32) and image_shape(65536) == (256, 256)
+    assert image_shape(32) == (4, 8) and image_shape(128) == (8, 16) and image_shape(2048) == (32, 64)
+    with pytest.raises(OptionError, match="neurons"):
+        image_shape(100)
+
+
+def test_features_bad_arguments(some_images):
+    with pytest.raises(OptionError, match="samples"):
+        challenge_features(64, images=some_images, samples=len(some_images) + 1)
+    with pytest.raises(OptionError, match="images"):
+        challenge_features(64, images=np.zeros((3, 27, 28)))
+    with pytest.raises(OptionError, match="zero"):
+        challenge_features(64, images=np.zeros((3, 28, 28)))
+
+
+@pytest.mark.slow
+def test_lean_features_equal_direct_fft_all_images():
+    images = np.asarray(load_mnist())
+    for neurons in (1024, 4096):
+        s = image_shape(neurons)
+        assert same_csr(challenge_features(neurons), direct_features(images, *s))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("neurons,total", [(4096, 25_019_051), (16384, 98_858_913), (65536, 392_191_985)])
+def test_features_official_totals(neurons, total):
+    x = challenge_features(neurons)
+    assert x.shape == (60000, neurons) and x.nnz == total
+
+
+# --- whole challenges ----------------------------------------------------------------------
+
+@pytest.fixture
+def small_mnist(monkeypatch):
+    """The first 600 MNIST images stand in for the 60,000 (fast transforms)."""
+    images = np.asarray(load_mnist()[:600])
+    monkeypatch.setattr(mnist_module, "load_mnist", lambda path=None: images)
+    return images
+
+
+def tree_bytes(root) -> dict:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_write_challenge_layout_and_round_trip(tmp_path, small_mnist):
+    from spdnn.engines import get_engine
+    from spdnn.formats import read_categories, read_features, read_network
+
+    n, depth = 64, 8
+    files = write_challenge(tmp_path / "a", n, depth, seed=7, samples=300)
+    names = set(tree_bytes(tmp_path / "a"))
+    expected = {f"neuron64/n64-l{k}.tsv" for k in range(1, depth + 1)}
+    expected |= {"sparse-images-64.tsv.gz", "neuron64-l8-categories.tsv", "neuron64-l8-categories.json"}
+    assert names == expected                       # nothing else (no temporary files left)
+    assert files.layer_files == [tmp_path / "a" / "neuron64" / f"n64-l{k}.tsv" for k in range(1, depth + 1)]
+
+    net = read_network(files.network, bias=default_bias(n), cache=False)
+    assert net.depth == depth
+    for k in range(depth):
+        assert same_csr(net.layers[k], radixnet_layer(n, k + 1, seed=7))
+    feats = read_features(files.features, n, samples=300, cache=False)
+    assert same_csr(feats, challenge_features(n, samples=300))
+    truth = read_categories(files.truth)
+    reference = get_engine("reference", precision="fp64").run(radixnet_network(n, depth, seed=7, bias=-0.2), feats)
+    assert np.array_equal(truth, reference.categories)
+    info = json.loads(files.info.read_text())
+    assert info["precision"] == "fp64" and info["engine"] in ("cpu", "reference")
+    assert (info["neurons"], info["layers"], info["seed"], info["samples"]) == (64, 8, 7, 300)
+    assert info["categories_count"] == len(truth)
+
+
+def test_write_challenge_same_seed_same_bytes(tmp_path, small_mnist):
+    # (not N=32: there M=2 and K_1 is all ones, which every permutation leaves unchanged)
+    write_challenge(tmp_path / "a", 64, 4, seed=1, samples=100)
+    write_challenge(tmp_path / "b", 64, 4, seed=1, samples=100)
+    write_challenge(tmp_path / "c", 64, 4, seed=2, samples=100)
+    a, b, c = (tree_bytes(tmp_path / d) for d in "abc")
+    assert a == b
+    assert a["neuron64/n64-l2.tsv"] == c["neuron64/n64-l2.tsv"]          # layers 1..S: no permutation
+    assert a["neuron64/n64-l3.tsv"] != c["neuron64/n64-l3.tsv"]
+    assert a["sparse-images-64.tsv.gz"] == c["sparse-images-64.tsv.gz"]
+
+
+def test_generate_challenge_truth_is_the_fp64_reference(small_mnist):
+    from spdnn.engines import get_engine
+
+    net, feats, truth, info = generate_challenge(128, 10, seed=4, samples=200, truth_engine="reference")
+    assert feats.shape == (200, 128) and truth.dtype == np.int64
+    assert info["engine"] == "reference" and info["bias"] == default_bias(128)
+    again = get_engine("reference", precision="fp64").run(net, feats)
+    assert np.array_equal(truth, again.categories)
+    with pytest.raises(OptionError, match="samples"):
+        generate_challenge(128, 10, samples=0)
+
+
+def test_cached_challenge_reuses_features_and_truth(tmp_path, monkeypatch, small_mnist):
+    monkeypatch.setenv("SPDNN_CACHE_DIR", str(tmp_path / "cache"))
+    net, feats, truth, info = cached_challenge(64, 12, seed=3, samples=250)
+    assert info["cached"] is False
+    start = time.perf_counter()
+    net2, feats2, truth2, info2 = cached_challenge(64, 12, seed=3, samples=250)
+    assert time.perf_counter() - start < 1.0
+    assert info2["cached"] is True
+    assert same_csr(feats, feats2) and np.array_equal(truth, truth2)
+    assert same_csr(net.layers[11], net2.layers[11])
+    _, _, direct_truth, _ = generate_challenge(64, 12, seed=3, samples=250)
+    assert np.array_equal(truth, direct_truth)
+    # a corrupt cache file is rebuilt, not a crash
+    for path in (tmp_path / "cache" / "generated").iterdir():
+        path.write_bytes(b"garbage")
+    _, feats3, truth3, info3 = cached_challenge(64, 12, seed=3, samples=250)
+    assert info3["cached"] is False
+    assert same_csr(feats, feats3) and np.array_equal(truth, truth3)
