@@ -63,33 +63,36 @@ def graphblas_prepare(network: Network, dtype):
 def graphblas_infer(weights, biases, features: sp.csr_matrix, dtype, ymax: float, *, compact: bool = True):
     """LAGraph's DNN inference, with pruning of dead samples when ``compact``.
 
-    Without ``compact`` dead samples are only empty rows of Y (LAGraph's own code:
-    SuiteSparse skips them, but Y keeps all 60,000 rows).
+    Without ``compact`` it is LAGraph's loop as published: the four steps only, dead
+    samples stay as empty rows of Y (SuiteSparse skips them, but Y keeps every row),
+    and survivors are not counted per layer.
 
     Returns
     -------
     categories : int64 array, sorted 1-based sample ids alive at the end
-    survivors : int64 array (L,)
+    survivors : int64 array (L,), or None without ``compact``
     """
     import graphblas as gb
     from graphblas import binary, monoid, semiring
 
     y = gb.io.from_scipy_sparse(features.astype(dtype))
     ids = np.arange(features.shape[0], dtype=np.int64)
-    survivors = np.zeros(len(weights), dtype=np.int64)
+    survivors = np.zeros(len(weights), dtype=np.int64) if compact else None
     for k, (w, b) in enumerate(zip(weights, biases)):
-        y = y.mxm(w, semiring.plus_times).new()
-        y << y.mxm(b, semiring.plus_plus)
-        y << y.select(">", 0)
-        y << y.apply(binary.min, right=ymax)
-        alive, _ = y.reduce_rowwise(monoid.any).new().to_coo(values=False)
-        survivors[k] = len(alive)
-        if compact and len(alive) < y.nrows:  # prune: keep only the samples still alive
-            y = y[alive.astype(np.int64), :].new()
-            ids = ids[alive.astype(np.int64)]
-        if len(alive) == 0:
-            break
-    return np.sort(ids) + 1, survivors
+        y = y.mxm(w, semiring.plus_times).new()      # Z = Y W_k
+        y << y.mxm(b, semiring.plus_plus)            # + b_k where Z has an entry (B_k diagonal)
+        y << y.select(">", 0)                        # ReLU
+        y << y.apply(binary.min, right=ymax)         # cap at ymax
+        if compact:
+            alive = y.reduce_rowwise(monoid.any).new().to_coo(values=False)[0].astype(np.int64)
+            survivors[k] = len(alive)
+            if len(alive) < y.nrows:                 # prune: keep only the samples still alive
+                y = y[alive, :].new()
+                ids = ids[alive]
+            if len(alive) == 0:
+                break
+    alive = y.reduce_rowwise(monoid.any).new().to_coo(values=False)[0].astype(np.int64)
+    return np.sort(ids[alive]) + 1, survivors
 
 
 def time_engine(name: str, precision: str, network, features, repeats: int):
@@ -172,7 +175,8 @@ def main(argv=None) -> int:
         report["engines"].append({"engine": name, "precision": precision, "runs": repeats, "median_seconds": med,
                                   "teraedges_per_second": teps, "preprocess_seconds": prep,
                                   "categories_count": len(cats), "equals_reference": bool(cmp.passed),
-                                  "missing": cmp.missing, "extra": cmp.extra, "survivors": surv})
+                                  "missing": cmp.missing, "extra": cmp.extra,
+                                  "survivors": surv})
     for entry, (name, precision, *_rest) in zip(report["engines"], rows):
         if not entry["equals_reference"]:
             cats = _rest[2]

@@ -69,16 +69,13 @@ def copy_bandwidth() -> float:
 def upsample2(features: sp.csr_matrix, neurons_small: int) -> sp.csr_matrix:
     """Nearest-neighbour 2x2 upsampling of column-major s x s images (feature = c*s + r)."""
     s = int(round(neurons_small ** 0.5))
-    f = features.tocoo()
-    c, r = np.divmod(f.col.astype(np.int64), s)
-    rows, cols = [], []
-    for dc in (0, 1):
-        for dr in (0, 1):
-            rows.append(f.row)
-            cols.append((2 * c + dc) * (2 * s) + (2 * r + dr))
-    rows, cols = np.concatenate(rows), np.concatenate(cols)
-    out = sp.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(f.shape[0], 4 * neurons_small))
-    out.sum_duplicates()
+    f = features.tocsr()
+    c, r = np.divmod(f.indices.astype(np.int64), s)
+    cols = np.stack([(2 * c + dc) * (2 * s) + (2 * r + dr) for dc in (0, 1) for dr in (0, 1)], axis=1)
+    out = sp.csr_matrix((np.ones(cols.size), cols.ravel().astype(np.int32), f.indptr.astype(np.int64) * 4),
+                        shape=(f.shape[0], 4 * neurons_small))
+    out.has_sorted_indices = False
+    out.sort_indices()
     return out
 
 
@@ -172,7 +169,9 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=None, help="use only the first samples (default 60000)")
     ap.add_argument("--ref-samples", default="1024:60000,4096:3000,16384:1000,65536:300",
                     help="N:samples for the fp64 reference check")
-    ap.add_argument("--variants", default="default,nograph,array,full,mb1,sliced,cusparse,fp64")
+    ap.add_argument("--variants", default="default,nograph,nodedupe,array,full,mb1,sliced,cusparse")
+    ap.add_argument("--variants-deep", default="default,nograph,cusparse", help="variants for L != 120")
+    ap.add_argument("--variants-large", default="default,nodedupe,cusparse", help="variants for N >= 16384")
     ap.add_argument("--features-dir", default=None, help="features-{N}.npz made off-device (bit-packed)")
     ap.add_argument("--official", default=None, help="directory of the official N=1024 subset (check first)")
     args = ap.parse_args(argv)
@@ -204,7 +203,7 @@ def main(argv=None) -> int:
             ok &= good
             log(f"official 1024x120 first 1200, cuda {prec}: {len(r.categories)} ids, equal to truth={good}")
 
-    ref_samples = dict(tuple(int(x) for x in kv.split(":")) for kv in args.ref_samples.split(","))
+    ref_samples = dict((k, int(v)) for k, v in (kv.split(":") for kv in args.ref_samples.split(",")))
     cells = [tuple(int(x) for x in c.split("x")) for c in args.cells.split(",")]
     variants = args.variants.split(",")
     for n in sorted({c[0] for c in cells}):
@@ -229,34 +228,42 @@ def main(argv=None) -> int:
                 cell["fp64_ms"] = r64.inference_seconds * 1e3
                 del eng64
                 cp.get_default_memory_pool().free_all_blocks()
-                if n in ref_samples:
-                    msg, same = reference_subset_check(net, feats, min(ref_samples[n], feats.shape[0]), {})
+                count = ref_samples.get(f"{n}x{depth}", ref_samples.get(str(n)))
+                if count:
+                    msg, same = reference_subset_check(net, feats, min(count, feats.shape[0]), {})
                     ok &= same
                     log(f"{n}x{depth}: {msg}")
                     cell["reference_check"] = msg
-                for v in variants:
+                cell_variants = variants
+                if depth != 120:
+                    cell_variants = args.variants_deep.split(",")
+                elif n >= 16384:
+                    cell_variants = args.variants_large.split(",")
+                for v in cell_variants:
                     if v == "fp64":
                         continue
                     opts, name, reps = {}, "cuda", args.reps
+                    from spdnn.engines.cuda.layout import KernelConfig, choose_config
                     if v == "nograph":
                         opts = {"use_graph": False}
+                    elif v == "nodedupe":
+                        opts = {"dedupe": False}
                     elif v in ("array", "full"):
                         opts = {"values": v}
-                    elif v == "mb1":
-                        from spdnn.engines.cuda.layout import choose_config
-                        opts = {"config": choose_config(n, 4, mb=1)}
-                    elif v == "mb4":
-                        from spdnn.engines.cuda.layout import choose_config
-                        opts = {"config": choose_config(n, 4, mb=4)}
+                    elif v in ("mb1", "mb2", "mb4", "mb8"):
+                        opts = {"config": choose_config(n, 4, virtual=n // 16, mb=int(v[2:]))}
+                    elif v in ("nodedupe_mb1", "nodedupe_mb2", "nodedupe_mb4", "nodedupe_mb8"):
+                        opts = {"config": choose_config(n, 4, mb=int(v[-1]))}
                     elif v == "sliced":
                         if n > 4096:
                             continue
-                        from spdnn.engines.cuda.layout import KernelConfig
                         opts = {"config": KernelConfig(threads=256, opt=1, mb=8, chunk=n)}
                     elif v == "cusparse":
                         name, reps = "cusparse", max(2, args.reps // 2)
                         if n >= 16384:
                             opts = {"batch_samples": 15000 if n == 16384 else 4000}
+                    elif v != "default":
+                        raise SystemExit(f"unknown variant {v!r}")
                     eng = get_engine(name, precision="fp32", **opts)
                     med, res, times, prep = time_engine(eng, net, feats, reps)
                     same = np.array_equal(res.categories, truth)
@@ -269,7 +276,7 @@ def main(argv=None) -> int:
                     run = {"ms": med * 1e3, "times_ms": [x * 1e3 for x in times], "teraedges": tes,
                            "equal_fp64": bool(same), "prepare_s": prep, "extra": res.extra}
                     if v == "default":
-                        wbytes = 32 * n * 2 * res.extra.get("padding_ratio", 1.0)
+                        wbytes = 32 * n * 2          # the layer's nonzeros as 16-bit indices, one value
                         fl, fbytes = floor_seconds(n, loaded, res.survivors, wbytes, bw)
                         cell["floor_ms"], cell["floor_bytes"] = fl * 1e3, fbytes
                         cell["survivors"] = [int(x) for x in res.survivors]

@@ -7,7 +7,8 @@ Usage::
 ``CASE_DIR`` holds ``network.npz`` (written by :func:`save_network`) and
 ``features.npz`` (written by :func:`spdnn.distributed.save_npz_source`; every rank reads
 only its rows through :class:`spdnn.distributed.NpzSource`). ``RUNS_JSON`` is a list of
-runs ``{"engine", "precision", "balance": "on"|"off"|"force", "segments": [..] or null}``;
+runs ``{"engine", "precision", "balance": "on"|"off"|"force", "layout": "cyclic"|"block"
+(optional), "segments": [..] (optional)}``;
 they all run in this one launch (one network load, one JIT compilation). Rank 0 writes
 ``OUT_JSON``: a list of ``{"run", "result": InferenceResult.to_dict()}``.
 """
@@ -59,7 +60,8 @@ def main(argv: list[str]) -> int:
     out = []
     for run in runs:
         result = run_distributed(network, features, engine=run["engine"], precision=run["precision"],
-                                 balance=balance_option(run["balance"]), segment_layers=run.get("segments"))
+                                 balance=balance_option(run["balance"]), segment_layers=run.get("segments"),
+                                 layout=run.get("layout", "cyclic"))
         out.append({"run": run, "size": here.size, "result": result.to_dict()})
     if here.rank == 0:
         out_file.write_text(json.dumps(out))

@@ -74,12 +74,14 @@ def official(official_dir):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp64"])
 @pytest.mark.parametrize("graph", [True, False])
-def test_official_subset_gives_the_truth(official, precision, graph):
+@pytest.mark.parametrize("dedupe", ["auto", False])
+def test_official_subset_gives_the_truth(official, precision, graph, dedupe):
     net, feats, truth = official
-    eng = get_engine("cuda", precision=precision, poison=POISON, use_graph=graph)
+    eng = get_engine("cuda", precision=precision, poison=POISON, use_graph=graph, dedupe=dedupe)
     res = eng.run(net, feats)
     np.testing.assert_array_equal(res.categories, truth)
     assert res.extra["graph"] is graph
+    assert res.extra["dedupe"] is (dedupe == "auto")     # official layers: N/16 distinct columns
     assert res.extra["value_mode"] == "sum_then_scale"
     ref, _ = reference(net, feats, precision)
     np.testing.assert_array_equal(res.survivors, ref.survivors)
@@ -128,7 +130,7 @@ def test_batches_forced_small(rng):
 
 
 def test_streaming_forced_by_a_memory_cap(rng):
-    net = random_network(rng, 256, 12, density=0.1)
+    net = random_network(rng, 256, 30, density=0.1)     # ~3 MB of fp64 weights
     feats = random_features(rng, 120, 256)
     eng = get_engine("cuda", precision="fp64", poison=POISON, memory_cap_bytes=3_000_000)
     res = check_same(eng, net, feats)
@@ -173,3 +175,44 @@ def test_cusparse_baseline_official(official):
     np.testing.assert_array_equal(res.categories, truth)
     res = get_engine("cusparse", precision="fp32", batch_samples=500).run(net, feats)
     np.testing.assert_array_equal(res.categories, truth)
+
+
+def network_with_duplicate_columns(rng, n, depth, distinct, *, values="normal"):
+    layers = []
+    for _ in range(depth):
+        base = sp.random(n, distinct, density=0.1, format="csc", random_state=rng)
+        base.data = rng.normal(0, 1.5 / np.sqrt(n * 0.1), base.nnz) if values == "normal" else np.full(base.nnz, values)
+        pick = np.concatenate([np.arange(distinct), rng.integers(0, distinct, n - distinct)])
+        layers.append(base[:, rng.permutation(pick)].tocsr())
+    return Network.from_layers(layers, rng.uniform(-0.2, 0.3, size=(depth, n)))
+
+
+@pytest.mark.parametrize("n, distinct", [(1000, 70), (3000, 400)])
+@pytest.mark.parametrize("values", ["normal", 0.0625])
+def test_deduplicated_columns_fp64_exact(rng, n, distinct, values):
+    net = network_with_duplicate_columns(rng, n, 5, distinct, values=values)
+    feats = random_features(rng, 100, n)
+    eng = get_engine("cuda", precision="fp64", poison=POISON)
+    res = check_same(eng, net, feats)
+    assert res.extra["dedupe"] is True and res.extra["distinct_columns"] <= distinct
+
+
+def test_deduplicated_chunked_small_tiles_fp64_exact(rng):
+    n = 600
+    net = network_with_duplicate_columns(rng, n, 5, 90)
+    feats = random_features(rng, 77, n)
+    cfg = KernelConfig(threads=64, opt=2, mb=2, chunk=250, dedupe=True)
+    res = check_same(get_engine("cuda", precision="fp64", poison=POISON, config=cfg), net, feats)
+    assert res.extra["config"]["nchunks"] == 3
+
+
+def test_radixnet_lazy_network_fp32_and_fp64(rng):
+    from spdnn.generate import radixnet_network
+
+    net = radixnet_network(1024, 24)
+    feats = random_features(rng, 300, 1024, density=0.12)
+    ref, _ = reference(net, feats)
+    for precision in ("fp32", "fp64"):
+        res = get_engine("cuda", precision=precision, poison=POISON).run(net, feats)
+        np.testing.assert_array_equal(res.categories, ref.categories)
+        assert res.extra["dedupe"] is True

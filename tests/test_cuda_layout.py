@@ -175,3 +175,54 @@ def test_emulate_layer_fused_and_sliced_agree(rng):
         outs.append(z)
     for z in outs[1:]:
         np.testing.assert_array_equal(z, outs[0])
+
+
+def network_with_duplicate_columns(rng, n, depth, distinct, *, values="normal"):
+    """Layers whose n columns are copies of `distinct` random columns (like RadiX-Net's n/16)."""
+    layers = []
+    for _ in range(depth):
+        base = random_layer(rng, n, 0.15, values=values).tocsc()[:, :distinct]
+        pick = np.concatenate([np.arange(distinct), rng.integers(0, distinct, n - distinct)])
+        layers.append(base[:, rng.permutation(pick)].tocsr())
+    return Network.from_layers(layers, rng.uniform(-0.2, 0.3, size=(depth, n)), ymax=32.0)
+
+
+def test_unique_columns_finds_the_copies(rng):
+    from spdnn.engines.cuda.layout import unique_columns
+
+    net = network_with_duplicate_columns(rng, 80, 1, 13)
+    w = sp.csc_matrix(net.layers[0])
+    reps, inverse = unique_columns(w)
+    assert reps.size <= 13
+    assert (w[:, reps[inverse]] != w).nnz == 0
+    # distinct columns really differ
+    dense = w[:, reps].toarray().T
+    assert len({row.tobytes() for row in dense}) == reps.size
+
+
+@pytest.mark.parametrize("config", [KernelConfig(threads=32, opt=1, mb=4, chunk=1000, dedupe=True),
+                                    KernelConfig(threads=64, opt=1, mb=2, chunk=30, dedupe=True)], ids=str)
+@pytest.mark.parametrize("values", ["normal", 0.0625])
+def test_emulation_with_deduplication_equals_reference(rng, config, values):
+    n = 96
+    net = network_with_duplicate_columns(rng, n, 6, 20, values=values)
+    feats = random_features(rng, 40, n)
+    res, rows, vals = reference(net, feats)
+    cats, survivors, erows, ey = emulate_network(net, feats, precision="fp64", config=config)
+    np.testing.assert_array_equal(cats, res.categories)
+    np.testing.assert_array_equal(survivors, res.survivors)
+    assert res.categories.size > 0
+    np.testing.assert_array_equal(ey[np.argsort(erows)], vals.toarray())
+
+
+def test_radixnet_has_n_over_16_distinct_columns():
+    from spdnn.engines.cuda.layout import unique_columns
+    from spdnn.generate import radixnet_layer
+
+    for k in (1, 2, 7):
+        reps, _ = unique_columns(sp.csc_matrix(radixnet_layer(256, k)))
+        assert reps.size <= 256 // 16
+    cfg = choose_config(1024, 4, virtual=64)
+    assert cfg.dedupe and cfg.slices(1024) == 1 and cfg.smem_bytes(4) <= 227 * 1024
+    cfg = choose_config(65536, 4, virtual=4096)
+    assert cfg.dedupe and cfg.opt * cfg.threads >= 4096 and cfg.smem_bytes(4) <= 227 * 1024

@@ -18,8 +18,8 @@ import pytest
 import scipy.sparse as sp
 
 from spdnn.distributed import (BalancePolicy, CsrSource, NpzSource, Transfer, apply_plan, as_source,
-                               balanced_targets, imbalance, partition, run_distributed, save_npz_source,
-                               segment_ends, transfer_plan)
+                               balanced_targets, imbalance, owners, partition, rank_ranges, run_distributed,
+                               save_npz_source, segment_ends, transfer_plan)
 from spdnn.engines import engine_class, get_engine
 from spdnn.errors import EngineUnavailableError, FormatError, OptionError
 from spdnn.network import Network
@@ -91,6 +91,26 @@ def test_partition():
         partition(10, 0)
     with pytest.raises(OptionError, match="samples"):
         partition(-1, 2)
+
+
+def test_rank_ranges_cover_every_row_once():
+    for samples, size, layout, chunks in [(10, 3, "block", 16), (10, 2, "cyclic", 2), (1000, 7, "cyclic", 16),
+                                          (5, 8, "cyclic", 4), (0, 2, "block", 1)]:
+        ranges = rank_ranges(samples, size, layout=layout, blocks_per_rank=chunks)
+        assert len(ranges) == size
+        rows = np.concatenate([np.arange(a, b) for r in ranges for a, b in r] or [np.zeros(0, int)])
+        assert sorted(rows.tolist()) == list(range(samples))
+        sizes = [sum(b - a for a, b in r) for r in ranges]
+        assert max(sizes) - min(sizes) <= (1 if layout == "block" else chunks)
+        assert all(r == sorted(r) for r in ranges)
+        own = owners(samples, size, layout=layout, blocks_per_rank=chunks)
+        assert [int((own == k).sum()) for k in range(size)] == sizes
+    assert rank_ranges(10, 2, layout="cyclic", blocks_per_rank=2) == [[(0, 3), (6, 8)], [(3, 6), (8, 10)]]
+    assert rank_ranges(10, 3, layout="block") == [[(0, 4)], [(4, 7)], [(7, 10)]]
+    with pytest.raises(OptionError, match="layout"):
+        rank_ranges(10, 2, layout="random")
+    with pytest.raises(OptionError, match="blocks_per_rank"):
+        rank_ranges(10, 2, blocks_per_rank=0)
 
 
 def test_segment_ends():
@@ -304,14 +324,23 @@ def _check_against_one_rank(results, net, feats, ranks, truth=None):
         assert extra["imbalance"] >= 1.0
         if run["balance"] == "off":
             assert extra["rebalances"] == 0 and extra["bytes_moved"] == 0
+        moved = [b for b in extra["boundaries"] if b["action"] == "rebalance"]
+        assert extra["rebalances"] == len(moved) and all(len(b["counts"]) == ranks for b in moved), label
+        assert (extra["rows_moved"] > 0) == (len(moved) > 0), label
         if run["balance"] == "force":
-            assert extra["rebalances"] >= 1 and extra["rows_moved"] > 0 and extra["bytes_moved"] > 0, label
-            moved = [b for b in extra["boundaries"] if b["action"] == "rebalance"]
-            assert moved and all(len(b["counts"]) == ranks for b in moved)
+            # any boundary where a row can move (counts differ by 2 or more) is acted on
+            assert all(b["action"] == "rebalance" for b in extra["boundaries"]
+                       if max(b["counts"]) - min(b["counts"]) >= 2), label
+        if run["balance"] == "force" and run.get("layout") == "block":
+            # the skewed contiguous split of every case here is unbalanced somewhere
+            assert extra["rebalances"] >= 1 and extra["bytes_moved"] > 0, label
 
 
 def _runs(engine: str, precisions=("fp32",)) -> list[dict]:
-    return [{"engine": engine, "precision": p, "balance": b} for p in precisions for b in ("off", "on", "force")]
+    modes = [("off", "cyclic"), ("on", "cyclic"), ("force", "cyclic"), ("off", "block"), ("on", "block"),
+             ("force", "block")]
+    return [{"engine": engine, "precision": p, "balance": b, "layout": layout}
+            for p in precisions for b, layout in modes]
 
 
 @pytest.mark.mpi
@@ -323,9 +352,10 @@ def test_mpi_two_ranks_random_network(tmp_path, rng, engine):
     case = _write_case(tmp_path / "case", net, feats)
     results = _launch(case, _runs(engine, ("fp32", "fp64")), 2)
     _check_against_one_rank(results, net, feats, 2)
-    # the skewed split (rank 0 holds the samples that die early) must trigger the default policy
-    on = [r["result"]["extra"] for r in results if r["run"]["balance"] == "on"]
-    assert all(e["rebalances"] >= 1 for e in on), [e["boundaries"] for e in on]
+    # the skewed contiguous split (rank 0 holds the samples that die early) must trigger the default policy
+    on = [r["result"]["extra"] for r in results if r["run"]["balance"] == "on" and r["run"]["layout"] == "block"]
+    assert on and all(e["rebalances"] >= 1 for e in on), [e["boundaries"] for e in on]
+    assert {r["result"]["extra"]["layout"] for r in results} == {"block", "cyclic"}
 
 
 @pytest.mark.mpi
@@ -409,11 +439,12 @@ def test_bench_model_recovers_parameters():
     assert m["alpha_seconds"] == pytest.approx(0.0002, rel=1e-6)
     assert m["S_final_survivors"] == 100
     p = {row["ranks"]: row for row in m["predictions"]}
-    assert p[1]["off"]["seconds"] == pytest.approx(one["inference_seconds"], rel=1e-6)
-    # every survivor is on one rank of the static split: balancing must predict faster runs
-    assert p[8]["balanced"]["seconds"] < p[8]["off"]["seconds"]
+    assert p[1]["block"]["seconds"] == pytest.approx(one["inference_seconds"], rel=1e-6)
+    # every survivor is in the last block of the contiguous split: dealing chunks or
+    # rebalancing must predict faster runs
+    assert p[8]["balanced"]["seconds"] <= p[8]["cyclic"]["seconds"] < p[8]["block"]["seconds"]
     assert p[64]["balanced"]["speedup"] > p[8]["balanced"]["speedup"] > 1
-    assert 0 < p[64]["off"]["efficiency"] < p[8]["off"]["efficiency"] <= 1
+    assert 0 < p[64]["block"]["efficiency"] < p[8]["block"]["efficiency"] <= 1
 
 
 def test_bench_fast_features_shape():
@@ -436,6 +467,6 @@ def test_bench_script_runs_one_and_two_ranks(tmp_path):
     report = json.loads(out.read_text())
     (cell,) = report["cells"]
     assert cell["passed"] and {(r["ranks"], r["mode"]) for r in cell["rows"]} == {
-        (1, "off"), (1, "on"), (2, "off"), (2, "on"), (2, "force")}
+        (1, "off"), (1, "on"), (2, "block"), (2, "off"), (2, "on"), (2, "force")}
     assert all(r["same_as_1_rank"] for r in cell["rows"])
     assert "predictions" in cell["model"] and "off" in cell["model"]["check_P2"]

@@ -131,6 +131,24 @@ def test_entry_order_does_not_matter(rng, tmp_path, order):
     assert got.has_canonical_format and same(got, w)
 
 
+def test_writer_blocks_and_caller_matrix_untouched(rng, tmp_path):
+    from spdnn.formats import tsv
+
+    x = sp.random(30, 12, density=0.4, format="csr", random_state=rng)
+    x.data = np.round(x.data * 4) / 4  # a few distinct values
+    write_features_tsv(tmp_path / "one.tsv", x)
+    tsv._write_compressed(tmp_path / "blocks.tsv", x.indptr, x.indices, x.data, "%g", major_first=True,
+                          entries_per_block=7)
+    assert (tmp_path / "one.tsv").read_bytes() == (tmp_path / "blocks.tsv").read_bytes()
+    assert same(read_features(tmp_path / "blocks.tsv", neurons=12, samples=30, cache=False), x)
+    # A non-canonical input (unsorted, duplicates) is written summed and sorted, and left as it was.
+    m = sp.csr_matrix((np.array([1.0, 2.0, 3.0]), np.array([2, 0, 2]), np.array([0, 3, 3])), shape=(2, 3))
+    before = (m.indices.copy(), m.data.copy())
+    write_layer_tsv(tmp_path / "w.tsv", m)
+    assert (tmp_path / "w.tsv").read_text() == "1\t1\t2.000000e+00\n1\t3\t4.000000e+00\n"
+    assert np.array_equal(m.indices, before[0]) and np.array_equal(m.data, before[1])
+
+
 def test_layer_size_from_max_index(tmp_path):
     (tmp_path / "w.tsv").write_text("1\t7\t0.5\n3\t2\t-2\n")
     w = read_layer(tmp_path / "w.tsv")

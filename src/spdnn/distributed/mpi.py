@@ -2,8 +2,9 @@
 
 How a run maps onto ranks (``mpiexec -n P``)::
 
-    rank r      owns the 0-based sample rows bounds[r]:bounds[r+1]   (contiguous split)
-                reads only those rows (FeatureSource.rows), so no rank holds all of them
+    rank r      owns a few long ranges of sample rows (rank_ranges: 16 chunks a rank dealt
+                round robin, or one contiguous block), and reads only those rows
+                (FeatureSource.rows), so no rank holds all of them
                 builds/holds the whole network (weights are replicated)
                 uses GPU local_rank % count (cuda engines), or numba threads / local ranks
     layers      run in segments; at each boundary the ranks allgather their survivor
@@ -51,7 +52,7 @@ from .._atomic import atomic_path
 from ..engines import Engine, InferenceResult, get_engine, resolve_engine_name
 from ..errors import FormatError, OptionError, SpdnnError
 from ..network import Network, as_features
-from .balance import BalancePolicy, imbalance, partition, segment_ends
+from .balance import BalancePolicy, imbalance, rank_ranges, segment_ends
 
 __all__ = ["World", "world", "world_of", "bind_resources", "RELOAD_COST_GUESS", "FeatureSource", "CsrSource",
            "NpzSource", "save_npz_source", "as_source", "run_distributed", "LAUNCHER_ENV"]
@@ -455,7 +456,8 @@ def _make_engine(engine, network: Network, precision: str, options: dict, here: 
 
 def run_distributed(network: Network, features, *, engine="auto", precision: str = "fp32", balance=True,
                     segment_layers=None, comm=None, engine_options: dict | None = None,
-                    progress: bool | None = None) -> InferenceResult:
+                    progress: bool | None = None, layout: str = "cyclic",
+                    blocks_per_rank: int = 16) -> InferenceResult:
     """Inference with the samples partitioned over MPI ranks (a collective call).
 
     Every rank of ``comm`` calls it with the same network and features; every rank gets
@@ -467,7 +469,7 @@ def run_distributed(network: Network, features, *, engine="auto", precision: str
         Replicated: every rank prepares all layers.
     features : sparse matrix (samples, N) or FeatureSource
         A matrix is sliced by each rank; a :class:`FeatureSource` lets each rank read only
-        its rows ``partition(samples, size)[rank]:...[rank+1]`` (0-based).
+        its own row ranges (``rank_ranges(samples, size, layout=...)[rank]``).
     engine : str or Engine
         Engine name ('auto' resolves on each rank), or an engine instance (already
         prepared on ``network`` to skip preparation; ``precision``/``engine_options`` are
@@ -489,6 +491,13 @@ def run_distributed(network: Network, features, *, engine="auto", precision: str
         Extra keyword arguments of the engine's constructor.
     progress : bool, optional
         Per-layer progress bars of rank 0's engine.
+    layout : {'cyclic', 'block'}
+        How samples are split (:func:`~spdnn.distributed.balance.rank_ranges`): 'cyclic'
+        deals ``blocks_per_rank`` chunks per rank round robin (spreads the survivors,
+        which are not uniform along the sample order); 'block' is one contiguous block
+        per rank.
+    blocks_per_rank : int
+        Chunks per rank of the 'cyclic' layout.
 
     Returns
     -------
@@ -510,13 +519,15 @@ def run_distributed(network: Network, features, *, engine="auto", precision: str
         raise OptionError(f"balance={balance!r}: expected True, False or a BalancePolicy")
     depth = network.depth
     source = as_source(features, network.neurons)
-    bounds = partition(int(source.samples), here.size)
-    start, stop = int(bounds[here.rank]), int(bounds[here.rank + 1])
+    ranges = rank_ranges(int(source.samples), here.size, layout=layout, blocks_per_rank=blocks_per_rank)[here.rank]
 
     t0 = time.perf_counter()
     eng, name, bound = _make_engine(engine, network, precision, dict(engine_options or {}), here, progress)
     policy = _policy(balance, name)
-    local = as_features(source.rows(start, stop), network.neurons)
+    parts = [as_features(source.rows(a, b), network.neurons) for a, b in ranges]
+    local = (parts[0] if len(parts) == 1 else
+             sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, network.neurons)))
+    del parts
     eng.load(local)
     alive = int(np.count_nonzero(np.diff(local.indptr)))
     del local
@@ -529,7 +540,9 @@ def run_distributed(network: Network, features, *, engine="auto", precision: str
     else:
         ends = [depth]
 
-    run = _RankRun(eng, np.arange(start, stop, dtype=np.int64), alive, coll, here)
+    ids = (np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in ranges]) if ranges
+           else np.zeros(0, dtype=np.int64))
+    run = _RankRun(eng, ids, alive, coll, here)
     survivors = np.zeros(depth, dtype=np.int64)
     boundaries = []
     rebalances = 0
@@ -579,7 +592,7 @@ def run_distributed(network: Network, features, *, engine="auto", precision: str
     survivors = coll.allreduce_sum(survivors)
     stats = coll.allgather({"loop": t_loop, "busy": run.busy, "reload": run.reload, "pre": preprocess,
                             "bytes": run.bytes_sent, "rows": run.rows_sent, "alive": run.alive,
-                            "resources": bound, "samples": stop - start, "log": run.log})
+                            "resources": bound, "samples": len(ids), "log": run.log})
     t_end = time.perf_counter()
     gather_seconds = t_end - t_gather
     inference = max(coll.allgather(t_end - t_start))
@@ -587,6 +600,7 @@ def run_distributed(network: Network, features, *, engine="auto", precision: str
     busy = [s["busy"] for s in stats]
     extra = {
         "ranks": here.size,
+        "layout": layout if here.size > 1 else "block",
         "rank_samples": [s["samples"] for s in stats],
         "rank_inference_seconds": [s["loop"] for s in stats],
         "rank_busy_seconds": busy,

@@ -156,13 +156,13 @@ def spdnn_cpu_compact(src, dst, keep):
     k = keep.size
     for it in prange((k + tile - 1) // tile):
         zt = dst[it]
-        for t in range(min(tile, k - it * tile)):
-            c = keep[it * tile + t]
-            xt = src[c // tile]
-            lane = c % tile
-            for i in range(n):
-                zt[i, t] = xt[i, lane]
-
+        m = min(tile, k - it * tile)
+        source = keep[it * tile:it * tile + m] // tile
+        lane = keep[it * tile:it * tile + m] % tile
+        for i in range(n):
+            zr = zt[i]
+            for t in range(m):
+                zr[t] = src[source[t], i, lane[t]]
 
 @njit(parallel=True, cache=True, nogil=True)
 def spdnn_cpu_densify(indptr, indices, data, r0, r1, y):

@@ -663,36 +663,63 @@ def _format_lines(a, b, code, texts, text_starts, out):
 
 
 def _value_texts(data: np.ndarray, fmt: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Format each distinct value once with ``fmt`` (falling back to repr when ``fmt`` is lossy)."""
+    """Format each distinct value once with ``fmt`` (falling back to repr when ``fmt`` is lossy).
+
+    Returns (concatenated text bytes, start offset of each text (k+1,), sorted distinct values (k,)).
+    """
     if data.size == 0:
-        uniq, code = np.empty(0), np.empty(0, np.int64)
+        uniq = np.empty(0)
     elif data.min() == data.max():
-        uniq, code = data[:1], np.zeros(data.size, np.int64)
+        uniq = data[:1].copy()
     else:
-        uniq, code = np.unique(data, return_inverse=True)
+        uniq = np.unique(data)
     texts = []
     for u in uniq.tolist():
         s = fmt % u
-        if float(s) != u:
+        if float(s) != u or (u == 0 and np.signbit(u) != s.startswith("-")):
             s = repr(float(u))
         texts.append(s.encode("ascii"))
     starts = np.zeros(len(texts) + 1, np.int64)
     starts[1:] = np.cumsum([len(t) for t in texts])
-    return np.frombuffer(b"".join(texts) or b"\0", np.uint8), starts, code
+    return np.frombuffer(b"".join(texts) or b"\0", np.uint8), starts, uniq
 
 
-def _write_triples(path, first: np.ndarray, second: np.ndarray, data: np.ndarray, fmt: str,
-                   lines_per_block: int = 1 << 21) -> None:
-    """Write 0-based (first, second, value) lines, 1-based, atomically (gzip when path ends in .gz)."""
-    texts, starts, code = _value_texts(np.asarray(data, np.float64), fmt)
+def _canonical(m):
+    """``m`` itself when canonical, else a canonical copy (the caller's matrix is never modified)."""
+    if not m.has_canonical_format:
+        m = m.copy()
+        m.sum_duplicates()
+    return m
+
+
+def _write_compressed(path, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, fmt: str, *,
+                      major_first: bool, entries_per_block: int = 1 << 21) -> None:
+    """Write a canonical CSR/CSC matrix as 1-based text lines, atomically (gzip for ``.gz``).
+
+    Lines follow the storage order (major index, then minor); ``major_first`` says whether
+    the major index is the first field (CSR: row first) or the second (CSC: column second).
+    Works in blocks of about ``entries_per_block`` entries, so memory stays bounded.
+    """
+    data = np.asarray(data, np.float64)
+    texts, starts, uniq = _value_texts(data, fmt)
     width = int(np.diff(starts).max()) if starts.size > 1 else 0
+    nmajor = indptr.size - 1
     with atomic_open(path, "wb") as fh:
-        for s in range(0, first.size, lines_per_block):
-            a = first[s:s + lines_per_block].astype(np.int64) + 1
-            b = second[s:s + lines_per_block].astype(np.int64) + 1
-            out = np.empty(a.size * (2 * 21 + width + 1), np.uint8)
-            used = _format_lines(a, b, code[s:s + lines_per_block], texts, starts, out)
-            fh.write(out[:used].tobytes())
+        m0 = 0
+        while m0 < nmajor:
+            m1 = int(np.searchsorted(indptr, indptr[m0] + entries_per_block, side="right")) - 1
+            m1 = min(max(m1, m0 + 1), nmajor)
+            s, e = int(indptr[m0]), int(indptr[m1])
+            if e > s:
+                major = np.repeat(np.arange(m0 + 1, m1 + 1, dtype=np.int64), np.diff(indptr[m0:m1 + 1]))
+                minor = indices[s:e].astype(np.int64) + 1
+                code = (np.zeros(e - s, np.int64) if uniq.size == 1
+                        else np.searchsorted(uniq, data[s:e]).astype(np.int64))
+                a, b = (major, minor) if major_first else (minor, major)
+                out = np.empty((e - s) * (2 * 21 + width + 1), np.uint8)
+                used = _format_lines(a, b, code, texts, starts, out)
+                fh.write(out[:used].tobytes())
+            m0 = m1
 
 
 def write_layer_tsv(path: str | os.PathLike, w) -> None:
@@ -709,11 +736,8 @@ def write_layer_tsv(path: str | os.PathLike, w) -> None:
     w : scipy.sparse matrix, shape (N, N)
         Rows are input neurons, columns output neurons. Explicit zeros are written.
     """
-    m = sp.csc_matrix(w)
-    m.sum_duplicates()
-    m.sort_indices()
-    cols = np.repeat(np.arange(m.shape[1], dtype=np.int64), np.diff(m.indptr))
-    _write_triples(path, m.indices, cols, m.data, "%.6e")
+    m = _canonical(sp.csc_matrix(w))
+    _write_compressed(path, m.indptr, m.indices, m.data, "%.6e", major_first=False)
 
 
 def write_features_tsv(path: str | os.PathLike, x) -> None:
@@ -727,11 +751,8 @@ def write_features_tsv(path: str | os.PathLike, x) -> None:
     path : str or os.PathLike
     x : scipy.sparse matrix, shape (samples, N)
     """
-    m = sp.csr_matrix(x)
-    m.sum_duplicates()
-    m.sort_indices()
-    rows = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
-    _write_triples(path, rows, m.indices, m.data, "%g")
+    m = _canonical(sp.csr_matrix(x))
+    _write_compressed(path, m.indptr, m.indices, m.data, "%g", major_first=True)
 
 
 def write_categories(path: str | os.PathLike, ids) -> None:

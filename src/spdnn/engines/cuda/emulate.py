@@ -72,7 +72,7 @@ def emulate_layer(y: np.ndarray, layer: PackedLayer, config: KernelConfig, neuro
             else:
                 w = scalar if mode == VALUE_SCALAR else values[pos]
                 acc[:, jj] = acc[:, jj] + w * x
-    z = acc[:, :n]
+    z = acc[:, :n] if layer.out_map is None else acc[:, layer.out_map.astype(np.int64)]
     if mode == VALUE_SUM_THEN_SCALE:
         z = z * scalar
     nonzero = z != 0

@@ -23,7 +23,9 @@ Nothing here imports CuPy at module import time.
 from __future__ import annotations
 
 import functools
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +36,7 @@ from ...errors import DeviceMemoryError, EngineUnavailableError, OptionError, Sp
 from ...network import Network, as_features
 from ..base import Engine
 from .layout import (VALUE_ARRAY, VALUE_SUM_THEN_SCALE, KernelConfig, choose_config, entry_values,
-                     narrowest_exact_dtype, pack_layer, value_plan)
+                     narrowest_exact_dtype, pack_layer, unique_columns, value_plan)
 
 __all__ = ["CudaEngine"]
 
@@ -66,6 +68,15 @@ def _module(device_id: int, filename: str, names: tuple[str, ...]):
 def _kernel(device_id: int, filename: str, names: tuple[str, ...], name: str):
     with _cupy().cuda.Device(device_id):
         return _module(device_id, filename, names).get_function(name)
+
+
+def _map_layers(fn, depth: int, *, start: int = 0) -> list:
+    """[fn(k) for k in start..depth-1], on host threads (numpy releases the GIL)."""
+    workers = min(16, os.cpu_count() or 1, max(depth - start, 1))
+    if workers <= 1:
+        return [fn(k) for k in range(start, depth)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, range(start, depth)))
 
 
 def _blocks_per_sm(kernel, threads: int, smem: int, device) -> int:
@@ -109,6 +120,9 @@ class CudaEngine(Engine):
         else the narrowest exact type; 'array' always loads per-entry values in the
         narrowest exact type (fp16 where exact); 'full' in the activation type
         (benchmarks of the value techniques).
+    dedupe : {'auto', True, False}
+        Compute each distinct weight column once per layer (exact: identical columns
+        give identical sums). 'auto': when every layer has at most N/2 distinct columns.
     poison : float, optional
         Fill the activation buffers with this value at every :meth:`load` (tests: a
         kernel that reads a row nothing wrote then gives wrong categories).
@@ -119,7 +133,7 @@ class CudaEngine(Engine):
     def __init__(self, *, precision: str = "fp32", progress: bool = False, device: int | None = None,
                  memory_cap_bytes: int | None = None, batch_samples: int | None = None,
                  stream_weights=None, use_graph: bool = True, config=None, debug: bool | None = None,
-                 poison: float | None = None, values: str = "auto"):
+                 poison: float | None = None, values: str = "auto", dedupe="auto"):
         super().__init__(precision=precision, progress=progress)
         if stream_weights not in (None, "auto", True, False):
             raise OptionError(f"stream_weights={stream_weights!r}: expected None, 'auto', True or False")
@@ -142,6 +156,9 @@ class CudaEngine(Engine):
         if values not in ("auto", "array", "full"):
             raise OptionError(f"values={values!r}: expected 'auto', 'array' or 'full'")
         self.values = values
+        if dedupe not in ("auto", True, False):
+            raise OptionError(f"dedupe={dedupe!r}: expected 'auto', True or False")
+        self.dedupe = dedupe
         self._capacity = 0
         self._graphs: dict = {}
 
@@ -171,21 +188,36 @@ class CudaEngine(Engine):
         self._device = dev
         n = network.neurons
         itemsize = np.dtype(self.dtype).itemsize
-        cfg = self.forced_config or choose_config(n, itemsize)
+        columns = self._distinct_columns(network)
+        cfg = self.forced_config
+        if cfg is None and columns is not None:
+            try:
+                cfg = choose_config(n, itemsize, virtual=max(r.size for r, _ in columns))
+            except OptionError:
+                if self.dedupe is True:
+                    raise
+                columns = None
+        if cfg is None:
+            cfg = choose_config(n, itemsize)
+        if cfg.dedupe and columns is None:
+            columns = [None] * network.depth          # computed by pack_layer
+        if not cfg.dedupe:
+            columns = None
         self.config = cfg
         self._fused = cfg.slices(n) == 1
 
-        packed, uniforms, exact = [], [], []
-        for k in range(network.depth):
-            p = pack_layer(network.layers[k], cfg, n)
-            uniforms.append(p.uniform_value)
+        def pack(k):
+            p = pack_layer(network.layers[k], cfg, n, columns=None if columns is None else columns[k])
             if p.uniform_value is None:
-                real = p.values[p.idx != cfg.chunk]
-                exact.append(narrowest_exact_dtype(np.unique(real), self.dtype))
+                dt = narrowest_exact_dtype(np.unique(p.values[p.idx != cfg.chunk]), self.dtype)
             else:
-                exact.append(narrowest_exact_dtype(np.array([p.uniform_value]), self.dtype))
+                dt = narrowest_exact_dtype(np.array([p.uniform_value]), self.dtype)
                 p.values = None                      # rebuilt only if values must be stored
-            packed.append(p)
+            return p, dt
+
+        packed, exact = zip(*_map_layers(pack, network.depth)) if network.depth else ((), ())
+        packed, exact = list(packed), list(exact)
+        uniforms = [p.uniform_value for p in packed]
         if self.values == "auto":
             plan = value_plan(uniforms, exact, self.dtype)
         else:
@@ -201,11 +233,12 @@ class CudaEngine(Engine):
         meta_off[1:] = np.cumsum([p.meta.shape[0] for p in packed])
         self._entry_off, self._meta_off = entry_off, meta_off
         self._max_entries = max(p.entries for p in packed)
-        self.padding_ratio = float(entry_off[-1] / max(sum(p.nnz for p in packed), 1))
+        self.padding_ratio = float(entry_off[-1] / max(sum(p.packed_nnz for p in packed), 1))
+        self.distinct_columns = float(np.mean([p.virtual for p in packed]))
         vbytes = 0 if vdtype is None else np.dtype(vdtype).itemsize
         weight_bytes = int(entry_off[-1]) * (2 + vbytes)
         slot_bytes = 2 * self._max_entries * (2 + vbytes)
-        small_bytes = int(meta_off[-1]) * 8 + network.bias.nbytes // (8 // itemsize)
+        small_bytes = int(meta_off[-1]) * 8 + network.bias.nbytes // (8 // itemsize) + (2 * n * network.depth if cfg.dedupe else 0)
 
         with dev:
             budget = self._budget()
@@ -249,10 +282,28 @@ class CudaEngine(Engine):
                     if vals is not None:
                         self._evals[a:b].set(vals)
             self._dummy_vals = cp.zeros(1, dtype=self.dtype)
+            if cfg.dedupe:
+                self._out_map = cp.asarray(np.concatenate([p.out_map for p in packed]))
+            else:
+                self._out_map = cp.zeros(1, dtype=np.uint16)
             self._compile()
             dev.synchronize()
         self._capacity = 0
         self._graphs = {}
+
+    def _distinct_columns(self, network: Network):
+        """unique_columns of every layer, or None when deduplication is off or does not pay."""
+        if self.dedupe is False or (self.forced_config is not None and not self.forced_config.dedupe):
+            return None
+        n = network.neurons
+        first = unique_columns(sp.csc_matrix(network.layers[0]))
+        if self.dedupe == "auto" and first[0].size > n // 2:
+            return None
+        rest = _map_layers(lambda k: unique_columns(sp.csc_matrix(network.layers[k])), network.depth, start=1)
+        out = [first, *rest]
+        if self.dedupe == "auto" and any(r.size > n // 2 for r, _ in out):
+            return None
+        return out
 
     @staticmethod
     def _pinned(size: int, dtype):
@@ -278,7 +329,8 @@ class CudaEngine(Engine):
         cfg, t = self.config, _CTYPES[np.dtype(self.dtype)]
         v = t if self.plan.mode != VALUE_ARRAY else _CTYPES[np.dtype(self.plan.value_dtype)]
         fused = "true" if self._fused else "false"
-        layer = f"spdnn_layer<{t}, {v}, {self.plan.mode}, {cfg.threads}, {cfg.mb}, {cfg.opt}, {fused}>"
+        dedupe = "true" if cfg.dedupe else "false"
+        layer = f"spdnn_layer<{t}, {v}, {self.plan.mode}, {cfg.threads}, {cfg.mb}, {cfg.opt}, {fused}, {dedupe}>"
         compact, densify = f"spdnn_compact<{t}>", f"spdnn_densify<{t}>"
         names = (layer, compact, densify, "spdnn_copy_count")
         dev_id = self._device.id
@@ -382,8 +434,9 @@ class CudaEngine(Engine):
         meta = self._meta[int(self._meta_off[k]):int(self._meta_off[k + 1])]
         counts_in, counts_out = self._counts[k:k + 1], self._counts[k + 1:k + 2]
         vals = evals if evals is not None else self._dummy_vals
+        out_map = self._out_map[k * N:(k + 1) * N] if cfg.dedupe else self._out_map
         args = (self._y[src], self._y[dst], self._ids[src], self._ids[dst], counts_in, counts_out,
-                self._flags, eidx, vals, meta, bias, self._scalars[k], self.dtype(self.network.ymax),
+                self._flags, eidx, vals, meta, bias, out_map, self._scalars[k], self.dtype(self.network.ymax),
                 np.int32(N), np.int32(cfg.chunk), np.int32(cfg.nchunks(N)), np.int32(cfg.slices(N)))
         if self._fused:
             self._launch(self._k_layer, self._layer_grid(), cfg.threads, args, self._smem)
@@ -500,11 +553,14 @@ class CudaEngine(Engine):
         extra = {
             "device": self._device_name(),
             "config": {"threads": self.config.threads, "opt": self.config.opt, "mb": self.config.mb,
+                       "dedupe": self.config.dedupe,
                        "chunk": self.config.chunk, "slices": self.config.slices(net.neurons),
                        "nchunks": self.config.nchunks(net.neurons)},
             "value_mode": ["sum_then_scale", "scalar", "array"][self.plan.mode],
             "value_dtype": None if self.plan.value_dtype is None else str(self.plan.value_dtype),
             "padding_ratio": self.padding_ratio,
+            "dedupe": self.config.dedupe,
+            "distinct_columns": self.distinct_columns,
             "graph": graphed,
             "stream_weights": self.streaming,
         }

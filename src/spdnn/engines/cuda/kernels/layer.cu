@@ -18,6 +18,10 @@
 // Not FUSED (outputs split across blocks): rows are written in place and flagged; the
 // kernel spdnn_compact then moves the survivors.
 //
+// DEDUP (layers with identical columns, e.g. RadiX-Net's N/16 distinct ones): the register
+// tile holds the sums of the distinct columns only; they go to shared memory and the
+// epilogue expands them to the N outputs through out_map (the block owns whole samples).
+//
 // Exactness (T = double): products and sums use __dmul_rn / __dadd_rn (no FMA), each sum
 // starts from 0 and runs over ascending input neurons (padding adds an exact zero), so
 // the result is bit-identical to the float64 reference. VMODE 0 (every weight the same
@@ -60,18 +64,33 @@ template <typename T, int MB> struct alignas(sizeof(T) * MB <= 16 ? sizeof(T) * 
 
 }  // namespace spdnn
 
-template <typename T, typename V, int VMODE, int THREADS, int MB, int OPT, bool FUSED>
+namespace spdnn {
+// z = clamp(scale(sum) + bias [scaled sum != 0], 0, ymax)
+template <typename T, int VMODE>
+__device__ __forceinline__ T epilogue(T sum, T scalar, T b, T ymax) {
+    using A = Arith<T>;
+    T z = sum;
+    if (VMODE == 0) z = A::mul(z, scalar);
+    if (z != T(0)) z = A::add(z, b);
+    return z > T(0) ? (z < ymax ? z : ymax) : T(0);
+}
+}  // namespace spdnn
+
+template <typename T, typename V, int VMODE, int THREADS, int MB, int OPT, bool FUSED, bool DEDUP>
 __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_in, T* __restrict__ y_out,
                             const int* __restrict__ ids_in, int* __restrict__ ids_out,
                             const int* __restrict__ count_in, int* __restrict__ count_out,
                             int* __restrict__ flags,
                             const unsigned short* __restrict__ eidx, const V* __restrict__ evals,
                             const int2* __restrict__ meta, const T* __restrict__ bias,
+                            const unsigned short* __restrict__ out_map,
                             T scalar, T ymax, int n, int chunk, int nchunks, int slices) {
     using A = spdnn::Arith<T>;
     using TileT = spdnn::Tile<T, MB>;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     TileT* buf = reinterpret_cast<TileT*>(smem_raw);  // chunk + 1 tiles; buf[chunk] == 0
+    // DEDUP: the sums of the distinct columns, after the (16-byte aligned) input buffer.
+    TileT* sums = reinterpret_cast<TileT*>(smem_raw + (((size_t)(chunk + 1) * sizeof(TileT) + 15) / 16) * 16);
     __shared__ int s_row[MB];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -100,6 +119,7 @@ __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_i
             const int base = c * chunk;
             const int len = min(chunk, n - base);
             __syncthreads();  // the previous chunk's readers are done with buf
+#pragma unroll 4
             for (int i = tid; i < len; i += THREADS) {
                 TileT x;
 #pragma unroll
@@ -113,7 +133,7 @@ __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_i
                 const int2 m = meta[((slice * nchunks + c) * OPT + t) * nwarps + warp];
                 const unsigned short* ip = eidx + m.x + lane;
                 const V* vp = evals + m.x + lane;
-#pragma unroll 4
+#pragma unroll 8
                 for (int k = 0; k < m.y; ++k) {
                     const TileT x = buf[ip[32 * k]];
                     if (VMODE == 0) {
@@ -128,6 +148,59 @@ __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_i
             }
         }
 
+        if (DEDUP) {
+            // Sums of the distinct columns to shared memory; each output reads its own.
+#pragma unroll
+            for (int t = 0; t < OPT; ++t) {
+                TileT x;
+#pragma unroll
+                for (int s = 0; s < MB; ++s) x.v[s] = acc[t][s];
+                sums[t * THREADS + tid] = x;
+            }
+            __syncthreads();
+            unsigned live = 0;
+#pragma unroll 4
+            for (int j = tid; j < n; j += THREADS) {
+                const TileT x = sums[out_map[j]];
+                const T b = bias[j];
+#pragma unroll
+                for (int s = 0; s < MB; ++s)
+                    if (spdnn::epilogue<T, VMODE>(x.v[s], scalar, b, ymax) > T(0)) live |= 1u << s;
+            }
+            unsigned block_alive = 0;
+#pragma unroll
+            for (int s = 0; s < MB; ++s)
+                if (__syncthreads_or((live >> s) & 1u)) block_alive |= 1u << s;
+            if (tid == 0) {
+                const int nlive = __popc(block_alive);
+                const int first = nlive ? atomicAdd(count_out, nlive) : 0;
+                int r = 0;
+#pragma unroll
+                for (int s = 0; s < MB; ++s) {
+                    if ((block_alive >> s) & 1u) {
+                        s_row[s] = first + r;
+                        ids_out[first + r] = ids_in[p0 + s];
+                        ++r;
+                    } else {
+                        s_row[s] = -1;
+                    }
+                }
+            }
+            __syncthreads();
+            int rows[MB];
+#pragma unroll
+            for (int s = 0; s < MB; ++s) rows[s] = s_row[s];
+#pragma unroll 4
+            for (int j = tid; j < n; j += THREADS) {
+                const TileT x = sums[out_map[j]];
+                const T b = bias[j];
+#pragma unroll
+                for (int s = 0; s < MB; ++s)
+                    if (rows[s] >= 0) y_out[(size_t)rows[s] * n + j] = spdnn::epilogue<T, VMODE>(x.v[s], scalar, b, ymax);
+            }
+            continue;
+        }
+
         // Epilogue: scale (VMODE 0), bias where nonzero, ReLU, cap; which samples live.
         unsigned alive = 0;
 #pragma unroll
@@ -136,10 +209,7 @@ __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_i
             const T b = (j < n) ? bias[j] : T(0);
 #pragma unroll
             for (int s = 0; s < MB; ++s) {
-                T z = acc[t][s];
-                if (VMODE == 0) z = A::mul(z, scalar);
-                if (z != T(0)) z = A::add(z, b);
-                z = z > T(0) ? (z < ymax ? z : ymax) : T(0);
+                const T z = spdnn::epilogue<T, VMODE>(acc[t][s], scalar, b, ymax);
                 acc[t][s] = z;
                 if (z > T(0) && j < n) alive |= 1u << s;
             }
