@@ -132,7 +132,7 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     network, features, truth, info = cached_challenge(args.neurons, args.layers, seed=args.seed,
-                                                      samples=args.samples)
+                                                      samples=None if args.samples == 60000 else args.samples)
     network = Network.from_layers(list(network.layers), network.bias, ymax=network.ymax)
     data_seconds = time.perf_counter() - t0
     samples, edges = features.shape[0], network.edges

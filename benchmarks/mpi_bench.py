@@ -7,7 +7,7 @@ of docs/scaling.md and writes everything as JSON (``--out``, default
 ``$OUT/mpi_bench.json`` when ``$OUT`` is set)::
 
     # on a 2-GPU host (as root with Open MPI the launcher flags are added by itself)
-    python benchmarks/mpi_bench.py --engine cuda --cells 16384x120,65536x120 --ranks 1,2
+    PYTHONPATH=src python3 benchmarks/mpi_bench.py --engine cuda --cells 16384x120,65536x120 --ranks 1,2
 
     # the same on this CPU machine, tiny
     python benchmarks/mpi_bench.py --engine cpu --cells 1024x24 --samples 600 --ranks 1,2 --inputs fast
@@ -18,15 +18,19 @@ of docs/scaling.md and writes everything as JSON (``--out``, default
     # survivor profile of static splits (no MPI): per-layer max/mean of block counts
     python benchmarks/mpi_bench.py profile 1024x120 --ranks 2,8,64 --engine cpu
 
-What runs: for each cell, the features are made once (``--inputs challenge``: the exact
-challenge inputs of :func:`spdnn.generate.challenge_features`, reused from spdnn's cache
-when ``spdnn run``/``bench`` already made them; ``--inputs fast``: a documented stand-in,
-see :func:`fast_features`) and written to ``--workdir`` as an uncompressed npz that each
-rank memory-maps (it reads only its own rows). Then for each rank count P one launch
+What runs: for each cell, the features are made once and written to ``--workdir`` as
+an uncompressed npz that each rank memory-maps (it reads only its own rows). Inputs
+(``--inputs``): ``packed``, the bit-packed challenge inputs ``features-{N}.npz`` of
+``--features-dir`` (``.devdata/features``, as the CUDA benchmark carries them), and
+where N has none, those of N/4 upsampled 2x2 (the CUDA benchmark's stand-in at 65536);
+``challenge``, :func:`spdnn.generate.challenge_features` made here (reused from spdnn's
+cache when ``spdnn run``/``bench`` made it); ``fast``, the stand-in of
+:func:`fast_features`; ``auto`` (default): ``packed`` where possible, else ``challenge``. Then for each rank count P one launch
 (plain ``python`` for P = 1, ``mpiexec -n P`` otherwise) prepares the engine once and
 runs every mode (``block``: static contiguous split, as the seed; ``off``: static
-cyclic split, the default layout; ``on``: the default cost-aware policy; ``force``:
-rebalance at any imbalance, whatever it costs) once as a warm-up and ``--repeat``
+shuffled split, the default layout: chunks of 8 rows in a seeded random order;
+``on``: the default cost-aware policy; ``force``: rebalance at any imbalance,
+whatever it costs) once as a warm-up and ``--repeat``
 times, keeping the fastest. P = 1 runs ``off`` and ``on`` only (``on`` gives the
 per-segment timings the model is fitted to).
 
@@ -35,11 +39,12 @@ The model (docs/scaling.md), per cell, fitted on the P = 1 ``on`` run and the P 
     T(P) = a * W(P) + c * L + o1 + alpha * log2(P)
 
 ``a`` seconds per row x layer and ``c`` seconds per layer (least squares over the
-segments of the 1-rank run: busy_j = a * rows_j + c * layers_j), ``o1`` the 1-rank time
+segments of the 1-rank run, busy_j = a * rows_j + c * layers_j, constrained to
+reproduce the whole 1-rank run exactly), ``o1`` the 1-rank time
 outside ``engine.infer``, ``alpha`` the extra overhead measured at P = 2, and ``W(P)``
 the row x layers of the busiest rank: ``Wd / P + k * L`` with ``Wd`` the work of the
 samples that die and ``k`` the final survivors of the busiest rank under the static
-layout (``block`` or ``cyclic``, exact from the categories), or ``ceil(S / P)``
+layout (``block`` or ``shuffled``, exact from the categories), or ``ceil(S / P)``
 (``balanced``, S the final survivors).
 
 Exit status: 0 when every run of every cell agrees, 1 on a mismatch, 2 on a usage error.
@@ -51,8 +56,10 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -61,7 +68,9 @@ import scipy.sparse as sp
 
 REPO = Path(__file__).resolve().parents[1]
 #: Balancing modes: name -> (balance, layout). 'block' is the seed's static contiguous split.
-MODES = {"block": ("off", "block"), "off": ("off", "cyclic"), "on": ("on", "cyclic"), "force": ("force", "cyclic")}
+MODES = {"block": ("off", "block"), "off": ("off", "shuffled"), "on": ("on", "shuffled"),
+         "force": ("force", "shuffled")}
+LAYOUT_KINDS = ("block", "shuffled", "balanced")
 PREDICT_RANKS = (1, 2, 4, 8, 16, 32, 64)
 #: Grey level (0-255) above which the fast stand-in keeps a pixel (see fast_features).
 FAST_THRESHOLD = 200
@@ -105,6 +114,46 @@ def fast_features(neurons: int, samples: int) -> sp.csr_matrix:
     return m
 
 
+def read_packed(path: Path) -> sp.csr_matrix:
+    """Features stored as bit-packed dense rows: ``bits`` (samples, ceil(N/8)) uint8 from
+    ``numpy.packbits(axis=1)``, ``n`` = N, ``nnz``; value 1 where a bit is set (the format
+    of the carried ``.devdata/features/features-{N}.npz`` files of the CUDA benchmark)."""
+    with np.load(path) as z:
+        n, nnz = int(z["n"]), int(z["nnz"])
+        bits = z["bits"]
+    rows, indptr, chunks = bits.shape[0], np.zeros(bits.shape[0] + 1, dtype=np.int64), []
+    step = max(1, (1 << 27) // max(n, 1))
+    for first in range(0, rows, step):
+        dense = np.unpackbits(bits[first:first + step], axis=1, count=n)
+        r, c = np.nonzero(dense)
+        indptr[first + 1:first + 1 + dense.shape[0]] = np.bincount(r, minlength=dense.shape[0])
+        chunks.append(c.astype(np.int32))
+    np.cumsum(indptr, out=indptr)
+    indices = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
+    if len(indices) != nnz:
+        raise SystemExit(f"{path}: {len(indices)} nonzeros, the file says {nnz}")
+    m = sp.csr_matrix((np.ones(len(indices)), indices, indptr), shape=(rows, n))
+    m.has_sorted_indices = True
+    return m
+
+
+def upsample_2x2(features: sp.csr_matrix, neurons: int) -> sp.csr_matrix:
+    """Features of N = 4 * neurons from those of ``neurons``: each pixel of the s x s image
+    becomes a 2 x 2 block of the 2s x 2s one (nearest neighbour; features column-major,
+    c * s + r). The CUDA benchmark's documented stand-in at N = 65536 (its 2033 categories
+    against 1994 published on the official inputs), used here for comparable timings."""
+    s = int(round(neurons ** 0.5))
+    col, row = np.divmod(features.indices.astype(np.int64), s)
+    # for one input pixel the four outputs (2c + dc) * 2s + 2r + dr, in ascending order
+    out = np.empty((len(col), 4), dtype=np.int32)
+    for j, (dc, dr) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        out[:, j] = (2 * col + dc) * (2 * s) + 2 * row + dr
+    m = sp.csr_matrix((np.ones(out.size), out.ravel(), features.indptr.astype(np.int64) * 4),
+                      shape=(features.shape[0], 4 * neurons))
+    m.sort_indices()
+    return m
+
+
 def _spdnn_cached_features(neurons: int) -> Path | None:
     """spdnn's own cache of the full challenge inputs, if ``spdnn run``/``bench`` made it."""
     try:
@@ -116,10 +165,34 @@ def _spdnn_cached_features(neurons: int) -> Path | None:
     return path if path.exists() else None
 
 
-def features_file(workdir: Path, neurons: int, samples: int, inputs: str) -> tuple[Path, float, str]:
-    """(npz path, seconds spent making it, where it came from) for one cell's features."""
+def features_file(workdir: Path, neurons: int, samples: int, inputs: str,
+                  packed_dir: Path | None = None) -> tuple[Path, float, str]:
+    """(npz path, seconds spent making it, where it came from) for one cell's features.
+
+    ``inputs``: 'packed' reads ``packed_dir/features-{N}.npz`` (bit-packed challenge
+    inputs), or for N without one, 2x2-upsamples ``features-{N/4}.npz``; 'challenge'
+    makes :func:`spdnn.generate.challenge_features` (or reuses spdnn's cache); 'fast' is
+    :func:`fast_features`.
+    """
     from spdnn.distributed import NpzSource, save_npz_source
 
+    if inputs == "packed":
+        path = workdir / f"features-packed-n{neurons}-s{samples}.npz"
+        if path.exists():
+            return path, 0.0, f"workdir cache {path}"
+        t = time.perf_counter()
+        own, small = packed_dir / f"features-{neurons}.npz", packed_dir / f"features-{neurons // 4}.npz"
+        if own.exists():
+            feats, origin = read_packed(own), f"challenge inputs, bit-packed {own}"
+        elif small.exists():
+            feats = upsample_2x2(read_packed(small), neurons // 4)
+            origin = f"stand-in: {small} upsampled 2x2"
+        else:
+            raise SystemExit(f"--inputs packed: neither {own} nor {small} exists")
+        if feats.shape[0] < samples:
+            raise SystemExit(f"{origin}: {feats.shape[0]} samples, fewer than --samples {samples}")
+        save_npz_source(path, feats[:samples], values=False)
+        return path, time.perf_counter() - t, origin
     if inputs == "challenge":
         cached = _spdnn_cached_features(neurons)
         if cached is not None and NpzSource(cached).samples >= samples:
@@ -153,6 +226,16 @@ class _Head:
 
             self._memo[(start, stop)] = as_features(self._source.rows(start, stop), self.neurons)
         return self._memo[(start, stop)]
+
+    def take(self, ranges):
+        key = tuple(ranges)
+        if key not in self._memo:
+            from spdnn.network import as_features
+
+            if any(b > self.samples for _, b in ranges):
+                raise ValueError(f"take: rows beyond the {self.samples} samples")
+            self._memo[key] = as_features(self._source.take(ranges), self.neurons)
+        return self._memo[key]
 
 
 # ----------------------------------------------------------------------------- worker
@@ -225,28 +308,35 @@ def fit_model(one: dict, two: dict | None, *, layers: int, samples: int, predict
         The 1-rank ``on`` run (``InferenceResult.to_dict()``; its ``extra["segments"]``
         hold per-segment busy seconds and rows x layers).
     two : dict or None
-        {mode: run dict} of the 2-rank runs (``off`` gives the overhead ``alpha`` and
-        the check of the prediction).
+        {mode: run dict} of the 2-rank runs: a static one (``off``, else ``block``)
+        gives the overhead ``alpha``; every one is checked against the prediction.
     layers, samples : int
 
     Returns
     -------
     dict with the parameters (``a``, ``c``, ``o1``, ``alpha``, ``Wd``, ``S``), the
     check at P = 2 (predicted against measured) and ``predictions``: for each P,
-    seconds, speed-up and efficiency of the static splits (``block``, ``cyclic``) and
+    seconds, speed-up and efficiency of the static splits (``block``, ``shuffled``) and
     of perfect rebalancing (``balanced``).
     """
     segs = one["extra"]["segments"]
     busy = np.array([s["busy_seconds"][0] for s in segs], dtype=np.float64)
     rows = np.array([s["row_layers"][0] for s in segs], dtype=np.float64)
     nlay = np.array([s["stop"] - s["start"] for s in segs], dtype=np.float64)
+    # Least squares under the constraint that the whole run is reproduced exactly
+    # (a * sum(rows) + c * L = sum(busy)): substitute c, fit a alone.
     a = c = None
-    if len(segs) >= 2:
-        (a_fit, c_fit), *_ = np.linalg.lstsq(np.column_stack([rows, nlay]), busy, rcond=None)
-        if a_fit >= 0 and c_fit >= 0:
-            a, c = float(a_fit), float(c_fit)
+    total_busy, total_rows, total_layers = float(busy.sum()), float(rows.sum()), float(nlay.sum())
+    if len(segs) >= 2 and total_layers > 0:
+        x = rows - total_rows * nlay / total_layers
+        y = busy - total_busy * nlay / total_layers
+        if float(x @ x) > 0:
+            a_fit = float(x @ y / (x @ x))
+            c_fit = (total_busy - a_fit * total_rows) / total_layers
+            if a_fit >= 0 and c_fit >= 0:
+                a, c = a_fit, c_fit
     if a is None:   # fewer than two segments, or a negative coefficient: one term only
-        a, c = (float(busy.sum() / rows.sum()), 0.0) if rows.sum() > 0 else (0.0, float(busy.sum() / nlay.sum()))
+        a, c = (total_busy / total_rows, 0.0) if total_rows > 0 else (0.0, total_busy / max(total_layers, 1.0))
     t1 = float(one["inference_seconds"])
     o1 = max(t1 - float(busy.sum()), 0.0)
     total_work = float(rows.sum())
@@ -265,10 +355,11 @@ def fit_model(one: dict, two: dict | None, *, layers: int, samples: int, predict
         return a * (Wd / P + k * layers) + c * layers + o1 + alpha * math.log2(P)
 
     alpha, check = 0.0, {}
-    if two and "off" in two:
-        off2 = two["off"]
-        t2 = float(off2["inference_seconds"])
-        busy2 = max(off2["extra"]["rank_busy_seconds"])
+    static = [m for m in ("off", "block") if two and m in two and two[m]["extra"]["rebalances"] == 0]
+    if two:
+        base = two[static[0]] if static else next(iter(two.values()))
+        t2 = float(base["inference_seconds"])
+        busy2 = max(base["extra"]["rank_busy_seconds"])
         alpha = max((t2 - busy2) - o1, 0.0)
         for mode, run in two.items():
             kind = "balanced" if run["extra"]["rebalances"] > 0 else MODES[mode][1]
@@ -278,7 +369,7 @@ def fit_model(one: dict, two: dict | None, *, layers: int, samples: int, predict
     predictions = []
     for P in predict:
         row = {"ranks": P}
-        for kind in ("block", "cyclic", "balanced"):
+        for kind in LAYOUT_KINDS:
             t = predict_seconds(P, alpha, kind)
             row[kind] = {"seconds": t, "speedup": t1 / t if t > 0 else float("inf"),
                          "efficiency": t1 / t / P if t > 0 else float("inf")}
@@ -332,9 +423,12 @@ def _launch(args, cell: str, features: Path, ranks: int, modes: str, out: Path, 
         env["NUMBA_NUM_THREADS"] = str(os.cpu_count() or 1)
     print(f"[mpi_bench] {cell}: {ranks} rank(s), modes {modes}: {' '.join(cmd)}", flush=True)
     out.unlink(missing_ok=True)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:
-        proc = subprocess.run(cmd, env=env, timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)     # the launcher and every rank it started
+        proc.wait()
         print(f"[mpi_bench] {cell}: {ranks} rank(s) did not finish in {timeout:.0f} s", flush=True)
         return None
     if proc.returncode != 0 or not out.exists():
@@ -363,13 +457,24 @@ def _truth(neurons: int, layers: int, seed: int, samples: int) -> np.ndarray | N
         return None
 
 
+def _inputs_for(args, neurons: int) -> str:
+    """Resolve ``--inputs auto`` for one N."""
+    if args.inputs != "auto":
+        return args.inputs
+    d = Path(args.features_dir)
+    return "packed" if (d / f"features-{neurons}.npz").exists() or (d / f"features-{neurons // 4}.npz").exists() \
+        else "challenge"
+
+
 def run_cell(args, cell: str, deadline: float) -> dict:
     neurons, layers = _parse_cell(cell)
+    inputs = _inputs_for(args, neurons)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    features, made_seconds, origin = features_file(workdir, neurons, args.samples, args.inputs)
+    features, made_seconds, origin = features_file(workdir, neurons, args.samples, inputs,
+                                                   Path(args.features_dir))
     edges = 32 * neurons * layers
-    record = {"cell": cell, "neurons": neurons, "layers": layers, "samples": args.samples, "inputs": args.inputs,
+    record = {"cell": cell, "neurons": neurons, "layers": layers, "samples": args.samples, "inputs": inputs,
               "features": origin, "features_seconds": made_seconds, "launches": {}, "rows": [], "passed": True}
     launches = {}
     for ranks in args.ranks:
@@ -391,7 +496,7 @@ def run_cell(args, cell: str, deadline: float) -> dict:
     reference = base.get("off") or next(iter(base.values()), None)
     if reference is None and launches:
         reference = next(iter(next(iter(launches.values()))["modes"].values()))
-    truth = _truth(neurons, layers, args.seed, args.samples) if args.inputs == "challenge" else None
+    truth = _truth(neurons, layers, args.seed, args.samples) if inputs == "challenge" else None
     for ranks, got in launches.items():
         for mode, r in got["modes"].items():
             e = r["extra"]
@@ -434,16 +539,16 @@ def print_cell(record: dict) -> None:
 
 def print_model(m: dict) -> None:
     print(f"model: T(P) = a*W(P) + c*L + o1 + alpha*log2(P);  a = {m['a_seconds_per_row_layer']:.3e} s/row-layer, "
-          f"c = {m['c_seconds_per_layer']:.3e} s/layer, o1 = {m['o1_seconds']:.4f} s, alpha = {m['alpha_seconds']:.4f} s,"
-          f" S = {m['S_final_survivors']}, Wd = {m['Wd_row_layers']:.4g} row-layers "
+          f"c = {m['c_seconds_per_layer']:.3e} s/layer, o1 = {m['o1_seconds']:.4f} s, "
+          f"alpha = {m['alpha_seconds']:.4f} s, S = {m['S_final_survivors']}, Wd = {m['Wd_row_layers']:.4g} row-layers "
           f"(fit on {m['segments_fitted']} segments, worst residual {m['fit_residual_seconds']:.2e} s)")
     for mode, c in m["check_P2"].items():
         print(f"  check P=2 {mode:>5}: measured {c['measured']:.4f} s, predicted {c['predicted']:.4f} s "
               f"({100 * c['error']:+.1f}%)")
-    print(f"  {'P':>4}" + "".join(f" {k + ' s':>11} {'speedup':>7} {'eff':>5}" for k in ("block", "cyclic", "balanced")))
+    print(f"  {'P':>4}" + "".join(f" {k + ' s':>11} {'speedup':>7} {'eff':>5}" for k in LAYOUT_KINDS))
     for p in m["predictions"]:
-        print(f"  {p['ranks']:>4}" + "".join(f" {p[k]['seconds']:>11.4f} {p[k]['speedup']:>7.2f} {p[k]['efficiency']:>5.2f}"
-                                             for k in ("block", "cyclic", "balanced")))
+        cols = (f" {p[k]['seconds']:>11.4f} {p[k]['speedup']:>7.2f} {p[k]['efficiency']:>5.2f}" for k in LAYOUT_KINDS)
+        print(f"  {p['ranks']:>4}" + "".join(cols))
 
 
 def drive(args) -> int:
@@ -461,7 +566,9 @@ def drive(args) -> int:
         if args.features_only:
             neurons, _ = _parse_cell(cell)
             Path(args.workdir).mkdir(parents=True, exist_ok=True)
-            path, seconds, origin = features_file(Path(args.workdir), neurons, args.samples, args.inputs)
+            path, seconds, origin = features_file(Path(args.workdir), neurons, args.samples,
+                                                  _inputs_for(args, neurons),
+                                                  Path(args.features_dir))
             print(f"[mpi_bench] {cell}: features {path} ({origin}, {seconds:.1f} s)", flush=True)
             continue
         record = run_cell(args, cell, deadline)
@@ -477,7 +584,7 @@ def drive(args) -> int:
 
 
 def static_profile(cell: str, ranks, *, samples: int = 60000, engine: str = "cpu", inputs: str = "challenge",
-                   workdir: Path | None = None) -> dict:
+                   workdir: Path | None = None, packed_dir: Path | None = None) -> dict:
     """How unevenly samples die across the contiguous blocks of P ranks (one process, no MPI).
 
     Runs the network one layer at a time and, after each layer, counts the alive samples
@@ -491,14 +598,15 @@ def static_profile(cell: str, ranks, *, samples: int = 60000, engine: str = "cpu
     from spdnn.generate import radixnet_network
 
     neurons, layers = _parse_cell(cell)
-    workdir = Path(workdir or REPO / ".devdata" / "mpi_bench")
+    workdir = Path(workdir or Path(tempfile.gettempdir()) / "spdnn-mpi-bench")
     workdir.mkdir(parents=True, exist_ok=True)
-    path, _, origin = features_file(workdir, neurons, samples, inputs)
+    path, _, origin = features_file(workdir, neurons, samples, inputs,
+                                    Path(packed_dir or REPO / ".devdata" / "features"))
     feats = _Head(NpzSource(path), samples).rows(0, samples)
     eng = get_engine(engine, precision="fp32")
     eng.prepare(radixnet_network(neurons, layers, materialize=True))
     eng.load(feats)
-    keys = [(P, layout) for P in ranks for layout in ("block", "cyclic")]
+    keys = [(P, layout) for P in ranks for layout in ("block", "shuffled")]
     own = {key: owners(samples, key[0], layout=key[1]) for key in keys}
     alive0 = np.flatnonzero(np.diff(feats.indptr) > 0)
     counts = {key: [np.bincount(own[key][alive0], minlength=key[0])] for key in keys}
@@ -524,12 +632,12 @@ def static_profile(cell: str, ranks, *, samples: int = 60000, engine: str = "cpu
 def print_profile(prof: dict) -> None:
     print(f"{prof['cell']}, {prof['samples']} samples ({prof['features']}); survivors after layers 1..:"
           f" {prof['survivors'][:12]} ... {prof['survivors'][-1]}")
-    print(f"{'P':>4} {'layout':>6} {'work-weighted slowdown':>23} {'final max/mean':>15}  "
+    print(f"{'P':>4} {'layout':>8} {'work-weighted slowdown':>23} {'final max/mean':>15}  "
           f"imbalance of the rows entering layers 1,2,4,8,16,32,64,L")
     for r in prof["splits"]:
         pl = r["per_layer_imbalance"]
         picks = [pl[i - 1] for i in (1, 2, 4, 8, 16, 32, 64) if i <= len(pl)] + [pl[-1]]
-        print(f"{r['ranks']:>4} {r['layout']:>6} {r['work_weighted_slowdown']:>23.3f} "
+        print(f"{r['ranks']:>4} {r['layout']:>8} {r['work_weighted_slowdown']:>23.3f} "
               f"{r['final_counts_max']:>6}/{r['final_counts_mean']:<8.1f}  " + " ".join(f"{v:.2f}" for v in picks))
 
 
@@ -554,12 +662,13 @@ def main(argv=None) -> int:
         q.add_argument("--ranks", default="2,8,64")
         q.add_argument("--samples", type=int, default=60000)
         q.add_argument("--engine", default="cpu")
-        q.add_argument("--inputs", choices=("challenge", "fast"), default="challenge")
+        q.add_argument("--inputs", choices=("packed", "challenge", "fast"), default="challenge")
+        q.add_argument("--features-dir", default=None)
         q.add_argument("--workdir", default=None)
         q.add_argument("--out", default=None)
         a = q.parse_args(argv[1:])
         prof = static_profile(a.cell, [int(v) for v in a.ranks.split(",")], samples=a.samples, engine=a.engine,
-                              inputs=a.inputs, workdir=a.workdir)
+                              inputs=a.inputs, workdir=a.workdir, packed_dir=a.features_dir)
         print_profile(prof)
         if a.out:
             Path(a.out).write_text(json.dumps(prof, default=_json_default))
@@ -582,11 +691,16 @@ def main(argv=None) -> int:
         p.add_argument("--ranks", default="1,2", help="comma-separated rank counts (1 first)")
         p.add_argument("--modes", default="block,off,on,force",
                        help="modes of the multi-rank launches: block (static contiguous split), off (static "
-                            "cyclic split), on (cost-aware rebalancing), force (rebalance at any imbalance)")
-        p.add_argument("--inputs", choices=("challenge", "fast"), default="challenge",
-                       help="challenge: the exact inputs (minutes at N=65536, cached); fast: see fast_features")
-        p.add_argument("--workdir", default=str(REPO / ".devdata" / "mpi_bench"),
-                       help="where features and per-launch JSON go (git-ignored)")
+                            "shuffled split), on (cost-aware rebalancing), force (rebalance at any imbalance)")
+        p.add_argument("--inputs", choices=("auto", "packed", "challenge", "fast"), default="auto",
+                       help="packed: the bit-packed challenge inputs in --features-dir (N/4 upsampled 2x2 where "
+                            "features-{N}.npz is missing, as the CUDA benchmark does); challenge: make the exact "
+                            "inputs (minutes and ~7 GB at N=65536); fast: see fast_features; auto: packed when "
+                            "--features-dir has features-{N} or features-{N/4}, else challenge")
+        p.add_argument("--features-dir", default=str(REPO / ".devdata" / "features"),
+                       help="bit-packed features-{N}.npz files (carried .devdata)")
+        p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "spdnn-mpi-bench"),
+                       help="where the per-cell feature files and per-launch JSON go")
         p.add_argument("--mpiexec", default=None, help="launcher command (default: mpiexec, flags for Open MPI)")
         p.add_argument("--max-seconds", type=float, default=560.0,
                        help="stop launching new runs after this many seconds (device commands stop at 600)")

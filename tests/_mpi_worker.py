@@ -7,7 +7,7 @@ Usage::
 ``CASE_DIR`` holds ``network.npz`` (written by :func:`save_network`) and
 ``features.npz`` (written by :func:`spdnn.distributed.save_npz_source`; every rank reads
 only its rows through :class:`spdnn.distributed.NpzSource`). ``RUNS_JSON`` is a list of
-runs ``{"engine", "precision", "balance": "on"|"off"|"force", "layout": "cyclic"|"block"
+runs ``{"engine", "precision", "balance": "on"|"off"|"force", "layout": "shuffled"|"block"
 (optional), "segments": [..] (optional)}``;
 they all run in this one launch (one network load, one JIT compilation). Rank 0 writes
 ``OUT_JSON``: a list of ``{"run", "result": InferenceResult.to_dict()}``.
@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
     for run in runs:
         result = run_distributed(network, features, engine=run["engine"], precision=run["precision"],
                                  balance=balance_option(run["balance"]), segment_layers=run.get("segments"),
-                                 layout=run.get("layout", "cyclic"))
+                                 layout=run.get("layout", "shuffled"))
         out.append({"run": run, "size": here.size, "result": result.to_dict()})
     if here.rank == 0:
         out_file.write_text(json.dumps(out))

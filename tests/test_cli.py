@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,7 +135,9 @@ def test_run_wrong_truth_explained_in_text(spdnn_cli, cache, tmp_path):
                        "--no-progress")
     assert result.exit_code == 1
     assert "verification:" in result.stdout
-    assert str(int(truth[0])) in result.stdout.split("verification:")[1]
+    report = result.stdout.split("verification:")[1]
+    assert str(int(truth[0])) in report
+    assert "the truth is wrong" in report and "rounding effects" not in report
 
 
 def test_run_saves_categories_and_verify(spdnn_cli, cache, tmp_path):
@@ -230,6 +233,18 @@ def test_download_from_local_server(spdnn_cli, http_root, tmp_path):
     _no_traceback(result)
 
 
+def test_run_official_subset(spdnn_cli, official_dir):
+    """The official N=1024 network on the official first 1,200 images: exactly the official truth."""
+    from spdnn.formats import read_categories
+
+    truth = read_categories(official_dir / "neuron1024-l120-categories-first1200.mtx")
+    result = spdnn_cli("run", "--data", official_dir, "--json", "--no-progress")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["passed"] is True and doc["categories"] == truth.tolist()
+    assert (doc["neurons"], doc["layers"], doc["samples"]) == (1024, 120, 1200)
+
+
 def test_info(spdnn_cli):
     result = spdnn_cli("info")
     assert result.exit_code == 0
@@ -305,6 +320,25 @@ def test_bench_json_stdout(spdnn_cli, cache):
     assert bw["gbs"] > 0 and "measured" in bw["how"]
 
 
+def test_cpu_peers_script_smoke(cache, tmp_path):
+    """benchmarks/cpu_peers.py on the small challenge: every engine equals the fp64 reference, exit 0."""
+    pytest.importorskip("graphblas")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cpu_peers.py"
+    if not script.exists():
+        pytest.skip(f"{script} not found (installed package without the repository)")
+    out = tmp_path / "peers.json"
+    env = {**os.environ, "SPDNN_CACHE_DIR": str(cache[0])}
+    proc = subprocess.run([sys.executable, str(script), "--neurons", str(N), "--layers", str(L), "--samples", str(S),
+                           "--repeats", "1", "--json-out", str(out)], capture_output=True, text=True, timeout=600,
+                          env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    names = {(e["engine"], e["precision"]) for e in doc["engines"]}
+    assert {("cpu", "fp32"), ("scipy", "fp64"), ("scipy", "fp32"), ("graphblas", "fp32")} <= names
+    assert all(e["equals_reference"] and e["categories_count"] == len(cache[1]) for e in doc["engines"])
+    assert "| graphblas | fp32 |" in proc.stdout
+
+
 # ------------------------------------------------------------------ bad inputs
 
 
@@ -329,6 +363,19 @@ def test_usage_errors_exit_2(spdnn_cli, args, names):
     _no_traceback(result)
 
 
+def test_run_unavailable_engine_exit_2(spdnn_cli):
+    from spdnn.engines import available_engines
+
+    missing = [name for name, (ok, _) in available_engines().items() if not ok]
+    if not missing:
+        pytest.skip("every engine is available here")
+    result = spdnn_cli("run", *SMALL, "--engine", missing[0], "--no-progress")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("spdnn: error:") and missing[0] in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    _no_traceback(result)
+
+
 def test_run_data_without_features_exit_2(spdnn_cli, tmp_path):
     (tmp_path / "empty").mkdir()
     result = spdnn_cli("run", "--data", tmp_path / "empty", "--no-progress")
@@ -343,6 +390,21 @@ def generated_dir(generated, tmp_path):
     """A private copy of the generated data set, to damage."""
     assert generated[1].exit_code == 0, generated[1].stdout + generated[1].stderr
     return shutil.copytree(generated[0], tmp_path / "gen")
+
+
+def test_run_data_without_truth(spdnn_cli, generated_dir):
+    """No truth file: no PASS/FAIL, exit 0; a non-official N then needs --bias (exit 2 without it)."""
+    truth = (generated_dir / f"neuron{N}-l4-categories.tsv").read_text().split()
+    for name in (f"neuron{N}-l4-categories.tsv", f"neuron{N}-l4-categories.json"):
+        (generated_dir / name).unlink()
+    result = spdnn_cli("run", "--data", generated_dir, "--engine", "reference", "--no-progress")
+    assert result.exit_code == 2 and "--bias" in result.stderr
+    _no_traceback(result)
+    result = spdnn_cli("run", "--data", generated_dir, "--engine", "reference", "--bias", -0.2, "--json",
+                       "--no-progress")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["passed"] is None and doc["categories"] == [int(v) for v in truth]
 
 
 def test_run_corrupt_layer_exit_2(spdnn_cli, generated_dir):

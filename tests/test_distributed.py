@@ -2,7 +2,7 @@
 
 The MPI tests launch ``mpiexec -n P python tests/_mpi_worker.py`` (with a timeout, one
 numba thread per rank) and check that P ranks give exactly the 1-rank categories and
-survivors, with balancing off, on, and forced.
+survivors, with balancing off, on and forced, and both layouts (shuffled, block).
 """
 from __future__ import annotations
 
@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from spdnn.distributed import (BalancePolicy, CsrSource, NpzSource, Transfer, apply_plan, as_source,
+from spdnn.distributed import (BalancePolicy, CsrSource, HeadSource, NpzSource, Transfer, apply_plan, as_source,
                                balanced_targets, imbalance, owners, partition, rank_ranges, run_distributed,
                                save_npz_source, segment_ends, transfer_plan)
 from spdnn.engines import engine_class, get_engine
-from spdnn.errors import EngineUnavailableError, FormatError, OptionError
+from spdnn.engines.reference import ReferenceEngine
+from spdnn.errors import DeviceMemoryError, EngineUnavailableError, FormatError, OptionError
 from spdnn.network import Network
 
 from _mpi_worker import save_network
@@ -94,23 +95,31 @@ def test_partition():
 
 
 def test_rank_ranges_cover_every_row_once():
-    for samples, size, layout, chunks in [(10, 3, "block", 16), (10, 2, "cyclic", 2), (1000, 7, "cyclic", 16),
-                                          (5, 8, "cyclic", 4), (0, 2, "block", 1)]:
-        ranges = rank_ranges(samples, size, layout=layout, blocks_per_rank=chunks)
+    for samples, size, layout, chunks in [(10, 3, "block", 16), (10, 2, "shuffled", 2), (1000, 7, "shuffled", 8),
+                                          (5, 8, "shuffled", 1), (0, 2, "block", 1), (0, 2, "shuffled", 8)]:
+        ranges = rank_ranges(samples, size, layout=layout, chunk_rows=chunks)
         assert len(ranges) == size
         rows = np.concatenate([np.arange(a, b) for r in ranges for a, b in r] or [np.zeros(0, int)])
         assert sorted(rows.tolist()) == list(range(samples))
         sizes = [sum(b - a for a, b in r) for r in ranges]
         assert max(sizes) - min(sizes) <= (1 if layout == "block" else chunks)
         assert all(r == sorted(r) for r in ranges)
-        own = owners(samples, size, layout=layout, blocks_per_rank=chunks)
+        own = owners(samples, size, layout=layout, chunk_rows=chunks)
         assert [int((own == k).sum()) for k in range(size)] == sizes
-    assert rank_ranges(10, 2, layout="cyclic", blocks_per_rank=2) == [[(0, 3), (6, 8)], [(3, 6), (8, 10)]]
+        if layout == "shuffled":
+            assert all(a % chunks == 0 and (b % chunks == 0 or b == samples) for r in ranges for a, b in r)
+            assert all(x[1] < y[0] for r in ranges for x, y in zip(r, r[1:]))     # adjacent ranges merged
+            assert ranges == rank_ranges(samples, size, layout=layout, chunk_rows=chunks)   # same on every rank
     assert rank_ranges(10, 3, layout="block") == [[(0, 4)], [(4, 7)], [(7, 10)]]
+    assert rank_ranges(100, 1, layout="shuffled") == [[(0, 100)]]
+    # a parity pattern (odd rows "survive", as in the challenge inputs) is spread evenly by shuffled chunks
+    odd = np.arange(1, 6000, 2)
+    by_rank = np.bincount(owners(6000, 2, layout="shuffled")[odd], minlength=2)
+    assert abs(int(by_rank[0]) - int(by_rank[1])) <= 4 * 8
     with pytest.raises(OptionError, match="layout"):
         rank_ranges(10, 2, layout="random")
-    with pytest.raises(OptionError, match="blocks_per_rank"):
-        rank_ranges(10, 2, blocks_per_rank=0)
+    with pytest.raises(OptionError, match="chunk_rows"):
+        rank_ranges(10, 2, chunk_rows=0)
 
 
 def test_segment_ends():
@@ -169,6 +178,17 @@ def test_npz_source_reads_row_ranges(tmp_path, rng, values):
         assert got.shape == (stop - start, 16)
         assert (got != expect[start:stop]).nnz == 0
     assert isinstance(src._indices, np.memmap)   # uncompressed members are mapped, not read
+    ranges = [(30, 37), (0, 3), (5, 5), (8, 16)]
+    stacked = sp.vstack([expect[a:b] for a, b in ranges], format="csr")
+    assert (src.take(ranges) != stacked).nnz == 0 and src.take(ranges).shape == stacked.shape
+    assert (CsrSource(expect).take(ranges) != stacked).nnz == 0
+    assert src.take([]).shape == (0, 16)
+    head = HeadSource(src, 20)
+    assert head.samples == 20 and (head.take([(0, 3), (10, 20)]) != sp.vstack([expect[0:3], expect[10:20]])).nnz == 0
+    with pytest.raises(OptionError, match="rows"):
+        head.rows(0, 21)
+    with pytest.raises(OptionError, match="samples"):
+        HeadSource(src, 38)
     with pytest.raises(OptionError, match="rows"):
         src.rows(3, 38)
 
@@ -275,6 +295,47 @@ def test_single_process_accepts_prepared_engine_and_source(rng, tmp_path):
         run_distributed(net, feats, engine="reference", segment_layers=[0, 5])
 
 
+class _SmallDeviceEngine(ReferenceEngine):
+    """A reference engine whose 'device' holds at most ``cap`` samples; run() batches."""
+
+    name = "reference"
+
+    def __init__(self, cap: int, **options):
+        super().__init__(**options)
+        self.cap = cap
+        self.batches = 0
+
+    def load(self, features) -> None:
+        if features.shape[0] > self.cap:
+            raise DeviceMemoryError(f"{features.shape[0]} samples > cap {self.cap}")
+        super().load(features)
+
+    def run(self, network, features):
+        self.prepare(network)
+        cats, survivors = [], np.zeros(network.depth, dtype=np.int64)
+        for b0 in range(0, features.shape[0], self.cap):
+            self.load(features[b0:b0 + self.cap])
+            c, s, _ = self.infer()
+            cats.append(c + b0)
+            survivors += s
+            self.batches += 1
+        self.features = features
+        return self._result(np.concatenate(cats), survivors, {"batches": self.batches}, inference=0.01,
+                            preprocess=0.0)
+
+
+def test_single_process_batches_when_the_share_does_not_fit(rng):
+    net, feats = _random_case(rng)
+    ref = get_engine("reference", precision="fp32").run(net, feats)
+    eng = _SmallDeviceEngine(50, precision="fp32")
+    eng.prepare(net)
+    got = run_distributed(net, feats, engine=eng, balance=True)
+    assert got.extra["batched"] and eng.batches == -(-feats.shape[0] // 50)
+    assert got.categories.tolist() == ref.categories.tolist()
+    assert got.survivors.tolist() == ref.survivors.tolist()
+    assert got.extra["boundaries"] == [] and len(got.extra["segments"]) == 1
+
+
 # ------------------------------------------------------------------------ under mpiexec
 
 
@@ -337,7 +398,7 @@ def _check_against_one_rank(results, net, feats, ranks, truth=None):
 
 
 def _runs(engine: str, precisions=("fp32",)) -> list[dict]:
-    modes = [("off", "cyclic"), ("on", "cyclic"), ("force", "cyclic"), ("off", "block"), ("on", "block"),
+    modes = [("off", "shuffled"), ("on", "shuffled"), ("force", "shuffled"), ("off", "block"), ("on", "block"),
              ("force", "block")]
     return [{"engine": engine, "precision": p, "balance": b, "layout": layout}
             for p in precisions for b, layout in modes]
@@ -355,7 +416,21 @@ def test_mpi_two_ranks_random_network(tmp_path, rng, engine):
     # the skewed contiguous split (rank 0 holds the samples that die early) must trigger the default policy
     on = [r["result"]["extra"] for r in results if r["run"]["balance"] == "on" and r["run"]["layout"] == "block"]
     assert on and all(e["rebalances"] >= 1 for e in on), [e["boundaries"] for e in on]
-    assert {r["result"]["extra"]["layout"] for r in results} == {"block", "cyclic"}
+    assert {r["result"]["extra"]["layout"] for r in results} == {"block", "shuffled"}
+
+
+@pytest.mark.mpi
+def test_mpi_rank_with_no_live_sample_receives_rows(tmp_path, rng):
+    net, feats = _random_case(rng, samples=120, skew=False)
+    feats = feats.tolil()
+    feats[:60] = 0                       # with the block layout rank 0 holds only dead samples
+    feats = feats.tocsr()
+    case = _write_case(tmp_path / "case", net, feats)
+    runs = [{"engine": "reference", "precision": "fp32", "balance": b, "layout": "block"} for b in ("off", "force")]
+    results = _launch(case, runs, 2)
+    _check_against_one_rank(results, net, feats, 2)
+    forced = results[1]["result"]["extra"]
+    assert forced["boundaries"][0]["counts"][0] == 0 and forced["boundaries"][0]["action"] == "rebalance"
 
 
 @pytest.mark.mpi
@@ -366,12 +441,22 @@ def test_mpi_three_ranks_uneven_split(tmp_path, rng):
     _check_against_one_rank(results, net, feats, 3)
 
 
+def _read_mtx(path: Path) -> sp.csr_matrix:
+    """A MatrixMarket coordinate file (pattern or real, optionally gzipped) as CSR, values 1 for a pattern."""
+    import gzip
+
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt") as fh:
+        lines = [line for line in fh if not line.startswith("%")]
+    rows, cols, nnz = (int(v) for v in lines[0].split())
+    t = np.array(" ".join(lines[1:]).split(), dtype=np.float64).reshape(nnz, -1)
+    values = t[:, 2] if t.shape[1] > 2 else np.ones(nnz)
+    return sp.csr_matrix((values, (t[:, 0].astype(np.int64) - 1, t[:, 1].astype(np.int64) - 1)), shape=(rows, cols))
+
+
 def _read_official(official_dir: Path):
     """The official 120 layers of N=1024, the first 1,200 inputs and their truth (own tiny reader)."""
-    import gzip
     import tarfile
-
-    import scipy.io
 
     n = 1024
     layers = [None] * 120
@@ -385,10 +470,9 @@ def _read_official(official_dir: Path):
             layers[k - 1] = sp.csr_matrix((t[:, 2], (t[:, 0].astype(np.int64) - 1, t[:, 1].astype(np.int64) - 1)),
                                           shape=(n, n))
     assert all(w is not None for w in layers), "official tarball lacks some of the 120 layers"
-    with gzip.open(official_dir / "sparse-images-1024-first1200.mtx.gz") as fh:
-        feats = sp.csr_matrix(scipy.io.mmread(fh))
+    feats = _read_mtx(official_dir / "sparse-images-1024-first1200.mtx.gz")
     feats.data[:] = 1.0
-    truth = sp.coo_matrix(scipy.io.mmread(official_dir / "neuron1024-l120-categories-first1200.mtx"))
+    truth = _read_mtx(official_dir / "neuron1024-l120-categories-first1200.mtx").tocoo()
     ids = np.unique(truth.row + 1 if truth.shape[0] > 1 else truth.col + 1).astype(np.int64)
     return Network.from_layers(layers, -0.30), feats, ids
 
@@ -442,9 +526,26 @@ def test_bench_model_recovers_parameters():
     assert p[1]["block"]["seconds"] == pytest.approx(one["inference_seconds"], rel=1e-6)
     # every survivor is in the last block of the contiguous split: dealing chunks or
     # rebalancing must predict faster runs
-    assert p[8]["balanced"]["seconds"] <= p[8]["cyclic"]["seconds"] < p[8]["block"]["seconds"]
+    assert p[8]["balanced"]["seconds"] <= p[8]["shuffled"]["seconds"] < p[8]["block"]["seconds"]
     assert p[64]["balanced"]["speedup"] > p[8]["balanced"]["speedup"] > 1
     assert 0 < p[64]["block"]["efficiency"] < p[8]["block"]["efficiency"] <= 1
+
+
+def test_bench_packed_inputs_and_upsampling(tmp_path, rng):
+    bench = _bench_module()
+    dense = rng.random((7, 64)) < 0.3                      # 7 images of 8 x 8, column-major features
+    np.savez(tmp_path / "features-64.npz", bits=np.packbits(dense, axis=1), n=np.int64(64),
+             nnz=np.int64(dense.sum()))
+    got = bench.read_packed(tmp_path / "features-64.npz")
+    assert got.shape == (7, 64) and (got != sp.csr_matrix(dense.astype(np.float64))).nnz == 0
+    up = bench.upsample_2x2(got, 64)
+    images = dense.reshape(7, 8, 8).transpose(0, 2, 1)     # [sample, row, col] from feature c * 8 + r
+    big = np.kron(images, np.ones((2, 2), dtype=bool))     # 16 x 16, each pixel a 2 x 2 block
+    expect = big.transpose(0, 2, 1).reshape(7, 256)        # back to column-major features
+    assert up.has_sorted_indices and (up != sp.csr_matrix(expect.astype(np.float64))).nnz == 0
+    path, _, origin = bench.features_file(tmp_path / "work", 256, 5, "packed", tmp_path)
+    assert "upsampled" in origin and NpzSource(path).samples == 5
+    assert (NpzSource(path).rows(0, 5) != up[:5]).nnz == 0
 
 
 def test_bench_fast_features_shape():

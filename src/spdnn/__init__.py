@@ -3,9 +3,12 @@
 Public API (everything else is private)::
 
     import spdnn
-    net, feats, truth = spdnn.generate_challenge(neurons=1024, layers=120)
+    net, feats, truth, info = spdnn.cached_challenge(neurons=1024, layers=120)
     result = spdnn.infer(net, feats, engine="auto", precision="fp32")
-    spdnn.compare_categories(result.categories, truth)
+    print(spdnn.compare_categories(result.categories, truth).passed)
+
+    # official files instead: spdnn.read_network(dir, neurons=1024, layers=120), spdnn.read_features(path, 1024),
+    # spdnn.read_categories(path)
 """
 from __future__ import annotations
 
@@ -13,6 +16,9 @@ from .errors import (SpdnnError, FormatError, DataNotFoundError, ChecksumError, 
                      EngineUnavailableError, OptionError, DeviceMemoryError)
 from .network import Network, LazyLayers, OFFICIAL_BIAS, YMAX
 from .engines import get_engine, available_engines, InferenceResult, Engine
+from .formats import read_network, read_features, read_categories
+from .generate.challenge import generate_challenge, cached_challenge, write_challenge
+from .verify import compare_categories, explain_differences
 
 __version__ = "0.1.0"
 
@@ -42,4 +48,7 @@ __all__ = [
     "EngineUnavailableError", "OptionError", "DeviceMemoryError",
     "Network", "LazyLayers", "OFFICIAL_BIAS", "YMAX",
     "get_engine", "available_engines", "InferenceResult", "Engine", "infer",
+    "read_network", "read_features", "read_categories",
+    "generate_challenge", "cached_challenge", "write_challenge",
+    "compare_categories", "explain_differences",
 ]

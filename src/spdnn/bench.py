@@ -53,6 +53,9 @@ GPU_ENGINES = frozenset({"cuda", "cusparse"})
 #: Default engines of ``spdnn bench``, those available here are used.
 DEFAULT_ENGINES = ("cuda", "cusparse", "cpu")
 
+#: Samples of the challenge (the MNIST training set).
+CHALLENGE_SAMPLES = 60000
+
 #: Bytes of one weight index in the floor (the seed's 16-bit buffer-local indices).
 WEIGHT_INDEX_BYTES = 2
 
@@ -175,7 +178,7 @@ def floor_estimate(survivors: Sequence[int], *, alive_inputs: int, neurons: int,
                  launch_latency_s=float(launch_latency_s), seconds=float(seconds))
 
 
-def host_bandwidth_gbs(*, megabytes: int = 256, repeats: int = 3) -> float:
+def host_bandwidth_gbs(*, megabytes: int = 256, repeats: int = 5) -> float:
     """Measured host memory bandwidth, GB/s: best of ``repeats`` parallel array copies.
 
     One thread per core copies its slice (numpy releases the GIL while copying); the
@@ -208,9 +211,11 @@ def gpu_bandwidth_gbs() -> tuple[float, str]:
     import cupy as cp
 
     dev = cp.cuda.Device()
+    rt = cp.cuda.runtime
     try:
-        clock_khz = cp.cuda.runtime.deviceGetAttribute(cp.cuda.runtime.cudaDevAttrMemoryClockRate, dev.id)
-        bus_bits = cp.cuda.runtime.deviceGetAttribute(cp.cuda.runtime.cudaDevAttrGlobalMemoryBusWidth, dev.id)
+        # cudaDevAttrMemoryClockRate = 36 (kHz), cudaDevAttrGlobalMemoryBusWidth = 37 (bits)
+        clock_khz = rt.deviceGetAttribute(getattr(rt, "cudaDevAttrMemoryClockRate", 36), dev.id)
+        bus_bits = rt.deviceGetAttribute(getattr(rt, "cudaDevAttrGlobalMemoryBusWidth", 37), dev.id)
         if clock_khz > 0 and bus_bits > 0:
             return clock_khz * 1e3 * bus_bits / 8 * 2 / 1e9, "peak from device attributes"
     except Exception:  # attribute missing in this CUDA/CuPy version: measure instead
@@ -343,7 +348,9 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
     for neurons, layers in cells:
         log(f"cell {neurons}x{layers}: preparing data (generated, seed {seed}, cached)")
         t0 = time.perf_counter()
-        network, features, truth, info = cached_challenge(neurons, layers, seed=seed, samples=samples,
+        # All 60,000 MNIST samples are cached as "all": ask for them that way, not as a first-S subset.
+        wanted = None if samples == CHALLENGE_SAMPLES else samples
+        network, features, truth, info = cached_challenge(neurons, layers, seed=seed, samples=wanted,
                                                           progress=progress)
         network = materialized(network)
         data_seconds = time.perf_counter() - t0

@@ -467,7 +467,8 @@ def _bandwidth(ctx, param, value):
               help="Timed runs per engine and cell, after one warm-up run.")
 @click.option("--samples", type=click.IntRange(min=1), default=60000, show_default=True,
               help="First S samples of the generated features.")
-@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True,
+              help="Precision of every engine (the truth is always float64).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Generator seed.")
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the full report (every cell, engine, repeat, survivors, floor) as JSON.")

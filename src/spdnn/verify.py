@@ -214,15 +214,6 @@ class ExactTrace:
         idx, num, e = self.layers[k]
         return {int(i): Fraction(a, 1 << e) for i, a in zip(idx, num)}
 
-    def dense(self, k: int) -> np.ndarray:
-        """Activation after layer k+1 rounded to float64, as a dense row (length N unknown
-        here, so up to the largest nonzero index + 1; pad as needed)."""
-        v = self.values(k)
-        out = np.zeros(max(v, default=-1) + 1)
-        for i, f in v.items():
-            out[i] = float(f)
-        return out
-
 
 def trace_sample_exact(network: Network, features_row, *, max_layers: int | None = None) -> ExactTrace:
     """Per-layer activations of one sample in exact rational arithmetic.
@@ -356,6 +347,14 @@ class SampleRecord:
     reproduced: bool
     right: str
 
+    @property
+    def truth_disputed(self) -> bool:
+        """float32 and float64 (and the exact trace, when made) all give the found fate:
+        the truth, not rounding, is the odd one out for this sample."""
+        found_survives = self.in_set == "extra"
+        fates = [self.fp64, self.fp32] + ([self.exact] if self.exact is not None else [])
+        return all(f.survives == found_survives for f in fates)
+
 
 @dataclass
 class Explanation:
@@ -368,14 +367,15 @@ class Explanation:
 
     @property
     def explained(self) -> bool:
-        """Every difference is reproduced by the found precision's trace."""
-        return all(r.reproduced for r in self.records)
+        """Every difference is reproduced by the found precision's trace and is a real
+        float32/float64 split (not a truth that disagrees with every computation)."""
+        return all(r.reproduced and not r.truth_disputed for r in self.records)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return {"comparison": self.comparison.to_dict(), "found_precision": self.found_precision,
                 "split_rtol": self.split_rtol, "explained": self.explained,
-                "records": [asdict(r) for r in self.records]}
+                "records": [{**asdict(r), "truth_disputed": r.truth_disputed} for r in self.records]}
 
     def to_text(self) -> str:
         """Human-readable summary, one paragraph per differing sample."""
@@ -393,7 +393,9 @@ class Explanation:
                          f"{r.fp32.describe()}{exact}; {split}; right: {r.right}"
                          + ("" if r.reproduced else "; NOT reproduced by a "
                             f"{self.found_precision} trace (not a rounding effect of this order: "
-                            "check the engine)"))
+                            "check the engine)")
+                         + ("; every computation agrees with the found set: the truth is wrong "
+                            "for this sample (check the truth file)" if r.truth_disputed else ""))
         if self.explained:
             lines.append(f"All {len(self.records)} differences are rounding effects of {self.found_precision} "
                          "on ill-conditioned samples (SPEC.md section 5).")

@@ -2,9 +2,9 @@
 
 How a run maps onto ranks (``mpiexec -n P``)::
 
-    rank r      owns a few long ranges of sample rows (rank_ranges: 16 chunks a rank dealt
-                round robin, or one contiguous block), and reads only those rows
-                (FeatureSource.rows), so no rank holds all of them
+    rank r      owns chunks of 8 sample rows dealt in a seeded random order (rank_ranges;
+                or one contiguous block), and reads only those rows (FeatureSource), so
+                no rank holds all of them
                 builds/holds the whole network (weights are replicated)
                 uses GPU local_rank % count (cuda engines), or numba threads / local ranks
     layers      run in segments; at each boundary the ranks allgather their survivor
@@ -28,10 +28,13 @@ its own rows; fine when each rank can afford to read it all) or as any object wi
 ``rows(start, stop)`` -> scipy.sparse.csr_matrix (stop - start, N)
     Rows ``start..stop-1`` (0-based; global sample id = row + 1), values as float.
 
-so that each rank reads only its part. :class:`CsrSource` wraps a matrix;
+so that each rank reads only its part. A source may also offer ``take(ranges)`` ->
+csr_matrix, the rows of a list of (start, stop) ranges stacked in order (one call
+instead of one per range). :class:`CsrSource` wraps a matrix;
 :class:`NpzSource` memory-maps an uncompressed ``.npz`` holding ``indptr``, ``indices``,
 ``shape`` and optionally ``data`` (the layout of spdnn's generated-features cache and of
-:func:`save_npz_source`), so a rank touches only the bytes of its rows.
+:func:`save_npz_source`), so a rank touches only the bytes of its rows;
+:class:`HeadSource` keeps the first S rows of another source.
 """
 from __future__ import annotations
 
@@ -50,12 +53,12 @@ import scipy.sparse as sp
 
 from .._atomic import atomic_path
 from ..engines import Engine, InferenceResult, get_engine, resolve_engine_name
-from ..errors import FormatError, OptionError, SpdnnError
+from ..errors import DeviceMemoryError, FormatError, OptionError, SpdnnError
 from ..network import Network, as_features
 from .balance import BalancePolicy, imbalance, rank_ranges, segment_ends
 
 __all__ = ["World", "world", "world_of", "bind_resources", "RELOAD_COST_GUESS", "FeatureSource", "CsrSource",
-           "NpzSource", "save_npz_source", "as_source", "run_distributed", "LAUNCHER_ENV"]
+           "NpzSource", "HeadSource", "save_npz_source", "as_source", "run_distributed", "LAUNCHER_ENV"]
 
 #: Environment variables by which MPI launchers (MPICH/Hydra, Open MPI, PMIx, Slurm
 #: with PMI, MVAPICH, Intel MPI) mark the processes they start.
@@ -152,6 +155,13 @@ class CsrSource:
         _check_range(start, stop, self.samples)
         return sp.csr_matrix(self._m[start:stop])
 
+    def take(self, ranges) -> sp.csr_matrix:
+        """Rows of several (start, stop) ranges, stacked in order."""
+        for a, b in ranges:
+            _check_range(a, b, self.samples)
+        idx = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in ranges] or [np.zeros(0, np.int64)])
+        return sp.csr_matrix(self._m[idx])
+
 
 def _check_range(start: int, stop: int, samples: int) -> None:
     if not (0 <= start <= stop <= samples):
@@ -225,6 +235,46 @@ class NpzSource:
         data = np.ones(hi - lo) if self._data is None else np.array(self._data[lo:hi], dtype=np.float64)
         return sp.csr_matrix((data, indices, ptr - lo), shape=(stop - start, self.neurons))
 
+    def take(self, ranges) -> sp.csr_matrix:
+        """Rows of several (start, stop) ranges, stacked in order (one read per range)."""
+        for a, b in ranges:
+            _check_range(a, b, self.samples)
+        counts, idx, val = [np.zeros(1, np.int64)], [], []
+        for a, b in ranges:
+            ptr = np.array(self._indptr[a:b + 1], dtype=np.int64)
+            counts.append(np.diff(ptr))
+            idx.append(self._indices[ptr[0]:ptr[-1]])
+            if self._data is not None:
+                val.append(self._data[ptr[0]:ptr[-1]])
+        indptr = np.cumsum(np.concatenate(counts))
+        indices = np.concatenate(idx) if idx else np.zeros(0, np.int32)
+        data = (np.ones(len(indices)) if self._data is None or not val
+                else np.concatenate(val).astype(np.float64))
+        return sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, self.neurons))
+
+
+class HeadSource:
+    """The first ``samples`` rows of another :class:`FeatureSource` (``--samples S``)."""
+
+    def __init__(self, source: FeatureSource, samples: int):
+        if not 0 <= int(samples) <= int(source.samples):
+            raise OptionError(f"samples={samples}: expected 0..{source.samples}")
+        self._source, self.samples, self.neurons = source, int(samples), int(source.neurons)
+
+    def rows(self, start: int, stop: int) -> sp.csr_matrix:
+        _check_range(start, stop, self.samples)
+        return self._source.rows(start, stop)
+
+    def take(self, ranges) -> sp.csr_matrix:
+        """Rows of several (start, stop) ranges, stacked in order."""
+        for a, b in ranges:
+            _check_range(a, b, self.samples)
+        take = getattr(self._source, "take", None)
+        if take is not None:
+            return take(ranges)
+        parts = [sp.csr_matrix(self._source.rows(a, b)) for a, b in ranges]
+        return sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, self.neurons))
+
 
 def save_npz_source(path: str | os.PathLike, features, *, values: bool = True) -> Path:
     """Write features for :class:`NpzSource` (uncompressed npz, atomically).
@@ -245,6 +295,17 @@ def save_npz_source(path: str | os.PathLike, features, *, values: bool = True) -
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
     return path
+
+
+def _read_ranges(source, ranges: list, neurons: int) -> sp.csr_matrix:
+    """Rows of several (start, stop) ranges, stacked in order (``source.take`` when it has one)."""
+    if not ranges:
+        return sp.csr_matrix((0, neurons))
+    take = getattr(source, "take", None)
+    if take is not None:
+        return as_features(take(ranges), neurons)
+    parts = [as_features(source.rows(a, b), neurons) for a, b in ranges]
+    return parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
 
 
 def as_source(features, neurons: int | None = None) -> FeatureSource:
@@ -362,8 +423,10 @@ def _payload_bytes(piece: tuple) -> int:
 class _RankRun:
     """One rank's state through the layer loop (engine, global ids, timings)."""
 
-    def __init__(self, engine: Engine, ids: np.ndarray, alive: int, coll: _Collectives, here: World):
+    def __init__(self, engine: Engine, ids: np.ndarray, alive: int, coll: _Collectives, here: World,
+                 batch_features: sp.csr_matrix | None = None):
         self.engine = engine
+        self.batch_features = batch_features   # set when load() did not fit: one engine.run instead
         self.ids = ids            # global 0-based sample ids of the engine's loaded rows
         self.alive = alive        # rows alive now on this rank
         self.coll = coll
@@ -382,9 +445,13 @@ class _RankRun:
             self.categories = np.zeros(0, dtype=np.int64)
             self.log.append((start, stop, 0.0, 0))
             return 0.0, 0
-        t = time.perf_counter()
-        cats, surv, extra = self.engine.infer(start, stop)
-        busy = time.perf_counter() - t
+        if self.batch_features is not None:
+            result = self.engine.run(self.engine.network, self.batch_features)
+            cats, surv, extra, busy = result.categories, result.survivors, result.extra, result.inference_seconds
+        else:
+            t = time.perf_counter()
+            cats, surv, extra = self.engine.infer(start, stop)
+            busy = time.perf_counter() - t
         self.busy += busy
         surv = np.asarray(surv, dtype=np.int64)
         survivors[start:stop] = surv
@@ -456,8 +523,8 @@ def _make_engine(engine, network: Network, precision: str, options: dict, here: 
 
 def run_distributed(network: Network, features, *, engine="auto", precision: str = "fp32", balance=True,
                     segment_layers=None, comm=None, engine_options: dict | None = None,
-                    progress: bool | None = None, layout: str = "cyclic",
-                    blocks_per_rank: int = 16) -> InferenceResult:
+                    progress: bool | None = None, layout: str = "shuffled",
+                    chunk_rows: int = 8) -> InferenceResult:
     """Inference with the samples partitioned over MPI ranks (a collective call).
 
     Every rank of ``comm`` calls it with the same network and features; every rank gets
@@ -491,13 +558,13 @@ def run_distributed(network: Network, features, *, engine="auto", precision: str
         Extra keyword arguments of the engine's constructor.
     progress : bool, optional
         Per-layer progress bars of rank 0's engine.
-    layout : {'cyclic', 'block'}
-        How samples are split (:func:`~spdnn.distributed.balance.rank_ranges`): 'cyclic'
-        deals ``blocks_per_rank`` chunks per rank round robin (spreads the survivors,
-        which are not uniform along the sample order); 'block' is one contiguous block
-        per rank.
-    blocks_per_rank : int
-        Chunks per rank of the 'cyclic' layout.
+    layout : {'shuffled', 'block'}
+        How samples are split (:func:`~spdnn.distributed.balance.rank_ranges`):
+        'shuffled' deals chunks of ``chunk_rows`` rows in a seeded random order, which
+        spreads the survivors (far from uniform along the sample order); 'block' is one
+        contiguous block per rank.
+    chunk_rows : int
+        Rows per chunk of the 'shuffled' layout.
 
     Returns
     -------
@@ -511,7 +578,10 @@ def run_distributed(network: Network, features, *, engine="auto", precision: str
         ``rebalances``, ``rows_moved``, ``bytes_moved``, ``gather_seconds``,
         ``boundaries`` (one record per segment boundary: layer, counts, imbalance, action,
         reason), ``segments`` (start, stop, per-rank busy seconds and rows x layers),
-        ``rank_resources`` (GPU or threads), ``engine_extra`` (rank 0's engine details).
+        ``rank_resources`` (GPU or threads), ``engine_extra`` (rank 0's engine details),
+        ``batched`` (True when some rank's share did not fit its device: then every rank
+        runs all layers at once, that rank through ``engine.run``, which batches, and
+        nothing is rebalanced).
     """
     here = world() if comm is None else world_of(comm)
     coll = _Collectives(here.comm)
@@ -519,19 +589,20 @@ def run_distributed(network: Network, features, *, engine="auto", precision: str
         raise OptionError(f"balance={balance!r}: expected True, False or a BalancePolicy")
     depth = network.depth
     source = as_source(features, network.neurons)
-    ranges = rank_ranges(int(source.samples), here.size, layout=layout, blocks_per_rank=blocks_per_rank)[here.rank]
+    ranges = rank_ranges(int(source.samples), here.size, layout=layout, chunk_rows=chunk_rows)[here.rank]
 
     t0 = time.perf_counter()
     eng, name, bound = _make_engine(engine, network, precision, dict(engine_options or {}), here, progress)
     policy = _policy(balance, name)
-    parts = [as_features(source.rows(a, b), network.neurons) for a, b in ranges]
-    local = (parts[0] if len(parts) == 1 else
-             sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, network.neurons)))
-    del parts
-    eng.load(local)
+    local = _read_ranges(source, ranges, network.neurons)
+    try:
+        eng.load(local)
+        fits = True
+    except DeviceMemoryError:
+        fits = False        # this rank's share does not fit its device: engine.run batches it
     alive = int(np.count_nonzero(np.diff(local.indptr)))
-    del local
     preprocess = time.perf_counter() - t0
+    batched = not all(coll.allgather(fits))
 
     if segment_layers is not None:
         ends = _check_ends(segment_layers, depth)
@@ -539,10 +610,13 @@ def run_distributed(network: Network, features, *, engine="auto", precision: str
         ends = segment_ends(depth)
     else:
         ends = [depth]
+    if batched:             # segments need every rank's samples on its device at once
+        policy, ends = None, [depth]
 
     ids = (np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in ranges]) if ranges
            else np.zeros(0, dtype=np.int64))
-    run = _RankRun(eng, ids, alive, coll, here)
+    run = _RankRun(eng, ids, alive, coll, here, batch_features=None if fits else local)
+    del local
     survivors = np.zeros(depth, dtype=np.int64)
     boundaries = []
     rebalances = 0
@@ -601,6 +675,7 @@ def run_distributed(network: Network, features, *, engine="auto", precision: str
     extra = {
         "ranks": here.size,
         "layout": layout if here.size > 1 else "block",
+        "batched": batched,
         "rank_samples": [s["samples"] for s in stats],
         "rank_inference_seconds": [s["loop"] for s in stats],
         "rank_busy_seconds": busy,

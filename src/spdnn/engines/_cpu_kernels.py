@@ -4,23 +4,30 @@ Layout
 ------
 Activations of the alive samples are dense and *tiled neuron-major*: samples are grouped
 in tiles of ``T`` and ``y[b, i, t]`` is neuron ``i`` of sample ``b*T + t``, shape
-``(tiles, N, T)``, C order. Each tile is one contiguous block (``N*T`` values, about
-1 MiB), so the kernel's inner loop over the tile's samples is unit-stride and the pages
+``(tiles, N, T)``, C order. Each tile is one contiguous block (``N*T`` values, 256 KiB
+by default), so the kernel's inner loop over the tile's samples is unit-stride and the pages
 a tile touches stay few. (Sample-major rows need a transpose of every tile in and out of
 the kernel; one flat ``(N, samples)`` array makes every tile touch ``N`` pages.)
-Weights are in *gather* form: for every output neuron ``j`` the input
-neurons ``i`` of column ``j`` of ``W`` in ascending order (``indices``) with their
-``values`` -- CSC of ``W``. When every column has the same count ``K`` the layout is
-ELLPACK: column ``j`` occupies ``indices[j*K:(j+1)*K]`` and no column pointer is read
-(``ell_width = K``; CSC when ``ell_width < 0``).
+Weights are in *row* form, as stored (CSR of ``W``, rows = input neurons): for every
+input neuron ``i`` the output neurons it feeds, ascending (``indices``), with their
+``values``. When every row has the same count ``K`` the layout is ELLPACK: row ``i``
+occupies ``indices[i*K:(i+1)*K]`` and no row pointer is read (``row_width = K``; CSR
+when ``row_width < 0``).
 
 One layer (:func:`spdnn_cpu_layer`) works one tile per parallel iteration (numba
-``prange``): for each output neuron the inner loop runs over the tile's samples,
-contiguous in memory and vectorized by LLVM, so each weight index is loaded once per
-tile (the CPU analogue of a GPU thread's register
-tile). Bias, ReLU and cap are fused into the epilogue, which also records whether each
-sample has a nonzero (alive) and its smallest nonzero value. :func:`spdnn_cpu_compact`
-then copies the alive samples, in order, into the other buffer (pruning).
+``prange``). The input neurons are visited in ascending order; an input row that is
+zero for every sample of the tile is skipped (it would add exact zeros: the inputs are
+sparse in the first layers, about half the rows of a 64-sample MNIST tile); otherwise
+its vector of ``T`` samples is loaded once and added (times the weight) into the rows
+of the outputs it feeds. The inner loop runs over the tile's samples, contiguous
+in memory and vectorized by LLVM, and each weight is loaded once per tile (the CPU
+analogue of a GPU thread's register tile). Measured against the gather form (each
+output pulling its inputs through CSC), this is as fast on dense activations and 1.7x
+faster on the first layers' sparse ones, with the same bits. A second pass over the
+tile's outputs applies the weight (``MODE_SUM``), bias, ReLU and cap, and records each
+sample's largest, smallest and smallest nonzero value (alive, constant rows, and the
+fp64 guard). :func:`spdnn_cpu_compact` then copies the alive samples, in order, into
+the other buffer (pruning).
 
 Accumulation modes (``mode``)
 -----------------------------
@@ -38,8 +45,8 @@ Accumulation modes (``mode``)
 For every mode each output is accumulated as ``((0 + t1) + t2) + ...`` over the inputs
 in ascending index order, without fused multiply-add (``fastmath=False``; LLVM does not
 contract without it), which is the fp64 exactness contract of :mod:`spdnn.engines.base`.
-Zero inputs contribute exact zeros, which leave a sum unchanged, so the dense gather
-gives the same bits as the reference's sparse product.
+Zero inputs contribute exact zeros, which leave a sum unchanged, so the dense tiles give
+the same bits as the reference's sparse product.
 """
 from __future__ import annotations
 
@@ -55,8 +62,8 @@ MODE_SUM = 2
 
 
 @njit(parallel=True, cache=True, fastmath=False, nogil=True)
-def spdnn_cpu_layer(y, out, count, indptr, indices, values, ell_width, weight, mode,
-                    bias, uniform_bias, ymax, alive, tile_min):
+def spdnn_cpu_layer(y, out, count, indptr, indices, values, row_width, weight, mode,
+                    bias, uniform_bias, ymax, row_max, row_min, tile_min):
     """One layer over the first ``count`` samples of ``y``; results into ``out``.
 
     Parameters
@@ -68,13 +75,13 @@ def spdnn_cpu_layer(y, out, count, indptr, indices, values, ell_width, weight, m
         Output activations (the tiles holding samples ``0..count-1`` are written).
     count : int
     indptr : (N+1,) int64 array
-        Column pointers (CSC); ignored when ``ell_width >= 0``.
+        Row pointers of ``W`` (CSR); ignored when ``row_width >= 0``.
     indices : int32 array
-        Input neuron of every weight, ascending within each output column.
+        Output neuron of every weight, ascending within each input row.
     values : array of ``y.dtype``
         Weight values (read only in ``MODE_VALUES``).
-    ell_width : int
-        Nonzeros per column for the ELLPACK layout, or -1 for CSC.
+    row_width : int
+        Nonzeros per row for the ELLPACK layout, or -1 for CSR.
     weight : scalar of ``y.dtype``
         The one weight value (``MODE_UNIFORM``/``MODE_SUM``).
     mode : int
@@ -84,8 +91,9 @@ def spdnn_cpu_layer(y, out, count, indptr, indices, values, ell_width, weight, m
     uniform_bias : bool
     ymax : scalar of ``y.dtype``
         Cap of the activations.
-    alive : (>= count,) bool array
-        Output: whether each output sample has a nonzero.
+    row_max, row_min : (>= count,) arrays of ``y.dtype``
+        Output: largest and smallest value of each output sample's row (the sample is
+        alive when ``row_max > 0``; its row is constant when ``row_min == row_max``).
     tile_min : (tiles,) array of ``y.dtype``
         Output: smallest nonzero output value of every tile used (``inf`` when none).
     """
@@ -97,41 +105,53 @@ def spdnn_cpu_layer(y, out, count, indptr, indices, values, ell_width, weight, m
         m = min(tile, count - it * tile)
         yt = y[it]
         zt = out[it]
-        largest = np.zeros(m, dtype=y.dtype)             # per sample: max output (>= 0)
-        smallest = np.full(m, np.inf, dtype=y.dtype)     # per sample: min nonzero output
-        inf = smallest[0]
-        b = bias[0]
         for j in range(n):
-            if ell_width >= 0:
-                p0 = j * ell_width
-                p1 = p0 + ell_width
-            else:
-                p0 = indptr[j]
-                p1 = indptr[j + 1]
             zr = zt[j]
             for t in range(m):
                 zr[t] = zero
+        # input neurons in ascending order: every output sums its terms in that order
+        for i in range(n):
+            xr = yt[i]
+            nonzero = False
+            for t in range(m):
+                nonzero |= xr[t] != zero
+            if not nonzero:
+                continue                    # all-zero input row of this tile: exact zeros only
+            if row_width >= 0:
+                p0 = i * row_width
+                p1 = p0 + row_width
+            else:
+                p0 = indptr[i]
+                p1 = indptr[i + 1]
             if mode == MODE_VALUES:
                 for p in range(p0, p1):
-                    xr = yt[indices[p]]
+                    zr = zt[indices[p]]
                     v = values[p]
                     for t in range(m):
                         zr[t] += xr[t] * v
             elif mode == MODE_UNIFORM:
                 for p in range(p0, p1):
-                    xr = yt[indices[p]]
+                    zr = zt[indices[p]]
                     for t in range(m):
                         zr[t] += xr[t] * weight
             else:
                 for p in range(p0, p1):
-                    xr = yt[indices[p]]
+                    zr = zt[indices[p]]
                     for t in range(m):
                         zr[t] += xr[t]
-                for t in range(m):
-                    zr[t] *= weight
+        # epilogue: (uniform weight once,) bias only where the sum is nonzero, ReLU, cap
+        largest = np.zeros(m, dtype=y.dtype)             # per sample: max output (>= 0)
+        lowest = np.full(m, ymax, dtype=y.dtype)         # per sample: min output
+        smallest = np.full(m, np.inf, dtype=y.dtype)     # per sample: min nonzero output
+        inf = smallest[0]
+        b = bias[0]
+        for j in range(n):
+            zr = zt[j]
             if not uniform_bias:
                 b = bias[j]
-            # bias only where the sum is nonzero, then ReLU and cap
+            if mode == MODE_SUM:
+                for t in range(m):
+                    zr[t] *= weight
             for t in range(m):
                 v = zr[t]
                 v = v + b if v != zero else v
@@ -139,10 +159,12 @@ def spdnn_cpu_layer(y, out, count, indptr, indices, values, ell_width, weight, m
                 v = ymax if v > ymax else v
                 zr[t] = v
                 largest[t] = max(largest[t], v)
+                lowest[t] = min(lowest[t], v)
                 smallest[t] = min(smallest[t], v if v > zero else inf)
         low = inf
         for t in range(m):
-            alive[it * tile + t] = largest[t] > zero
+            row_max[it * tile + t] = largest[t]
+            row_min[it * tile + t] = lowest[t]
             low = min(low, smallest[t])
         tile_min[it] = low
 

@@ -3,16 +3,17 @@
 Per layer (kernels in :mod:`spdnn.engines._cpu_kernels`)::
 
     for every tile of T alive samples, in parallel (prange): # y[tile]: (N, T), neuron-major
-        for every output neuron j:                       # gather form: column j of W
-            z = 0 + y[i1]*w[i1,j] + y[i2]*w[i2,j] + ...  # inputs ascending, no FMA,
-                                                         # vectorized over the tile's samples
-            y'[j] = min(max(z + b[j]*(z != 0), 0), ymax) # fused bias, ReLU, cap
+        z = 0
+        for every input neuron i, ascending, nonzero in the tile:
+            for every output j of row i of W:            # z[j] = ((0 + t1) + t2) + ...
+                z[j] += y[i] * w[i, j]                   # no FMA; vectorized over the tile
+        y' = min(max(z + b * (z != 0), 0), ymax)         # fused bias, ReLU, cap
     move the samples that have a nonzero to the front    # compaction (pruning)
 
 Fast paths, detected per layer in :meth:`CpuEngine.prepare`:
 
-- *ELLPACK*: every column of ``W_k`` has the same count, no column pointers are read;
-  otherwise CSC (any column lengths, empty columns included).
+- *ELLPACK*: every row of ``W_k`` has the same count, no row pointers are read;
+  otherwise CSR (any row lengths, empty rows and columns included).
 - *one value per layer*: the value is not loaded per term. In 'fp32' the float32 sum is
   multiplied once by the value. In 'fp64' the value multiplies every term, except when
   it is a power of two and no product can be subnormal or overflow (checked every layer
@@ -20,11 +21,23 @@ Fast paths, detected per layer in :meth:`CpuEngine.prepare`:
   multiplying once gives the same bits.
 - *uniform bias*: one bias value read per layer instead of one per neuron.
 
+Identical samples (``merge_identical=True``, the default): samples whose rows become the
+same constant vector (on RadiX-Net every survivor ends saturated at ``ymax``) are
+merged into one representative that carries the others' ids; identical inputs give
+identical outputs in every later layer (each sample's arithmetic is the same sequence
+of operations whatever its place in a tile), so the results are bit for bit those of
+computing every copy, and the late layers cost one sample instead of thousands.
+Survivor counts and categories count every member.
+
 Numerics: 'fp64' follows the exactness contract of :mod:`spdnn.engines.base` (equal to
 the reference bit for bit). 'fp32' accumulates in float32 in the same order (inputs
 ascending), multiplying a uniform weight once after the sum; it may differ from the
 float64 reference on ill-conditioned samples (SPEC.md section 5; see
 :mod:`spdnn.verify`).
+
+Threads: numba's pool (every core; ``NUMBA_NUM_THREADS`` limits it), one tile per
+task; a layer whose samples fit one tile runs on one thread, since waking the pool
+costs more than such a layer (and far more on a loaded machine).
 
 Memory: two dense buffers of ``batch x N`` activations, tiled neuron-major
 (``(tiles, N, T)``, see :mod:`spdnn.engines._cpu_kernels`); samples are processed in
@@ -78,25 +91,40 @@ class _Block:
     values: object
     smallest: float
     largest: float
+    #: representative row -> rows merged into it (identical activations), int64 arrays
+    members: dict = None
+
+    def __post_init__(self):
+        if self.members is None:
+            self.members = {}
+
+    def all_rows(self) -> np.ndarray:
+        """Every sample held (representatives and their members), unsorted."""
+        return np.concatenate([self.rows, *self.members.values()]) if self.members else self.rows
+
+    def weights(self) -> np.ndarray:
+        """Samples each representative stands for (1 + its members), aligned with rows."""
+        w = np.ones(len(self.rows), dtype=np.int64)
+        if self.members:
+            position = {int(r): c for c, r in enumerate(self.rows)}
+            for rep, extra in self.members.items():
+                w[position[rep]] += len(extra)
+        return w
 
 
 @dataclass
-class _GatherLayer:
-    """One layer in gather form (see :mod:`spdnn.engines._cpu_kernels`)."""
+class _LayerForm:
+    """One layer as the kernel reads it (see :mod:`spdnn.engines._cpu_kernels`)."""
 
-    indptr: np.ndarray          # (N+1,) int64 column pointers, or (1,) when ELLPACK
-    indices: np.ndarray         # (nnz,) int32 input neurons, ascending per column
+    indptr: np.ndarray          # (N+1,) int64 row pointers, or (1,) when ELLPACK
+    indices: np.ndarray         # (nnz,) int32 output neurons, ascending per input row
     values: np.ndarray          # (nnz,) dtype, or (1,) when the layer has one value
-    ell_width: int              # nonzeros per column (ELLPACK) or -1 (CSC)
+    row_width: int              # nonzeros per row (ELLPACK) or -1 (CSR)
     weight: object              # the one value (dtype scalar), or 0
     mode: int                   # MODE_VALUES, MODE_UNIFORM or MODE_SUM
-    max_count: int              # largest column count
+    max_terms: int              # largest column count: most terms summed into one output
     bias: np.ndarray            # (N,) dtype, contiguous
     uniform_bias: bool
-
-    @property
-    def nbytes(self) -> int:
-        return self.indptr.nbytes + self.indices.nbytes + self.values.nbytes + self.bias.nbytes
 
 
 def _is_power_of_two(value: float) -> bool:
@@ -104,17 +132,19 @@ def _is_power_of_two(value: float) -> bool:
     return abs(mantissa) == 0.5
 
 
-def _gather_layer(w: sp.csr_matrix, bias: np.ndarray, dtype) -> _GatherLayer:
-    """Convert layer ``w`` (CSR, rows = inputs) and its bias row into gather form."""
+def _layer_form(w: sp.csr_matrix, bias: np.ndarray, dtype) -> _LayerForm:
+    """Convert layer ``w`` (CSR, rows = inputs) and its bias row for the kernel."""
     k = _kernels()
     n = w.shape[0]
-    csc = w.tocsc()
-    csc.sort_indices()
-    counts = np.diff(csc.indptr)
-    data = csc.data.astype(dtype)
-    indices = csc.indices.astype(np.int32)
+    csr = sp.csr_matrix(w)
+    if not csr.has_sorted_indices:
+        csr = csr.copy()
+        csr.sort_indices()
+    counts = np.diff(csr.indptr)
+    data = csr.data.astype(dtype)
+    indices = csr.indices.astype(np.int32)
     ell = counts.size > 0 and bool(np.all(counts == counts[0]))
-    max_count = int(counts.max()) if counts.size else 0
+    max_terms = int(np.bincount(indices, minlength=n).max()) if indices.size else 0
     uniform = data.size > 0 and bool(np.all(data == data[0]))
     weight = dtype(data[0]) if uniform else dtype(0)
     if not uniform:
@@ -127,14 +157,14 @@ def _gather_layer(w: sp.csr_matrix, bias: np.ndarray, dtype) -> _GatherLayer:
     if b.shape != (n,):
         raise OptionError(f"bias row: shape {b.shape}, expected ({n},)")
     uniform_bias = bool(np.all(b == b[0])) if n else True
-    return _GatherLayer(
-        indptr=np.zeros(1, np.int64) if ell else csc.indptr.astype(np.int64),
+    return _LayerForm(
+        indptr=np.zeros(1, np.int64) if ell else csr.indptr.astype(np.int64),
         indices=indices,
         values=np.zeros(1, dtype) if uniform else data,
-        ell_width=int(counts[0]) if ell else -1,
+        row_width=int(counts[0]) if ell else -1,
         weight=weight,
         mode=mode,
-        max_count=max_count,
+        max_terms=max_terms,
         bias=b,
         uniform_bias=uniform_bias,
     )
@@ -150,14 +180,16 @@ def _warm_up(dtype) -> None:
     k = _kernels()
     n = 4
     w = sp.csr_matrix(np.eye(n) * 0.5)
-    layer = _gather_layer(w, np.full(n, -0.1), dtype)
+    layer = _layer_form(w, np.full(n, -0.1), dtype)
     y = np.ones((1, n, 8), dtype)
     out = np.empty_like(y)
-    alive = np.empty(8, np.bool_)
+    row_max = np.empty(8, dtype)
+    row_min = np.empty(8, dtype)
     tile_min = np.empty(1, dtype)
     for mode in (k.MODE_VALUES, k.MODE_UNIFORM, k.MODE_SUM):
-        k.spdnn_cpu_layer(y, out, 2, layer.indptr, layer.indices, np.full(n, 0.5, dtype), layer.ell_width,
-                          layer.weight, mode, layer.bias, layer.uniform_bias, dtype(32), alive, tile_min)
+        k.spdnn_cpu_layer(y, out, 2, layer.indptr, layer.indices, np.full(n, 0.5, dtype), layer.row_width,
+                          layer.weight, mode, layer.bias, layer.uniform_bias, dtype(32), row_max, row_min,
+                          tile_min)
     k.spdnn_cpu_compact(out, y, np.arange(1, dtype=np.int64))
     f = sp.csr_matrix(np.ones((2, n)))
     k.spdnn_cpu_densify(f.indptr, f.indices, f.data, 0, 2, out)
@@ -177,19 +209,23 @@ class CpuEngine(Engine):
         Most samples held densely at once (default: 1 GiB of activations).
     tile : int, optional
         Samples per tile of the kernel, T (default: ``N*T`` values in 256 KiB, 8..64).
+    merge_identical : bool
+        Merge samples whose rows become the same constant vector (exact; see the module
+        docstring). False computes every sample separately.
     """
 
     name = "cpu"
 
     def __init__(self, *, precision: str = "fp32", progress: bool = False, batch_samples: int | None = None,
-                 tile: int | None = None):
+                 tile: int | None = None, merge_identical: bool = True):
         super().__init__(precision=precision, progress=progress)
+        self.merge_identical = bool(merge_identical)
         for label, value in (("batch_samples", batch_samples), ("tile", tile)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
                 raise OptionError(f"{label}={value!r}: expected a positive integer")
         self.batch_samples = None if batch_samples is None else int(batch_samples)
         self.tile = None if tile is None else int(tile)
-        self._layers: list[_GatherLayer] | None = None
+        self._layers: list[_LayerForm] | None = None
         self._blocks: list[_Block] = []
         self._spare: np.ndarray | None = None
 
@@ -201,7 +237,7 @@ class CpuEngine(Engine):
     # -- preprocessing -------------------------------------------------------------------
 
     def prepare(self, network: Network) -> None:
-        """Convert every layer into gather form and compile the kernels (not timed as inference).
+        """Convert every layer for the kernel and compile the kernels (not timed as inference).
 
         Lazy networks whose converted layers would exceed 4 GiB are converted layer by
         layer during :meth:`infer` instead (that time then counts as inference).
@@ -215,13 +251,14 @@ class CpuEngine(Engine):
         if not isinstance(network.layers, LazyLayers) or network.edges * per_edge <= _LAYER_CACHE_BYTES:
             self._layers = [self._convert(k) for k in range(network.depth)]
         _warm_up(self.dtype)
+        self.features = None
         self._blocks = []
 
-    def _convert(self, k: int) -> _GatherLayer:
+    def _convert(self, k: int) -> _LayerForm:
         net = self.network
-        return _gather_layer(net.layers[k], net.bias[k], self.dtype)
+        return _layer_form(net.layers[k], net.bias[k], self.dtype)
 
-    def _layer(self, k: int) -> _GatherLayer:
+    def _layer(self, k: int) -> _LayerForm:
         return self._layers[k] if self._layers is not None else self._convert(k)
 
     def _batch_rows(self) -> int:
@@ -275,7 +312,7 @@ class CpuEngine(Engine):
 
         return 1 if count <= tile else get_num_threads()
 
-    def _sum_exact(self, layer: _GatherLayer, smallest: float, largest: float) -> bool:
+    def _sum_exact(self, layer: _LayerForm, smallest: float, largest: float) -> bool:
         """Whether sum-then-multiply gives the per-term bits for inputs in [smallest, largest].
 
         Needs every product ``x * w`` exact (normal or zero) and no overflow.
@@ -284,7 +321,7 @@ class CpuEngine(Engine):
             return True
         w = abs(float(layer.weight))
         info = np.finfo(self.dtype)
-        return smallest * w >= info.tiny and layer.max_count * largest * max(1.0, w) < info.max / 2
+        return smallest * w >= info.tiny and layer.max_terms * largest * max(1.0, w) < info.max / 2
 
     def infer(self, start: int = 0, stop: int | None = None):
         net = self.network
@@ -296,8 +333,10 @@ class CpuEngine(Engine):
             raise OptionError(f"infer(start={start!r}, stop={stop!r}): expected 0 <= start <= stop <= {net.depth}")
         survivors = np.zeros(stop - start, dtype=np.int64)
         batch = self._batch_rows()
-        work = [(block, r0, min(len(block.rows), r0 + batch))
-                for block in self._blocks for r0 in range(0, len(block.rows), batch)]
+        work = []                        # (block, first row, end row): dense blocks are one batch already
+        for block in self._blocks:
+            step = batch if sp.issparse(block.values) else max(1, len(block.rows))
+            work += [(block, r0, min(len(block.rows), r0 + step)) for r0 in range(0, len(block.rows), step)]
         steps = iter(progress_bar(range(len(work) * (stop - start)), enabled=self.progress,
                                   desc=f"cpu {self.precision} layers"))
         modes = {"values": 0, "uniform": 0, "sum": 0}
@@ -308,13 +347,16 @@ class CpuEngine(Engine):
             else:
                 y, spare = block.values, self._spare
             self._spare = None
-            sub = _Block(block.rows[r0:r1].copy(), y, block.smallest, block.largest)
+            rows = block.rows[r0:r1].copy()
+            members = {rep: block.members[rep] for rep in rows.tolist() if rep in block.members}
+            sub = _Block(rows, y, block.smallest, block.largest, members)
             blocks.append(self._run_batch(sub, spare, start, stop, survivors, steps, modes))
         for _ in steps:
             pass
         self._blocks = blocks
-        categories = np.concatenate([b.rows for b in blocks]) + 1 if blocks else np.zeros(0, np.int64)
-        extra = {"batches": len(work), "threads": _num_threads(), "layer_modes": modes}
+        categories = np.concatenate([b.all_rows() for b in blocks]) + 1 if blocks else np.zeros(0, np.int64)
+        extra = {"batches": len(work), "threads": _num_threads(), "layer_modes": modes,
+                 "merged_samples": int(sum(len(m) for b in blocks for m in b.members.values()))}
         return np.sort(categories), survivors, extra
 
     def _run_batch(self, block: _Block, spare, start, stop, survivors, steps, modes) -> _Block:
@@ -327,6 +369,8 @@ class CpuEngine(Engine):
         y = block.values
         out = spare if spare is not None and spare.shape == y.shape else np.empty_like(y)
         tile = y.shape[2]
+        members = dict(block.members)
+        weights = block.weights()
         for k in range(start, stop):
             next(steps, None)
             if count == 0:
@@ -336,30 +380,73 @@ class CpuEngine(Engine):
             if mode == kern.MODE_SUM and not self._sum_exact(layer, smallest, largest):
                 mode = kern.MODE_UNIFORM
             modes[("values", "uniform", "sum")[mode]] += 1
-            alive = np.empty(count, np.bool_)
+            row_max = np.empty(count, dtype)
+            row_min = np.empty(count, dtype)
             tile_min = np.empty(-(-count // tile), dtype)
             with _threads(self._threads_for(count, tile)):
-                kern.spdnn_cpu_layer(y, out, count, layer.indptr, layer.indices, layer.values, layer.ell_width,
-                                     layer.weight, mode, layer.bias, layer.uniform_bias, ymax, alive, tile_min)
-                if alive.all():
+                kern.spdnn_cpu_layer(y, out, count, layer.indptr, layer.indices, layer.values, layer.row_width,
+                                     layer.weight, mode, layer.bias, layer.uniform_bias, ymax, row_max, row_min,
+                                     tile_min)
+                keep = row_max > 0
+                if self.merge_identical:
+                    self._merge(keep, row_max, row_min, rows, weights, members)
+                if keep.all():
                     y, out = out, y
                 else:
-                    keep = np.flatnonzero(alive)
+                    keep = np.flatnonzero(keep)
                     kern.spdnn_cpu_compact(out, y, keep)     # survivors back into y, in order
-                    rows = rows[keep]
+                    dead = rows[row_max <= 0]
+                    for rep in dead.tolist():
+                        members.pop(rep, None)               # a dead representative's members die with it
+                    rows, weights = rows[keep], weights[keep]
                     count = len(keep)
             smallest, largest = float(tile_min.min()), float(ymax)
-            survivors[k - start] += count
-        return _Block(rows, y, smallest, largest)
+            survivors[k - start] += int(weights.sum())
+        return _Block(rows, y, smallest, largest, members)
+
+    @staticmethod
+    def _merge(keep, row_max, row_min, rows, weights, members) -> None:
+        """Fold alive samples with the same constant row into the first of them.
+
+        Updates ``keep`` (merged samples become False), ``weights`` and ``members`` in place.
+        """
+        constant = np.flatnonzero(keep & (row_min == row_max))
+        if constant.size < 2:
+            return
+        values, first, group = np.unique(row_max[constant], return_index=True, return_inverse=True)
+        if values.size == constant.size:
+            return
+        joined: dict[int, list] = {}
+        for c, g in zip(constant.tolist(), group.tolist()):
+            rep = int(constant[first[g]])               # the group's first (lowest) position
+            if c == rep:
+                continue
+            keep[c] = False
+            weights[rep] += weights[c]
+            parts = joined.setdefault(int(rows[rep]), [members.pop(int(rows[rep]), np.zeros(0, np.int64))])
+            parts += [rows[c:c + 1], members.pop(int(rows[c]), np.zeros(0, np.int64))]
+        for rep_row, parts in joined.items():
+            members[rep_row] = np.concatenate(parts)
 
     def activations(self):
         n = self.network.neurons if self.network is not None else 0
         if not self._blocks:
             return np.zeros(0, np.int64), sp.csr_matrix((0, n))
-        rows = np.concatenate([b.rows for b in self._blocks])
-        parts = [b.values if sp.issparse(b.values)
-                 else sp.csr_matrix(_kernels().spdnn_cpu_undensify(b.values, len(b.rows)).astype(np.float64))
-                 for b in self._blocks]
+        all_rows, parts = [], []
+        for b in self._blocks:
+            if sp.issparse(b.values):
+                values = b.values
+            else:
+                values = sp.csr_matrix(_kernels().spdnn_cpu_undensify(b.values, len(b.rows)).astype(np.float64))
+            all_rows.append(b.rows)
+            parts.append(values)
+            if b.members:
+                # merged samples share their representative's row
+                position = {int(r): c for c, r in enumerate(b.rows)}
+                for rep, extra in b.members.items():
+                    all_rows.append(extra)
+                    parts.append(values[np.full(len(extra), position[rep])])
+        rows = np.concatenate(all_rows)
         values = sp.vstack(parts, format="csr").astype(np.float64)
         values.eliminate_zeros()
         keep = np.diff(values.indptr) > 0       # rows loaded but never run may be empty
