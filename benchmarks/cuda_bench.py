@@ -123,7 +123,7 @@ def time_engine(eng, net, feats, reps: int) -> tuple[float, object, list[float],
     res = eng.run(net, feats)                   # warm-up: compile, graph, first pass
     prep = time.perf_counter() - t - res.inference_seconds
     times = [res.inference_seconds]
-    if res.extra.get("batches", 1) > 1 or not hasattr(eng, "infer"):
+    if res.extra.get("batches", 1) > 1 or getattr(eng, "batch_samples", None):
         for _ in range(reps - 1):
             times.append(eng.run(net, feats).inference_seconds)
     else:
@@ -246,8 +246,17 @@ def main(argv=None) -> int:
                     from spdnn.engines.cuda.layout import KernelConfig, choose_config
                     if v == "nograph":
                         opts = {"use_graph": False}
+                    elif v.startswith("t") and "mb" in v:          # e.g. t128mb4: threads and tile
+                        t_, m_ = v[1:].split("mb")
+                        opts = {"config": choose_config(n, 4, virtual=n // 16, mb=int(m_), threads=int(t_))}
+                    elif v in ("warp", "block"):                    # kernel for deduplicated layers
+                        opts = {"kernel": v}
+                    elif v == "stream":
+                        opts = {"stream_weights": True}
                     elif v == "nodedupe":
                         opts = {"dedupe": False}
+                        if n >= 65536:
+                            reps = 2
                     elif v in ("array", "full"):
                         opts = {"values": v}
                     elif v in ("mb1", "mb2", "mb4", "mb8"):
@@ -259,7 +268,7 @@ def main(argv=None) -> int:
                             continue
                         opts = {"config": KernelConfig(threads=256, opt=1, mb=8, chunk=n)}
                     elif v == "cusparse":
-                        name, reps = "cusparse", max(2, args.reps // 2)
+                        name, reps = "cusparse", (1 if n >= 65536 else max(2, args.reps // 2))
                         if n >= 16384:
                             opts = {"batch_samples": 15000 if n == 16384 else 4000}
                     elif v != "default":

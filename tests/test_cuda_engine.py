@@ -187,14 +187,38 @@ def network_with_duplicate_columns(rng, n, depth, distinct, *, values="normal"):
     return Network.from_layers(layers, rng.uniform(-0.2, 0.3, size=(depth, n)))
 
 
-@pytest.mark.parametrize("n, distinct", [(1000, 70), (3000, 400)])
-@pytest.mark.parametrize("values", ["normal", 0.0625])
-def test_deduplicated_columns_fp64_exact(rng, n, distinct, values):
+@pytest.mark.parametrize("n, distinct", [(1000, 70), (3000, 400), (1001, 33)])
+@pytest.mark.parametrize("values", ["normal", 0.0625, 0.3])
+@pytest.mark.parametrize("kernel", ["auto", "block", "warp"])
+def test_deduplicated_columns_fp64_exact(rng, n, distinct, values, kernel):
     net = network_with_duplicate_columns(rng, n, 5, distinct, values=values)
     feats = random_features(rng, 100, n)
-    eng = get_engine("cuda", precision="fp64", poison=POISON)
+    eng = get_engine("cuda", precision="fp64", poison=POISON, kernel=kernel)
     res = check_same(eng, net, feats)
     assert res.extra["dedupe"] is True and res.extra["distinct_columns"] <= distinct
+    warps = res.extra["config"]["warps"]
+    assert (warps > 0) is (kernel == "warp")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp64"])
+@pytest.mark.parametrize("kernel", ["block", "warp"])
+def test_official_subset_both_dedupe_kernels(official, precision, kernel):
+    net, feats, truth = official
+    res = get_engine("cuda", precision=precision, poison=POISON, kernel=kernel).run(net, feats)
+    np.testing.assert_array_equal(res.categories, truth)
+    assert (res.extra["config"]["warps"] > 0) is (kernel == "warp")
+
+
+def test_warp_kernel_many_samples_positive_bias(rng):
+    """More samples than one wave of warps (the grid-stride loop), positive bias (dense rows)."""
+    n = 512
+    net = network_with_duplicate_columns(rng, n, 6, 40)
+    net = Network.from_layers(list(net.layers), rng.uniform(0.0, 0.1, size=(6, n)))
+    feats = random_features(rng, 30000, n, density=0.05)
+    for precision in ("fp32", "fp64"):
+        eng = get_engine("cuda", precision=precision, poison=POISON, kernel="warp")
+        res = check_same(eng, net, feats, precision)
+        assert res.extra["config"]["warps"] > 0
 
 
 def test_deduplicated_chunked_small_tiles_fp64_exact(rng):

@@ -201,7 +201,9 @@ def test_unique_columns_finds_the_copies(rng):
 
 
 @pytest.mark.parametrize("config", [KernelConfig(threads=32, opt=1, mb=4, chunk=1000, dedupe=True),
-                                    KernelConfig(threads=64, opt=1, mb=2, chunk=30, dedupe=True)], ids=str)
+                                    KernelConfig(threads=64, opt=1, mb=2, chunk=30, dedupe=True),
+                                    KernelConfig(threads=32, opt=1, mb=1, chunk=96, dedupe=True, warps=8)],
+                         ids=str)
 @pytest.mark.parametrize("values", ["normal", 0.0625])
 def test_emulation_with_deduplication_equals_reference(rng, config, values):
     n = 96
@@ -226,3 +228,50 @@ def test_radixnet_has_n_over_16_distinct_columns():
     assert cfg.dedupe and cfg.slices(1024) == 1 and cfg.smem_bytes(4) <= 227 * 1024
     cfg = choose_config(65536, 4, virtual=4096)
     assert cfg.dedupe and cfg.opt * cfg.threads >= 4096 and cfg.smem_bytes(4) <= 227 * 1024
+
+
+def test_choose_config_warp_kernel_on_request():
+    cfg = choose_config(1024, 4, virtual=64, kernel="warp")
+    assert cfg.warps > 0 and cfg.threads == 32 and cfg.mb == 1 and cfg.chunk == 1024 and cfg.opt == 2
+    assert cfg.smem_bytes(4) == cfg.warps * (4112 + 64 * 4)      # per warp: row + zero slot, sums
+    assert cfg.block_threads() == 32 * cfg.warps and cfg.samples_per_block() == cfg.warps
+    assert cfg.slices(1024) == 1 and cfg.nchunks(1024) == 1
+    for kernel in ("auto", "block"):
+        cfg = choose_config(1024, 4, virtual=64, kernel=kernel)
+        assert cfg.warps == 0 and cfg.block_threads() == cfg.threads and cfg.samples_per_block() == cfg.mb
+    assert choose_config(4096, 4, virtual=256, kernel="warp").warps > 0   # 8 x 17 KB
+    with pytest.raises(OptionError, match="do not fit"):
+        choose_config(4096, 8, virtual=256, kernel="warp")       # 8 x 34 KB
+    with pytest.raises(OptionError, match="do not fit"):
+        choose_config(16384, 8, virtual=1024, kernel="warp")     # 8 warps x 130 KB
+    with pytest.raises(OptionError, match="virtual"):
+        choose_config(1024, 4, kernel="warp")
+    with pytest.raises(OptionError, match="kernel"):
+        choose_config(1024, 4, virtual=64, kernel="fast")
+    with pytest.raises(OptionError, match="warp kernel"):
+        KernelConfig(threads=64, opt=1, mb=1, chunk=64, dedupe=True, warps=4)
+    with pytest.raises(OptionError, match="warp kernel"):
+        KernelConfig(threads=32, opt=1, mb=1, chunk=64, dedupe=False, warps=4)
+
+
+def test_warp_packing_is_one_warp_slice_per_column_group(rng):
+    """The warp kernel reads meta[t] = (offset, width) for distinct columns t*32 + lane."""
+    n = 200
+    net = network_with_duplicate_columns(rng, n, 1, 45)
+    cfg = choose_config(n, 4, virtual=45, kernel="warp")
+    layer = pack_layer(net.layers[0], cfg, n)
+    assert layer.meta.shape == (cfg.opt, 2) and cfg.opt == 2
+    w = sp.csc_matrix(net.layers[0])
+    reps = np.unique(layer.out_map)
+    assert reps.size == layer.virtual == 45
+    for t in range(cfg.opt):
+        offset, width = layer.meta[t]
+        for lane in range(32):
+            v = t * 32 + lane
+            got = layer.idx[offset + lane: offset + 32 * width: 32]
+            if v >= layer.virtual:
+                assert (got == cfg.chunk).all()                   # padding only
+                continue
+            col = np.flatnonzero(layer.out_map == v)[0]
+            rows = np.sort(w[:, col].indices)
+            np.testing.assert_array_equal(got[got != cfg.chunk], rows)   # ascending inputs

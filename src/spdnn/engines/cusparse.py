@@ -126,10 +126,22 @@ class CusparseEngine(Engine):
             y = cp.asnumpy(self._yt.T)
         return self._ids.copy(), sp.csr_matrix(y.astype(np.float64))
 
+    #: Device bytes a sample's column may need at once, in activations: Y^T, Z, the
+    #: where() temporaries (two) and the pruned copy.
+    _ACTIVATIONS_PER_SAMPLE = 6
+
+    def _fitting_batch(self, neurons: int) -> int:
+        """Samples whose dense columns and temporaries fit 80% of the free device memory."""
+        cp = _cupy()
+        with self._dev():
+            free, _total = cp.cuda.runtime.memGetInfo()
+            free += cp.get_default_memory_pool().free_bytes()
+        per = self._ACTIVATIONS_PER_SAMPLE * neurons * np.dtype(self.dtype).itemsize
+        return max(1, int(0.8 * free) // per)
+
     def run(self, network: Network, features):
-        """Like :meth:`Engine.run`, in batches of ``batch_samples`` when given."""
-        if self.batch_samples is None:
-            return super().run(network, features)
+        """Like :meth:`Engine.run`, in batches of ``batch_samples`` (default: as many samples
+        as fit the free device memory)."""
         import time
 
         from ..network import as_features
@@ -137,11 +149,12 @@ class CusparseEngine(Engine):
         t0 = time.perf_counter()
         self.prepare(network)
         feats = as_features(features, network.neurons)
+        batch = self.batch_samples or self._fitting_batch(network.neurons)
         pre, inf = time.perf_counter() - t0, 0.0
         cats, survivors = [], np.zeros(network.depth, dtype=np.int64)
-        for b0 in range(0, feats.shape[0], self.batch_samples):
+        for b0 in range(0, max(feats.shape[0], 1), batch):
             t1 = time.perf_counter()
-            self.load(feats[b0:b0 + self.batch_samples])
+            self.load(feats[b0:b0 + batch])
             t2 = time.perf_counter()
             c, s, extra = self.infer()
             inf += time.perf_counter() - t2
@@ -150,4 +163,5 @@ class CusparseEngine(Engine):
             survivors += s
         self.features = feats
         categories = np.sort(np.concatenate(cats)) if cats else np.zeros(0, dtype=np.int64)
-        return self._result(categories, survivors, {}, inference=inf, preprocess=pre)
+        return self._result(categories, survivors, {**extra, "batch_samples": int(batch), "batches": len(cats)},
+                            inference=inf, preprocess=pre)

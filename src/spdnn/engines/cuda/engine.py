@@ -8,6 +8,10 @@ Design (details in ``kernels/layer.cu`` and :mod:`.layout`):
   memory, register tile over samples, fused bias/ReLU/cap). When a block owns whole
   samples it also drops the dead ones (an atomic counter hands out output rows); when
   the outputs are sliced over blocks a second kernel compacts the survivors;
+* identical weight columns (RadiX-Net layers have N/16 distinct ones) are summed once
+  and expanded to the outputs in the epilogue (``dedupe``; exact, same terms and order);
+  a per-sample *warp kernel* (``kernel='warp'``: no block barrier, one warp a sample)
+  is the measured alternative for small rows;
 * the survivor count of every layer stays on the device (``counts[k]``); kernels read
   their own work size from it, so the whole layer loop is captured once in a CUDA
   graph and replayed with one launch; the counts are read back once at the end;
@@ -35,7 +39,7 @@ from ...config import cupy_status, env_flag
 from ...errors import DeviceMemoryError, EngineUnavailableError, OptionError, SpdnnError
 from ...network import Network, as_features
 from ..base import Engine
-from .layout import (VALUE_ARRAY, VALUE_SUM_THEN_SCALE, KernelConfig, choose_config, entry_values,
+from .layout import (VALUE_ARRAY, KernelConfig, choose_config, entry_values,
                      narrowest_exact_dtype, pack_layer, unique_columns, value_plan)
 
 __all__ = ["CudaEngine"]
@@ -126,6 +130,9 @@ class CudaEngine(Engine):
     poison : float, optional
         Fill the activation buffers with this value at every :meth:`load` (tests: a
         kernel that reads a row nothing wrote then gives wrong categories).
+    kernel : {'auto', 'block', 'warp'}
+        Kernel for deduplicated layers: 'warp' (one warp per sample) or 'block' (register
+        tile of samples per block; also 'auto', the faster on an H100).
     """
 
     name = "cuda"
@@ -133,7 +140,7 @@ class CudaEngine(Engine):
     def __init__(self, *, precision: str = "fp32", progress: bool = False, device: int | None = None,
                  memory_cap_bytes: int | None = None, batch_samples: int | None = None,
                  stream_weights=None, use_graph: bool = True, config=None, debug: bool | None = None,
-                 poison: float | None = None, values: str = "auto", dedupe="auto"):
+                 poison: float | None = None, values: str = "auto", dedupe="auto", kernel: str = "auto"):
         super().__init__(precision=precision, progress=progress)
         if stream_weights not in (None, "auto", True, False):
             raise OptionError(f"stream_weights={stream_weights!r}: expected None, 'auto', True or False")
@@ -159,6 +166,11 @@ class CudaEngine(Engine):
         if dedupe not in ("auto", True, False):
             raise OptionError(f"dedupe={dedupe!r}: expected 'auto', True or False")
         self.dedupe = dedupe
+        if kernel not in ("auto", "block", "warp"):
+            raise OptionError(f"kernel={kernel!r}: expected 'auto', 'block' or 'warp'")
+        if kernel == "warp" and dedupe is False:
+            raise OptionError("kernel='warp' needs dedupe='auto' or True")
+        self.kernel = kernel
         self._capacity = 0
         self._graphs: dict = {}
 
@@ -192,12 +204,14 @@ class CudaEngine(Engine):
         cfg = self.forced_config
         if cfg is None and columns is not None:
             try:
-                cfg = choose_config(n, itemsize, virtual=max(r.size for r, _ in columns))
+                cfg = choose_config(n, itemsize, virtual=max(r.size for r, _ in columns), kernel=self.kernel)
             except OptionError:
-                if self.dedupe is True:
+                if self.dedupe is True or self.kernel == "warp":
                     raise
                 columns = None
         if cfg is None:
+            if self.kernel == "warp":
+                raise OptionError("kernel='warp': the layers have too many distinct columns to deduplicate")
             cfg = choose_config(n, itemsize)
         if cfg.dedupe and columns is None:
             columns = [None] * network.depth          # computed by pack_layer
@@ -330,7 +344,10 @@ class CudaEngine(Engine):
         v = t if self.plan.mode != VALUE_ARRAY else _CTYPES[np.dtype(self.plan.value_dtype)]
         fused = "true" if self._fused else "false"
         dedupe = "true" if cfg.dedupe else "false"
-        layer = f"spdnn_layer<{t}, {v}, {self.plan.mode}, {cfg.threads}, {cfg.mb}, {cfg.opt}, {fused}, {dedupe}>"
+        if cfg.warps:
+            layer = f"spdnn_layer_warp<{t}, {v}, {self.plan.mode}, {cfg.warps}>"
+        else:
+            layer = f"spdnn_layer<{t}, {v}, {self.plan.mode}, {cfg.threads}, {cfg.mb}, {cfg.opt}, {fused}, {dedupe}>"
         compact, densify = f"spdnn_compact<{t}>", f"spdnn_densify<{t}>"
         names = (layer, compact, densify, "spdnn_copy_count")
         dev_id = self._device.id
@@ -342,7 +359,7 @@ class CudaEngine(Engine):
         if self._smem > 48 * 1024:
             self._k_layer.max_dynamic_shared_size_bytes = self._smem
         self._sms = self._device.attributes["MultiProcessorCount"]
-        self._layer_blocks_per_sm = _blocks_per_sm(self._k_layer, cfg.threads, self._smem, self._device)
+        self._layer_blocks_per_sm = _blocks_per_sm(self._k_layer, cfg.block_threads(), self._smem, self._device)
 
     # ------------------------------------------------------------------ load
     def max_batch(self, features: sp.csr_matrix | None = None) -> int:
@@ -375,7 +392,7 @@ class CudaEngine(Engine):
         live = f[rows] if rows.size != n else f
         m = int(rows.size)
         with self._dev():
-            if m > self._capacity:
+            if m > self._capacity or self._y is None:
                 # free the old buffers before asking
                 self._y = self._ids = self._flags = None
                 self._graphs = {}
@@ -423,7 +440,7 @@ class CudaEngine(Engine):
 
     def _layer_grid(self) -> int:
         cfg = self.config
-        items = -(-self._capacity // cfg.mb) * cfg.slices(self.network.neurons)
+        items = -(-self._capacity // cfg.samples_per_block()) * cfg.slices(self.network.neurons)
         return max(1, min(items, self._sms * self._layer_blocks_per_sm))
 
     def _enqueue_layer(self, k: int, parity: int, eidx, evals) -> int:
@@ -435,6 +452,13 @@ class CudaEngine(Engine):
         counts_in, counts_out = self._counts[k:k + 1], self._counts[k + 1:k + 2]
         vals = evals if evals is not None else self._dummy_vals
         out_map = self._out_map[k * N:(k + 1) * N] if cfg.dedupe else self._out_map
+        if cfg.warps:
+            itemsize = np.dtype(self.dtype).itemsize
+            args = (self._y[src], self._y[dst], self._ids[src], self._ids[dst], counts_in, counts_out,
+                    eidx, vals, meta, bias, out_map, self._scalars[k], self.dtype(self.network.ymax),
+                    np.int32(N), np.int32(cfg.opt), np.int32(cfg.staging_bytes(itemsize) // itemsize))
+            self._launch(self._k_layer, self._layer_grid(), cfg.block_threads(), args, self._smem)
+            return dst
         args = (self._y[src], self._y[dst], self._ids[src], self._ids[dst], counts_in, counts_out,
                 self._flags, eidx, vals, meta, bias, out_map, self._scalars[k], self.dtype(self.network.ymax),
                 np.int32(N), np.int32(cfg.chunk), np.int32(cfg.nchunks(N)), np.int32(cfg.slices(N)))
@@ -459,7 +483,7 @@ class CudaEngine(Engine):
         cp = _cupy()
         stream = cp.cuda.get_current_stream()
         counts = self._counts
-        if stop > start + 0:
+        if stop > start:
             cp.cuda.runtime.memsetAsync(counts[start + 1:].data.ptr, 0, (counts.size - start - 1) * 4, stream.ptr)
         self._launch(self._k_copy, 1, 32, (self._count_cur, counts[start:start + 1]))
         for k in range(start, stop):
@@ -553,7 +577,7 @@ class CudaEngine(Engine):
         extra = {
             "device": self._device_name(),
             "config": {"threads": self.config.threads, "opt": self.config.opt, "mb": self.config.mb,
-                       "dedupe": self.config.dedupe,
+                       "dedupe": self.config.dedupe, "warps": self.config.warps,
                        "chunk": self.config.chunk, "slices": self.config.slices(net.neurons),
                        "nchunks": self.config.nchunks(net.neurons)},
             "value_mode": ["sum_then_scale", "scalar", "array"][self.plan.mode],

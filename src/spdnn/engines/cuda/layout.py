@@ -20,6 +20,10 @@ chunk are read from a warp-sliced ELLPACK:
 
 ``meta[sid] = (offset, width)`` for warp slice ``sid = ((slice*nchunks + c)*opt + t)*nwarps
 + warp``. Everything here is 0-based.
+
+The per-sample warp kernel (``KernelConfig.warps > 0``, deduplicated layers with small
+rows) uses the packing of a one-warp block: ``threads = 32``, one chunk of N, so
+``meta[t]`` holds the entries of distinct columns ``t*32 + lane``.
 """
 from __future__ import annotations
 
@@ -63,6 +67,11 @@ class KernelConfig:
         shared memory and expand them to the N outputs in the epilogue through a map.
         Identical columns give identical sums (same entries, same order), so this is
         exact; RadiX-Net layers have N/16 distinct columns.
+    warps : int
+        0: the block kernel (``spdnn_layer``). W > 0: the per-sample warp kernel
+        (``spdnn_layer_warp``): every warp owns one sample at a time (whole row staged in
+        its own shared memory, no block barrier), W warps a block. The packing is then
+        that of one warp (``threads == 32``, ``mb == 1``, one chunk of N, deduplicated).
     """
 
     threads: int
@@ -70,6 +79,7 @@ class KernelConfig:
     mb: int
     chunk: int
     dedupe: bool = False
+    warps: int = 0
 
     def __post_init__(self):
         if not (32 <= self.threads <= 1024 and self.threads % 32 == 0):
@@ -80,6 +90,9 @@ class KernelConfig:
             raise OptionError(f"mb={self.mb}: expected 1, 2, 4, 8 or 16")
         if not 1 <= self.chunk <= _MAX_CHUNK:
             raise OptionError(f"chunk={self.chunk}: expected 1..{_MAX_CHUNK} (16-bit buffer indices)")
+        if self.warps and not (1 <= self.warps <= 32 and self.threads == 32 and self.mb == 1 and self.dedupe):
+            raise OptionError(f"warps={self.warps}: the warp kernel needs 1..32 warps, threads=32, mb=1 "
+                              "and dedupe=True")
 
     @property
     def nwarps(self) -> int:
@@ -105,14 +118,27 @@ class KernelConfig:
         return -(-(self.chunk + 1) * self.mb * itemsize // 16) * 16
 
     def smem_bytes(self, itemsize: int) -> int:
-        """Dynamic shared memory of one block: input buffer (+ the virtual sums when deduplicating)."""
+        """Dynamic shared memory of one block: input buffer (+ the virtual sums when deduplicating),
+        once per warp for the warp kernel."""
         sums = self.outputs_per_block * self.mb * itemsize if self.dedupe else 0
-        return self.staging_bytes(itemsize) + sums
+        return (self.staging_bytes(itemsize) + sums) * max(self.warps, 1)
+
+    def block_threads(self) -> int:
+        """Threads a block of the kernel is launched with."""
+        return 32 * self.warps if self.warps else self.threads
+
+    def samples_per_block(self) -> int:
+        """Samples one work item of a block covers (a tile, or one per warp)."""
+        return self.warps if self.warps else self.mb
+
+
+#: Warps per block of the warp kernel.
+WARP_KERNEL_WARPS = 8
 
 
 def choose_config(neurons: int, itemsize: int, *, smem_limit: int = 227 * 1024,
                   max_accumulators: int = 64, threads: int | None = None, mb: int | None = None,
-                  opt: int | None = None, virtual: int | None = None) -> KernelConfig:
+                  opt: int | None = None, virtual: int | None = None, kernel: str = "auto") -> KernelConfig:
     """A blocking for N neurons and activations of ``itemsize`` bytes (4 or 8).
 
     Rules: 256 threads up to N = 2048, else 512 (the kernel's launch bound then leaves
@@ -135,14 +161,30 @@ def choose_config(neurons: int, itemsize: int, *, smem_limit: int = 227 * 1024,
     virtual : int, optional
         Deduplicate (see :class:`KernelConfig`): the most distinct columns of a layer.
         Each thread then owns ``ceil(virtual / threads)`` of them (at most 32), the block
-        owns whole samples, and the tile takes the most samples (8, 4, 2, 1) that keep
+        owns whole samples, and the tile takes the most samples (4, 2, 1) that keep
         the rows in at most 4 chunks beside the sums.
+    kernel : {'auto', 'block', 'warp'}
+        With ``virtual``: 'warp' the per-sample warp kernel, 'block' or 'auto' the block
+        kernel. The warp kernel is exact and tested but slower on an H100 at 1024x120
+        (3.69 ms against 3.39 ms, benchmarks/RESULTS.md), so 'auto' does not pick it.
     """
     n = int(neurons)
     if n < 1:
         raise OptionError(f"neurons={neurons}: expected >= 1")
+    if kernel not in ("auto", "block", "warp"):
+        raise OptionError(f"kernel={kernel!r}: expected 'auto', 'block' or 'warp'")
+    if kernel == "warp" and virtual is None:
+        raise OptionError("kernel='warp' needs deduplicated layers (virtual=)")
     if virtual is not None:
-        return _choose_dedupe(n, itemsize, int(virtual), smem_limit, max_accumulators, threads, mb)
+        virtual = int(virtual)
+        warp = KernelConfig(threads=32, opt=max(1, -(-virtual // 32)), mb=1, chunk=min(n, _MAX_CHUNK),
+                            dedupe=True, warps=WARP_KERNEL_WARPS) if n <= _MAX_CHUNK and virtual <= 32 * 256 else None
+        if kernel == "warp":
+            if warp is None or warp.smem_bytes(itemsize) > smem_limit:
+                raise OptionError(f"kernel='warp': N={n}, virtual={virtual} do not fit {smem_limit} bytes of "
+                                  "shared memory a block")
+            return warp
+        return _choose_dedupe(n, itemsize, virtual, smem_limit, max_accumulators, threads, mb)
     if threads is None:
         threads = 256 if n <= 2048 else 512
         threads = min(threads, -(-n // 32) * 32)
@@ -173,7 +215,9 @@ def _choose_dedupe(n, itemsize, virtual, smem_limit, max_accumulators, threads, 
     opt = -(-virtual // threads)
     if opt > 32:
         raise OptionError(f"virtual={virtual}: too many distinct columns to deduplicate with {threads} threads")
-    cands = (mb,) if mb is not None else (8, 4, 2, 1)
+    # At most 4 samples a tile: measured on an H100 (1024x120, 4096x120), 4 beats 8 and 2
+    # (more blocks in flight per SM while the tile's rows are staged and written).
+    cands = (mb,) if mb is not None else (4, 2, 1)
     for cand in cands:
         if cand * opt > max_accumulators and mb is None:
             continue

@@ -262,6 +262,97 @@ __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_i
     }
 }
 
+// Per-sample warp kernel (deduplicated layers whose row fits a warp's shared memory).
+//
+// Each warp owns one alive sample at a time (grid-stride over samples p = warp's global
+// index, step gridDim.x * WARPS) and has its own slice of shared memory: the row's N
+// inputs plus a zero slot (stage_elems values, 16-byte aligned), then the sums of the
+// opt * 32 distinct columns. Lane l sums distinct columns t * 32 + l (t < opt) over the
+// entries of a one-warp packing (meta[t] = (offset, width), lane-interleaved 16-bit
+// indices, ascending: the exactness order). The epilogue writes the N outputs back over
+// the staged row; a ballot says whether the sample lives; lane 0 takes an output row with
+// one atomicAdd and the warp copies the row out. Only __syncwarp: no block barrier.
+namespace spdnn {
+template <typename T> struct Vec16;
+template <> struct Vec16<float> { using type = float4; };
+template <> struct Vec16<double> { using type = double2; };
+
+// dst[0..n) = src[0..n), by the 32 lanes of a warp (16-byte vectors when both allow it).
+template <typename T>
+__device__ __forceinline__ void warp_copy(T* __restrict__ dst, const T* __restrict__ src, int n, bool vec, int lane) {
+    if (vec) {
+        using V = typename Vec16<T>::type;
+        constexpr int E = 16 / sizeof(T);
+        const V* s = reinterpret_cast<const V*>(src);
+        V* d = reinterpret_cast<V*>(dst);
+#pragma unroll 4
+        for (int i = lane; i < n / E; i += 32) d[i] = s[i];
+    } else {
+#pragma unroll 4
+        for (int i = lane; i < n; i += 32) dst[i] = src[i];
+    }
+}
+}  // namespace spdnn
+
+template <typename T, typename V, int VMODE, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) spdnn_layer_warp(const T* __restrict__ y_in, T* __restrict__ y_out,
+                            const int* __restrict__ ids_in, int* __restrict__ ids_out,
+                            const int* __restrict__ count_in, int* __restrict__ count_out,
+                            const unsigned short* __restrict__ eidx, const V* __restrict__ evals,
+                            const int2* __restrict__ meta, const T* __restrict__ bias,
+                            const unsigned short* __restrict__ out_map,
+                            T scalar, T ymax, int n, int opt, int stage_elems) {
+    using A = spdnn::Arith<T>;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    T* buf = reinterpret_cast<T*>(smem_raw) + (size_t)warp * (stage_elems + opt * 32);
+    T* sums = buf + stage_elems;
+    const int count = *count_in;
+    // rows are 16-byte aligned when n * sizeof(T) is a multiple of 16 (buffers are)
+    const bool vec = ((size_t)n * sizeof(T)) % 16 == 0;
+    if (lane == 0) buf[n] = T(0);  // the zero slot padding entries point to
+
+    for (int p = blockIdx.x * WARPS + warp; p < count; p += gridDim.x * WARPS) {
+        __syncwarp();  // the previous sample's copy-out has read buf
+        spdnn::warp_copy(buf, y_in + (size_t)p * n, n, vec, lane);
+        __syncwarp();
+        for (int t = 0; t < opt; ++t) {
+            const int2 m = meta[t];
+            const unsigned short* ip = eidx + m.x + lane;
+            const V* vp = evals + m.x + lane;
+            T acc = T(0);
+#pragma unroll 8
+            for (int k = 0; k < m.y; ++k) {
+                const T x = buf[ip[32 * k]];
+                if (VMODE == 0) {
+                    acc = A::add(acc, x);
+                } else {
+                    const T w = (VMODE == 1) ? scalar : spdnn::convert<T, V>(vp[32 * k]);
+                    acc = A::madd(acc, w, x);
+                }
+            }
+            sums[t * 32 + lane] = acc;
+        }
+        __syncwarp();  // sums complete; every lane is done reading the inputs
+        bool live = false;
+#pragma unroll 4
+        for (int j = lane; j < n; j += 32) {
+            const T z = spdnn::epilogue<T, VMODE>(sums[out_map[j]], scalar, bias[j], ymax);
+            buf[j] = z;
+            live |= z > T(0);
+        }
+        if (!__any_sync(0xffffffffu, live)) continue;  // warp-uniform: the sample dies
+        int row = 0;
+        if (lane == 0) {
+            row = atomicAdd(count_out, 1);
+            ids_out[row] = ids_in[p];
+        }
+        row = __shfl_sync(0xffffffffu, row, 0);
+        __syncwarp();  // the epilogue's writes to buf are visible to every lane
+        spdnn::warp_copy(y_out + (size_t)row * n, buf, n, vec, lane);
+    }
+}
+
 // Move the flagged rows of src (positions 0..*count_in-1) to the first rows of dst, with
 // their ids; clears the flags. One block per row in a grid-stride loop.
 template <typename T>
