@@ -571,3 +571,14 @@ def test_bench_script_runs_one_and_two_ranks(tmp_path):
         (1, "off"), (1, "on"), (2, "block"), (2, "off"), (2, "on"), (2, "force")}
     assert all(r["same_as_1_rank"] for r in cell["rows"])
     assert "predictions" in cell["model"] and "off" in cell["model"]["check_P2"]
+
+
+def test_auto_balance_is_on_for_host_engines_and_off_for_device_engines():
+    from spdnn.distributed.mpi import RELOAD_COST_GUESS, _policy
+
+    assert isinstance(_policy("auto", "cpu"), BalancePolicy)
+    assert isinstance(_policy("auto", "reference"), BalancePolicy)
+    for name in RELOAD_COST_GUESS:
+        assert _policy("auto", name) is None
+        assert isinstance(_policy(True, name), BalancePolicy)     # still available on request
+    assert _policy(False, "cpu") is None

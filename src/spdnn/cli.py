@@ -186,13 +186,15 @@ def _load_official(data, neurons, layers, samples, truth_file, bias, progress):
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True,
               help="Activation and accumulation precision; fp64 equals the reference bit for bit.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-@click.option("--no-balance", is_flag=True, help="Under mpiexec: do not rebalance surviving samples between ranks.")
+@click.option("--balance", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Under mpiexec: rebalance surviving samples between ranks (auto: on for CPU engines, "
+                   "off for GPU engines, where the shuffled split measured balanced and a move costs more).")
 @click.option("--save-categories", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the categories found to this file (one 1-based id a line).")
 @click.option("--explain/--no-explain", default=True, show_default=True,
               help="On FAIL, recompute the differing samples in fp64 (and exactly) and say who was right.")
 @progress_option
-def run(neurons, layers, data, truth_file, samples, seed, bias, engine, precision, as_json, no_balance,
+def run(neurons, layers, data, truth_file, samples, seed, bias, engine, precision, as_json, balance,
         save_categories, explain, progress):
     """Run inference and check the categories against the truth.
 
@@ -220,7 +222,7 @@ def run(neurons, layers, data, truth_file, samples, seed, bias, engine, precisio
     if size > 1:
         from .distributed import run_distributed
 
-        result = run_distributed(network, features, engine=engine, precision=precision, balance=not no_balance,
+        result = run_distributed(network, features, engine=engine, precision=precision, balance={"auto": "auto", "on": True, "off": False}[balance],
                                  progress=progress)
     else:
         result = get_engine(engine, precision=precision, progress=progress).run(network, features)

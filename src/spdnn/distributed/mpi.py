@@ -399,6 +399,8 @@ def bind_resources(name: str, here: World | None = None) -> dict:
 
 
 def _policy(balance, engine_name: str) -> BalancePolicy | None:
+    if balance == "auto":
+        balance = engine_name not in RELOAD_COST_GUESS
     if balance is True:
         return BalancePolicy(reload_cost_layers=RELOAD_COST_GUESS.get(engine_name, 2.0))
     if balance is False or balance is None:
@@ -521,7 +523,7 @@ def _make_engine(engine, network: Network, precision: str, options: dict, here: 
     return eng, name, bound
 
 
-def run_distributed(network: Network, features, *, engine="auto", precision: str = "fp32", balance=True,
+def run_distributed(network: Network, features, *, engine="auto", precision: str = "fp32", balance="auto",
                     segment_layers=None, comm=None, engine_options: dict | None = None,
                     progress: bool | None = None, layout: str = "shuffled",
                     chunk_rows: int = 8) -> InferenceResult:
@@ -543,11 +545,14 @@ def run_distributed(network: Network, features, *, engine="auto", precision: str
         then ignored). cuda engines use GPU ``local_rank % device count``; the cpu engine
         gets ``NUMBA_NUM_THREADS // local ranks`` threads.
     precision : {'fp32', 'fp64'}
-    balance : bool or BalancePolicy
+    balance : 'auto', bool or BalancePolicy
         Rebalance surviving rows between segments when it pays (True: the default
         :class:`~spdnn.distributed.balance.BalancePolicy`, with the first round-trip
         cost guessed from :data:`RELOAD_COST_GUESS`). False runs all layers as one
-        segment unless ``segment_layers`` is given.
+        segment unless ``segment_layers`` is given. 'auto' (default): True for host
+        engines, False for the device engines of :data:`RELOAD_COST_GUESS` (measured on
+        H100s, benchmarks/RESULTS.md: the shuffled split leaves them within 0.4% of
+        balanced, segmenting alone costs 4-24% and a move through the host seconds).
     segment_layers : sequence of int, optional
         Segment boundaries (layer counts in 1..L-1). Default with balancing:
         :func:`~spdnn.distributed.balance.segment_ends` (2, 4, 8, ...), cut short once the
@@ -585,8 +590,8 @@ def run_distributed(network: Network, features, *, engine="auto", precision: str
     """
     here = world() if comm is None else world_of(comm)
     coll = _Collectives(here.comm)
-    if not (balance is True or balance is False or balance is None or isinstance(balance, BalancePolicy)):
-        raise OptionError(f"balance={balance!r}: expected True, False or a BalancePolicy")
+    if not (balance in (True, False, None, "auto") or isinstance(balance, BalancePolicy)):
+        raise OptionError(f"balance={balance!r}: expected 'auto', True, False or a BalancePolicy")
     depth = network.depth
     source = as_source(features, network.neurons)
     ranges = rank_ranges(int(source.samples), here.size, layout=layout, chunk_rows=chunk_rows)[here.rank]
