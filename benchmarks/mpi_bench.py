@@ -299,7 +299,8 @@ def _json_default(obj):
 # ------------------------------------------------------------------------------ model
 
 
-def fit_model(one: dict, two: dict | None, *, layers: int, samples: int, predict=PREDICT_RANKS) -> dict:
+def fit_model(one: dict, two: dict | None, *, layers: int, samples: int, predict=PREDICT_RANKS,
+              unsegmented: dict | None = None, measured: dict | None = None) -> dict:
     """Fit the scaling model of docs/scaling.md and predict P ranks.
 
     Parameters
@@ -311,13 +312,22 @@ def fit_model(one: dict, two: dict | None, *, layers: int, samples: int, predict
         {mode: run dict} of the 2-rank runs: a static one (``off``, else ``block``)
         gives the overhead ``alpha``; every one is checked against the prediction.
     layers, samples : int
+    unsegmented : dict, optional
+        The 1-rank ``off`` run (all layers in one segment). Segmenting has a cost of its
+        own (on an H100, one graph per segment and a host synchronization at each
+        boundary: +4% to +24% at 1 rank), so the segment profile fixes only the ratio of
+        ``a`` to ``c``; both are scaled so that the model reproduces this run's busy time,
+        and ``t1``, ``o1`` come from it.
+    measured : dict, optional
+        {P: {mode: run dict}} of runs at any P to check the predictions against
+        (``checks``: one entry per run).
 
     Returns
     -------
     dict with the parameters (``a``, ``c``, ``o1``, ``alpha``, ``Wd``, ``S``), the
-    check at P = 2 (predicted against measured) and ``predictions``: for each P,
-    seconds, speed-up and efficiency of the static splits (``block``, ``shuffled``) and
-    of perfect rebalancing (``balanced``).
+    check at P = 2 (predicted against measured), ``checks`` at every measured P, and
+    ``predictions``: for each P, seconds, speed-up and efficiency of the static splits
+    (``block``, ``shuffled``) and of perfect rebalancing (``balanced``).
     """
     segs = one["extra"]["segments"]
     busy = np.array([s["busy_seconds"][0] for s in segs], dtype=np.float64)
@@ -337,18 +347,23 @@ def fit_model(one: dict, two: dict | None, *, layers: int, samples: int, predict
                 a, c = a_fit, c_fit
     if a is None:   # fewer than two segments, or a negative coefficient: one term only
         a, c = (total_busy / total_rows, 0.0) if total_rows > 0 else (0.0, total_busy / max(total_layers, 1.0))
+    a_raw = a
     t1 = float(one["inference_seconds"])
     o1 = max(t1 - float(busy.sum()), 0.0)
+    calibrated = False
+    if unsegmented is not None and total_busy > 0:
+        busy_one = float(max(unsegmented["extra"]["rank_busy_seconds"]))
+        a, c = a * busy_one / total_busy, c * busy_one / total_busy
+        t1 = float(unsegmented["inference_seconds"])
+        o1 = max(t1 - busy_one, 0.0)
+        calibrated = True
     total_work = float(rows.sum())
     cats = np.asarray(one["categories"], dtype=np.int64)
     S = int(len(cats))
     Wd = max(total_work - S * layers, 0.0)
 
     def busiest_block(P: int, layout: str) -> int:
-        from spdnn.distributed import owners
-
-        per = np.bincount(owners(samples, P, layout=layout)[cats - 1], minlength=P) if S else np.zeros(P)
-        return int(per.max())
+        return _busiest(samples, P, layout, cats)
 
     def predict_seconds(P: int, alpha: float, kind: str) -> float:
         k = math.ceil(S / P) if kind == "balanced" else busiest_block(P, kind)
@@ -366,6 +381,14 @@ def fit_model(one: dict, two: dict | None, *, layers: int, samples: int, predict
             predicted = predict_seconds(2, alpha, kind)
             check[mode] = {"measured": float(run["inference_seconds"]), "predicted": predicted,
                            "error": predicted / float(run["inference_seconds"]) - 1.0}
+    checks = []
+    for P, runs in sorted((measured or {}).items()):
+        for mode, run in runs.items():
+            if P < 2 or run["extra"]["rebalances"] > 0 or mode not in ("off", "block"):
+                continue            # the model predicts static splits and perfect balance only
+            predicted = predict_seconds(P, alpha, MODES[mode][1])
+            checks.append({"ranks": P, "mode": mode, "measured": float(run["inference_seconds"]),
+                           "predicted": predicted, "error": predicted / float(run["inference_seconds"]) - 1.0})
     predictions = []
     for P in predict:
         row = {"ranks": P}
@@ -376,8 +399,90 @@ def fit_model(one: dict, two: dict | None, *, layers: int, samples: int, predict
         predictions.append(row)
     return {"a_seconds_per_row_layer": a, "c_seconds_per_layer": c, "o1_seconds": o1, "alpha_seconds": alpha,
             "Wd_row_layers": Wd, "S_final_survivors": S, "t1_seconds": t1, "segments_fitted": len(segs),
-            "fit_residual_seconds": float(np.abs(busy - (a * rows + c * nlay)).max()) if len(segs) else 0.0,
-            "check_P2": check, "predictions": predictions}
+            "fit_residual_seconds": (float(np.abs(busy * (a / a_raw if a_raw else 1.0) - (a * rows + c * nlay)).max())
+                                     if len(segs) else 0.0),
+            "calibrated_on_unsegmented_run": calibrated,
+            "check_P2": check, "checks": checks, "predictions": predictions}
+
+
+def fit_static(one: dict, measured: dict, *, layers: int, samples: int, fit_ranks,
+               predict=PREDICT_RANKS) -> dict | None:
+    """The same model fitted on whole static runs at several P instead of one run's segments.
+
+    ``T = a * W(P) + C`` by least squares over the static runs (``off``: shuffled, ``block``)
+    with P in ``fit_ranks``, ``W(P)`` exact from the categories (as in :func:`fit_model`);
+    ``C = c * L + o1`` (alpha is folded in). At one rank every segment of a run has
+    thousands of rows, so the segment fit cannot tell a per-layer cost ``c`` from a
+    per-row cost at a few hundred rows; runs at P = 2 and 4 can.
+
+    Parameters
+    ----------
+    one : dict
+        The 1-rank ``on`` run (its segments give the total work and the categories).
+    measured : dict
+        {P: {mode: run dict}}.
+    fit_ranks : iterable of int
+        Rank counts whose static runs are fitted; the others are only checked.
+
+    Returns
+    -------
+    dict (``a_seconds_per_row_layer``, ``C_seconds``, ``fitted``, ``checks``,
+    ``predictions``) or None with fewer than two distinct work values.
+    """
+    cats = np.asarray(one["categories"], dtype=np.int64)
+    S = int(len(cats))
+    total_work = float(sum(sg["row_layers"][0] for sg in one["extra"]["segments"]))
+    Wd = max(total_work - S * layers, 0.0)
+
+    def work(P: int, kind: str) -> float:
+        k = math.ceil(S / P) if kind == "balanced" else _busiest(samples, P, kind, cats)
+        return Wd / P + k * layers
+
+    points = []
+    for P, runs in sorted(measured.items()):
+        for mode, run in runs.items():
+            if mode in ("off", "block") and run["extra"]["rebalances"] == 0:
+                points.append((P, mode, work(P, MODES[mode][1]), float(run["inference_seconds"])))
+    fit = [(w, t) for P, _, w, t in points if P in set(fit_ranks)]
+    if len({w for w, _ in fit}) < 2:
+        return None
+    w_arr, t_arr = np.array(fit).T
+    a, C = np.polyfit(w_arr, t_arr, 1)
+    t1 = min(t for P, _, _, t in points if P == 1) if any(P == 1 for P, *_ in points) else a * total_work + C
+    checks = [{"ranks": P, "mode": m, "measured": t, "predicted": a * w + C, "error": (a * w + C) / t - 1.0,
+               "fitted": P in set(fit_ranks)} for P, m, w, t in points]
+    predictions = []
+    for P in predict:
+        row = {"ranks": P}
+        for kind in LAYOUT_KINDS:
+            t = a * work(P, kind) + C
+            row[kind] = {"seconds": t, "speedup": t1 / t, "efficiency": t1 / t / P}
+        predictions.append(row)
+    return {"a_seconds_per_row_layer": float(a), "C_seconds": float(C), "fit_ranks": sorted(set(fit_ranks)),
+            "checks": checks, "predictions": predictions}
+
+
+def _busiest(samples: int, P: int, layout: str, cats: np.ndarray) -> int:
+    """Final survivors of the busiest rank under a static split."""
+    from spdnn.distributed import owners
+
+    if not cats.size:
+        return 0
+    return int(np.bincount(owners(samples, P, layout=layout)[cats - 1], minlength=P).max())
+
+
+def print_static(m: dict | None) -> None:
+    if m is None:
+        return
+    print(f"static-run fit on P in {m['fit_ranks']}: T(P) = a*W(P) + C;  a = {m['a_seconds_per_row_layer']:.3e} "
+          f"s/row-layer, C = {m['C_seconds']:.4f} s")
+    for c in m["checks"]:
+        print(f"  P={c['ranks']} {c['mode']:>5}: measured {c['measured']:.4f} s, predicted {c['predicted']:.4f} s "
+              f"({100 * c['error']:+.1f}%){'' if c['fitted'] else '  <- not fitted'}")
+    print(f"  {'P':>4}" + "".join(f" {k + ' s':>11} {'speedup':>7} {'eff':>5}" for k in LAYOUT_KINDS))
+    for p in m["predictions"]:
+        cols = (f" {p[k]['seconds']:>11.4f} {p[k]['speedup']:>7.2f} {p[k]['efficiency']:>5.2f}" for k in LAYOUT_KINDS)
+        print(f"  {p['ranks']:>4}" + "".join(cols))
 
 
 # ----------------------------------------------------------------------------- driver
@@ -516,7 +621,13 @@ def run_cell(args, cell: str, deadline: float) -> dict:
             })
     if 1 in launches and "on" in launches[1]["modes"]:
         record["model"] = fit_model(launches[1]["modes"]["on"], launches.get(2, {}).get("modes"),
-                                    layers=layers, samples=args.samples)
+                                    layers=layers, samples=args.samples,
+                                    unsegmented=launches[1]["modes"].get("off"),
+                                    measured={p: got["modes"] for p, got in launches.items()})
+        runs = {p: got["modes"] for p, got in launches.items()}
+        record["static_fits"] = [fit_static(launches[1]["modes"]["on"], runs, layers=layers, samples=args.samples,
+                                            fit_ranks=[p for p in runs if p <= upto])
+                                 for upto in sorted({2, max(runs)})]
     return record
 
 
@@ -535,6 +646,8 @@ def print_cell(record: dict) -> None:
               f"{truth:>5}")
     if "model" in record:
         print_model(record["model"])
+    for m in record.get("static_fits", []):
+        print_static(m)
 
 
 def print_model(m: dict) -> None:
@@ -542,9 +655,15 @@ def print_model(m: dict) -> None:
           f"c = {m['c_seconds_per_layer']:.3e} s/layer, o1 = {m['o1_seconds']:.4f} s, "
           f"alpha = {m['alpha_seconds']:.4f} s, S = {m['S_final_survivors']}, Wd = {m['Wd_row_layers']:.4g} row-layers "
           f"(fit on {m['segments_fitted']} segments, worst residual {m['fit_residual_seconds']:.2e} s)")
+    if m.get("calibrated_on_unsegmented_run"):
+        print("  (a, c scaled to reproduce the unsegmented 1-rank run)")
     for mode, c in m["check_P2"].items():
         print(f"  check P=2 {mode:>5}: measured {c['measured']:.4f} s, predicted {c['predicted']:.4f} s "
               f"({100 * c['error']:+.1f}%)")
+    for c in m.get("checks", []):
+        if c["ranks"] > 2:
+            print(f"  check P={c['ranks']} {c['mode']:>5}: measured {c['measured']:.4f} s, predicted "
+                  f"{c['predicted']:.4f} s ({100 * c['error']:+.1f}%)")
     print(f"  {'P':>4}" + "".join(f" {k + ' s':>11} {'speedup':>7} {'eff':>5}" for k in LAYOUT_KINDS))
     for p in m["predictions"]:
         cols = (f" {p[k]['seconds']:>11.4f} {p[k]['speedup']:>7.2f} {p[k]['efficiency']:>5.2f}" for k in LAYOUT_KINDS)
@@ -650,7 +769,13 @@ def refit(path: str) -> int:
             continue
         print(record["cell"])
         print_model(fit_model(launches[1]["modes"]["on"], launches.get(2, {}).get("modes"),
-                              layers=record["layers"], samples=record["samples"]))
+                              layers=record["layers"], samples=record["samples"],
+                              unsegmented=launches[1]["modes"].get("off"),
+                              measured={p: got["modes"] for p, got in launches.items()}))
+        runs = {p: got["modes"] for p, got in launches.items()}
+        for upto in sorted({2, max(runs)}):     # fitted on 1-2 ranks (the rest checks it), then on all
+            print_static(fit_static(launches[1]["modes"]["on"], runs, layers=record["layers"],
+                                    samples=record["samples"], fit_ranks=[p for p in runs if p <= upto]))
     return 0
 
 

@@ -582,3 +582,27 @@ def test_auto_balance_is_on_for_host_engines_and_off_for_device_engines():
         assert _policy("auto", name) is None
         assert isinstance(_policy(True, name), BalancePolicy)     # still available on request
     assert _policy(False, "cpu") is None
+
+
+def test_bench_static_fit_recovers_parameters_and_checks_unfitted_runs():
+    bench = _bench_module()
+    a, C, layers, samples = 3e-6, 0.02, 40, 1000
+    spans = [(0, 2, 1800), (2, 4, 900), (4, 8, 700), (8, 16, 800), (16, 40, 2400)]
+    segs = [{"start": s, "stop": e, "row_layers": [rl], "busy_seconds": [0.0]} for s, e, rl in spans]
+    cats = list(range(1, 1001, 10))                      # 100 survivors spread over the samples
+    one = _fake_run(segs, seconds=0.0, categories=cats)
+    np_cats = np.asarray(cats)
+    total = sum(rl for *_, rl in spans)
+    Wd = total - len(cats) * layers
+
+    def static(P, layout):
+        k = bench._busiest(samples, P, layout, np_cats)
+        return _fake_run([], seconds=a * (Wd / P + k * layers) + C, categories=cats)
+
+    measured = {P: {"off": static(P, "shuffled"), "block": static(P, "block")} for P in (1, 2, 4)}
+    m = bench.fit_static(one, measured, layers=layers, samples=samples, fit_ranks=[1, 2])
+    assert m["a_seconds_per_row_layer"] == pytest.approx(a, rel=1e-6)
+    assert m["C_seconds"] == pytest.approx(C, rel=1e-6)
+    unfitted = [c for c in m["checks"] if not c["fitted"]]
+    assert {c["ranks"] for c in unfitted} == {4} and all(abs(c["error"]) < 1e-9 for c in unfitted)
+    assert bench.fit_static(one, {1: measured[1]}, layers=layers, samples=samples, fit_ranks=[1]) is None
