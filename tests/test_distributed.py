@@ -606,3 +606,25 @@ def test_bench_static_fit_recovers_parameters_and_checks_unfitted_runs():
     unfitted = [c for c in m["checks"] if not c["fitted"]]
     assert {c["ranks"] for c in unfitted} == {4} and all(abs(c["error"]) < 1e-9 for c in unfitted)
     assert bench.fit_static(one, {1: measured[1]}, layers=layers, samples=samples, fit_ranks=[1]) is None
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("balance", ["auto", "on", "off"])
+def test_cli_run_under_mpiexec_passes(tmp_path, balance):
+    """`mpiexec -n 2 spdnn run ... --balance B`: rank 0 prints one JSON object, PASS."""
+    mpiexec = _mpiexec()
+    if mpiexec is None:
+        pytest.skip("needs MPI: no mpiexec beside sys.executable or on PATH")
+    engine = "cpu" if "cpu" in _engines() else "reference"
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", SPDNN_CACHE_DIR=str(tmp_path / "cache"))
+    args = ["-m", "spdnn", "run", "--neurons", "64", "--layers", "12", "--samples", "200", "--engine", engine,
+            "--json", "--no-progress"]
+    one = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=MPI_TIMEOUT)
+    assert one.returncode == 0, one.stdout + one.stderr
+    cmd = [mpiexec, "-n", "2", sys.executable, *args, "--balance", balance]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=MPI_TIMEOUT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    single, doc = json.loads(one.stdout), json.loads(proc.stdout)     # exactly one object: rank 0's
+    assert doc["passed"] is True and doc["categories_count"] == single["categories_count"]
+    assert doc["samples"] == 200 and doc["ranks"] == 2 and single["ranks"] == 1
+    assert doc["survivors"] == single["survivors"]

@@ -222,7 +222,8 @@ def run(neurons, layers, data, truth_file, samples, seed, bias, engine, precisio
     if size > 1:
         from .distributed import run_distributed
 
-        result = run_distributed(network, features, engine=engine, precision=precision, balance={"auto": "auto", "on": True, "off": False}[balance],
+        policy = {"auto": "auto", "on": True, "off": False}[balance]
+        result = run_distributed(network, features, engine=engine, precision=precision, balance=policy,
                                  progress=progress)
     else:
         result = get_engine(engine, precision=precision, progress=progress).run(network, features)
