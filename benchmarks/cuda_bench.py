@@ -251,6 +251,8 @@ def main(argv=None) -> int:
                         opts = {"config": choose_config(n, 4, virtual=n // 16, mb=int(m_), threads=int(t_))}
                     elif v in ("warp", "block"):                    # kernel for deduplicated layers
                         opts = {"kernel": v}
+                    elif v == "noprefetch":
+                        opts = {"prefetch": False}
                     elif v == "stream":
                         opts = {"stream_weights": True}
                     elif v == "nodedupe":

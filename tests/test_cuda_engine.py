@@ -201,12 +201,31 @@ def test_deduplicated_columns_fp64_exact(rng, n, distinct, values, kernel):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp64"])
-@pytest.mark.parametrize("kernel", ["block", "warp"])
+@pytest.mark.parametrize("kernel", ["block", "warp", "block-noprefetch"])
 def test_official_subset_both_dedupe_kernels(official, precision, kernel):
     net, feats, truth = official
-    res = get_engine("cuda", precision=precision, poison=POISON, kernel=kernel).run(net, feats)
+    prefetch = kernel != "block-noprefetch"
+    res = get_engine("cuda", precision=precision, poison=POISON, kernel=kernel.split("-")[0],
+                     prefetch=prefetch).run(net, feats)
     np.testing.assert_array_equal(res.categories, truth)
     assert (res.extra["config"]["warps"] > 0) is (kernel == "warp")
+    assert (res.extra["config"]["prefetch"] > 0) is (kernel == "block")
+
+
+@pytest.mark.parametrize("prefetch", [True, False])
+@pytest.mark.parametrize("n, dedupe", [(1000, "auto"), (2048, False), (300, False)])
+def test_prefetch_fp64_exact(rng, prefetch, n, dedupe):
+    """Register prefetch of the next item's rows, with and without deduplication and with
+    output slices (300: several items a tile), against the reference bit for bit."""
+    if dedupe == "auto":
+        net = network_with_duplicate_columns(rng, n, 5, 60)
+    else:
+        net = random_network(rng, n, 5, density=0.03)
+    feats = random_features(rng, 2500, n, density=0.1)
+    cfg = KernelConfig(threads=128, opt=1, mb=2, chunk=n) if n == 300 else None
+    eng = get_engine("cuda", precision="fp64", poison=POISON, prefetch=prefetch, config=cfg, dedupe=dedupe)
+    res = check_same(eng, net, feats)
+    assert (res.extra["config"]["prefetch"] > 0) is prefetch
 
 
 def test_warp_kernel_many_samples_positive_bias(rng):

@@ -133,6 +133,9 @@ class CudaEngine(Engine):
     kernel : {'auto', 'block', 'warp'}
         Kernel for deduplicated layers: 'warp' (one warp per sample) or 'block' (register
         tile of samples per block; also 'auto', the faster on an H100).
+    prefetch : bool
+        Block kernel with whole rows staged (one chunk): load the next work item's inputs
+        into registers while the current one is computed (see ``kernels/layer.cu``).
     """
 
     name = "cuda"
@@ -140,7 +143,8 @@ class CudaEngine(Engine):
     def __init__(self, *, precision: str = "fp32", progress: bool = False, device: int | None = None,
                  memory_cap_bytes: int | None = None, batch_samples: int | None = None,
                  stream_weights=None, use_graph: bool = True, config=None, debug: bool | None = None,
-                 poison: float | None = None, values: str = "auto", dedupe="auto", kernel: str = "auto"):
+                 poison: float | None = None, values: str = "auto", dedupe="auto", kernel: str = "auto",
+                 prefetch: bool = True):
         super().__init__(precision=precision, progress=progress)
         if stream_weights not in (None, "auto", True, False):
             raise OptionError(f"stream_weights={stream_weights!r}: expected None, 'auto', True or False")
@@ -171,6 +175,7 @@ class CudaEngine(Engine):
         if kernel == "warp" and dedupe is False:
             raise OptionError("kernel='warp' needs dedupe='auto' or True")
         self.kernel = kernel
+        self.prefetch = bool(prefetch)
         self._capacity = 0
         self._graphs: dict = {}
 
@@ -344,10 +349,16 @@ class CudaEngine(Engine):
         v = t if self.plan.mode != VALUE_ARRAY else _CTYPES[np.dtype(self.plan.value_dtype)]
         fused = "true" if self._fused else "false"
         dedupe = "true" if cfg.dedupe else "false"
+        n = self.network.neurons
+        per_thread = -(-n // cfg.threads)
+        # register prefetch of whole rows: one chunk and at most 8 inputs a thread
+        self._prefetch = per_thread if (self.prefetch and not cfg.warps and cfg.nchunks(n) == 1
+                                        and per_thread <= 8) else 0
         if cfg.warps:
             layer = f"spdnn_layer_warp<{t}, {v}, {self.plan.mode}, {cfg.warps}>"
         else:
-            layer = f"spdnn_layer<{t}, {v}, {self.plan.mode}, {cfg.threads}, {cfg.mb}, {cfg.opt}, {fused}, {dedupe}>"
+            layer = (f"spdnn_layer<{t}, {v}, {self.plan.mode}, {cfg.threads}, {cfg.mb}, {cfg.opt}, {fused}, "
+                     f"{dedupe}, {self._prefetch}>")
         compact, densify = f"spdnn_compact<{t}>", f"spdnn_densify<{t}>"
         names = (layer, compact, densify, "spdnn_copy_count")
         dev_id = self._device.id
@@ -577,7 +588,7 @@ class CudaEngine(Engine):
         extra = {
             "device": self._device_name(),
             "config": {"threads": self.config.threads, "opt": self.config.opt, "mb": self.config.mb,
-                       "dedupe": self.config.dedupe, "warps": self.config.warps,
+                       "dedupe": self.config.dedupe, "warps": self.config.warps, "prefetch": self._prefetch,
                        "chunk": self.config.chunk, "slices": self.config.slices(net.neurons),
                        "nchunks": self.config.nchunks(net.neurons)},
             "value_mode": ["sum_then_scale", "scalar", "array"][self.plan.mode],

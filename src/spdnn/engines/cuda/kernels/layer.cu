@@ -18,6 +18,11 @@
 // Not FUSED (outputs split across blocks): rows are written in place and flagged; the
 // kernel spdnn_compact then moves the survivors.
 //
+// PF > 0 (one chunk, N <= PF * THREADS): register prefetch. Thread tid holds inputs
+// i = tid + r * THREADS (r < PF) of the block's NEXT work item in registers; at each item
+// they are stored to shared memory and the loads for the item after are issued at once,
+// so they are in flight while this item is summed, its epilogue run and its rows written.
+//
 // DEDUP (layers with identical columns, e.g. RadiX-Net's N/16 distinct ones): the register
 // tile holds the sums of the distinct columns only; they go to shared memory and the
 // epilogue expands them to the N outputs through out_map (the block owns whole samples).
@@ -76,7 +81,7 @@ __device__ __forceinline__ T epilogue(T sum, T scalar, T b, T ymax) {
 }
 }  // namespace spdnn
 
-template <typename T, typename V, int VMODE, int THREADS, int MB, int OPT, bool FUSED, bool DEDUP>
+template <typename T, typename V, int VMODE, int THREADS, int MB, int OPT, bool FUSED, bool DEDUP, int PF>
 __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_in, T* __restrict__ y_out,
                             const int* __restrict__ ids_in, int* __restrict__ ids_out,
                             const int* __restrict__ count_in, int* __restrict__ count_out,
@@ -104,6 +109,18 @@ __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_i
         for (int s = 0; s < MB; ++s) zero.v[s] = T(0);
         buf[chunk] = zero;
     }
+    TileT pf[PF > 0 ? PF : 1];  // PF > 0: the next item's inputs tid + r * THREADS
+    auto fetch = [&](int it) {
+        const int q0 = (it / slices) * MB;
+#pragma unroll
+        for (int r = 0; r < PF; ++r) {
+            const int i = tid + r * THREADS;
+#pragma unroll
+            for (int s = 0; s < MB; ++s)
+                pf[r].v[s] = (i < n && q0 + s < count) ? y_in[(size_t)(q0 + s) * n + i] : T(0);
+        }
+    };
+    if (PF > 0 && (int)blockIdx.x < items) fetch(blockIdx.x);
 
     for (int item = blockIdx.x; item < items; item += gridDim.x) {
         const int tile = item / slices;
@@ -119,13 +136,20 @@ __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_i
             const int base = c * chunk;
             const int len = min(chunk, n - base);
             __syncthreads();  // the previous chunk's readers are done with buf
-#pragma unroll 4
-            for (int i = tid; i < len; i += THREADS) {
-                TileT x;
+            if (PF > 0) {     // one chunk: this item's inputs are in pf; fetch the next item's
 #pragma unroll
-                for (int s = 0; s < MB; ++s)
-                    x.v[s] = (p0 + s < count) ? y_in[(size_t)(p0 + s) * n + base + i] : T(0);
-                buf[i] = x;
+                for (int r = 0; r < PF; ++r)
+                    if (tid + r * THREADS < len) buf[tid + r * THREADS] = pf[r];
+                if (item + (int)gridDim.x < items) fetch(item + gridDim.x);
+            } else {
+#pragma unroll 4
+                for (int i = tid; i < len; i += THREADS) {
+                    TileT x;
+#pragma unroll
+                    for (int s = 0; s < MB; ++s)
+                        x.v[s] = (p0 + s < count) ? y_in[(size_t)(p0 + s) * n + base + i] : T(0);
+                    buf[i] = x;
+                }
             }
             __syncthreads();
 #pragma unroll
