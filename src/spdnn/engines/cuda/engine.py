@@ -136,6 +136,8 @@ class CudaEngine(Engine):
     prefetch : bool
         Block kernel with whole rows staged (one chunk): load the next work item's inputs
         into registers while the current one is computed (see ``kernels/layer.cu``).
+        Exact, but measured 9-15% slower on an H100 (fewer resident blocks), so off by
+        default (benchmarks/RESULTS.md, v6).
     """
 
     name = "cuda"
@@ -144,7 +146,7 @@ class CudaEngine(Engine):
                  memory_cap_bytes: int | None = None, batch_samples: int | None = None,
                  stream_weights=None, use_graph: bool = True, config=None, debug: bool | None = None,
                  poison: float | None = None, values: str = "auto", dedupe="auto", kernel: str = "auto",
-                 prefetch: bool = True):
+                 prefetch: bool = False):
         super().__init__(precision=precision, progress=progress)
         if stream_weights not in (None, "auto", True, False):
             raise OptionError(f"stream_weights={stream_weights!r}: expected None, 'auto', True or False")
