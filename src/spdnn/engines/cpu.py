@@ -402,6 +402,11 @@ class CpuEngine(Engine):
                     count = len(keep)
             smallest, largest = float(tile_min.min()), float(ymax)
             survivors[k - start] += int(weights.sum())
+        need = max(1, -(-count // tile))
+        if need < y.shape[0]:
+            # keep only the survivors' tiles: a batch-sized buffer per finished batch would
+            # pile up (N=65536 fp64: 30 batches of 1 GiB)
+            y = y[:need].copy()
         return _Block(rows, y, smallest, largest, members)
 
     @staticmethod
