@@ -347,13 +347,13 @@ def fit_model(one: dict, two: dict | None, *, layers: int, samples: int, predict
                 a, c = a_fit, c_fit
     if a is None:   # fewer than two segments, or a negative coefficient: one term only
         a, c = (total_busy / total_rows, 0.0) if total_rows > 0 else (0.0, total_busy / max(total_layers, 1.0))
-    a_raw = a
     t1 = float(one["inference_seconds"])
     o1 = max(t1 - float(busy.sum()), 0.0)
-    calibrated = False
+    calibrated, scale = False, 1.0      # scale: segment busy times -> the unsegmented run's
     if unsegmented is not None and total_busy > 0:
         busy_one = float(max(unsegmented["extra"]["rank_busy_seconds"]))
-        a, c = a * busy_one / total_busy, c * busy_one / total_busy
+        scale = busy_one / total_busy
+        a, c = a * scale, c * scale
         t1 = float(unsegmented["inference_seconds"])
         o1 = max(t1 - busy_one, 0.0)
         calibrated = True
@@ -389,17 +389,10 @@ def fit_model(one: dict, two: dict | None, *, layers: int, samples: int, predict
             predicted = predict_seconds(P, alpha, MODES[mode][1])
             checks.append({"ranks": P, "mode": mode, "measured": float(run["inference_seconds"]),
                            "predicted": predicted, "error": predicted / float(run["inference_seconds"]) - 1.0})
-    predictions = []
-    for P in predict:
-        row = {"ranks": P}
-        for kind in LAYOUT_KINDS:
-            t = predict_seconds(P, alpha, kind)
-            row[kind] = {"seconds": t, "speedup": t1 / t if t > 0 else float("inf"),
-                         "efficiency": t1 / t / P if t > 0 else float("inf")}
-        predictions.append(row)
+    predictions = _prediction_table(predict, t1, lambda P, kind: predict_seconds(P, alpha, kind))
     return {"a_seconds_per_row_layer": a, "c_seconds_per_layer": c, "o1_seconds": o1, "alpha_seconds": alpha,
             "Wd_row_layers": Wd, "S_final_survivors": S, "t1_seconds": t1, "segments_fitted": len(segs),
-            "fit_residual_seconds": (float(np.abs(busy * (a / a_raw if a_raw else 1.0) - (a * rows + c * nlay)).max())
+            "fit_residual_seconds": (float(np.abs(busy * scale - (a * rows + c * nlay)).max())
                                      if len(segs) else 0.0),
             "calibrated_on_unsegmented_run": calibrated,
             "check_P2": check, "checks": checks, "predictions": predictions}
@@ -451,15 +444,30 @@ def fit_static(one: dict, measured: dict, *, layers: int, samples: int, fit_rank
     t1 = min(t for P, _, _, t in points if P == 1) if any(P == 1 for P, *_ in points) else a * total_work + C
     checks = [{"ranks": P, "mode": m, "measured": t, "predicted": a * w + C, "error": (a * w + C) / t - 1.0,
                "fitted": P in set(fit_ranks)} for P, m, w, t in points]
-    predictions = []
-    for P in predict:
-        row = {"ranks": P}
-        for kind in LAYOUT_KINDS:
-            t = a * work(P, kind) + C
-            row[kind] = {"seconds": t, "speedup": t1 / t, "efficiency": t1 / t / P}
-        predictions.append(row)
+    predictions = _prediction_table(predict, t1, lambda P, kind: a * work(P, kind) + C)
     return {"a_seconds_per_row_layer": float(a), "C_seconds": float(C), "fit_ranks": sorted(set(fit_ranks)),
             "checks": checks, "predictions": predictions}
+
+
+def _prediction_table(ranks, t1: float, seconds) -> list[dict]:
+    """For each P: seconds, speed-up over ``t1`` and efficiency of every layout kind,
+    ``seconds(P, kind)`` being the model's time."""
+    table = []
+    for P in ranks:
+        row = {"ranks": P}
+        for kind in LAYOUT_KINDS:
+            t = seconds(P, kind)
+            row[kind] = {"seconds": t, "speedup": t1 / t if t > 0 else float("inf"),
+                         "efficiency": t1 / t / P if t > 0 else float("inf")}
+        table.append(row)
+    return table
+
+
+def _print_predictions(predictions: list[dict]) -> None:
+    print(f"  {'P':>4}" + "".join(f" {k + ' s':>11} {'speedup':>7} {'eff':>5}" for k in LAYOUT_KINDS))
+    for p in predictions:
+        cols = (f" {p[k]['seconds']:>11.4f} {p[k]['speedup']:>7.2f} {p[k]['efficiency']:>5.2f}" for k in LAYOUT_KINDS)
+        print(f"  {p['ranks']:>4}" + "".join(cols))
 
 
 def _busiest(samples: int, P: int, layout: str, cats: np.ndarray) -> int:
@@ -479,10 +487,7 @@ def print_static(m: dict | None) -> None:
     for c in m["checks"]:
         print(f"  P={c['ranks']} {c['mode']:>5}: measured {c['measured']:.4f} s, predicted {c['predicted']:.4f} s "
               f"({100 * c['error']:+.1f}%){'' if c['fitted'] else '  <- not fitted'}")
-    print(f"  {'P':>4}" + "".join(f" {k + ' s':>11} {'speedup':>7} {'eff':>5}" for k in LAYOUT_KINDS))
-    for p in m["predictions"]:
-        cols = (f" {p[k]['seconds']:>11.4f} {p[k]['speedup']:>7.2f} {p[k]['efficiency']:>5.2f}" for k in LAYOUT_KINDS)
-        print(f"  {p['ranks']:>4}" + "".join(cols))
+    _print_predictions(m["predictions"])
 
 
 # ----------------------------------------------------------------------------- driver
@@ -664,10 +669,7 @@ def print_model(m: dict) -> None:
         if c["ranks"] > 2:
             print(f"  check P={c['ranks']} {c['mode']:>5}: measured {c['measured']:.4f} s, predicted "
                   f"{c['predicted']:.4f} s ({100 * c['error']:+.1f}%)")
-    print(f"  {'P':>4}" + "".join(f" {k + ' s':>11} {'speedup':>7} {'eff':>5}" for k in LAYOUT_KINDS))
-    for p in m["predictions"]:
-        cols = (f" {p[k]['seconds']:>11.4f} {p[k]['speedup']:>7.2f} {p[k]['efficiency']:>5.2f}" for k in LAYOUT_KINDS)
-        print(f"  {p['ranks']:>4}" + "".join(cols))
+    _print_predictions(m["predictions"])
 
 
 def drive(args) -> int:
