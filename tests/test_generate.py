@@ -345,6 +345,20 @@ def test_generate_challenge_truth_is_the_fp64_reference(small_mnist):
         generate_challenge(128, 10, samples=0)
 
 
+def test_cached_features_of_every_image_are_the_full_set(tmp_path, monkeypatch, small_mnist):
+    """Asking for every image by count caches them as the full set, which then serves
+    any subset (``spdnn bench`` asks for 60,000, ``spdnn run`` for all)."""
+    monkeypatch.setenv("SPDNN_CACHE_DIR", str(tmp_path / "cache"))
+    count = small_mnist.shape[0]
+    _, feats, _, _ = cached_challenge(64, 4, samples=count)
+    names = sorted(p.name for p in (tmp_path / "cache" / "generated").glob("features-*"))
+    assert len(names) == 1 and "-all-" in names[0]
+    _, every, _, _ = cached_challenge(64, 4)
+    _, head, _, _ = cached_challenge(64, 4, samples=100)
+    assert same_csr(every, feats) and same_csr(head, feats[:100])
+    assert len(list((tmp_path / "cache" / "generated").glob("features-*"))) == 1   # no subset file made
+
+
 def test_cached_challenge_reuses_features_and_truth(tmp_path, monkeypatch, small_mnist):
     monkeypatch.setenv("SPDNN_CACHE_DIR", str(tmp_path / "cache"))
     net, feats, truth, info = cached_challenge(64, 12, seed=3, samples=250)

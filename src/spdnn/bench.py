@@ -53,9 +53,6 @@ GPU_ENGINES = frozenset({"cuda", "cusparse"})
 #: Default engines of ``spdnn bench``, those available here are used.
 DEFAULT_ENGINES = ("cuda", "cusparse", "cpu")
 
-#: Samples of the challenge (the MNIST training set).
-CHALLENGE_SAMPLES = 60000
-
 #: Bytes of one weight index in the floor (the seed's 16-bit buffer-local indices).
 WEIGHT_INDEX_BYTES = 2
 
@@ -348,9 +345,7 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
     for neurons, layers in cells:
         log(f"cell {neurons}x{layers}: preparing data (generated, seed {seed}, cached)")
         t0 = time.perf_counter()
-        # All 60,000 MNIST samples are cached as "all": ask for them that way, not as a first-S subset.
-        wanted = None if samples == CHALLENGE_SAMPLES else samples
-        network, features, truth, info = cached_challenge(neurons, layers, seed=seed, samples=wanted,
+        network, features, truth, info = cached_challenge(neurons, layers, seed=seed, samples=samples,
                                                           progress=progress)
         network = materialized(network)
         data_seconds = time.perf_counter() - t0

@@ -25,6 +25,7 @@ from .._progress import progress_bar
 from ..config import cache_dir
 from ..errors import EngineUnavailableError, OptionError
 from ..network import Network
+from . import mnist as _mnist
 from .mnist import challenge_features
 from .radixnet import check_neurons, default_bias, radixnet_network
 
@@ -257,16 +258,18 @@ def _load_features(path: Path, neurons: int) -> sp.csr_matrix | None:
 def _cached_features(neurons: int, samples: int | None, progress: bool | None) -> sp.csr_matrix:
     full = _load_features(_features_file(neurons, None), neurons)
     if full is not None:
-        if samples is None:
+        if samples is None or samples == full.shape[0]:
             return full
-        if 0 <= samples <= full.shape[0]:
+        if 0 <= samples < full.shape[0]:
             return full[:samples]
     if samples is not None:
         part = _load_features(_features_file(neurons, samples), neurons)
         if part is not None:
             return part
     features = challenge_features(neurons, samples=samples, progress=progress)
-    _save_features(_features_file(neurons, samples), features)
+    # every image asked for by count is the full set: cache it as such, for every later subset
+    whole = samples is None or features.shape[0] == _mnist.load_mnist().shape[0]
+    _save_features(_features_file(neurons, None if whole else samples), features)
     return features
 
 
