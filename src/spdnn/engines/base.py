@@ -37,21 +37,11 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import OptionError, SpdnnError
+from ..errors import SpdnnError
 from ..network import Network, as_features
+from ..options import PRECISIONS, check_precision
 
 __all__ = ["Engine", "InferenceResult", "PRECISIONS", "check_precision"]
-
-#: Accepted precision names and the activation dtype each means.
-PRECISIONS = {"fp32": np.float32, "fp64": np.float64}
-
-
-def check_precision(precision: str) -> str:
-    """Validate a precision name ('fp32' or 'fp64') and return it."""
-    if precision not in PRECISIONS:
-        raise OptionError(f"precision={precision!r}: expected one of {sorted(PRECISIONS)}")
-    return precision
-
 
 @dataclass
 class InferenceResult:
