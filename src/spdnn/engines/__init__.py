@@ -20,7 +20,7 @@ from ..errors import EngineUnavailableError, OptionError
 from .base import Engine, InferenceResult, PRECISIONS
 
 __all__ = ["Engine", "InferenceResult", "PRECISIONS", "ENGINES", "get_engine", "engine_class",
-           "available_engines", "resolve_engine_name"]
+           "available_engines", "resolve_engine_name", "engine_device", "fastest_exact_engine"]
 
 #: name -> "module:Class", imported lazily so a CPU machine never imports CuPy.
 ENGINES: dict[str, str] = {
@@ -71,6 +71,23 @@ def resolve_engine_name(name: str) -> str:
     except EngineUnavailableError:
         pass
     return "reference"
+
+
+def engine_device(name: str) -> str:
+    """'cpu' or 'gpu': where the engine registered under ``name`` computes (class attribute)."""
+    return engine_class(name).device
+
+
+def fastest_exact_engine() -> str:
+    """Name of the fastest engine here whose fp64 mode is bit-identical to the reference.
+
+    The order is cuda (where a GPU is usable and ``SPDNN_DISABLE_GPU`` is unset), cpu,
+    reference; every engine tried must have ``exact_fp64`` (the cuSPARSE baseline has not).
+    """
+    name = resolve_engine_name("auto")
+    if not engine_class(name).exact_fp64:  # pragma: no cover - auto never picks a baseline
+        name = "cpu" if engine_class("cpu").availability()[0] else "reference"
+    return name
 
 
 def get_engine(name: str = "auto", **options) -> Engine:

@@ -107,6 +107,11 @@ class Engine(abc.ABC):
 
     #: Registry name ("reference", "cpu", "cuda", ...).
     name: ClassVar[str] = ""
+    #: Where the engine computes: "cpu" (host memory and cores) or "gpu" (a CUDA device).
+    device: ClassVar[str] = "cpu"
+    #: Whether precision='fp64' reproduces the float64 reference bit for bit (the
+    #: exactness contract above). False only for library baselines.
+    exact_fp64: ClassVar[bool] = True
 
     def __init__(self, *, precision: str = "fp32", progress: bool = False):
         self.precision = check_precision(precision)

@@ -49,6 +49,9 @@ class CusparseEngine(Engine):
     """
 
     name = "cusparse"
+    device = "gpu"
+    #: cuSPARSE sums in its own order: fp64 categories agree, activations may not bit for bit.
+    exact_fp64 = False
     #: fp64 sums in cuSPARSE's order (FMA, its own blocking): categories match the
     #: reference, activations are not guaranteed bit-identical.
     exact_fp64 = False

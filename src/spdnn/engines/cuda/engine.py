@@ -141,6 +141,7 @@ class CudaEngine(Engine):
     """
 
     name = "cuda"
+    device = "gpu"
 
     def __init__(self, *, precision: str = "fp32", progress: bool = False, device: int | None = None,
                  memory_cap_bytes: int | None = None, batch_samples: int | None = None,
