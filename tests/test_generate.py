@@ -55,12 +55,49 @@ def test_layers_1_to_6_equal_official(official_dir, k, tmp_path):
     assert out.read_bytes() == raw
 
 
-def test_official_layer_7_is_a_permuted_base(official_dir):
-    """The official later layers are K_p with rows and columns permuted: same degrees, values."""
-    w = parse_layer(official_layer_bytes(official_dir, 7), 1024).tocsr()
-    assert place_value(1024, 7) == 1
-    assert np.all(np.diff(w.indptr) == 32) and np.all(np.bincount(w.indices, minlength=1024) == 32)
-    assert np.all(w.data == 0.0625)
+def column_inputs(w: sp.spmatrix) -> np.ndarray:
+    """The sorted input neurons of every output neuron, shape (N, 32) (every column has 32)."""
+    c = sp.csc_matrix(w)
+    c.sort_indices()
+    assert np.all(np.diff(c.indptr) == 32)
+    return c.indices.reshape(c.shape[1], 32)
+
+
+def grouped_like_base(w: sp.spmatrix) -> bool:
+    """Output neurons v and v + a M (a = 0..15, M = N / 16) have identical input sets."""
+    cols = column_inputs(w)
+    n = cols.shape[0]
+    blocks = cols.reshape(16, n // 16, 32)
+    return bool(np.all(blocks == blocks[:1]))
+
+
+def test_official_layers_keep_the_column_grouping(official_dir):
+    """Every official N=1024 layer keeps K_p's columns: v and v + aM share their inputs,
+    and the later layers are a row permutation of K_p (not the base itself)."""
+    from spdnn.formats import read_network
+
+    net = read_network(official_dir / "neuron1024.tar.gz", bias=-0.3, cache=False)
+    assert net.depth == 120
+    for k in range(1, 121):
+        w = net.layers[k - 1]
+        assert grouped_like_base(w), f"layer {k}"
+        base_cols = column_inputs(radixnet_base(1024, place_value(1024, k)))
+        # the rows of W are K_p's rows in another order (same patterns, same multiplicities)
+        rows_w, rows_b = (np.sort(sp.csr_matrix(m).indices.reshape(1024, 32), axis=1)
+                          for m in (w, radixnet_base(1024, place_value(1024, k))))
+        assert np.array_equal(rows_w[np.lexsort(rows_w.T)], rows_b[np.lexsort(rows_b.T)]), f"layer {k}"
+        assert (k <= 6) == np.array_equal(column_inputs(w), base_cols), f"layer {k}"
+
+
+@pytest.mark.parametrize("neurons", [1024, 4096, 16384, 65536])
+def test_generated_layers_keep_the_column_grouping(neurons, seed):
+    s = (neurons // 16).bit_length() - 1
+    k = s + 1 + seed % (2 * s)                 # one later (permuted) layer
+    w = radixnet_layer(neurons, k, seed=seed)
+    assert grouped_like_base(w)
+    rows = radixnet_permutations(neurons, k, seed=seed)
+    # not grouped by rows: input neurons u and u + M are not the same row of K_p
+    assert not np.array_equal(rows[: neurons // 16] % (neurons // 16), rows[neurons // 16: neurons // 8] % (neurons // 16))
 
 
 @pytest.mark.parametrize("neurons", [32, 64, 128, 1024, 4096])
@@ -85,16 +122,16 @@ def test_base_pattern_definition():
         assert np.array_equal(dense, ((u == v) | (u == (v + p) % m)).astype(float))
 
 
-def test_later_layers_are_permutations_of_the_base(seed):
+def test_later_layers_are_row_permutations_of_the_base(seed):
     n = 256                                   # S = 4
     assert radixnet_permutations(n, 4, seed=seed) is None
     for k in (5, 6, 11, 40):
-        rows, cols = radixnet_permutations(n, k, seed=seed)
+        rows = radixnet_permutations(n, k, seed=seed)
+        assert rows.dtype == np.int64 and np.array_equal(np.sort(rows), np.arange(n))
         w = radixnet_layer(n, k, seed=seed)
         base = radixnet_base(n, place_value(n, k))
-        assert same_csr(w, base[rows][:, cols])
-        undo_r, undo_c = np.argsort(rows), np.argsort(cols)
-        assert same_csr(w[undo_r][:, undo_c], base)
+        assert same_csr(w, base[rows])
+        assert same_csr(w[np.argsort(rows)], base)
         assert not same_csr(w, base)
 
 
@@ -185,7 +222,7 @@ def test_load_mnist_bad_files(tmp_path, mnist_path):
 # --- features ------------------------------------------------------------------------------
 
 def direct_features(images: np.ndarray, s_r: int, s_c: int) -> sp.csr_matrix:
-    """The recipe of SPEC.md section 3 the straightforward way: full fft2/ifft2 in memory."""
+    """The recipe of docs/challenge.md, Generator, the straightforward way: full fft2/ifft2 in memory."""
     count, h, w = images.shape
     a = images.transpose(1, 0, 2).reshape(h, count * w).astype(np.float64)
     shifted = np.fft.fftshift(np.fft.fft2(a))

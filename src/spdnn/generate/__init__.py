@@ -1,4 +1,4 @@
-"""Offline challenge data: RadiX-Net weights, MNIST-derived inputs, float64 truth (SPEC.md section 3).
+"""Offline challenge data: RadiX-Net weights, MNIST-derived inputs, float64 truth (docs/challenge.md, Generator).
 
 Public API (re-exports; the modules hold the details)::
 

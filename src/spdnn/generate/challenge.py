@@ -1,11 +1,11 @@
 """A whole challenge instance, generated offline: network, features and float64 truth.
 
 * :func:`generate_challenge` builds it in memory (truth from an engine in float64 mode),
-* :func:`write_challenge` writes it in the official file layout (SPEC.md section 2),
+* :func:`write_challenge` writes it in the official file layout (docs/challenge.md, Formats),
 * :func:`cached_challenge` keeps features and truth under ``cache_dir()/generated`` so
   that ``spdnn run`` without ``--data`` pays for generation only once.
 
-The truth is what the float64 reference computes (SPEC.md section 5); for speed any
+The truth is what the float64 reference computes (docs/challenge.md, Numerics); for speed any
 engine in its float64 mode may stand in for it, since the fp64 exactness contract makes
 them equal bit for bit. ``info`` records which engine and precision produced it.
 """
@@ -33,7 +33,8 @@ __all__ = ["generate_challenge", "write_challenge", "cached_challenge", "compute
            "GENERATOR_VERSION"]
 
 #: Bumped whenever generated data would change; part of every cache key and of ``info``.
-GENERATOR_VERSION = 1
+#: 1: later layers permuted rows and columns; 2: rows only, as the official layers.
+GENERATOR_VERSION = 2
 
 
 def _version() -> str:

@@ -1,6 +1,6 @@
 """The challenge's input features, made from the MNIST training images shipped with spdnn.
 
-Recipe (SPEC.md section 3; reproduces the official ``sparse-images-{N}`` bit for bit):
+Recipe (docs/challenge.md, Generator; reproduces the official ``sparse-images-{N}`` bit for bit):
 
 1. Lay the 60,000 images side by side: one 28 x (28 * 60000) image ``A`` with
    ``A[r, 28 n + c] = image_n[r, c]`` (raw 0..255 grey values).
@@ -47,7 +47,7 @@ __all__ = ["load_mnist", "challenge_features", "image_shape", "MNIST_PATH", "MNI
 #: The shipped file.
 MNIST_PATH = Path(__file__).resolve().parent.parent / "data" / "train-images-idx3-ubyte.gz"
 
-#: md5 of the uncompressed IDX file (SPEC.md section 3).
+#: md5 of the uncompressed IDX file (docs/challenge.md, Generator).
 MNIST_MD5 = "6bbc9ace898e44ae57da46a324031adb"
 
 _IDX_UBYTE_3D = 0x00000803  # magic: unsigned byte, 3 dimensions
@@ -143,7 +143,7 @@ def _check_images(images) -> np.ndarray:
 
 def challenge_features(neurons: int, *, samples: int | None = None, images=None,
                        progress: bool | None = None, block_elements: int = 1 << 22) -> sp.csr_matrix:
-    """The challenge's input features for N neurons (SPEC.md section 3, see module docstring).
+    """The challenge's input features for N neurons (docs/challenge.md, Generator; see the module docstring).
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""RadiX-Net weights: the challenge's sparse layers (SPEC.md section 3).
+"""RadiX-Net weights: the challenge's sparse layers (docs/challenge.md, Generator).
 
 For N neurons let M = N / 16 and S = log2(M). Layer k (1-based) uses the place value
 p = 2**((k - 1) mod S) and the base pattern::
@@ -9,13 +9,17 @@ p = 2**((k - 1) mod S) and the base pattern::
 
 so every row and every column has exactly 32 nonzeros, all 1/16 = 0.0625. Layers
 1..S are K_p / 16 itself (these equal the official N = 1024 layers bit for bit).
-Every later layer permutes the rows and the columns of K_p / 16 independently::
+Every later layer permutes the ROWS (input neurons) of K_p / 16 and keeps its columns in
+K_p's order::
 
-    W_k[i, j] = K_p[rows[i], cols[j]] / 16,   rows, cols = radixnet_permutations(N, k, seed)
+    W_k[i, j] = K_p[rows[i], j] / 16,   rows = radixnet_permutations(N, k, seed)
 
-with permutations drawn from ``numpy.random.default_rng([seed, k])`` (rows first, then
-columns), so each layer can be built alone, in any order, and always the same way.
-The official permutations are unknown; a seed stands in for them.
+with the permutation drawn from ``numpy.random.default_rng([seed, k])``, so each layer
+can be built alone, in any order, and always the same way. The official permutations
+are unknown; a seed stands in for them. Keeping the columns is what the official layers
+do: output neurons v and v + a M (a = 0..15) have the same inputs in every layer (K_p's
+column v depends only on v mod M, and a row permutation keeps columns equal), so a layer
+has at most M distinct columns, a property kernels may rely on.
 """
 from __future__ import annotations
 
@@ -108,15 +112,15 @@ def radixnet_base(neurons: int, p: int) -> sp.csr_matrix:
     return _csr(_base_columns(n, int(p)), n)
 
 
-def radixnet_permutations(neurons: int, k: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
-    """Row and column permutations of layer k (1-based), or None for layers 1..S.
+def radixnet_permutations(neurons: int, k: int, *, seed: int = 0) -> np.ndarray | None:
+    """Row permutation of layer k (1-based), or None for layers 1..S.
 
     Returns
     -------
-    (rows, cols) : two int64 arrays of length N, or None
-        ``W_k[i, j] = K_p[rows[i], cols[j]] / 16``, drawn from
-        ``numpy.random.default_rng([seed, k])``: ``rows = rng.permutation(N)`` first,
-        then ``cols = rng.permutation(N)``.
+    rows : int64 array of length N, or None
+        ``W_k[i, j] = K_p[rows[i], j] / 16`` (input neuron i of layer k is row
+        ``rows[i]`` of K_p; columns are not permuted), ``rows =
+        numpy.random.default_rng([seed, k]).permutation(N)``.
     """
     n = check_neurons(neurons)
     k = _check_layer_number(k)
@@ -125,10 +129,7 @@ def radixnet_permutations(neurons: int, k: int, *, seed: int = 0) -> tuple[np.nd
     s = (n // 16).bit_length() - 1
     if k <= s:
         return None
-    rng = np.random.default_rng([int(seed), k])
-    rows = rng.permutation(n)
-    cols = rng.permutation(n)
-    return rows, cols
+    return np.random.default_rng([int(seed), k]).permutation(n)
 
 
 def radixnet_layer(neurons: int, k: int, *, seed: int = 0) -> sp.csr_matrix:
@@ -141,7 +142,7 @@ def radixnet_layer(neurons: int, k: int, *, seed: int = 0) -> sp.csr_matrix:
     k : int
         1-based layer number (any k >= 1; place values repeat every S layers).
     seed : int
-        Seed of the permutations of layers S+1, S+2, ... (layers 1..S do not use it).
+        Seed of the row permutations of layers S+1, S+2, ... (layers 1..S do not use it).
 
     Returns
     -------
@@ -152,13 +153,9 @@ def radixnet_layer(neurons: int, k: int, *, seed: int = 0) -> sp.csr_matrix:
     n = check_neurons(neurons)
     p = place_value(n, k)
     cols = _base_columns(n, p)
-    perm = radixnet_permutations(n, k, seed=seed)
-    if perm is not None:
-        rows, colperm = perm
-        inverse = np.empty(n, dtype=np.int64)
-        inverse[colperm] = np.arange(n, dtype=np.int64)
-        cols = inverse[cols[rows]]
-        cols.sort(axis=1)
+    rows = radixnet_permutations(n, k, seed=seed)
+    if rows is not None:
+        cols = cols[rows]          # rows of K_p moved, each still sorted
     return _csr(cols, n)
 
 
@@ -175,7 +172,7 @@ def radixnet_network(neurons: int, layers: int, *, seed: int = 0, bias=None,
     seed : int
         Permutation seed (see :func:`radixnet_layer`).
     bias : float or array (N,) or (L, N), optional
-        Default: the official bias of N (SPEC.md section 1); required for other N.
+        Default: the official bias of N (docs/challenge.md, Semantics); required for other N.
     materialize : bool
         False (default): the layers are a :class:`~spdnn.network.LazyLayers` that builds
         layer k on each access (nothing held in memory). True: a list of all L layers
