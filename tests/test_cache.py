@@ -12,6 +12,8 @@ from spdnn.formats import cache as fcache
 from spdnn.formats import official, read_features, read_network, write_features_tsv, write_layer_tsv
 from spdnn.formats import tsv
 
+from factories import random_layer
+
 
 @pytest.fixture
 def cache_root(tmp_path, monkeypatch):
@@ -44,7 +46,7 @@ def small_network(rng, directory, n=48, depth=3):
     directory.mkdir(parents=True, exist_ok=True)
     layers = []
     for k in range(1, depth + 1):
-        w = sp.random(n, n, density=0.1, format="csr", random_state=rng)
+        w = random_layer(rng, n, 0.1, values=(0.0, 1.0))
         write_layer_tsv(directory / f"n{n}-l{k}.tsv", w)
         layers.append(w)
     return layers

@@ -2,7 +2,7 @@
 
 Every command runs through click's CliRunner with ``SPDNN_CACHE_DIR`` in a temporary
 directory; the data (N=64, L=12, the first 200 samples) are generated once per module.
-Also: the formatting and floor helpers behind ``spdnn bench``.
+Also: the formatting helpers of ``spdnn.report``.
 """
 from __future__ import annotations
 
@@ -21,9 +21,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from spdnn.bench import floor_estimate, parse_cells
 from spdnn.cli import cli
-from spdnn.errors import OptionError
 from spdnn.report import format_ids, jsonable
 
 N, L, S = 64, 12, 200
@@ -448,27 +446,7 @@ def test_console_script_error_line(tmp_path):
     assert proc.stderr.startswith("spdnn: error:") and "bad.tsv" in proc.stderr and "Traceback" not in proc.stderr
 
 
-# ------------------------------------------------------------- bench helpers
-
-
-def test_parse_cells():
-    assert parse_cells("1024x120, 4096X480") == [(1024, 120), (4096, 480)]
-    assert parse_cells(["64x8", "32x1,128x2"]) == [(64, 8), (32, 1), (128, 2)]
-    for bad in ("", "1024", "1000x120", "16x4", "1024x0", "ax3"):
-        with pytest.raises(OptionError, match="--cells"):
-            parse_cells(bad)
-
-
-def test_floor_estimate_by_hand():
-    # alive before: 10, 6, 3; after: 6, 3, 2 -> (16 + 9 + 5) rows x 8 neurons x 4 bytes = 960 bytes,
-    # plus 2 bytes x 100 edges = 1160 bytes; at 1 GB/s 1.16 us, plus 3 launches x 1 us.
-    fl = floor_estimate([6, 3, 2], alive_inputs=10, neurons=8, bytes_per_value=4, edges=100,
-                        bandwidth_gbs=1.0, launch_latency_s=1e-6, device="cpu")
-    assert fl.bytes == 1160 and fl.launches == 3
-    assert fl.seconds == pytest.approx(1160e-9 + 3e-6)
-    with pytest.raises(OptionError):
-        floor_estimate([1], alive_inputs=1, neurons=8, bytes_per_value=4, edges=1, bandwidth_gbs=0,
-                       launch_latency_s=0, device="cpu")
+# ------------------------------------------------------------- report helpers
 
 
 def test_report_helpers():

@@ -7,51 +7,26 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 from spdnn.engines import get_engine
 from spdnn.engines.cuda.layout import KernelConfig
-from spdnn.engines.reference import ReferenceEngine
 from spdnn.network import Network
+
+from factories import duplicate_column_network, random_features, random_network, reference_run
 
 pytestmark = pytest.mark.gpu
 
 POISON = 1e30      # finite and positive: an unwritten read would make a sample live
 
 
-def random_network(rng, n, depth, *, density=0.08, values="normal", bias=None):
-    layers = []
-    for _ in range(depth):
-        w = sp.random(n, n, density=density, format="csr", random_state=rng)
-        if values == "normal":
-            w.data = rng.normal(0, 1.5 / np.sqrt(n * density), w.nnz)
-        elif values == "fp16":
-            w.data = rng.integers(-8, 24, w.nnz) / 64.0          # exact in half precision
-        else:
-            w.data[:] = values
-        layers.append(w)
-    if bias is None:
-        bias = rng.uniform(-0.2, 0.3, size=(depth, n))
-    return Network.from_layers(layers, bias)
-
-
-def random_features(rng, samples, n, density=0.3):
-    f = sp.random(samples, n, density=density, format="csr", random_state=rng)
-    f.data[:] = 1.0
-    f = f.tolil()
-    f[samples // 2, :] = 0          # one empty sample: dead from the start
-    return f.tocsr()
-
-
-def reference(net, feats, precision="fp64"):
-    eng = ReferenceEngine(precision=precision)
-    res = eng.run(net, feats)
-    return res, eng.activations()
+def dying_features(rng, samples, n, density=0.3):
+    """Random binary inputs whose middle sample is empty (dead from the start)."""
+    return random_features(rng, samples, n, density, dead=[samples // 2])
 
 
 def check_same(eng, net, feats, precision="fp64"):
     res = eng.run(net, feats)
-    ref, (rrows, rvals) = reference(net, feats, precision)
+    ref, rrows, rvals = reference_run(net, feats, precision)
     np.testing.assert_array_equal(res.categories, ref.categories)
     np.testing.assert_array_equal(res.survivors, ref.survivors)
     if precision == "fp64" and res.extra.get("batches", 1) == 1:
@@ -83,7 +58,7 @@ def test_official_subset_gives_the_truth(official, precision, graph, dedupe):
     assert res.extra["graph"] is graph
     assert res.extra["dedupe"] is (dedupe == "auto")     # official layers: N/16 distinct columns
     assert res.extra["value_mode"] == "sum_then_scale"
-    ref, _ = reference(net, feats, precision)
+    ref = reference_run(net, feats, precision)[0]
     np.testing.assert_array_equal(res.survivors, ref.survivors)
 
 
@@ -91,7 +66,7 @@ def test_official_subset_gives_the_truth(official, precision, graph, dedupe):
 @pytest.mark.parametrize("n", [96, 1000])
 def test_random_networks_fp64_exact(rng, values, n):
     net = random_network(rng, n, 8, values=values)
-    feats = random_features(rng, 150, n)
+    feats = dying_features(rng, 150, n)
     eng = get_engine("cuda", precision="fp64", poison=POISON)
     res = check_same(eng, net, feats)
     expected = {"normal": "array", "fp16": "array", 0.3: "scalar", 0.0625: "sum_then_scale"}[values]
@@ -107,7 +82,7 @@ def test_sliced_and_chunked_blockings_fp64_exact(rng, config):
     """Outputs sliced over blocks (compaction kernel) and inputs staged in chunks."""
     n = 700
     net = random_network(rng, n, 6)
-    feats = random_features(rng, 90, n)
+    feats = dying_features(rng, 90, n)
     eng = get_engine("cuda", precision="fp64", poison=POISON, config=config)
     res = check_same(eng, net, feats)
     assert res.extra["config"]["slices"] == config.slices(n)
@@ -115,15 +90,15 @@ def test_sliced_and_chunked_blockings_fp64_exact(rng, config):
 
 def test_fp32_matches_reference_categories(rng):
     net = random_network(rng, 512, 6, values=0.0625, bias=-0.05)
-    feats = random_features(rng, 200, 512, density=0.5)
+    feats = dying_features(rng, 200, 512, density=0.5)
     res = get_engine("cuda", precision="fp32", poison=POISON).run(net, feats)
-    ref, _ = reference(net, feats, "fp64")
+    ref = reference_run(net, feats, "fp64")[0]
     np.testing.assert_array_equal(res.categories, ref.categories)
 
 
 def test_batches_forced_small(rng):
     net = random_network(rng, 256, 5)
-    feats = random_features(rng, 203, 256)
+    feats = dying_features(rng, 203, 256)
     eng = get_engine("cuda", precision="fp64", poison=POISON, batch_samples=37)
     res = check_same(eng, net, feats)
     assert res.extra["batches"] == 6
@@ -131,7 +106,7 @@ def test_batches_forced_small(rng):
 
 def test_streaming_forced_by_a_memory_cap(rng):
     net = random_network(rng, 256, 30, density=0.1)     # ~3 MB of fp64 weights
-    feats = random_features(rng, 120, 256)
+    feats = dying_features(rng, 120, 256)
     eng = get_engine("cuda", precision="fp64", poison=POISON, memory_cap_bytes=3_000_000)
     res = check_same(eng, net, feats)
     assert res.extra["stream_weights"] is True
@@ -144,8 +119,8 @@ def test_segments_and_reload(rng):
     """infer(start, stop) in pieces, and activations() loaded back, give the whole run."""
     n, depth = 300, 9
     net = random_network(rng, n, depth)
-    feats = random_features(rng, 80, n)
-    ref, (rrows, rvals) = reference(net, feats)
+    feats = dying_features(rng, 80, n)
+    ref, rrows, rvals = reference_run(net, feats)
     eng = get_engine("cuda", precision="fp64", poison=POISON)
     eng.prepare(net)
     eng.load(feats)
@@ -162,7 +137,7 @@ def test_segments_and_reload(rng):
 def test_debug_mode_checks_every_launch(rng, monkeypatch):
     monkeypatch.setenv("SPDNN_CUDA_DEBUG", "1")
     net = random_network(rng, 128, 3)
-    feats = random_features(rng, 40, 128)
+    feats = dying_features(rng, 40, 128)
     eng = get_engine("cuda", precision="fp64")
     assert eng.debug
     res = check_same(eng, net, feats)
@@ -177,22 +152,12 @@ def test_cusparse_baseline_official(official):
     np.testing.assert_array_equal(res.categories, truth)
 
 
-def network_with_duplicate_columns(rng, n, depth, distinct, *, values="normal"):
-    layers = []
-    for _ in range(depth):
-        base = sp.random(n, distinct, density=0.1, format="csc", random_state=rng)
-        base.data = rng.normal(0, 1.5 / np.sqrt(n * 0.1), base.nnz) if values == "normal" else np.full(base.nnz, values)
-        pick = np.concatenate([np.arange(distinct), rng.integers(0, distinct, n - distinct)])
-        layers.append(base[:, rng.permutation(pick)].tocsr())
-    return Network.from_layers(layers, rng.uniform(-0.2, 0.3, size=(depth, n)))
-
-
 @pytest.mark.parametrize("n, distinct", [(1000, 70), (3000, 400), (1001, 33)])
 @pytest.mark.parametrize("values", ["normal", 0.0625, 0.3])
 @pytest.mark.parametrize("kernel", ["auto", "block", "warp"])
 def test_deduplicated_columns_fp64_exact(rng, n, distinct, values, kernel):
-    net = network_with_duplicate_columns(rng, n, 5, distinct, values=values)
-    feats = random_features(rng, 100, n)
+    net = duplicate_column_network(rng, n, 5, distinct, values=values)
+    feats = dying_features(rng, 100, n)
     eng = get_engine("cuda", precision="fp64", poison=POISON, kernel=kernel)
     res = check_same(eng, net, feats)
     assert res.extra["dedupe"] is True and res.extra["distinct_columns"] <= distinct
@@ -218,10 +183,10 @@ def test_prefetch_fp64_exact(rng, prefetch, n, dedupe):
     """Register prefetch of the next item's rows, with and without deduplication and with
     output slices (300: several items a tile), against the reference bit for bit."""
     if dedupe == "auto":
-        net = network_with_duplicate_columns(rng, n, 5, 60)
+        net = duplicate_column_network(rng, n, 5, 60)
     else:
         net = random_network(rng, n, 5, density=0.03)
-    feats = random_features(rng, 2500, n, density=0.1)
+    feats = dying_features(rng, 2500, n, density=0.1)
     cfg = KernelConfig(threads=128, opt=1, mb=2, chunk=n) if n == 300 else None
     eng = get_engine("cuda", precision="fp64", poison=POISON, prefetch=prefetch, config=cfg, dedupe=dedupe)
     res = check_same(eng, net, feats)
@@ -231,9 +196,9 @@ def test_prefetch_fp64_exact(rng, prefetch, n, dedupe):
 def test_warp_kernel_many_samples_positive_bias(rng):
     """More samples than one wave of warps (the grid-stride loop), positive bias (dense rows)."""
     n = 512
-    net = network_with_duplicate_columns(rng, n, 6, 40)
+    net = duplicate_column_network(rng, n, 6, 40)
     net = Network.from_layers(list(net.layers), rng.uniform(0.0, 0.1, size=(6, n)))
-    feats = random_features(rng, 30000, n, density=0.05)
+    feats = dying_features(rng, 30000, n, density=0.05)
     for precision in ("fp32", "fp64"):
         eng = get_engine("cuda", precision=precision, poison=POISON, kernel="warp")
         res = check_same(eng, net, feats, precision)
@@ -242,8 +207,8 @@ def test_warp_kernel_many_samples_positive_bias(rng):
 
 def test_deduplicated_chunked_small_tiles_fp64_exact(rng):
     n = 600
-    net = network_with_duplicate_columns(rng, n, 5, 90)
-    feats = random_features(rng, 77, n)
+    net = duplicate_column_network(rng, n, 5, 90)
+    feats = dying_features(rng, 77, n)
     cfg = KernelConfig(threads=64, opt=2, mb=2, chunk=250, dedupe=True)
     res = check_same(get_engine("cuda", precision="fp64", poison=POISON, config=cfg), net, feats)
     assert res.extra["config"]["nchunks"] == 3
@@ -253,8 +218,8 @@ def test_radixnet_lazy_network_fp32_and_fp64(rng):
     from spdnn.generate import radixnet_network
 
     net = radixnet_network(1024, 24)
-    feats = random_features(rng, 300, 1024, density=0.12)
-    ref, _ = reference(net, feats)
+    feats = dying_features(rng, 300, 1024, density=0.12)
+    ref = reference_run(net, feats)[0]
     for precision in ("fp32", "fp64"):
         res = get_engine("cuda", precision=precision, poison=POISON).run(net, feats)
         np.testing.assert_array_equal(res.categories, ref.categories)

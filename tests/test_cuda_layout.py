@@ -9,9 +9,9 @@ from spdnn.engines.cuda.emulate import emulate_layer, emulate_network
 from spdnn.engines.cuda.layout import (VALUE_ARRAY, VALUE_SCALAR, VALUE_SUM_THEN_SCALE, KernelConfig,
                                        choose_config, entry_values, narrowest_exact_dtype, pack_layer,
                                        value_plan)
-from spdnn.engines.reference import ReferenceEngine
 from spdnn.errors import OptionError
-from spdnn.network import Network
+
+from factories import duplicate_column_network, random_features, random_layer, random_network, reference_run
 
 #: Small blockings that exercise several warps, output slices and input chunks.
 CONFIGS = [
@@ -19,27 +19,6 @@ CONFIGS = [
     KernelConfig(threads=32, opt=2, mb=2, chunk=37),       # several slices and chunks
     KernelConfig(threads=64, opt=1, mb=1, chunk=64),       # several slices, N not a multiple
 ]
-
-
-def random_layer(rng, n, density, *, values="normal"):
-    w = sp.random(n, n, density=density, format="csr", random_state=rng,
-                  data_rvs=(lambda k: rng.normal(0, 1.5 / np.sqrt(n * density), k)) if values == "normal" else None)
-    if values != "normal":
-        w.data[:] = values
-    return w
-
-
-def random_network(rng, n, depth, *, density=0.1, bias=None, values="normal"):
-    layers = [random_layer(rng, n, density, values=values) for _ in range(depth)]
-    if bias is None:
-        bias = rng.uniform(-0.2, 0.3, size=(depth, n))
-    return Network.from_layers(layers, bias, ymax=32.0)
-
-
-def random_features(rng, samples, n, density=0.3):
-    f = sp.random(samples, n, density=density, format="csr", random_state=rng)
-    f.data[:] = 1.0
-    return f
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
@@ -128,23 +107,14 @@ def test_kernel_config_rejects_bad_values():
         KernelConfig(threads=32, opt=1, mb=3, chunk=10)
 
 
-def reference(network, features, precision="fp64"):
-    eng = ReferenceEngine(precision=precision)
-    res = eng.run(network, features)
-    rows, values = eng.activations()
-    return res, rows, values
-
-
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
 @pytest.mark.parametrize("values", ["normal", 0.0625, 0.3])
 def test_emulation_equals_reference_fp64(rng, config, values):
     """General weights, positive and negative bias: the replay is bit-identical in fp64."""
     n = 96
     net = random_network(rng, n, 6, density=0.12, values=values)
-    feats = random_features(rng, 40, n).tolil()
-    feats[5, :] = 0       # an empty sample is dead from the start
-    feats = feats.tocsr()
-    res, rows, vals = reference(net, feats)
+    feats = random_features(rng, 40, n, dead=[5])     # an empty sample is dead from the start
+    res, rows, vals = reference_run(net, feats)
     cats, survivors, erows, ey = emulate_network(net, feats, precision="fp64", config=config)
     np.testing.assert_array_equal(cats, res.categories)
     np.testing.assert_array_equal(survivors, res.survivors)
@@ -157,7 +127,7 @@ def test_emulation_matches_reference_fp32_categories(rng):
     n = 128
     net = random_network(rng, n, 5, density=0.1, values=0.0625, bias=-0.05)
     feats = random_features(rng, 30, n, density=0.5)
-    res, _, _ = reference(net, feats, precision="fp32")
+    res, _, _ = reference_run(net, feats, precision="fp32")
     cats, survivors, _, ey = emulate_network(net, feats, precision="fp32", config=CONFIGS[1])
     np.testing.assert_array_equal(cats, res.categories)
     assert ey.dtype == np.float32
@@ -177,20 +147,10 @@ def test_emulate_layer_fused_and_sliced_agree(rng):
         np.testing.assert_array_equal(z, outs[0])
 
 
-def network_with_duplicate_columns(rng, n, depth, distinct, *, values="normal"):
-    """Layers whose n columns are copies of `distinct` random columns (like RadiX-Net's n/16)."""
-    layers = []
-    for _ in range(depth):
-        base = random_layer(rng, n, 0.15, values=values).tocsc()[:, :distinct]
-        pick = np.concatenate([np.arange(distinct), rng.integers(0, distinct, n - distinct)])
-        layers.append(base[:, rng.permutation(pick)].tocsr())
-    return Network.from_layers(layers, rng.uniform(-0.2, 0.3, size=(depth, n)), ymax=32.0)
-
-
 def test_unique_columns_finds_the_copies(rng):
     from spdnn.engines.cuda.layout import unique_columns
 
-    net = network_with_duplicate_columns(rng, 80, 1, 13)
+    net = duplicate_column_network(rng, 80, 1, 13, density=0.15)
     w = sp.csc_matrix(net.layers[0])
     reps, inverse = unique_columns(w)
     assert reps.size <= 13
@@ -207,9 +167,9 @@ def test_unique_columns_finds_the_copies(rng):
 @pytest.mark.parametrize("values", ["normal", 0.0625])
 def test_emulation_with_deduplication_equals_reference(rng, config, values):
     n = 96
-    net = network_with_duplicate_columns(rng, n, 6, 20, values=values)
+    net = duplicate_column_network(rng, n, 6, 20, values=values, density=0.15)
     feats = random_features(rng, 40, n)
-    res, rows, vals = reference(net, feats)
+    res, rows, vals = reference_run(net, feats)
     cats, survivors, erows, ey = emulate_network(net, feats, precision="fp64", config=config)
     np.testing.assert_array_equal(cats, res.categories)
     np.testing.assert_array_equal(survivors, res.survivors)
@@ -257,7 +217,7 @@ def test_choose_config_warp_kernel_on_request():
 def test_warp_packing_is_one_warp_slice_per_column_group(rng):
     """The warp kernel reads meta[t] = (offset, width) for distinct columns t*32 + lane."""
     n = 200
-    net = network_with_duplicate_columns(rng, n, 1, 45)
+    net = duplicate_column_network(rng, n, 1, 45, density=0.15)
     cfg = choose_config(n, 4, virtual=45, kernel="warp")
     layer = pack_layer(net.layers[0], cfg, n)
     assert layer.meta.shape == (cfg.opt, 2) and cfg.opt == 2

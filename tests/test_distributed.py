@@ -20,12 +20,13 @@ import scipy.sparse as sp
 from spdnn.distributed import (BalancePolicy, CsrSource, HeadSource, NpzSource, Transfer, apply_plan, as_source,
                                balanced_targets, imbalance, owners, partition, rank_ranges, run_distributed,
                                save_npz_source, segment_ends, transfer_plan)
-from spdnn.engines import engine_class, get_engine
+from spdnn.engines import get_engine
 from spdnn.engines.reference import ReferenceEngine
-from spdnn.errors import DeviceMemoryError, EngineUnavailableError, FormatError, OptionError
+from spdnn.errors import DeviceMemoryError, FormatError, OptionError
 from spdnn.network import Network
 
 from _mpi_worker import save_network
+from factories import engine_availability, random_features, random_network, read_official_subset
 
 WORKER = Path(__file__).with_name("_mpi_worker.py")
 MPI_TIMEOUT = 300
@@ -159,11 +160,8 @@ def test_policy_decisions():
 # --------------------------------------------------------------------- feature sources
 
 
-def _features(rng, samples, neurons, density=0.2):
-    m = sp.random(samples, neurons, density=density, random_state=rng, format="csr",
-                  data_rvs=lambda n: rng.uniform(0.5, 2.0, n))
-    m.sort_indices()
-    return m
+def _features(rng, samples, neurons, density=0.2, *, dead=()):
+    return random_features(rng, samples, neurons, density, values=(0.5, 2.0), dead=dead)
 
 
 @pytest.mark.parametrize("values", [True, False])
@@ -236,35 +234,27 @@ def test_world_plain_run_does_not_start_mpi():
 # ------------------------------------------------------------ one process (no launcher)
 
 
-def _availability(name: str) -> tuple[bool, str]:
-    try:
-        return engine_class(name).availability()
-    except EngineUnavailableError as exc:
-        return False, str(exc)
-
-
 def _engines() -> list[str]:
-    return [name for name in ("reference", "cpu") if _availability(name)[0]]
+    return [name for name in ("reference", "cpu") if engine_availability(name)[0]]
 
 
 def _random_case(rng, *, neurons=48, depth=20, samples=160, skew=True) -> tuple[Network, sp.csr_matrix]:
     """A random network whose first half of samples dies early when ``skew`` (forces imbalance)."""
-    layers = [sp.random(neurons, neurons, density=0.15, random_state=rng,
-                        data_rvs=lambda n: rng.uniform(0.05, 0.45, n)) for _ in range(depth)]
-    net = Network.from_layers(layers, rng.uniform(-0.4, -0.1, size=neurons))
-    feats = _features(rng, samples, neurons, density=0.3).tolil()
+    net = random_network(rng, neurons, depth, density=0.15, values=(0.05, 0.45),
+                         bias=rng.uniform(-0.4, -0.1, size=neurons))
+    feats = _features(rng, samples, neurons, density=0.3)
     if skew:
         half = samples // 2
-        feats[:half] = _features(rng, half, neurons, density=0.03).tolil()
-        feats[3] = 0        # a sample dead from the start
-    return net, feats.tocsr()
+        sparse_half = _features(rng, half, neurons, density=0.03, dead=[3])   # sample 4 dead from the start
+        feats = sp.vstack([sparse_half, feats[half:]], format="csr")
+    return net, feats
 
 
 @pytest.mark.parametrize("engine", ["reference", "cpu"])
 @pytest.mark.parametrize("precision", ["fp32", "fp64"])
 def test_single_process_segments_match_engine(rng, engine, precision):
     if engine not in _engines():
-        pytest.skip(f"engine {engine!r} not available: {_availability(engine)[1]}")
+        pytest.skip(f"engine {engine!r} not available: {engine_availability(engine)[1]}")
     net, feats = _random_case(rng)
     ref = get_engine(engine, precision=precision).run(net, feats)
     assert len(ref.categories) > 0
@@ -408,7 +398,7 @@ def _runs(engine: str, precisions=("fp32",)) -> list[dict]:
 @pytest.mark.parametrize("engine", ["reference", "cpu"])
 def test_mpi_two_ranks_random_network(tmp_path, rng, engine):
     if engine not in _engines():
-        pytest.skip(f"engine {engine!r} not available: {_availability(engine)[1]}")
+        pytest.skip(f"engine {engine!r} not available: {engine_availability(engine)[1]}")
     net, feats = _random_case(rng)
     case = _write_case(tmp_path / "case", net, feats)
     results = _launch(case, _runs(engine, ("fp32", "fp64")), 2)
@@ -441,45 +431,9 @@ def test_mpi_three_ranks_uneven_split(tmp_path, rng):
     _check_against_one_rank(results, net, feats, 3)
 
 
-def _read_mtx(path: Path) -> sp.csr_matrix:
-    """A MatrixMarket coordinate file (pattern or real, optionally gzipped) as CSR, values 1 for a pattern."""
-    import gzip
-
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt") as fh:
-        lines = [line for line in fh if not line.startswith("%")]
-    rows, cols, nnz = (int(v) for v in lines[0].split())
-    t = np.array(" ".join(lines[1:]).split(), dtype=np.float64).reshape(nnz, -1)
-    values = t[:, 2] if t.shape[1] > 2 else np.ones(nnz)
-    return sp.csr_matrix((values, (t[:, 0].astype(np.int64) - 1, t[:, 1].astype(np.int64) - 1)), shape=(rows, cols))
-
-
-def _read_official(official_dir: Path):
-    """The official 120 layers of N=1024, the first 1,200 inputs and their truth (own tiny reader)."""
-    import tarfile
-
-    n = 1024
-    layers = [None] * 120
-    with tarfile.open(official_dir / "neuron1024.tar.gz") as tar:
-        for member in tar:
-            name = Path(member.name).name
-            if not (member.isfile() and name.startswith("n1024-l") and name.endswith(".tsv")):
-                continue
-            k = int(name[len("n1024-l"):-len(".tsv")])
-            t = np.array(tar.extractfile(member).read().split(), dtype=np.float64).reshape(-1, 3)
-            layers[k - 1] = sp.csr_matrix((t[:, 2], (t[:, 0].astype(np.int64) - 1, t[:, 1].astype(np.int64) - 1)),
-                                          shape=(n, n))
-    assert all(w is not None for w in layers), "official tarball lacks some of the 120 layers"
-    feats = _read_mtx(official_dir / "sparse-images-1024-first1200.mtx.gz")
-    feats.data[:] = 1.0
-    truth = _read_mtx(official_dir / "neuron1024-l120-categories-first1200.mtx").tocoo()
-    ids = np.unique(truth.row + 1 if truth.shape[0] > 1 else truth.col + 1).astype(np.int64)
-    return Network.from_layers(layers, -0.30), feats, ids
-
-
 @pytest.mark.mpi
 def test_mpi_two_ranks_official_subset(tmp_path, official_dir):
-    net, feats, truth = _read_official(official_dir)
+    net, feats, truth = read_official_subset(official_dir)
     assert feats.shape == (1200, 1024) and len(truth) == 19
     case = _write_case(tmp_path / "official", net, feats)
     engines = _engines()
@@ -487,90 +441,6 @@ def test_mpi_two_ranks_official_subset(tmp_path, official_dir):
     results = _launch(case, runs, 2)
     _check_against_one_rank(results, net, feats, 2, truth=truth)
     assert {r["run"]["engine"] for r in results} == set(engines)
-
-
-# ------------------------------------------------------------------ benchmarks/mpi_bench.py
-
-
-def _bench_module():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "mpi_bench.py"
-    spec = importlib.util.spec_from_file_location("spdnn_mpi_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def _fake_run(segments, *, seconds, categories, busy=None, rebalances=0):
-    return {"inference_seconds": seconds, "categories": categories,
-            "extra": {"segments": segments, "rank_busy_seconds": busy or [], "rebalances": rebalances}}
-
-
-def test_bench_model_recovers_parameters():
-    bench = _bench_module()
-    a, c, layers, samples = 2e-6, 1e-4, 40, 1000
-    spans = [(0, 2, 1800), (2, 4, 900), (4, 8, 700), (8, 16, 800), (16, 40, 2400)]
-    segs = [{"start": s, "stop": e, "row_layers": [rl], "busy_seconds": [a * rl + c * (e - s)]} for s, e, rl in spans]
-    total = sum(s["busy_seconds"][0] for s in segs)
-    cats = list(range(901, 1001))            # all 100 survivors in the last tenth: a skewed static split
-    one = _fake_run(segs, seconds=total + 0.001, categories=cats)
-    two = {"off": _fake_run([], seconds=total / 2 + 0.0012, categories=cats, busy=[total / 2, total / 2])}
-    m = bench.fit_model(one, two, layers=layers, samples=samples, predict=(1, 2, 8, 64))
-    assert m["a_seconds_per_row_layer"] == pytest.approx(a, rel=1e-6)
-    assert m["c_seconds_per_layer"] == pytest.approx(c, rel=1e-6)
-    assert m["o1_seconds"] == pytest.approx(0.001, rel=1e-6)
-    assert m["alpha_seconds"] == pytest.approx(0.0002, rel=1e-6)
-    assert m["S_final_survivors"] == 100
-    p = {row["ranks"]: row for row in m["predictions"]}
-    assert p[1]["block"]["seconds"] == pytest.approx(one["inference_seconds"], rel=1e-6)
-    # every survivor is in the last block of the contiguous split: dealing chunks or
-    # rebalancing must predict faster runs
-    assert p[8]["balanced"]["seconds"] <= p[8]["shuffled"]["seconds"] < p[8]["block"]["seconds"]
-    assert p[64]["balanced"]["speedup"] > p[8]["balanced"]["speedup"] > 1
-    assert 0 < p[64]["block"]["efficiency"] < p[8]["block"]["efficiency"] <= 1
-
-
-def test_bench_packed_inputs_and_upsampling(tmp_path, rng):
-    bench = _bench_module()
-    dense = rng.random((7, 64)) < 0.3                      # 7 images of 8 x 8, column-major features
-    np.savez(tmp_path / "features-64.npz", bits=np.packbits(dense, axis=1), n=np.int64(64),
-             nnz=np.int64(dense.sum()))
-    got = bench.read_packed(tmp_path / "features-64.npz")
-    assert got.shape == (7, 64) and (got != sp.csr_matrix(dense.astype(np.float64))).nnz == 0
-    up = bench.upsample_2x2(got, 64)
-    images = dense.reshape(7, 8, 8).transpose(0, 2, 1)     # [sample, row, col] from feature c * 8 + r
-    big = np.kron(images, np.ones((2, 2), dtype=bool))     # 16 x 16, each pixel a 2 x 2 block
-    expect = big.transpose(0, 2, 1).reshape(7, 256)        # back to column-major features
-    assert up.has_sorted_indices and (up != sp.csr_matrix(expect.astype(np.float64))).nnz == 0
-    path, _, origin = bench.features_file(tmp_path / "work", 256, 5, "packed", tmp_path)
-    assert "upsampled" in origin and NpzSource(path).samples == 5
-    assert (NpzSource(path).rows(0, 5) != up[:5]).nnz == 0
-
-
-def test_bench_fast_features_shape():
-    bench = _bench_module()
-    f = bench.fast_features(1024, 5)
-    assert f.shape == (5, 1024) and f.nnz > 0 and set(np.unique(f.data)) == {1.0}
-    assert np.all(np.diff(f.indptr) > 0)
-
-
-@pytest.mark.mpi
-def test_bench_script_runs_one_and_two_ranks(tmp_path):
-    engine = "cpu" if "cpu" in _engines() else "reference"
-    out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "mpi_bench.py"), "--engine",
-           engine, "--cells", "1024x12", "--samples", "240", "--ranks", "1,2", "--inputs", "fast", "--repeat", "0",
-           "--workdir", str(tmp_path / "work"), "--out", str(out)]
-    env = dict(os.environ, NUMBA_NUM_THREADS="1")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=MPI_TIMEOUT)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    report = json.loads(out.read_text())
-    (cell,) = report["cells"]
-    assert cell["passed"] and {(r["ranks"], r["mode"]) for r in cell["rows"]} == {
-        (1, "off"), (1, "on"), (2, "block"), (2, "off"), (2, "on"), (2, "force")}
-    assert all(r["same_as_1_rank"] for r in cell["rows"])
-    assert "predictions" in cell["model"] and "off" in cell["model"]["check_P2"]
 
 
 def test_auto_balance_is_on_for_host_engines_and_off_for_device_engines():
@@ -582,30 +452,6 @@ def test_auto_balance_is_on_for_host_engines_and_off_for_device_engines():
         assert _policy("auto", name) is None
         assert isinstance(_policy(True, name), BalancePolicy)     # still available on request
     assert _policy(False, "cpu") is None
-
-
-def test_bench_static_fit_recovers_parameters_and_checks_unfitted_runs():
-    bench = _bench_module()
-    a, C, layers, samples = 3e-6, 0.02, 40, 1000
-    spans = [(0, 2, 1800), (2, 4, 900), (4, 8, 700), (8, 16, 800), (16, 40, 2400)]
-    segs = [{"start": s, "stop": e, "row_layers": [rl], "busy_seconds": [0.0]} for s, e, rl in spans]
-    cats = list(range(1, 1001, 10))                      # 100 survivors spread over the samples
-    one = _fake_run(segs, seconds=0.0, categories=cats)
-    np_cats = np.asarray(cats)
-    total = sum(rl for *_, rl in spans)
-    Wd = total - len(cats) * layers
-
-    def static(P, layout):
-        k = bench._busiest(samples, P, layout, np_cats)
-        return _fake_run([], seconds=a * (Wd / P + k * layers) + C, categories=cats)
-
-    measured = {P: {"off": static(P, "shuffled"), "block": static(P, "block")} for P in (1, 2, 4)}
-    m = bench.fit_static(one, measured, layers=layers, samples=samples, fit_ranks=[1, 2])
-    assert m["a_seconds_per_row_layer"] == pytest.approx(a, rel=1e-6)
-    assert m["C_seconds"] == pytest.approx(C, rel=1e-6)
-    unfitted = [c for c in m["checks"] if not c["fitted"]]
-    assert {c["ranks"] for c in unfitted} == {4} and all(abs(c["error"]) < 1e-9 for c in unfitted)
-    assert bench.fit_static(one, {1: measured[1]}, layers=layers, samples=samples, fit_ranks=[1]) is None
 
 
 @pytest.mark.mpi

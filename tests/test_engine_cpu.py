@@ -18,7 +18,7 @@ from spdnn.errors import OptionError, SpdnnError
 from spdnn.generate import radixnet_network
 from spdnn.network import Network
 
-from test_engines import random_features, random_network
+from factories import general_features, general_network
 
 
 def _same_as_reference(network, features, *, precision="fp64", **options):
@@ -94,8 +94,8 @@ def test_fp64_power_of_two_guard_keeps_bits():
 
 
 def test_batches_and_tiles_agree(rng):
-    network = random_network(rng, neurons=40, depth=5, bias_kind="mixed")
-    features = random_features(rng, 100, 40)
+    network = general_network(rng, neurons=40, depth=5, bias_kind="mixed")
+    features = general_features(rng, 100, 40)
     for options in ({"batch_samples": 7, "tile": 8}, {"batch_samples": 33}, {"tile": 16}):
         result = _same_as_reference(network, features, **options)
         if "batch_samples" in options:
@@ -103,8 +103,8 @@ def test_batches_and_tiles_agree(rng):
 
 
 def test_segments_across_batches(rng):
-    network = random_network(rng, neurons=30, depth=6, bias_kind="negative")
-    features = random_features(rng, 90, 30)
+    network = general_network(rng, neurons=30, depth=6, bias_kind="negative")
+    features = general_features(rng, 90, 30)
     full = CpuEngine(precision="fp64").run(network, features)
     engine = CpuEngine(precision="fp64", batch_samples=20)
     engine.prepare(network)
@@ -118,8 +118,8 @@ def test_segments_across_batches(rng):
 def test_finished_batches_keep_only_their_survivors(rng):
     """Between batches the engine holds the survivors, not a batch-sized buffer each
     (at N=65536 in fp64 that was 30 GiB for the 60,000 challenge inputs)."""
-    network = random_network(rng, neurons=64, depth=6, bias_kind="negative")
-    features = sp.lil_matrix(random_features(rng, 400, 64))
+    network = general_network(rng, neurons=64, depth=6, bias_kind="negative")
+    features = sp.lil_matrix(general_features(rng, 400, 64))
     features[:200] = 0                                   # the first half dies at layer 1
     features = features.tocsr()
     engine = CpuEngine(precision="fp64", batch_samples=64, tile=8)

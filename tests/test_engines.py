@@ -10,33 +10,21 @@ equals a full run.
 """
 from __future__ import annotations
 
-import io
-import re
-import tarfile
-
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 from spdnn.engines import ENGINES, engine_class
 from spdnn.engines.reference import ReferenceEngine
-from spdnn.formats import read_categories, read_features
-from spdnn.network import Network
 from spdnn.verify import explain_differences
+
+from factories import engine_availability, general_features, general_network, read_official_subset
 
 PRECISIONS = ["fp32", "fp64"]
 
 
-def _availability(name: str) -> tuple[bool, str]:
-    try:
-        return engine_class(name).availability()
-    except Exception as exc:  # an engine module that cannot even be imported here
-        return False, f"{type(exc).__name__}: {exc}"
-
-
 @pytest.fixture(params=sorted(ENGINES))
 def engine_name(request) -> str:
-    ok, why = _availability(request.param)
+    ok, why = engine_availability(request.param)
     if not ok:
         pytest.skip(f"engine {request.param!r} not available here: {why}")
     return request.param
@@ -53,28 +41,10 @@ def make_engine(name: str, precision: str):
 
 # -- (a) the official subset -----------------------------------------------------------------
 
-def _read_official_network(tar_path) -> Network:
-    """The 120 official N=1024 layers from neuron1024.tar.gz (tarfile + numpy)."""
-    layers = {}
-    with tarfile.open(tar_path) as tar:
-        for member in tar:
-            match = re.search(r"n1024-l(\d+)\.tsv$", member.name)
-            if not member.isfile() or match is None:
-                continue
-            text = tar.extractfile(member).read()
-            a = np.array(text.split(), dtype=np.float64).reshape(-1, 3)
-            layers[int(match.group(1))] = sp.csr_matrix(
-                (a[:, 2], (a[:, 0].astype(np.int64) - 1, a[:, 1].astype(np.int64) - 1)), shape=(1024, 1024))
-    assert sorted(layers) == list(range(1, 121))
-    return Network.from_layers([layers[k] for k in range(1, 121)], -0.30)
-
-
 @pytest.fixture(scope="session")
 def official_case(official_dir):
     """(network, features, truth ids) of the official first 1,200 samples, read once."""
-    network = _read_official_network(official_dir / "neuron1024.tar.gz")
-    features = read_features(official_dir / "sparse-images-1024-first1200.mtx.gz", 1024, cache=False)
-    truth_ids = read_categories(official_dir / "neuron1024-l120-categories-first1200.mtx")
+    network, features, truth_ids = read_official_subset(official_dir)
     reference = ReferenceEngine(precision="fp64").run(network, features)
     return network, features, truth_ids, reference
 
@@ -95,50 +65,10 @@ def test_official_subset(engine_name, precision, official_case):
 
 # -- (b) random general networks ------------------------------------------------------------
 
-def random_network(rng, *, neurons=None, depth=None, weights=None, bias_kind=None) -> Network:
-    """A random network exercising the general path: varied row/column lengths (empty ones
-    included), negative and positive weights, per-neuron bias of any sign, any ymax."""
-    n = int(rng.integers(5, 70)) if neurons is None else neurons
-    depth = int(rng.integers(1, 10)) if depth is None else depth
-    weights = rng.choice(["normal", "uniform16", "uniform03", "positive"]) if weights is None else weights
-    layers = []
-    for _ in range(depth):
-        density = rng.uniform(0.02, 0.4)
-        w = sp.random(n, n, density=density, random_state=rng, format="csr")
-        empty = rng.random(n) < 0.1                           # some empty rows and columns
-        w = sp.diags((~empty).astype(float)) @ w @ sp.diags((rng.random(n) > 0.1).astype(float))
-        w = sp.csr_matrix(w)
-        if weights == "normal":
-            w.data = rng.normal(0.0, 0.6, w.nnz)
-        elif weights == "uniform16":
-            w.data[:] = 0.0625
-        elif weights == "uniform03":
-            w.data[:] = 0.3
-        else:
-            w.data = rng.uniform(0.0, 0.5, w.nnz)
-        layers.append(w)
-    bias_kind = rng.choice(["negative", "positive", "mixed", "constant"]) if bias_kind is None else bias_kind
-    bias = {"negative": lambda: rng.uniform(-0.4, 0.0, (depth, n)),
-            "positive": lambda: rng.uniform(0.0, 0.2, (depth, n)),
-            "mixed": lambda: rng.uniform(-0.3, 0.3, (depth, n)),
-            "constant": lambda: -0.25}[bias_kind]()
-    ymax = float(rng.choice([32.0, 1.0, 4.5]))
-    return Network.from_layers(layers, bias, ymax=ymax)
-
-
-def random_features(rng, samples: int, neurons: int) -> sp.csr_matrix:
-    f = sp.random(samples, neurons, density=rng.uniform(0.05, 0.5), random_state=rng, format="csr")
-    if rng.random() < 0.5:
-        f.data[:] = 1.0
-    else:
-        f.data = rng.normal(0.0, 1.0, f.nnz)                  # negative inputs too
-    return f
-
-
 @pytest.mark.parametrize("case", range(6))
 def test_random_networks(engine_name, precision, rng, case):
-    network = random_network(rng)
-    features = random_features(rng, int(rng.integers(0, 200)), network.neurons)
+    network = general_network(rng)
+    features = general_features(rng, int(rng.integers(0, 200)), network.neurons)
     reference = ReferenceEngine(precision="fp64")
     ref = reference.run(network, features)
     engine = make_engine(engine_name, precision)
@@ -163,8 +93,8 @@ def test_random_networks(engine_name, precision, rng, case):
 # -- (c) segments -----------------------------------------------------------------------------
 
 def test_segments_equal_full_run(engine_name, precision, rng):
-    network = random_network(rng, depth=int(rng.integers(3, 9)), bias_kind="negative")
-    features = random_features(rng, int(rng.integers(20, 150)), network.neurons)
+    network = general_network(rng, depth=int(rng.integers(3, 9)), bias_kind="negative")
+    features = general_features(rng, int(rng.integers(20, 150)), network.neurons)
     full = make_engine(engine_name, precision).run(network, features)
     split = int(rng.integers(1, network.depth))
 

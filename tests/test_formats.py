@@ -16,28 +16,12 @@ from spdnn.formats import (find_official, read_categories, read_features, read_l
                            write_categories, write_features_tsv, write_layer_tsv)
 from spdnn.network import OFFICIAL_BIAS
 
+from factories import random_layer, same_csr
+
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SPDNN_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def random_layer(rng, n, density=0.05, values="random"):
-    w = sp.random(n, n, density=density, format="csr", random_state=rng)
-    if values == "official":
-        w.data[:] = 0.0625
-    else:
-        w.data = rng.standard_normal(w.nnz)
-    return w
-
-
-def same(a, b):
-    """Exactly equal sparse matrices (shape, pattern and bits)."""
-    a, b = sp.csr_matrix(a), sp.csr_matrix(b)
-    a.sort_indices()
-    b.sort_indices()
-    return (a.shape == b.shape and np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices)
-            and np.array_equal(a.data.view(np.int64), b.data.view(np.int64)))
 
 
 def write_network_dir(directory: Path, layers, n, gz=False):
@@ -109,7 +93,7 @@ def test_layer_roundtrip_exact(rng, tmp_path, gz):
     write_layer_tsv(path, w)
     assert (path.read_bytes()[:2] == b"\x1f\x8b") == gz
     got = read_layer(path, neurons=50)
-    assert got.dtype == np.float64 and got.has_canonical_format and same(got, w)
+    assert got.dtype == np.float64 and got.has_canonical_format and same_csr(got, w)
 
 
 def test_layer_official_value_format_and_order(tmp_path):
@@ -128,7 +112,7 @@ def test_entry_order_does_not_matter(rng, tmp_path, order):
                                                                   coo.data[keys].tolist()))
     (tmp_path / "w.tsv").write_text(text)
     got = read_layer(tmp_path / "w.tsv", neurons=40)
-    assert got.has_canonical_format and same(got, w)
+    assert got.has_canonical_format and same_csr(got, w)
 
 
 def test_writer_blocks_and_caller_matrix_untouched(rng, tmp_path):
@@ -140,7 +124,7 @@ def test_writer_blocks_and_caller_matrix_untouched(rng, tmp_path):
     tsv._write_compressed(tmp_path / "blocks.tsv", x.indptr, x.indices, x.data, "%g", major_first=True,
                           entries_per_block=7)
     assert (tmp_path / "one.tsv").read_bytes() == (tmp_path / "blocks.tsv").read_bytes()
-    assert same(read_features(tmp_path / "blocks.tsv", neurons=12, samples=30, cache=False), x)
+    assert same_csr(read_features(tmp_path / "blocks.tsv", neurons=12, samples=30, cache=False), x)
     # A non-canonical input (unsorted, duplicates) is written summed and sorted, and left as it was.
     m = sp.csr_matrix((np.array([1.0, 2.0, 3.0]), np.array([2, 0, 2]), np.array([0, 3, 3])), shape=(2, 3))
     before = (m.indices.copy(), m.data.copy())
@@ -175,14 +159,14 @@ def test_random_values_roundtrip_bits(rng, tmp_path):
 
 
 def test_network_from_directory_and_parent(rng, tmp_path):
-    layers = [random_layer(rng, 64, values="official") for _ in range(4)]
+    layers = [random_layer(rng, 64, values=0.0625) for _ in range(4)]
     write_network_dir(tmp_path / "neuron64", layers, 64, gz=True)
     for source in (tmp_path / "neuron64", tmp_path):
         net = read_network(source, bias=-0.2, cache=False)
         assert net.depth == 4 and net.neurons == 64 and net.uniform_bias() == -0.2
-        assert all(same(a, b) for a, b in zip(net.layers, layers))
+        assert all(same_csr(a, b) for a, b in zip(net.layers, layers))
     net = read_network(tmp_path, layers=[2, 3], bias=-0.2, cache=False)
-    assert same(net.layers[0], layers[1]) and same(net.layers[1], layers[2])
+    assert same_csr(net.layers[0], layers[1]) and same_csr(net.layers[1], layers[2])
 
 
 def test_network_bias_default_official_only(rng, tmp_path):
@@ -229,7 +213,7 @@ def test_network_from_small_archive(rng, tmp_path):
     members = {f"neuron32/n32-l{k}.tsv": (tmp_path / "src" / f"n32-l{k}.tsv").read_bytes() for k in (3, 1, 2)}
     make_tar(tmp_path / "neuron32.tar.gz", members)
     net = read_network(tmp_path / "neuron32.tar.gz", bias=-0.1, cache=False)
-    assert net.depth == 3 and all(same(a, b) for a, b in zip(net.layers, layers))
+    assert net.depth == 3 and all(same_csr(a, b) for a, b in zip(net.layers, layers))
     with pytest.raises(DataNotFoundError, match=r"n32-l4\.tsv"):
         read_network(tmp_path / "neuron32.tar.gz", layers=4, bias=-0.1, cache=False)
 
@@ -442,7 +426,7 @@ def test_features_tsv_roundtrip(rng, tmp_path):
     samples_in_file = [int(t.split("\t")[0]) for t in text.splitlines()]
     assert samples_in_file == sorted(samples_in_file)
     got = read_features(tmp_path / "sparse-images-16.tsv.gz", neurons=16, samples=40, cache=False)
-    assert same(got, x)
+    assert same_csr(got, x)
     # Without neurons/samples, the shape comes from the largest ids.
     last_row = int(np.flatnonzero(np.diff(x.indptr))[-1]) + 1
     assert read_features(tmp_path / "sparse-images-16.tsv.gz", cache=False).shape[0] == last_row

@@ -20,14 +20,7 @@ from spdnn.generate import (cached_challenge, challenge_features, default_bias, 
                             radixnet_permutations, write_challenge)
 from spdnn.generate import mnist as mnist_module
 
-
-def same_csr(a: sp.csr_matrix, b: sp.csr_matrix) -> bool:
-    """Exact equality of two canonical CSR matrices (shape, pattern and values)."""
-    a, b = sp.csr_matrix(a), sp.csr_matrix(b)
-    a.sort_indices()
-    b.sort_indices()
-    return (a.shape == b.shape and np.array_equal(a.indptr, b.indptr)
-            and np.array_equal(a.indices, b.indices) and np.array_equal(a.data, b.data))
+from factories import same_csr
 
 
 def official_layer_bytes(official_dir, k: int) -> bytes:

@@ -15,7 +15,7 @@ from spdnn.network import Network
 from spdnn.verify import (SPLIT_RTOL, compare_categories, explain_differences, trace_sample,
                           trace_sample_exact)
 
-from test_engines import random_features, random_network
+from factories import general_features, general_network
 
 
 # -- compare_categories ------------------------------------------------------------------
@@ -139,8 +139,8 @@ def test_exact_trace_agrees_with_fp64_where_fp64_is_exact(fixed_point_case):
 # -- tracing against the reference -------------------------------------------------------------
 
 def test_trace_matches_reference_layers(rng):
-    network = random_network(rng, neurons=24, depth=6, weights="normal", bias_kind="mixed")
-    features = random_features(rng, 5, 24)
+    network = general_network(rng, neurons=24, depth=6, weights="normal", bias_kind="mixed")
+    features = general_features(rng, 5, 24)
     for s in range(features.shape[0]):
         trace = trace_sample(network, features[s], precision="fp64")
         y = features[s].astype(np.float64)
@@ -151,8 +151,8 @@ def test_trace_matches_reference_layers(rng):
 
 
 def test_exact_trace_close_to_fp64_on_random_networks(rng):
-    network = random_network(rng, neurons=20, depth=5, weights="positive", bias_kind="negative")
-    features = random_features(rng, 4, 20)
+    network = general_network(rng, neurons=20, depth=5, weights="positive", bias_kind="negative")
+    features = general_features(rng, 4, 20)
     for s in range(features.shape[0]):
         floats = trace_sample(network, features[s], precision="fp64")
         exact = trace_sample_exact(network, features[s])

@@ -1,0 +1,246 @@
+"""Shared test factories: random networks and features, and the official subset.
+
+One home for the inputs the test files build (they used to define their own copies,
+which drifted). Everything random takes a ``numpy.random.Generator`` (the ``rng``
+fixture of ``conftest.py``, whose seed pytest prints), so a failure can be replayed.
+
+Weights (``values`` of :func:`random_layer`):
+
+- ``"normal"``: N(0, sigma) with sigma = 1.5 / sqrt(n * density), so that an activation
+  row keeps a size of order one over many layers;
+- ``"standard"``: N(0, 1);
+- ``"fp16"``: multiples of 1/64 in [-8/64, 24/64), exact in half precision;
+- a number: every weight equal to it (the challenge's uniform 1/16 = 0.0625, or 0.3);
+- a pair ``(low, high)``: uniform on [low, high).
+
+Bias (``bias`` of :func:`random_network`): a kind from :data:`BIAS_KINDS` drawn per layer
+and neuron, or anything :meth:`spdnn.network.Network.from_layers` accepts (a number, a
+vector (N,), an array (L, N)).
+"""
+from __future__ import annotations
+
+import re
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from spdnn.engines import engine_class
+from spdnn.engines.reference import ReferenceEngine
+from spdnn.network import Network
+
+__all__ = ["BIAS_KINDS", "GENERAL_WEIGHTS", "random_layer", "random_bias", "random_network",
+           "duplicate_column_network", "random_features", "general_network", "general_features", "reference_run",
+           "engine_availability", "read_official_subset", "same_csr"]
+
+#: Per-neuron bias kinds of :func:`random_bias`: the sign pattern matters to the engines
+#: (a positive bias can revive a dead row's structural nonzeros, a negative one prunes).
+BIAS_KINDS = ("negative", "positive", "mixed", "constant")
+
+
+def _weights(rng: np.random.Generator, count: int, n: int, density: float, values) -> np.ndarray:
+    if isinstance(values, str):
+        if values == "normal":
+            return rng.normal(0.0, 1.5 / np.sqrt(n * density), count)
+        if values == "standard":
+            return rng.standard_normal(count)
+        if values == "fp16":
+            return rng.integers(-8, 24, count) / 64.0
+        raise ValueError(f"unknown weight kind {values!r}")
+    if isinstance(values, tuple):
+        low, high = values
+        return rng.uniform(low, high, count)
+    return np.full(count, float(values))
+
+
+def random_layer(rng: np.random.Generator, n: int, density: float = 0.1, *, values="normal",
+                 columns: int | None = None) -> sp.csr_matrix:
+    """A random sparse layer, shape (n, columns or n), float64 CSR with sorted indices.
+
+    ``density`` is the expected fraction of nonzeros; ``values`` as in the module docstring.
+    """
+    w = sp.random(n, n if columns is None else columns, density=density, format="csr", random_state=rng)
+    w.data = _weights(rng, w.nnz, n, density, values)
+    w.sort_indices()
+    return w
+
+
+def random_bias(rng: np.random.Generator, depth: int, n: int, kind: str = "mixed"):
+    """Bias of one of :data:`BIAS_KINDS`: an array (depth, n), or a scalar for 'constant'.
+
+    negative: U(-0.4, 0); positive: U(0, 0.2); mixed: U(-0.2, 0.3) (both signs, leaning
+    positive so that samples survive several layers); constant: -0.25 everywhere.
+    """
+    if kind == "negative":
+        return rng.uniform(-0.4, 0.0, (depth, n))
+    if kind == "positive":
+        return rng.uniform(0.0, 0.2, (depth, n))
+    if kind == "mixed":
+        return rng.uniform(-0.2, 0.3, (depth, n))
+    if kind == "constant":
+        return -0.25
+    raise ValueError(f"unknown bias kind {kind!r}: expected one of {BIAS_KINDS}")
+
+
+def _bias(rng, depth, n, bias):
+    return random_bias(rng, depth, n, bias) if isinstance(bias, str) else bias
+
+
+def random_network(rng: np.random.Generator, n: int, depth: int, *, density: float = 0.1, values="normal",
+                   bias="mixed", ymax: float = 32.0) -> Network:
+    """``depth`` layers of :func:`random_layer`; ``bias`` a kind of :data:`BIAS_KINDS` or explicit values."""
+    layers = [random_layer(rng, n, density, values=values) for _ in range(depth)]
+    return Network.from_layers(layers, _bias(rng, depth, n, bias), ymax=ymax)
+
+
+def duplicate_column_network(rng: np.random.Generator, n: int, depth: int, distinct: int, *,
+                             density: float = 0.1, values="normal", bias="mixed") -> Network:
+    """Layers whose n columns are copies of ``distinct`` random columns, shuffled.
+
+    Like RadiX-Net (N/16 distinct columns, docs/challenge.md, Generator): every one of
+    the ``distinct`` columns appears at least once, the others are random repeats, so a
+    layer has at most ``distinct`` different columns.
+    """
+    layers = []
+    for _ in range(depth):
+        base = random_layer(rng, n, density, values=values, columns=distinct).tocsc()
+        pick = np.concatenate([np.arange(distinct), rng.integers(0, distinct, n - distinct)])
+        layers.append(base[:, rng.permutation(pick)].tocsr())
+    return Network.from_layers(layers, _bias(rng, depth, n, bias))
+
+
+def random_features(rng: np.random.Generator, samples: int, n: int, density: float = 0.3, *,
+                    values="binary", dead=()) -> sp.csr_matrix:
+    """Random inputs, shape (samples, n), float64 CSR with sorted indices.
+
+    ``values``: 'binary' (every nonzero 1, like the challenge), 'normal' (N(0, 1),
+    negative inputs too) or a pair (low, high) (uniform). The rows listed in ``dead``
+    are emptied: those samples are dead from the start.
+    """
+    f = sp.random(samples, n, density=density, format="csr", random_state=rng)
+    if isinstance(values, tuple):
+        f.data = rng.uniform(values[0], values[1], f.nnz)
+    elif values == "normal":
+        f.data = rng.normal(0.0, 1.0, f.nnz)
+    elif values == "binary":
+        f.data[:] = 1.0
+    else:
+        raise ValueError(f"unknown feature values {values!r}")
+    if len(dead):
+        keep = np.ones(samples, dtype=bool)
+        keep[list(dead)] = False
+        f = sp.csr_matrix(sp.diags(keep.astype(np.float64)) @ f)
+        f.eliminate_zeros()
+    f.sort_indices()
+    return f
+
+
+#: Weight kinds of :func:`general_network`: value generators (rng, count) -> values.
+GENERAL_WEIGHTS = {
+    "normal": lambda rng, count: rng.normal(0.0, 0.6, count),
+    "uniform16": lambda rng, count: np.full(count, 0.0625),
+    "uniform03": lambda rng, count: np.full(count, 0.3),
+    "positive": lambda rng, count: rng.uniform(0.0, 0.5, count),
+}
+
+
+def general_network(rng: np.random.Generator, *, neurons: int | None = None, depth: int | None = None,
+                    weights: str | None = None, bias_kind: str | None = None) -> Network:
+    """A random network exercising every general path of an engine.
+
+    Unless given: N in [5, 70), depth in [1, 10), a weight kind of :data:`GENERAL_WEIGHTS`
+    (negative and positive values, or one value per layer), a bias kind of
+    :data:`BIAS_KINDS`, and ymax among 32, 1 and 4.5. Each layer has its own density in
+    [0.02, 0.4), and about one row and one column in ten is empty.
+    """
+    n = int(rng.integers(5, 70)) if neurons is None else neurons
+    depth = int(rng.integers(1, 10)) if depth is None else depth
+    weights = str(rng.choice(sorted(GENERAL_WEIGHTS))) if weights is None else weights
+    layers = []
+    for _ in range(depth):
+        w = sp.random(n, n, density=rng.uniform(0.02, 0.4), random_state=rng, format="csr")
+        rows = (rng.random(n) >= 0.1).astype(np.float64)          # some empty rows and columns
+        cols = (rng.random(n) > 0.1).astype(np.float64)
+        w = sp.csr_matrix(sp.diags(rows) @ w @ sp.diags(cols))
+        w.sort_indices()
+        w.data = GENERAL_WEIGHTS[weights](rng, w.nnz)
+        layers.append(w)
+    kind = str(rng.choice(BIAS_KINDS)) if bias_kind is None else bias_kind
+    ymax = float(rng.choice([32.0, 1.0, 4.5]))
+    return Network.from_layers(layers, random_bias(rng, depth, n, kind), ymax=ymax)
+
+
+def general_features(rng: np.random.Generator, samples: int, neurons: int) -> sp.csr_matrix:
+    """Random inputs of a random density in [0.05, 0.5): binary or N(0, 1) (negative too), half and half."""
+    density = rng.uniform(0.05, 0.5)
+    return random_features(rng, samples, neurons, density, values="binary" if rng.random() < 0.5 else "normal")
+
+
+def reference_run(network: Network, features, precision: str = "fp64"):
+    """(InferenceResult, rows, values) of the reference engine: its result and final activations."""
+    engine = ReferenceEngine(precision=precision)
+    result = engine.run(network, features)
+    rows, values = engine.activations()
+    return result, rows, values
+
+
+def engine_availability(name: str) -> tuple[bool, str]:
+    """(usable here, why not) for a registered engine; an engine whose module cannot even
+    be imported here counts as unavailable, with the exception as the reason."""
+    try:
+        return engine_class(name).availability()
+    except Exception as exc:
+        return False, f"{type(exc).__name__}: {exc}"
+
+
+def _read_tsv_triples(raw: bytes) -> np.ndarray:
+    return np.array(raw.split(), dtype=np.float64).reshape(-1, 3)
+
+
+def _read_mtx(path: Path) -> sp.csr_matrix:
+    """A MatrixMarket coordinate file (pattern or real, optionally gzipped); a pattern reads as ones."""
+    import gzip
+
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt") as fh:
+        lines = [line for line in fh if not line.startswith("%")]
+    rows, cols, nnz = (int(v) for v in lines[0].split())
+    t = np.array(" ".join(lines[1:]).split(), dtype=np.float64).reshape(nnz, -1)
+    values = t[:, 2] if t.shape[1] > 2 else np.ones(nnz)
+    return sp.csr_matrix((values, (t[:, 0].astype(np.int64) - 1, t[:, 1].astype(np.int64) - 1)), shape=(rows, cols))
+
+
+def read_official_subset(official_dir: Path):
+    """(network, features, truth ids) of the official N=1024, L=120 subset: the 120 layers of
+    ``neuron1024.tar.gz``, the first 1,200 inputs and their 19 categories.
+
+    Read with tarfile and numpy alone, independently of :mod:`spdnn.formats`, so that an
+    engine test cannot pass or fail through a reader's bug. Features are binary (1.0);
+    truth ids are 1-based int64, ascending.
+    """
+    n = 1024
+    layers = {}
+    with tarfile.open(official_dir / "neuron1024.tar.gz") as tar:
+        for member in tar:
+            match = re.search(r"n1024-l(\d+)\.tsv$", member.name)
+            if not member.isfile() or match is None:
+                continue
+            t = _read_tsv_triples(tar.extractfile(member).read())
+            layers[int(match.group(1))] = sp.csr_matrix(
+                (t[:, 2], (t[:, 0].astype(np.int64) - 1, t[:, 1].astype(np.int64) - 1)), shape=(n, n))
+    assert sorted(layers) == list(range(1, 121)), "official tarball lacks some of the 120 layers"
+    features = _read_mtx(official_dir / "sparse-images-1024-first1200.mtx.gz")
+    features.data[:] = 1.0
+    truth = _read_mtx(official_dir / "neuron1024-l120-categories-first1200.mtx").tocoo()
+    ids = np.unique(truth.row + 1 if truth.shape[0] > 1 else truth.col + 1).astype(np.int64)
+    return Network.from_layers([layers[k] for k in range(1, 121)], -0.30), features, ids
+
+
+def same_csr(a, b) -> bool:
+    """Exact equality of two sparse matrices: shape, pattern and value bits (after sorting indices)."""
+    a, b = sp.csr_matrix(a), sp.csr_matrix(b)
+    a.sort_indices()
+    b.sort_indices()
+    return (a.shape == b.shape and np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices)
+            and np.array_equal(a.data.view(np.int64), b.data.view(np.int64)))
