@@ -27,7 +27,7 @@ def parse_counter(monkeypatch):
     """Counts layer and feature parses (text reads), so a test can tell a cache hit from a miss."""
     calls = {"layers": 0, "entries": 0}
     layer_stream = tsv.parse_layer_stream
-    read_entries = official.read_tsv_entries
+    read_entries = official.read_entries
 
     def counting_layer(*args, **kwargs):
         calls["layers"] += 1
@@ -38,7 +38,7 @@ def parse_counter(monkeypatch):
         return read_entries(*args, **kwargs)
 
     monkeypatch.setattr(official, "parse_layer_stream", counting_layer)
-    monkeypatch.setattr(official, "read_tsv_entries", counting_entries)
+    monkeypatch.setattr(official, "read_entries", counting_entries)
     return calls
 
 

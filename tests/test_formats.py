@@ -292,12 +292,12 @@ def test_bad_layer_lines(tmp_path, text, line, message, gz):
 
 
 def test_bad_line_in_a_later_block(tmp_path, monkeypatch):
-    from spdnn.formats import tsv
-    monkeypatch.setattr(tsv, "CHUNK_BYTES", 64)
+    from spdnn.formats import text
+    monkeypatch.setattr(text, "CHUNK_BYTES", 64)
     lines = [f"{i}\t{i}\t1" for i in range(1, 101)]
     lines[76] = "77\t77\toops"
     (tmp_path / "w.tsv").write_text("\n".join(lines))  # no final newline
-    blocks = list(tsv.iter_line_blocks(io.BytesIO((tmp_path / "w.tsv").read_bytes()), "w"))
+    blocks = list(text.iter_line_blocks(io.BytesIO((tmp_path / "w.tsv").read_bytes()), "w"))
     assert len(blocks) > 10 and all(b.endswith(b"\n") for b in blocks[:-1])
     with pytest.raises(FormatError, match=r"w\.tsv:77: non-numeric value 'oops'"):
         read_layer(tmp_path / "w.tsv", neurons=100)
@@ -309,8 +309,8 @@ def test_bad_line_in_a_later_block(tmp_path, monkeypatch):
 def test_bad_line_in_a_later_gzip_block_stops_reader(tmp_path, monkeypatch):
     import threading
 
-    from spdnn.formats import tsv
-    monkeypatch.setattr(tsv, "CHUNK_BYTES", 256)
+    from spdnn.formats import text
+    monkeypatch.setattr(text, "CHUNK_BYTES", 256)
     lines = [f"{i}\t1\t1" for i in range(1, 2001)]
     lines[1500] = "1501\t1"
     (tmp_path / "f.tsv.gz").write_bytes(gzip.compress("\n".join(lines).encode()))

@@ -23,7 +23,7 @@ __all__ = ["Network", "LazyLayers", "as_layer", "as_features", "OFFICIAL_BIAS", 
 #: Activation cap of the challenge.
 YMAX = 32.0
 
-#: Official bias (one constant per network size), SPEC.md section 1.
+#: Official bias (one constant per network size), docs/challenge.md, Semantics.
 OFFICIAL_BIAS = {1024: -0.30, 4096: -0.35, 16384: -0.40, 65536: -0.45}
 
 

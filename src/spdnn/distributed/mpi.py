@@ -16,45 +16,29 @@ How a run maps onto ranks (``mpiexec -n P``)::
 mpi4py is imported only when the process was started by an MPI launcher (the launcher's
 environment variables are present): a plain ``python`` run never initialises MPI.
 
-The FeatureSource protocol
---------------------------
-``run_distributed`` accepts the features either as one CSR matrix (every rank slices
-its own rows; fine when each rank can afford to read it all) or as any object with
-
-``samples`` : int
-    Number of rows (samples) in the whole set.
-``neurons`` : int
-    Number of columns N.
-``rows(start, stop)`` -> scipy.sparse.csr_matrix (stop - start, N)
-    Rows ``start..stop-1`` (0-based; global sample id = row + 1), values as float.
-
-so that each rank reads only its part. A source may also offer ``take(ranges)`` ->
-csr_matrix, the rows of a list of (start, stop) ranges stacked in order (one call
-instead of one per range). :class:`CsrSource` wraps a matrix;
-:class:`NpzSource` memory-maps an uncompressed ``.npz`` holding ``indptr``, ``indices``,
-``shape`` and optionally ``data`` (the layout of spdnn's generated-features cache and of
-:func:`save_npz_source`), so a rank touches only the bytes of its rows;
-:class:`HeadSource` keeps the first S rows of another source.
+Features come as one CSR matrix (every rank slices its own rows; fine when each rank
+can afford to read it all) or as a FeatureSource (:mod:`spdnn.formats.sources`: an
+object with ``samples``, ``neurons`` and ``rows(start, stop)``, such as
+:class:`~spdnn.formats.sources.NpzSource` over a features ``.npz``), so that each rank
+reads only its own rows.
 """
 from __future__ import annotations
 
 import functools
 import os
-import struct
 import time
 import warnings
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 
-from .._atomic import atomic_path
 from ..engines import Engine, InferenceResult, get_engine, resolve_engine_name
-from ..errors import DeviceMemoryError, FormatError, OptionError, SpdnnError
-from ..network import Network, as_features
+from ..errors import DeviceMemoryError, OptionError, SpdnnError
+from ..formats.sources import (CsrSource, FeatureSource, HeadSource, NpzSource, as_source, read_ranges,
+                               save_npz_source)
+from ..network import Network
 from .balance import BalancePolicy, imbalance, rank_ranges, segment_ends
 
 __all__ = ["World", "world", "world_of", "bind_resources", "RELOAD_COST_GUESS", "FeatureSource", "CsrSource",
@@ -129,197 +113,6 @@ def world() -> World:
                           stacklevel=2)
         return World(comm=None, rank=0, size=1, local_rank=0, local_size=1)
     return world_of(MPI.COMM_WORLD)
-
-
-# -------------------------------------------------------------------- feature sources
-
-
-@runtime_checkable
-class FeatureSource(Protocol):
-    """Row-range access to a feature set; see the module docstring."""
-
-    samples: int
-    neurons: int
-
-    def rows(self, start: int, stop: int) -> sp.csr_matrix: ...
-
-
-class CsrSource:
-    """A :class:`FeatureSource` over a matrix in memory (samples x N)."""
-
-    def __init__(self, matrix):
-        self._m = matrix if sp.issparse(matrix) and matrix.format == "csr" else sp.csr_matrix(matrix)
-        self.samples, self.neurons = (int(v) for v in self._m.shape)
-
-    def rows(self, start: int, stop: int) -> sp.csr_matrix:
-        _check_range(start, stop, self.samples)
-        return sp.csr_matrix(self._m[start:stop])
-
-    def take(self, ranges) -> sp.csr_matrix:
-        """Rows of several (start, stop) ranges, stacked in order."""
-        for a, b in ranges:
-            _check_range(a, b, self.samples)
-        idx = np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in ranges] or [np.zeros(0, np.int64)])
-        return sp.csr_matrix(self._m[idx])
-
-
-def _check_range(start: int, stop: int, samples: int) -> None:
-    if not (0 <= start <= stop <= samples):
-        raise OptionError(f"rows({start}, {stop}): expected 0 <= start <= stop <= {samples}")
-
-
-def _npz_member(path: Path, zf: zipfile.ZipFile, name: str) -> np.ndarray:
-    """Array ``name`` of an npz: memory-mapped when stored uncompressed, else read."""
-    try:
-        info = zf.getinfo(name + ".npy")
-    except KeyError:
-        raise FormatError(f"no array {name!r} (expected indptr, indices, shape[, data])", path=path) from None
-    if info.compress_type != zipfile.ZIP_STORED:
-        with zf.open(info) as fh:
-            return np.lib.format.read_array(fh, allow_pickle=False)
-    with open(path, "rb") as fh:
-        fh.seek(info.header_offset)
-        head = fh.read(30)
-        if len(head) != 30 or head[:4] != b"PK\x03\x04":
-            raise FormatError(f"member {info.filename}: bad local zip header", path=path)
-        name_len, extra_len = struct.unpack("<HH", head[26:30])
-        fh.seek(info.header_offset + 30 + name_len + extra_len)
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-        if dtype.hasobject or fortran or len(shape) != 1:
-            raise FormatError(f"member {info.filename}: expected a 1-D numeric array", path=path)
-        offset = fh.tell()
-    if shape[0] == 0:
-        return np.zeros(0, dtype=dtype)
-    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
-
-
-class NpzSource:
-    """A :class:`FeatureSource` over an ``.npz`` file, memory-mapped.
-
-    The file holds 1-D arrays ``indptr`` (samples + 1), ``indices`` (nnz, column 0-based),
-    ``shape`` (2,) and optionally ``data`` (nnz; absent means every value is 1), as
-    written by :func:`save_npz_source` or :func:`numpy.savez` (uncompressed: members are
-    mapped, so a rank reads only its rows; compressed members are read whole).
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        try:
-            zf = zipfile.ZipFile(self.path)
-        except (OSError, zipfile.BadZipFile) as exc:
-            raise FormatError(f"cannot open as .npz: {exc}", path=self.path) from exc
-        with zf:
-            shape = np.asarray(_npz_member(self.path, zf, "shape"))
-            self._indptr = _npz_member(self.path, zf, "indptr")
-            self._indices = _npz_member(self.path, zf, "indices")
-            names = zf.namelist()
-            self._data = _npz_member(self.path, zf, "data") if "data.npy" in names else None
-        if shape.shape != (2,):
-            raise FormatError(f"shape: expected 2 numbers, got {shape.tolist()}", path=self.path)
-        self.samples, self.neurons = int(shape[0]), int(shape[1])
-        if self._indptr.shape != (self.samples + 1,) or int(self._indptr[-1]) != self._indices.shape[0]:
-            raise FormatError(f"indptr/indices do not describe {self.samples} rows of {self._indices.shape[0]} "
-                              f"nonzeros", path=self.path)
-        if self._data is not None and self._data.shape != self._indices.shape:
-            raise FormatError("data and indices differ in length", path=self.path)
-
-    def rows(self, start: int, stop: int) -> sp.csr_matrix:
-        _check_range(start, stop, self.samples)
-        ptr = np.array(self._indptr[start:stop + 1], dtype=np.int64)
-        lo, hi = int(ptr[0]), int(ptr[-1])
-        indices = np.array(self._indices[lo:hi])
-        data = np.ones(hi - lo) if self._data is None else np.array(self._data[lo:hi], dtype=np.float64)
-        return sp.csr_matrix((data, indices, ptr - lo), shape=(stop - start, self.neurons))
-
-    def take(self, ranges) -> sp.csr_matrix:
-        """Rows of several (start, stop) ranges, stacked in order (one read per range)."""
-        for a, b in ranges:
-            _check_range(a, b, self.samples)
-        counts, idx, val = [np.zeros(1, np.int64)], [], []
-        for a, b in ranges:
-            ptr = np.array(self._indptr[a:b + 1], dtype=np.int64)
-            counts.append(np.diff(ptr))
-            idx.append(self._indices[ptr[0]:ptr[-1]])
-            if self._data is not None:
-                val.append(self._data[ptr[0]:ptr[-1]])
-        indptr = np.cumsum(np.concatenate(counts))
-        indices = np.concatenate(idx) if idx else np.zeros(0, np.int32)
-        data = (np.ones(len(indices)) if self._data is None or not val
-                else np.concatenate(val).astype(np.float64))
-        return sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, self.neurons))
-
-
-class HeadSource:
-    """The first ``samples`` rows of another :class:`FeatureSource` (``--samples S``)."""
-
-    def __init__(self, source: FeatureSource, samples: int):
-        if not 0 <= int(samples) <= int(source.samples):
-            raise OptionError(f"samples={samples}: expected 0..{source.samples}")
-        self._source, self.samples, self.neurons = source, int(samples), int(source.neurons)
-
-    def rows(self, start: int, stop: int) -> sp.csr_matrix:
-        _check_range(start, stop, self.samples)
-        return self._source.rows(start, stop)
-
-    def take(self, ranges) -> sp.csr_matrix:
-        """Rows of several (start, stop) ranges, stacked in order."""
-        for a, b in ranges:
-            _check_range(a, b, self.samples)
-        take = getattr(self._source, "take", None)
-        if take is not None:
-            return take(ranges)
-        parts = [sp.csr_matrix(self._source.rows(a, b)) for a, b in ranges]
-        return sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, self.neurons))
-
-
-def save_npz_source(path: str | os.PathLike, features, *, values: bool = True) -> Path:
-    """Write features for :class:`NpzSource` (uncompressed npz, atomically).
-
-    Parameters
-    ----------
-    path : path of the ``.npz`` to write
-    features : sparse matrix (samples, N)
-    values : bool
-        False omits ``data`` (every value is then read back as 1: the challenge inputs).
-    """
-    m = as_features(features)
-    path = Path(path)
-    arrays = {"indptr": m.indptr, "indices": m.indices, "shape": np.asarray(m.shape, dtype=np.int64)}
-    if values:
-        arrays["data"] = m.data
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-    return path
-
-
-def _read_ranges(source, ranges: list, neurons: int) -> sp.csr_matrix:
-    """Rows of several (start, stop) ranges, stacked in order (``source.take`` when it has one)."""
-    if not ranges:
-        return sp.csr_matrix((0, neurons))
-    take = getattr(source, "take", None)
-    if take is not None:
-        return as_features(take(ranges), neurons)
-    parts = [as_features(source.rows(a, b), neurons) for a, b in ranges]
-    return parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
-
-
-def as_source(features, neurons: int | None = None) -> FeatureSource:
-    """A :class:`FeatureSource` for a matrix or a source (checked against ``neurons``)."""
-    if sp.issparse(features) or isinstance(features, np.ndarray):
-        source = CsrSource(features)
-    elif isinstance(features, FeatureSource):
-        source = features
-    else:
-        raise OptionError(f"features: expected a sparse matrix or a FeatureSource (samples, neurons, "
-                          f"rows(start, stop)), got {type(features).__name__}")
-    if neurons is not None and int(source.neurons) != neurons:
-        raise OptionError(f"features: {source.neurons} columns, expected {neurons} (one per neuron)")
-    return source
 
 
 # ------------------------------------------------------------------------- the runner
@@ -599,7 +392,7 @@ def run_distributed(network: Network, features, *, engine="auto", precision: str
     t0 = time.perf_counter()
     eng, name, bound = _make_engine(engine, network, precision, dict(engine_options or {}), here, progress)
     policy = _policy(balance, name)
-    local = _read_ranges(source, ranges, network.neurons)
+    local = read_ranges(source, ranges, network.neurons)
     try:
         eng.load(local)
         fits = True

@@ -15,15 +15,15 @@ from pathlib import Path
 
 from .._progress import progress_bar
 from ..errors import ChecksumError, DownloadError, OptionError
-from .tsv import positive_int
+from ..options import positive_int
 
 __all__ = ["OFFICIAL_BASE_URL", "OFFICIAL_MD5", "OFFICIAL_SIZES", "OFFICIAL_DEPTHS", "download_file",
            "download_official", "official_files", "file_md5"]
 
-#: Root of the official data (SPEC.md section 2).
+#: Root of the official data (docs/challenge.md, Formats).
 OFFICIAL_BASE_URL = "https://graphchallenge.s3.amazonaws.com/synthetic/sparsechallenge_2019"
 
-#: MD5 of the network archives ``neuron{N}.tar.gz`` (SPEC.md section 2; none published for 65536).
+#: MD5 of the network archives ``neuron{N}.tar.gz`` (docs/challenge.md, Formats; none published for 65536).
 OFFICIAL_MD5 = {
     1024: "8ccdd73e06ff905f7c72410e9a5cc4be",
     4096: "ebf3785df180ae921db7c805e5c9adfb",

@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import FormatError
-from .tsv import COMPRESSION_ERRORS, TextEntries, entries_to_csr, open_data, read_tsv_entries
+from .text import COMPRESSION_ERRORS, TextEntries, entries_to_csr, open_data, read_entries
 
 __all__ = ["MtxHeader", "read_mtx_header", "read_mtx_entries", "read_mtx", "is_mtx"]
 
@@ -103,7 +103,7 @@ def read_mtx_entries(stream: IO[bytes], where: str, *, names=("row", "column", "
     """Read a coordinate MatrixMarket stream: header and 1-based entries (count checked)."""
     header = read_mtx_header(stream, where)
     want_value = header.field != "pattern"
-    entries = read_tsv_entries(stream, where, nint=2, want_value=want_value, bounds=(header.rows, header.cols),
+    entries = read_entries(stream, where, nint=2, want_value=want_value, bounds=(header.rows, header.cols),
                                names=names, first_line=header.lines + 1, on_block=on_block)
     if entries.count != header.nnz:
         if entries.count > header.nnz:

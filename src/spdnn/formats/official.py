@@ -1,6 +1,6 @@
 """The official Graph Challenge layout: networks, features and truth categories.
 
-Layout (SPEC.md section 2)::
+Layout (docs/challenge.md, Formats)::
 
     neuron{N}/n{N}-l{k}.tsv[.gz]         k = 1..L   (or the archive neuron{N}.tar.gz)
     sparse-images-{N}.tsv[.gz]           or a MatrixMarket subset  *.mtx[.gz]
@@ -25,8 +25,9 @@ from ..errors import DataNotFoundError, FormatError, OptionError
 from ..network import OFFICIAL_BIAS, Network
 from . import cache as _cache
 from .mtx import is_mtx, read_mtx_entries
-from .tsv import (COMPRESSION_ERRORS, positive_int, entries_to_csr, open_data, parse_layer_stream,
-                  read_id_list, read_tsv_entries, wrap_gzip)
+from ..options import positive_int
+from .text import COMPRESSION_ERRORS, entries_to_csr, open_data, read_entries, wrap_gzip
+from .tsv import parse_layer_stream, read_id_list
 
 __all__ = ["read_network", "read_features", "read_categories", "find_official", "OfficialPaths"]
 
@@ -336,7 +337,7 @@ def read_features(path, neurons: int | None = None, *, samples: int | None = Non
                     raise FormatError(f"declares {header.rows} samples (rows), expected samples={samples}",
                                       path=where, line=header.lines)
             else:
-                entries = read_tsv_entries(stream, where, nint=2, want_value=True, names=names,
+                entries = read_entries(stream, where, nint=2, want_value=True, names=names,
                                            bounds=(samples or 0, neurons or 0), on_block=bar.update)
                 if entries.count == 0:
                     raise FormatError("empty file: expected lines 'sample<TAB>feature<TAB>value'", path=where)

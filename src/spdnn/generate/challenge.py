@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,8 @@ import scipy.sparse as sp
 from .._atomic import atomic_path
 from .._progress import progress_bar
 from ..config import cache_dir
-from ..errors import EngineUnavailableError, OptionError
+from ..errors import EngineUnavailableError, FormatError, OptionError
+from ..formats.npz import read_features_npz, write_features_npz
 from ..network import Network
 from . import mnist as _mnist
 from .mnist import challenge_features
@@ -235,25 +235,17 @@ def _features_file(neurons: int, samples: int | None) -> Path:
 
 
 def _save_features(path: Path, features: sp.csr_matrix) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, indptr=features.indptr, indices=features.indices,
-                     shape=np.asarray(features.shape, dtype=np.int64))
+    write_features_npz(path, features, values=False)
 
 
 def _load_features(path: Path, neurons: int) -> sp.csr_matrix | None:
     """The cached pattern as CSR with value 1, or None when missing or unreadable."""
+    if not path.is_file():
+        return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            indptr, indices, shape = z["indptr"], z["indices"], tuple(int(v) for v in z["shape"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return read_features_npz(path, neurons)
+    except FormatError:
         return None
-    if (len(shape) != 2 or shape[1] != neurons or indptr.shape != (shape[0] + 1,)
-            or indptr[0] != 0 or indptr[-1] != len(indices)):
-        return None
-    out = sp.csr_matrix((np.ones(len(indices)), indices, indptr), shape=shape)
-    out.has_sorted_indices = True
-    return out
 
 
 def _cached_features(neurons: int, samples: int | None, progress: bool | None) -> sp.csr_matrix:

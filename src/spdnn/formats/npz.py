@@ -1,0 +1,183 @@
+"""The features ``.npz`` layout: a sparse feature matrix as uncompressed numpy arrays.
+
+One file holds a CSR matrix of samples x N (docs/challenge.md, Formats) as 1-D ``.npy``
+members of an uncompressed zip (what :func:`numpy.savez` writes)::
+
+    indptr   (samples + 1,)  int64 or int32   row pointers
+    indices  (nnz,)          int32            0-based feature ids, ascending within a row
+    shape    (2,)            int64            (samples, N)
+    data     (nnz,)          float64          optional: absent means every value is 1
+
+Stored members are memory-mapped, so a reader touches only the bytes of the rows it
+uses (an MPI rank reads its own share; the binary cache serves 392 million features of
+N=65536 without a copy). The generated-data cache, the binary cache of official
+features and :class:`~spdnn.formats.sources.NpzSource` all use this one layout.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from .._atomic import atomic_path
+from ..errors import FormatError
+
+__all__ = ["write_features_npz", "write_features_npz_files", "features_npz_arrays", "read_features_npz",
+           "npz_member"]
+
+#: Size of a zip local file header before its variable fields (APPNOTE.TXT 4.3.7).
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
+_LOCAL_MAGIC = b"PK\x03\x04"
+
+
+def write_features_npz(path: str | os.PathLike, features, *, values: bool | None = None,
+                       extra: dict[str, np.ndarray] | None = None) -> Path:
+    """Write a feature matrix in the ``.npz`` layout, atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    features : scipy.sparse matrix (samples, N)
+        Written as canonical CSR (int32 column ids).
+    values : bool, optional
+        Whether to store ``data``. None (default): only when some value is not 1.
+    extra : dict of str to numpy.ndarray, optional
+        More members (e.g. a cache key); readers of the layout ignore them.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    m = sp.csr_matrix(features)
+    if not m.has_canonical_format:
+        m = m.copy()
+        m.sum_duplicates()
+    arrays = {"indptr": m.indptr, "indices": m.indices.astype(np.int32, copy=False),
+              "shape": np.asarray(m.shape, dtype=np.int64)}
+    if values or (values is None and m.nnz and not np.all(m.data == 1)):
+        arrays["data"] = np.asarray(m.data, np.float64)
+    arrays.update(extra or {})
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    return path
+
+
+def write_features_npz_files(path: str | os.PathLike, members: dict[str, str | os.PathLike]) -> Path:
+    """Assemble a ``.npz`` from ``.npy`` files already on disk (streamed, no array in memory).
+
+    ``members`` maps a member name (``indptr``, ``indices``, ``shape``, ``data``, ...)
+    to an ``.npy`` file; each is copied uncompressed into the archive, atomically.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, source in members.items():
+                zf.write(source, arcname=f"{name}.npy")
+    return path
+
+
+def npz_member(path: str | os.PathLike, zf: zipfile.ZipFile, name: str) -> np.ndarray:
+    """Member ``name`` (without ``.npy``) of an open ``.npz``: memory-mapped when stored, else read.
+
+    Raises
+    ------
+    FormatError
+        No such member, or not a 1-D numeric array.
+    """
+    try:
+        info = zf.getinfo(name + ".npy")
+    except KeyError:
+        raise FormatError(f"no array {name!r} (expected indptr, indices, shape[, data])", path=path) from None
+    if info.compress_type != zipfile.ZIP_STORED:
+        with zf.open(info) as fh:
+            array = np.lib.format.read_array(fh, allow_pickle=False)
+        if array.ndim != 1 or array.dtype.hasobject:
+            raise FormatError(f"member {info.filename}: expected a 1-D numeric array", path=path)
+        return array
+    with open(path, "rb") as fh:
+        # The member's bytes start after its local header, whose name and extra fields
+        # may differ in length from the central directory's copy (zip64 extras).
+        fh.seek(info.header_offset)
+        head = fh.read(_LOCAL_HEADER.size)
+        if len(head) != _LOCAL_HEADER.size or head[:4] != _LOCAL_MAGIC:
+            raise FormatError(f"member {info.filename}: bad local zip header", path=path)
+        name_len, extra_len = _LOCAL_HEADER.unpack(head)[-2:]
+        fh.seek(info.header_offset + _LOCAL_HEADER.size + name_len + extra_len)
+        try:
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(fh)
+        except ValueError as exc:
+            raise FormatError(f"member {info.filename}: not a .npy array ({exc})", path=path) from None
+        if dtype.hasobject or fortran or len(shape) != 1:
+            raise FormatError(f"member {info.filename}: expected a 1-D numeric array", path=path)
+        offset = fh.tell()
+    if shape[0] == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+def features_npz_arrays(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple]:
+    """The arrays of a features ``.npz``, memory-mapped and checked for consistency.
+
+    Returns
+    -------
+    (indptr, indices, data or None, (samples, N))
+
+    Raises
+    ------
+    FormatError
+        Not a zip, a member missing or malformed, or arrays that do not describe a CSR
+        matrix of the stored shape (the message names the file).
+    """
+    path = Path(path)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise FormatError(f"cannot open as .npz: {exc}", path=path) from None
+    with zf:
+        shape = np.asarray(npz_member(path, zf, "shape"))
+        indptr = npz_member(path, zf, "indptr")
+        indices = npz_member(path, zf, "indices")
+        data = npz_member(path, zf, "data") if "data.npy" in zf.namelist() else None
+    if shape.shape != (2,) or shape.min() < 0:
+        raise FormatError(f"shape: expected 2 non-negative numbers, got {shape.tolist()}", path=path)
+    samples, neurons = int(shape[0]), int(shape[1])
+    if indptr.shape != (samples + 1,) or int(indptr[0]) != 0 or int(indptr[-1]) != indices.shape[0]:
+        raise FormatError(f"indptr/indices do not describe {samples} rows of {indices.shape[0]} nonzeros",
+                          path=path)
+    if data is not None and data.shape != indices.shape:
+        raise FormatError("data and indices differ in length", path=path)
+    return indptr, indices, data, (samples, neurons)
+
+
+def read_features_npz(path: str | os.PathLike, neurons: int | None = None) -> sp.csr_matrix:
+    """A features ``.npz`` as a canonical float64 CSR matrix (samples, N), memory-mapped.
+
+    ``indices`` (and ``data``) map the file; a file without ``data`` gets a read-only
+    broadcast of 1.0 (no memory per nonzero). Rows are assumed sorted, as written by
+    :func:`write_features_npz`.
+
+    Raises
+    ------
+    FormatError
+        See :func:`features_npz_arrays`; or N differs from ``neurons``.
+    """
+    indptr, indices, data, shape = features_npz_arrays(path)
+    if neurons is not None and shape[1] != neurons:
+        raise FormatError(f"holds {shape[1]} features (columns), expected neurons={neurons}", path=path)
+    if data is None:
+        data = np.broadcast_to(np.float64(1.0), indices.shape)
+    elif data.dtype != np.float64:
+        data = data.astype(np.float64)
+    m = sp.csr_matrix((data, indices, np.asarray(indptr)), shape=shape)
+    m.has_sorted_indices = True
+    m.has_canonical_format = True
+    return m

@@ -1,0 +1,661 @@
+"""The text scanner shared by the TSV and MatrixMarket readers: whitespace-separated lines.
+
+Every official text file is lines of whitespace-separated fields with 1-based indices
+(docs/challenge.md, Formats)::
+
+    row \\t col \\t value          layers    n{N}-l{k}.tsv:          input \\t output \\t 6.250000e-02
+    sample \\t feature \\t value   features  sparse-images-{N}.tsv:  value 1
+    id                           truth     neuron{N}-l{L}-categories.tsv
+
+and a MatrixMarket coordinate body is the same after its header. Reading is one
+compiled pass (numba) over large byte blocks, which checks every line (field count,
+digits-only indices, index range) while converting it. Values take the exact fast path
+``m * 10**e`` (correctly rounded when the mantissa has at most 15-16 digits and
+``|e| <= 22``, e.g. ``6.250000e-02``); any other spelling is converted by numpy's
+string parser. When a check fails, the offending line is re-examined in Python to say
+precisely what was wrong (file, 1-based line, field).
+
+Layers: :func:`open_data` (plain or gzip) -> :func:`iter_line_blocks` (whole lines) ->
+:func:`iter_entry_blocks` (parsed, one block at a time, for streaming readers) or
+:func:`read_entries` (all at once) -> :func:`entries_to_csr`.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Empty, Full, Queue
+from typing import IO
+
+import numba
+import numpy as np
+import scipy.sparse as sp
+
+from ..errors import DataNotFoundError, FormatError
+
+__all__ = ["CHUNK_BYTES", "COMPRESSION_ERRORS", "TextEntries", "open_data", "wrap_gzip", "iter_line_blocks",
+           "line_blocks", "iter_entry_blocks", "parse_blocks", "read_entries", "damage_instead", "entries_to_csr"]
+
+#: Bytes read from a (decompressed) stream per parsing step.
+CHUNK_BYTES = 32 << 20
+
+_INT32_MAX = 2**31 - 1
+# Exact powers of ten representable in float64 (10**22 is the largest).
+_POW10 = np.array([10.0**k for k in range(23)], dtype=np.float64)
+
+
+# --- opening files -------------------------------------------------------------------------
+
+def open_data(path: str | os.PathLike) -> IO[bytes]:
+    """Open a data file for binary reading, decompressing gzip (detected by its magic bytes).
+
+    Raises
+    ------
+    DataNotFoundError
+        The file does not exist.
+    """
+    p = Path(path)
+    try:
+        raw = open(p, "rb")
+    except FileNotFoundError:
+        raise DataNotFoundError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise DataNotFoundError(f"{p}: is a directory, expected a file") from None
+    if raw.peek(2)[:2] == b"\x1f\x8b":
+        raw.close()
+        return gzip.open(p, "rb")
+    return raw
+
+
+def wrap_gzip(raw: IO[bytes]) -> IO[bytes]:
+    """Return ``raw`` itself, or a gzip reader over it when it starts with the gzip magic.
+
+    ``raw`` must be seekable or have ``peek`` (a buffered reader, a tar member).
+    """
+    if hasattr(raw, "peek"):
+        head = raw.peek(2)[:2]
+    else:
+        pos = raw.tell()
+        head = raw.read(2)
+        raw.seek(pos)
+    if head == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    return raw
+
+
+#: Exceptions that mean "the compressed stream is truncated or corrupt".
+COMPRESSION_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
+
+
+def iter_line_blocks(stream: IO[bytes], where: str, *, size: int | None = None) -> Iterator[bytes]:
+    """Yield blocks of whole lines (each ends with a newline, except possibly the last).
+
+    ``size`` is the number of bytes gathered per block (default :data:`CHUNK_BYTES`),
+    read in pieces (``read1`` where the stream has it), so that when decompression
+    fails every complete line decoded before the damage is still yielded; then a
+    :class:`FormatError` naming ``where`` (without a line: :func:`iter_entry_blocks`
+    adds the line where the data stop) is raised.
+    """
+    size = size or CHUNK_BYTES
+    read = getattr(stream, "read1", stream.read)
+    carry = b""
+    while True:
+        pieces, got, failure = [carry] if carry else [], 0, None
+        while got < size:
+            try:
+                piece = read(size - got)
+            except COMPRESSION_ERRORS as exc:
+                failure = exc
+                break
+            if not piece:
+                break
+            pieces.append(piece)
+            got += len(piece)
+        data = b"".join(pieces)
+        if failure is not None or got == 0:
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                yield data[:cut]
+            if failure is not None:
+                raise FormatError(f"compressed data is truncated or corrupt ({type(failure).__name__}: {failure})",
+                                  path=where) from None
+            if cut < len(data):
+                yield data[cut:]
+            return
+        cut = data.rfind(b"\n") + 1
+        carry = data[cut:]
+        if cut:
+            yield data[:cut]
+
+
+# --- the compiled line scanner -------------------------------------------------------------
+
+@numba.njit(cache=True, nogil=True)
+def _is_blank(c):
+    return c == 32 or c == 9 or c == 13
+
+
+@numba.njit(cache=True, nogil=True)
+def _scan(buf, nint, want_value, hi0, hi1, idx0, idx1, vals, slow, pow10):
+    """Parse lines of ``nint`` positive integers and optionally one number.
+
+    Returns (lines parsed, error code, byte offset of the bad line). Codes: 0 ok,
+    1 too few fields, 2 index not digits, 3 index out of range, 4 too many fields.
+    Values the exact fast path cannot convert get ``slow[i] = 1`` (value NaN).
+    """
+    n = buf.size
+    pos = 0
+    line = 0
+    while pos < n:
+        start = pos
+        while pos < n and _is_blank(buf[pos]):
+            pos += 1
+        for f in range(nint):
+            if pos >= n or buf[pos] == 10:
+                return line, 1, start
+            v = 0
+            bad = False
+            big = False
+            while pos < n:
+                c = buf[pos]
+                if c == 10 or _is_blank(c):
+                    break
+                if 48 <= c <= 57:
+                    if not big:
+                        v = v * 10 + (c - 48)
+                        if v > 2147483647:
+                            big = True
+                else:
+                    bad = True
+                pos += 1
+            if bad:
+                return line, 2, start
+            hi = hi0 if f == 0 else hi1
+            if big or v < 1 or (hi > 0 and v > hi):
+                return line, 3, start
+            if f == 0:
+                idx0[line] = v
+            else:
+                idx1[line] = v
+            while pos < n and _is_blank(buf[pos]):
+                pos += 1
+        if want_value:
+            if pos >= n or buf[pos] == 10:
+                return line, 1, start
+            neg = False
+            c = buf[pos]
+            if c == 45:
+                neg = True
+                pos += 1
+            elif c == 43:
+                pos += 1
+            m = 0
+            e = 0
+            nd = 0
+            ok = True
+            while pos < n and 48 <= buf[pos] <= 57:
+                if m < 900719925474099:
+                    m = m * 10 + (buf[pos] - 48)
+                else:
+                    ok = False
+                nd += 1
+                pos += 1
+            if pos < n and buf[pos] == 46:
+                pos += 1
+                while pos < n and 48 <= buf[pos] <= 57:
+                    if m < 900719925474099:
+                        m = m * 10 + (buf[pos] - 48)
+                        e -= 1
+                    else:
+                        ok = False
+                    nd += 1
+                    pos += 1
+            if nd == 0:
+                ok = False
+            if ok and pos < n and (buf[pos] == 101 or buf[pos] == 69):
+                pos += 1
+                eneg = False
+                if pos < n and buf[pos] == 45:
+                    eneg = True
+                    pos += 1
+                elif pos < n and buf[pos] == 43:
+                    pos += 1
+                ev = 0
+                ed = 0
+                while pos < n and 48 <= buf[pos] <= 57:
+                    if ev < 100000:
+                        ev = ev * 10 + (buf[pos] - 48)
+                    ed += 1
+                    pos += 1
+                if ed == 0:
+                    ok = False
+                e += -ev if eneg else ev
+            if pos < n and not (buf[pos] == 10 or _is_blank(buf[pos])):
+                ok = False
+                while pos < n and not (buf[pos] == 10 or _is_blank(buf[pos])):
+                    pos += 1
+            x = np.nan
+            if ok:
+                if m == 0:
+                    x = 0.0
+                elif 0 <= e <= 22:
+                    x = np.float64(m) * pow10[e]
+                elif -22 <= e < 0:
+                    x = np.float64(m) / pow10[-e]
+                else:
+                    ok = False
+                if neg:
+                    x = x * -1.0  # keeps the sign of -0.0 (a compiled -x may not)
+            vals[line] = x
+            slow[line] = 0 if ok else 1
+            while pos < n and _is_blank(buf[pos]):
+                pos += 1
+        if pos < n and buf[pos] != 10:
+            return line, 4, start
+        pos += 1
+        line += 1
+    return line, 0, 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _value_spans(buf, nint, slow, count):
+    """Byte spans [start, end) of the last field of the lines flagged in ``slow``."""
+    starts = np.empty(count, np.int64)
+    ends = np.empty(count, np.int64)
+    n = buf.size
+    pos = 0
+    line = 0
+    k = 0
+    while pos < n and k < count:
+        while pos < n and _is_blank(buf[pos]):
+            pos += 1
+        for f in range(nint):
+            while pos < n and not (buf[pos] == 10 or _is_blank(buf[pos])):
+                pos += 1
+            while pos < n and _is_blank(buf[pos]):
+                pos += 1
+        s = pos
+        while pos < n and not (buf[pos] == 10 or _is_blank(buf[pos])):
+            pos += 1
+        if slow[line]:
+            starts[k] = s
+            ends[k] = pos
+            k += 1
+        while pos < n and buf[pos] != 10:
+            pos += 1
+        pos += 1
+        line += 1
+    return starts, ends
+
+
+@numba.njit(cache=True, nogil=True)
+def _order_kind(rows, cols):
+    """0: strictly sorted by (row, col); 1: strictly by (col, row); 2: neither.
+
+    Also returns the index i of the first adjacent duplicate (i-1, i), or -1.
+    """
+    n = rows.size
+    by_row = True
+    by_col = True
+    for i in range(1, n):
+        r0 = rows[i - 1]
+        r1 = rows[i]
+        c0 = cols[i - 1]
+        c1 = cols[i]
+        if r0 == r1 and c0 == c1:
+            return 2, i
+        if not (r1 > r0 or (r1 == r0 and c1 > c0)):
+            by_row = False
+        if not (c1 > c0 or (c1 == c0 and r1 > r0)):
+            by_col = False
+        if not by_row and not by_col:
+            return 2, -1
+    return (0 if by_row else 1), -1
+
+
+@numba.njit(cache=True, nogil=True)
+def _counts_to_indptr(rows, nrows):
+    indptr = np.zeros(nrows + 1, np.int64)
+    for i in range(rows.size):
+        indptr[rows[i] + 1] += 1
+    for r in range(nrows):
+        indptr[r + 1] += indptr[r]
+    return indptr
+
+
+# --- reading -------------------------------------------------------------------------------
+
+@dataclass
+class TextEntries:
+    """Parsed lines: 1-based integer columns (int32) and optional values (float64).
+
+    ``first_line`` is the 1-based file line of entry 0; entry i is on line
+    ``first_line + i`` (blank and comment lines are errors inside the data).
+    """
+
+    ints: list
+    values: np.ndarray | None
+    first_line: int
+
+    @property
+    def count(self) -> int:
+        return int(self.ints[0].size) if self.ints else 0
+
+    def line_of(self, i: int) -> int:
+        return self.first_line + int(i)
+
+
+def _describe_bad_line(text: str, nint: int, want_value: bool, bounds: tuple, names: tuple) -> str:
+    """Say what is wrong with one data line (the scanner only located it)."""
+    fields = text.split()
+    expected = nint + (1 if want_value else 0)
+    if len(fields) != expected:
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        return f"wrong number of fields: found {len(fields)}, expected {expected} ({' '.join(names[:expected])}): {shown!r}"
+    for f in range(nint):
+        tok = fields[f]
+        hi = bounds[f]
+        if not tok.isdigit() or not tok.isascii():
+            try:
+                x = float(tok)
+            except ValueError:
+                return f"non-numeric {names[f]} {tok!r}: expected a positive integer"
+            if not x.is_integer():
+                return f"non-integer {names[f]} {tok!r}: expected a positive integer"
+            if x < 1:
+                return f"{names[f]} {tok} out of range 1..{hi if hi else _INT32_MAX}"
+            return f"{names[f]} {tok!r} is not written as plain digits: expected a positive integer such as 12"
+        v = int(tok)
+        if v < 1 or (hi and v > hi) or v > _INT32_MAX:
+            upper = hi if hi else _INT32_MAX
+            return f"{names[f]} {v} out of range 1..{upper}"
+    return "malformed line: " + repr(text[:80])
+
+
+def _slow_values(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, int]:
+    """Convert value tokens numpy's way; returns (values, index of first bad token or -1)."""
+    lengths = ends - starts
+    width = int(lengths.max()) if lengths.size else 1
+    cols = np.arange(width)
+    gather = np.minimum(starts[:, None] + cols, buf.size - 1)
+    mat = np.where(cols < lengths[:, None], buf[gather], 0).astype(np.uint8)
+    tokens = np.ascontiguousarray(mat).view(f"S{width}").ravel()
+    try:
+        return tokens.astype(np.float64), -1
+    except ValueError:
+        out = np.empty(tokens.size, np.float64)
+        for i, tok in enumerate(tokens):
+            try:
+                out[i] = float(tok.decode("ascii", "replace"))
+            except ValueError:
+                return out, i
+        return out, -1  # pragma: no cover - numpy and float() disagree
+
+
+def iter_entry_blocks(blocks, where: str, *, nint: int, want_value: bool, bounds: tuple = (0, 0),
+                      names: tuple = ("row", "column", "value"), first_line: int = 1,
+                      on_block=None) -> Iterator[TextEntries]:
+    """Parse blocks of whole lines (see :func:`iter_line_blocks`), one :class:`TextEntries` a block.
+
+    Parameters
+    ----------
+    blocks : iterable of bytes
+        The data lines, split at newlines.
+    where : str
+        File name for error messages.
+    nint : {1, 2}
+        Number of leading integer fields (1-based indices, checked in ``1..bounds[f]``;
+        a bound of 0 means only ``>= 1``).
+    want_value : bool
+        Whether a numeric last field follows (NaN and inf are errors).
+    bounds : (int, int)
+        Upper bounds of the integer fields (0: none).
+    names : tuple of str
+        Field names for messages.
+    first_line : int
+        1-based line number of the first line of the first block.
+    on_block : callable(int), optional
+        Called with each block's byte length (progress).
+
+    Yields
+    ------
+    TextEntries
+        The entries of one block (int32 indices, still 1-based; float64 values); its
+        ``first_line`` is the file line of its first entry.
+
+    Raises
+    ------
+    FormatError
+        The first bad line (file, line, what was wrong); or damaged compressed data,
+        with the line where the readable data stop.
+    """
+    hi0 = int(bounds[0] or 0)
+    hi1 = int(bounds[1] or 0) if nint > 1 else 0
+    line0 = first_line
+    source = iter(blocks)
+    while True:
+        try:
+            block = next(source)
+        except StopIteration:
+            return
+        except FormatError as exc:
+            if exc.line is not None:
+                raise
+            raise FormatError(f"{exc.reason}; the data stop in line {line0} (after {line0 - first_line} "
+                              f"complete lines)", path=exc.path, line=line0) from None
+        nlines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
+        idx0, idx1, vals = _scan_block(block, nlines, where, line0, nint, want_value, hi0, hi1, names)
+        yield TextEntries(ints=[idx0, idx1] if nint > 1 else [idx0], values=vals, first_line=line0)
+        line0 += nlines
+        if on_block is not None:
+            on_block(len(block))
+
+
+def _scan_block(block: bytes, nlines: int, where: str, line0: int, nint: int, want_value: bool, hi0: int,
+                hi1: int, names: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Scan one block of ``nlines`` lines starting on file line ``line0``; see :func:`iter_entry_blocks`."""
+    buf = np.frombuffer(block, dtype=np.uint8)
+    idx0 = np.empty(nlines, np.int32)
+    idx1 = np.empty(nlines if nint > 1 else 0, np.int32)
+    vals = np.empty(nlines if want_value else 0, np.float64)
+    slow = np.zeros(nlines if want_value else 0, np.uint8)
+    done, code, bad_at = _scan(buf, nint, want_value, hi0, hi1, idx0, idx1, vals, slow, _POW10)
+    if code:
+        end = block.find(b"\n", bad_at)
+        text = block[bad_at:end if end >= 0 else len(block)].decode("ascii", "replace").rstrip("\r")
+        raise FormatError(_describe_bad_line(text, nint, want_value, (hi0, hi1), names),
+                          path=where, line=line0 + int(done))
+    if not want_value:
+        return idx0, idx1, None
+    nslow = int(np.count_nonzero(slow))
+    if nslow:
+        starts, ends = _value_spans(buf, nint, slow, nslow)
+        fixed, bad = _slow_values(buf, starts, ends)
+        rows_slow = np.flatnonzero(slow)
+        if bad >= 0:
+            tok = bytes(block[starts[bad]:ends[bad]]).decode("ascii", "replace")
+            raise FormatError(f"non-numeric {names[nint]} {tok!r}", path=where, line=line0 + int(rows_slow[bad]))
+        vals[rows_slow] = fixed
+    finite = np.isfinite(vals)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise FormatError(f"{names[nint]} {float(vals[i])} is not finite (NaN and inf are not allowed)",
+                          path=where, line=line0 + i)
+    return idx0, idx1, vals
+
+
+def parse_blocks(blocks, where: str, *, nint: int, want_value: bool, bounds: tuple = (0, 0),
+                 names: tuple = ("row", "column", "value"), first_line: int = 1,
+                 on_block=None) -> TextEntries:
+    """All entries of ``blocks`` in one :class:`TextEntries`; parameters of :func:`iter_entry_blocks`."""
+    parts0, parts1, partsv = [], [], []
+    for part in iter_entry_blocks(blocks, where, nint=nint, want_value=want_value, bounds=bounds, names=names,
+                                  first_line=first_line, on_block=on_block):
+        parts0.append(part.ints[0])
+        if nint > 1:
+            parts1.append(part.ints[1])
+        if want_value:
+            partsv.append(part.values)
+    ints = [_concat(parts0, np.int32)]
+    if nint > 1:
+        ints.append(_concat(parts1, np.int32))
+    values = _concat(partsv, np.float64) if want_value else None
+    return TextEntries(ints=ints, values=values, first_line=first_line)
+
+
+def _concat(parts: list, dtype) -> np.ndarray:
+    if not parts:
+        return np.empty(0, dtype)
+    if len(parts) == 1:
+        return parts.pop()
+    out = np.concatenate(parts)
+    parts.clear()
+    return out
+
+
+def line_blocks(stream: IO[bytes], where: str) -> Iterator[bytes]:
+    """:func:`iter_line_blocks` of an opened stream, decompressed ahead by a helper thread for gzip.
+
+    zlib and the compiled scanner both release the GIL, so a gzip stream is inflated
+    while the previous block is parsed. Close the returned generator (or exhaust it)
+    before closing ``stream``: closing stops and joins the helper thread.
+    """
+    blocks = iter_line_blocks(stream, where)
+    if isinstance(stream, gzip.GzipFile):
+        blocks = _prefetch(blocks)
+    return blocks
+
+
+def read_entries(stream: IO[bytes], where: str, *, nint: int, want_value: bool, bounds: tuple = (0, 0),
+                 names: tuple = ("row", "column", "value"), first_line: int = 1, on_block=None) -> TextEntries:
+    """Parse a whole opened (decompressed) stream into one :class:`TextEntries`; see :func:`iter_entry_blocks`.
+
+    A bad line inside gzip data is checked against the compressed stream's integrity
+    (:func:`damage_instead`): damaged data is reported as such, not as a field error.
+    """
+    blocks = line_blocks(stream, where)
+    try:
+        return parse_blocks(blocks, where, nint=nint, want_value=want_value, bounds=bounds,
+                            names=names, first_line=first_line, on_block=on_block)
+    except FormatError as exc:
+        blocks.close()
+        raise damage_instead(exc, stream if isinstance(stream, gzip.GzipFile) else None) from None
+    finally:
+        blocks.close()  # stops and joins a prefetch thread before the stream is closed
+
+
+def damage_instead(error: FormatError, compressed: IO[bytes] | None) -> FormatError:
+    """The error to report for a bad line found in data decompressed from ``compressed``.
+
+    Damaged gzip data (zeroed or flipped bytes) often inflates to garbage for a while
+    before zlib or the CRC check notices, so the garbage reaches the line checks first.
+    This reads ``compressed`` to its end (checking the CRC); if that fails, the returned
+    error says the compressed data are damaged (at or before the bad line), else
+    ``error`` itself is returned. With ``compressed`` None (plain text) or an error
+    without a line, ``error`` is returned unchanged.
+    """
+    if compressed is None or error.line is None:
+        return error
+    try:
+        while compressed.read(CHUNK_BYTES):
+            pass
+    except COMPRESSION_ERRORS as exc:
+        return FormatError(f"compressed data is truncated or corrupt ({type(exc).__name__}: {exc}); "
+                           f"the data are unreadable at or before this line", path=error.path, line=error.line)
+    except (OSError, ValueError):
+        return error
+    return error
+
+
+def _prefetch(blocks: Iterator[bytes], depth: int = 2) -> Iterator[bytes]:
+    """Run ``blocks`` in a helper thread, ``depth`` items ahead; exceptions are re-raised here."""
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for item in blocks:
+                while not stop.is_set():
+                    try:
+                        queue.put((item, None), timeout=0.05)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put((done, None))
+        except BaseException as exc:  # handed to the consumer
+            queue.put((done, exc))
+
+    thread = threading.Thread(target=produce, name="spdnn-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = queue.get()
+            if item is done:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                queue.get(timeout=0.05)
+            except Empty:
+                pass
+        thread.join()
+
+
+def entries_to_csr(rows: np.ndarray, cols: np.ndarray, values: np.ndarray | None, shape: tuple[int, int],
+                   where: str, *, first_line: int = 1, names: tuple = ("row", "column")) -> sp.csr_matrix:
+    """Build a canonical float64 CSR matrix from 1-based (row, col, value) entries.
+
+    ``rows`` and ``cols`` are 1-based int32 and are turned 0-based in place. Duplicate
+    (row, col) pairs raise :class:`FormatError` naming both lines. Entries already
+    sorted by row then column (or column then row) skip the sort.
+    """
+    nrows, ncols = shape
+    np.subtract(rows, 1, out=rows)
+    np.subtract(cols, 1, out=cols)
+    if values is None:
+        values = np.ones(rows.size, np.float64)
+    kind, dup = _order_kind(rows, cols)
+    if dup >= 0:
+        _raise_duplicate(rows, cols, dup - 1, dup, where, first_line, names)
+    if kind == 0:
+        indptr = _counts_to_indptr(rows, nrows)
+        m = sp.csr_matrix((values, cols, _small_index(indptr)), shape=shape)
+    elif kind == 1:
+        indptr = _counts_to_indptr(cols, ncols)
+        m = sp.csc_matrix((values, rows, _small_index(indptr)), shape=shape).tocsr()
+    else:
+        order = np.lexsort((cols, rows))
+        r = rows[order]
+        c = cols[order]
+        same = (r[1:] == r[:-1]) & (c[1:] == c[:-1])
+        if same.any():
+            i = int(np.argmax(same))
+            a, b = sorted((int(order[i]), int(order[i + 1])))
+            _raise_duplicate(rows, cols, a, b, where, first_line, names)
+        del r
+        indptr = _counts_to_indptr(rows, nrows)
+        m = sp.csr_matrix((values[order], c, _small_index(indptr)), shape=shape)
+    m.has_sorted_indices = True
+    m.has_canonical_format = True
+    return m
+
+
+def _small_index(indptr: np.ndarray) -> np.ndarray:
+    return indptr.astype(np.int32) if indptr[-1] <= _INT32_MAX else indptr
+
+
+def _raise_duplicate(rows, cols, a, b, where, first_line, names):
+    raise FormatError(f"duplicate entry ({names[0]} {int(rows[b]) + 1}, {names[1]} {int(cols[b]) + 1}), "
+                      f"first given on line {first_line + a}", path=where, line=first_line + b)
+
