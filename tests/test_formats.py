@@ -274,9 +274,9 @@ BAD_LAYERS = [
     ("1\t1\t1\n2\t5\t1\n", 2, "column 5 out of range 1..4"),
     ("1\t1\t1\n2\t2\t1\n1\t1\t3\n", 3, "duplicate entry (row 1, column 1), first given on line 1"),
     ("2\t2\t1\n1\t1\t1\n3\t3\t1\n2\t2\t1\n", 4, "duplicate entry (row 2, column 2), first given on line 1"),
-    ("1\t1\t1\n2\t2\tnan\n", 2, "not finite"),
-    ("1\t1\t1\n2\t2\t-inf\n", 2, "not finite"),
-    ("1\t1\t1e999\n", 1, "not finite"),
+    ("1\t1\t1\n2\t2\tnan\n", 2, "value nan is not finite"),
+    ("1\t1\t1\n2\t2\t-inf\n", 2, "value -inf is not finite"),
+    ("1\t1\t1e999\n", 1, "value inf is not finite"),
 ]
 
 
@@ -340,6 +340,20 @@ def test_empty_files(tmp_path):
     (tmp_path / "m.mtx").write_bytes(b"")
     with pytest.raises(FormatError, match=r"m\.mtx:1: empty file"):
         read_features(tmp_path / "m.mtx", cache=False)
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.77, 0.999])
+def test_truncated_gzip_names_the_line_where_the_data_stop(tmp_path, fraction):
+    import zlib
+
+    text = "".join(f"{i % 500 + 1}\t{(i * 7) % 500 + 1}\t{i * 1e-3:.6e}\n" for i in range(100_000)).encode()
+    blob = gzip.compress(text)
+    cut = blob[: int(len(blob) * fraction)]
+    readable = zlib.decompressobj(31).decompress(cut)  # every byte a reader can get from the cut file
+    (tmp_path / "w.tsv.gz").write_bytes(cut)
+    with pytest.raises(FormatError, match="compressed data is truncated or corrupt") as err:
+        read_layer(tmp_path / "w.tsv.gz", neurons=500)
+    assert err.value.line == readable.count(b"\n") + 1  # the first line not complete
 
 
 def test_missing_layer_file(tmp_path):
