@@ -6,12 +6,15 @@ Also: the formatting helpers of ``spdnn.report``.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import http.server
 import inspect
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -22,7 +25,6 @@ import pytest
 from click.testing import CliRunner
 
 from spdnn.cli import cli
-from spdnn.report import format_ids, jsonable
 
 N, L, S = 64, 12, 200
 SMALL = ["--neurons", str(N), "--layers", str(L), "--samples", str(S)]
@@ -65,6 +67,14 @@ def spdnn_cli(cache, monkeypatch):
 
 def _no_traceback(result):
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def _one_error_line(result, prefix="spdnn: error: "):
+    """stderr is exactly one line starting with ``prefix``, and no traceback; returns the line."""
+    _no_traceback(result)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(prefix), result.stderr
+    return lines[0]
 
 
 def _listed(text, label):
@@ -127,6 +137,8 @@ def test_run_wrong_truth_fails(spdnn_cli, cache, tmp_path):
 
 
 def test_run_wrong_truth_explained_in_text(spdnn_cli, cache, tmp_path):
+    """A truth file of unknown origin that every computation disagrees with: the verification
+    says it cannot tell a wrong truth from other data, and never blames rounding."""
     truth = cache[1]
     wrong = _truth_file(tmp_path / "wrong.tsv", truth[1:])
     result = spdnn_cli("run", *SMALL, "--engine", "reference", "--precision", "fp64", "--truth", wrong,
@@ -135,7 +147,8 @@ def test_run_wrong_truth_explained_in_text(spdnn_cli, cache, tmp_path):
     assert "verification:" in result.stdout
     report = result.stdout.split("verification:")[1]
     assert str(int(truth[0])) in report
-    assert "the truth is wrong" in report and "rounding effects" not in report
+    assert "rounding effects" not in report and "the truth is wrong" not in report
+    assert "or the truth file is wrong; nothing known here tells which" in report
 
 
 def test_run_saves_categories_and_verify(spdnn_cli, cache, tmp_path):
@@ -352,13 +365,19 @@ def test_cpu_peers_script_smoke(cache, tmp_path):
     (["bench", "--engines", "cpu,nope"], ["--engines", "nope"]),
     (["bench", "--bandwidth-gbs", "-3"], ["--bandwidth-gbs"]),
     (["download", "--neurons", "1024", "--layers", "120", "--out", "x", "--what", "weights"], ["--what", "weights"]),
+    (["run", "--bogus"], ["--bogus"]),
+    (["run", "--merge", "maybe"], ["--merge", "maybe"]),
+    (["generate", "--layers", "4", "--out", "x"], ["--neurons"]),
+    (["frobnicate"], ["frobnicate"]),
 ])
 def test_usage_errors_exit_2(spdnn_cli, args, names):
+    """click's usage errors too: ONE line ``spdnn: error: ...`` (not click's usage block), exit 2."""
     result = spdnn_cli(*args)
     assert result.exit_code == 2, result.stdout + result.stderr
+    _one_error_line(result)
+    assert "Usage:" not in result.stderr and not result.stderr.startswith("Error:")
     for name in names:
         assert name in result.stderr, (name, result.stderr)
-    _no_traceback(result)
 
 
 def test_run_unavailable_engine_exit_2(spdnn_cli):
@@ -446,13 +465,334 @@ def test_console_script_error_line(tmp_path):
     assert proc.stderr.startswith("spdnn: error:") and "bad.tsv" in proc.stderr and "Traceback" not in proc.stderr
 
 
-# ------------------------------------------------------------- report helpers
+# ------------------------------------------------- the error convention (README)
 
 
-def test_report_helpers():
-    assert format_ids([]) == "none"
-    assert format_ids(range(1, 4)) == "1, 2, 3"
-    assert format_ids(range(1, 31), limit=5) == "1, 2, 3, 4, 5, ... (25 more)"
-    doc = jsonable({"a": np.int64(3), "b": np.array([1.5, np.inf]), "c": (np.float32(2),)})
-    assert doc == {"a": 3, "b": [1.5, None], "c": [2.0]}
-    json.dumps(doc)
+class _FillingFile:
+    """A writable file object that takes ``room`` bytes, then fails as a full disk does."""
+
+    def __init__(self, fh, room: int):
+        self._fh, self._room = fh, room
+
+    def write(self, data):
+        if len(data) > self._room:
+            self._fh.write(data[:self._room])
+            self._room = 0
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._room -= len(data)
+        return self._fh.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+
+def _full_disk_after(monkeypatch, module, *, files: int = 0, room: int = 2):
+    """Make ``module.atomic_open`` (the real atomic writer) hit a full disk in the file
+    opened after ``files`` good ones, after ``room`` bytes. Returns the paths opened."""
+    from spdnn._atomic import atomic_open
+
+    opened = []
+
+    @contextlib.contextmanager
+    def filling(path, *args, **kwargs):
+        opened.append(Path(path))
+        with atomic_open(path, *args, **kwargs) as fh:
+            yield fh if len(opened) <= files else _FillingFile(fh, room)
+
+    monkeypatch.setattr(module, "atomic_open", filling)
+    return opened
+
+
+def _temporaries(folder: Path) -> list[Path]:
+    return sorted(folder.rglob(".*.tmp"))
+
+
+def test_save_categories_disk_full_prints_result_first(spdnn_cli, cache, tmp_path, monkeypatch):
+    """Issue 12, items 1 and 8: the result is printed, then one line naming the user's path
+    and the space, exit 2; no file and no temporary left."""
+    import spdnn.formats.tsv
+
+    _full_disk_after(monkeypatch, spdnn.formats.tsv)
+    out = tmp_path / "found.tsv"
+    result = spdnn_cli("run", *SMALL, "--engine", "reference", "--save-categories", out, "--no-progress")
+    assert result.exit_code == 2
+    assert "PASS" in result.stdout and "inference:" in result.stdout and "written:" not in result.stdout
+    line = _one_error_line(result)
+    assert line.startswith(f"spdnn: error: --save-categories {out}: no space left on device (needs more than the "
+                           "2 bytes written before it filled up, ")
+    assert line.endswith("free); nothing was left behind (the result above was not saved)")
+    assert not out.exists() and _temporaries(tmp_path) == []
+
+
+def test_save_categories_disk_full_json(spdnn_cli, cache, tmp_path, monkeypatch):
+    import spdnn.formats.tsv
+
+    _full_disk_after(monkeypatch, spdnn.formats.tsv)
+    out = tmp_path / "found.tsv"
+    result = spdnn_cli("run", *SMALL, "--engine", "reference", "--save-categories", out, "--json",
+                       "--no-progress")
+    assert result.exit_code == 2
+    doc = json.loads(result.stdout)  # the whole result, as without the option
+    assert doc["passed"] is True and doc["categories"] == cache[1].tolist()
+    assert doc["categories_file"] == str(out)  # asked for: the exit status and stderr say it failed
+    assert "no space left on device" in _one_error_line(result) and str(out) in result.stderr
+    assert not out.exists()
+
+
+def test_save_categories_unwritable_path_fails_before_the_run(spdnn_cli, tmp_path):
+    """A path that cannot be created is refused at once (exit 2, one line naming it), before any work."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    out = blocker / "found.tsv"
+    result = spdnn_cli("run", *SMALL, "--engine", "reference", "--save-categories", out, "--no-progress")
+    assert result.exit_code == 2 and result.stdout == ""
+    line = _one_error_line(result)
+    assert "--save-categories" in line and str(out) in line and "is not a directory" in line
+
+
+def test_save_categories_write_error_names_the_users_path(spdnn_cli, tmp_path, monkeypatch):
+    """The atomic writer fails on its temporary file: the message names the path the user gave."""
+    import tempfile
+
+    def refuse(*args, dir=None, prefix="", suffix="", **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir, prefix + "x1y2z3" + suffix))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    out = tmp_path / "found.tsv"
+    result = spdnn_cli("run", *SMALL, "--engine", "reference", "--save-categories", out, "--no-progress")
+    assert result.exit_code == 2 and "PASS" in result.stdout
+    line = _one_error_line(result)
+    assert line == (f"spdnn: error: --save-categories {out}: Permission denied "
+                    "(the result above was not saved)")
+
+
+def test_generate_disk_full_exit_2(spdnn_cli, cache, tmp_path, monkeypatch):
+    """Issue 12, item 1: ``spdnn generate`` on a full disk (the third layer file): one line naming
+    that file and the space, exit 2, no temporary file left."""
+    import spdnn.formats.tsv
+
+    opened = _full_disk_after(monkeypatch, spdnn.formats.tsv, files=2)
+    out = tmp_path / "gen"
+    result = spdnn_cli("generate", "--neurons", N, "--layers", 4, "--samples", S, "--out", out, "--no-progress")
+    assert result.exit_code == 2, result.stdout + result.stderr
+    failed = opened[2]
+    assert failed.name == f"n{N}-l3.tsv"
+    line = _one_error_line(result)
+    assert line.startswith(f"spdnn: error: {failed}: no space left on device (needs ")
+    assert not failed.exists() and _temporaries(tmp_path) == []
+
+
+def test_run_disk_full_in_the_data_cache(tmp_path, monkeypatch):
+    """Issue 12, item 1: the generated-data cache cannot be written (full disk): never the
+    code of a FAIL, never a traceback; no temporary file left in the cache."""
+    cache_dir = tmp_path / "cache"
+    monkeypatch.setenv("SPDNN_CACHE_DIR", str(cache_dir))
+
+    def full(file, *args, **kwargs):
+        file.write(b"PK\x03\x04")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    result = _runner().invoke(cli, ["run", *map(str, SMALL), "--engine", "reference", "--no-progress"])
+    assert result.exit_code in (0, 2), result.stdout + result.stderr
+    _no_traceback(result)
+    if result.exit_code == 2:  # the cache is required: one line naming the cache file
+        line = _one_error_line(result)
+        assert "no space left on device" in line and str(cache_dir) in line
+    else:  # the cache is an optimisation: a warning naming it, and the result
+        assert "PASS" in result.stdout and str(cache_dir) in result.stderr
+    assert _temporaries(cache_dir) == []
+
+
+def test_internal_error_exit_3(spdnn_cli, monkeypatch):
+    """An unexpected exception: exit 3, one line with the type and a hint to report it."""
+    import spdnn.engines
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(spdnn.engines, "get_engine", broken)
+    monkeypatch.delenv("SPDNN_DEBUG", raising=False)
+    result = spdnn_cli("run", *SMALL, "--engine", "reference", "--no-progress")
+    assert result.exit_code == 3
+    line = _one_error_line(result, prefix="spdnn: internal error: RuntimeError: kaboom")
+    assert "please report it" in line and "SPDNN_DEBUG=1" in line
+
+    monkeypatch.setenv("SPDNN_DEBUG", "1")
+    result = spdnn_cli("run", *SMALL, "--engine", "reference", "--no-progress")
+    assert result.exit_code == 3
+    assert result.stderr.startswith("Traceback") and "kaboom" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("spdnn: internal error: RuntimeError: kaboom")
+
+
+def test_data_error_with_debug_shows_traceback(spdnn_cli, tmp_path, monkeypatch):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("1\nnine\n")
+    monkeypatch.setenv("SPDNN_DEBUG", "1")
+    result = spdnn_cli("verify", bad, bad)
+    assert result.exit_code == 2
+    assert "Traceback" in result.stderr and result.stderr.strip().splitlines()[-1].startswith("spdnn: error:")
+
+
+_STALL = """
+import sys, time
+import spdnn.formats
+from spdnn._atomic import atomic_open
+
+def stalled_write(path, ids):
+    with atomic_open(path, "wb") as fh:
+        fh.write(b"1\\n")
+        fh.flush()
+        print("writing", file=sys.stderr, flush=True)
+        time.sleep(120)
+
+spdnn.formats.write_categories = stalled_write
+from spdnn.cli import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGINT, 130, "interrupted"),
+                                                 (signal.SIGTERM, 143, "terminated")])
+def test_interrupted_mid_write(cache, tmp_path, signum, code, word):
+    """Ctrl-C (SIGINT) exits 130, SIGTERM 143: one line, and the file being written is not left
+    half-written (neither the file nor its temporary exists)."""
+    out = tmp_path / "found.tsv"
+    env = {**os.environ, "SPDNN_CACHE_DIR": str(cache[0]), "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", _STALL, "run", *SMALL, "--engine", "reference",
+                             "--save-categories", str(out), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stderr.readline().strip() == "writing"
+        assert len(_temporaries(tmp_path)) == 1
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == code, stderr
+    assert "PASS" in stdout
+    assert stderr.strip().splitlines()[-1] == f"spdnn: {word}" and "Traceback" not in stderr
+    assert not out.exists() and _temporaries(tmp_path) == []
+
+
+def test_closed_stdout_exits_quietly():
+    """``spdnn info | head -0``: the reader went away; no traceback, exit 141."""
+    proc = subprocess.Popen([sys.executable, "-m", "spdnn", "info"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    proc.stdout.close()
+    with proc.stderr:
+        stderr = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert proc.returncode == 141, stderr
+    assert stderr == ""
+
+
+# ------------------------------------------------- API wording, precision, merge
+
+
+def test_api_argument_wording_becomes_options(spdnn_cli, generated_dir):
+    """A message of the API (``choose one with layers=L``) is shown in the command's options."""
+    shutil.copy(generated_dir / f"neuron{N}-l4-categories.tsv", generated_dir / f"neuron{N}-l3-categories.tsv")
+    result = spdnn_cli("run", "--data", generated_dir, "--engine", "reference", "--no-progress")
+    assert result.exit_code == 2
+    line = _one_error_line(result)
+    assert "--layers L" in line and "layers=" not in line
+
+
+def test_generate_bad_neurons_names_the_option(spdnn_cli, tmp_path):
+    result = spdnn_cli("generate", "--neurons", 1000, "--layers", 2, "--out", tmp_path / "g", "--no-progress")
+    assert result.exit_code == 2
+    line = _one_error_line(result)
+    assert line.startswith("spdnn: error: --neurons 1000: ") and "neurons=" not in line
+
+
+def test_option_wording_rules():
+    from spdnn.cli import _option_wording, run
+
+    assert _option_wording("layers=0: expected >= 1; pass neurons=N", run) == "--layers 0: expected >= 1; pass --neurons N"
+    # only whole argument names the command has as options
+    assert _option_wording("segment_layers=[3]; Policy.layers=2; batch_samples=2.5", run) == \
+        "segment_layers=[3]; Policy.layers=2; batch_samples=2.5"
+    from spdnn.cli import generate
+
+    assert _option_wording("truth_engine='x'", generate) == "--truth-engine 'x'"
+
+
+@pytest.mark.parametrize("engine, expected", [("reference", "fp64"), ("cpu", "fp32")])
+def test_default_precision_is_the_engines(spdnn_cli, engine, expected):
+    """--precision unset: the engine's own default (the reference runs in fp64, as in the API)."""
+    from spdnn.engines import available_engines, engine_class
+
+    if not available_engines()[engine][0]:
+        pytest.skip(f"engine {engine} not available here")
+    result = spdnn_cli("run", *SMALL, "--engine", engine, "--json", "--no-progress")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["precision"] == expected
+    assert inspect.signature(engine_class(engine)).parameters["precision"].default == expected
+
+
+def test_merge_on_an_engine_that_does_not_merge(spdnn_cli):
+    result = spdnn_cli("run", *SMALL, "--engine", "reference", "--merge", "on", "--no-progress")
+    assert result.exit_code == 2
+    line = _one_error_line(result)
+    assert line.startswith("spdnn: error: --merge on: engine 'reference' does not merge identical samples")
+
+
+@pytest.mark.parametrize("merge, value", [("on", True), ("off", False), ("auto", None)])
+def test_merge_reaches_the_engine(spdnn_cli, cache, monkeypatch, merge, value):
+    """--merge on/off is passed to a merging engine as merge=True/False; auto leaves its default."""
+    import spdnn.engines
+    from spdnn.cli import _merging_engines
+
+    if not _merging_engines():
+        pytest.skip("no engine here takes merge= yet")
+    name = _merging_engines()[0]
+    if not spdnn.engines.available_engines()[name][0]:
+        pytest.skip(f"engine {name} not available here")
+    seen = []
+    real = spdnn.engines.get_engine
+
+    def spy(engine, **options):
+        seen.append(options.get("merge"))
+        return real(engine, **options)
+
+    monkeypatch.setattr(spdnn.engines, "get_engine", spy)
+    result = spdnn_cli("run", *SMALL, "--engine", name, "--merge", merge, "--json", "--no-progress")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert seen == [value]
+    doc = json.loads(result.stdout)
+    assert doc["merge"] == merge and doc["categories"] == cache[1].tolist()
+
+
+# ----------------------------------------------------- verification and the truth
+
+
+def test_wrong_bias_is_named_not_blamed_on_the_truth(spdnn_cli, generated_dir):
+    """Issue 12, item 7: a wrong --bias; the generator's info beside the truth says which bias
+    the truth was made with, and the verification names that difference."""
+    made = json.loads((generated_dir / f"neuron{N}-l4-categories.json").read_text())["bias"]
+    result = spdnn_cli("run", "--data", generated_dir, "--engine", "reference", "--bias", -0.05, "--no-progress")
+    assert result.exit_code == 1, result.stdout + result.stderr
+    report = result.stdout.split("verification:")[1]
+    assert f"bias: this run -0.05, the truth's {made:g}" in report
+    assert "The run's data differ from those the truth was made with" in report
+    assert "the truth is wrong" not in report and "rounding effects" not in report
+    result = spdnn_cli("run", "--data", generated_dir, "--engine", "reference", "--bias", -0.05, "--json",
+                       "--no-progress")
+    assert json.loads(result.stdout)["explanation"]["verdict"] == "other data"
+
+
+def test_truth_beyond_the_samples_is_refused_before_inference(spdnn_cli, generated_dir, tmp_path, monkeypatch):
+    """Issue 12, item 6 (CLI side): ids beyond the sample count: exit 2 naming the truth file, no inference."""
+    import spdnn.engines
+
+    def never(*args, **kwargs):
+        raise AssertionError("inference must not start")
+
+    monkeypatch.setattr(spdnn.engines, "get_engine", never)
+    truth = _truth_file(tmp_path / "t.tsv", [3, S + 5])
+    result = spdnn_cli("run", "--data", generated_dir, "--truth", truth, "--engine", "reference", "--no-progress")
+    assert result.exit_code == 2
+    line = _one_error_line(result)
+    assert str(truth) in line and f"sample id {S + 5} is beyond the {S} samples" in line

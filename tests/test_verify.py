@@ -12,8 +12,8 @@ from spdnn.engines.cpu import CpuEngine
 from spdnn.engines.reference import ReferenceEngine, reference_layer
 from spdnn.errors import OptionError
 from spdnn.network import Network
-from spdnn.verify import (SPLIT_RTOL, compare_categories, explain_differences, trace_sample,
-                          trace_sample_exact)
+from spdnn.verify import (SPLIT_RTOL, TruthOrigin, compare_categories, explain_differences, trace_sample,
+                          trace_sample_exact, truth_origin)
 
 from factories import general_features, general_network
 
@@ -203,3 +203,69 @@ def test_explain_rejects_ids_beyond_features(fixed_point_case):
     network, features = fixed_point_case
     with pytest.raises(OptionError, match="beyond"):
         explain_differences(network, features, [1, 99], [1])
+
+
+# -- what the evidence shows about the truth (issue 12, item 7) ------------------------------
+
+def test_truth_origin_compares_known_keys():
+    origin = truth_origin({"bias": -0.3, "neurons": 64, "seed": None, "samples": 200},
+                          {"bias": np.float64(-0.2), "neurons": 64, "seed": 3, "layers": 4}, source="info.json")
+    assert origin.differences == ["bias: this run -0.2, the truth's -0.3"]
+    assert origin.source == "info.json" and not origin.same_data
+    same = truth_origin({"bias": -0.3, "neurons": 64}, {"bias": -0.3, "neurons": np.int64(64)}, source="x",
+                        same_data=True)
+    assert same.differences == [] and same.same_data
+    # a known difference overrides the caller's belief that the data are the same
+    assert not truth_origin({"bias": -0.3}, {"bias": -0.2}, source="x", same_data=True).same_data
+
+
+@pytest.fixture
+def truth_missing_a_survivor(fixed_point_case):
+    """A 'truth' without one well-conditioned survivor: every computation disagrees with it."""
+    network, features = fixed_point_case
+    found = ReferenceEngine(precision="fp64").run(network, features).categories
+    assert found.size >= 2
+    return network, features, found, found[1:]
+
+
+@pytest.mark.parametrize("origin, verdict, says, never", [
+    (None, "truth or data", "or the truth file is wrong; nothing known here tells which", "the truth is wrong"),
+    (TruthOrigin(source="computed here", same_data=True), "truth wrong",
+     "computed from this run's own network, bias and inputs (computed here)", "nothing known here"),
+    (TruthOrigin(source="info.json", differences=["bias: this run -0.2, the truth's -0.3"]), "other data",
+     "The run's data differ from those the truth was made with (info.json): bias: this run -0.2, the truth's -0.3",
+     "the truth is wrong"),
+])
+def test_explanation_blames_what_the_evidence_shows(truth_missing_a_survivor, origin, verdict, says, never):
+    network, features, found, truth = truth_missing_a_survivor
+    explanation = explain_differences(network, features, found, truth, found_precision="fp64", exact_limit=1,
+                                      origin=origin)
+    (record,) = explanation.records
+    assert record.truth_disputed and record.reproduced
+    assert explanation.verdict == verdict and not explanation.explained
+    text = explanation.to_text()
+    assert says in text and never not in text and "rounding effects" not in text
+    assert json.loads(json.dumps(explanation.to_dict()))["verdict"] == verdict
+
+
+def test_rounding_verdict(fixed_point_case):
+    network, features = fixed_point_case
+    truth = ReferenceEngine(precision="fp64").run(network, features).categories
+    found = CpuEngine(precision="fp32").run(network, features).categories
+    explanation = explain_differences(network, features, found, truth, found_precision="fp32")
+    assert explanation.verdict == "rounding"
+    assert "rounding effects of fp32 on ill-conditioned samples (docs/challenge.md, Numerics)" in explanation.to_text()
+
+
+def test_trace_limit_counts_the_rest(rng):
+    network = random_network(rng, neurons=16, depth=3, weights="positive", bias_kind="negative")
+    features = random_features(rng, 30, 16)
+    truth = ReferenceEngine(precision="fp64").run(network, features).categories
+    found = np.setdiff1d(np.arange(1, 31), truth)  # every sample on the wrong side
+    explanation = explain_differences(network, features, found, truth, found_precision="fp64", exact_limit=0,
+                                      trace_limit=4)
+    assert len(explanation.records) == 4 and explanation.untraced == 26
+    assert [r.sample for r in explanation.records] == list(range(1, 5))
+    text = explanation.to_text(limit=2)
+    assert "- ... and 28 more differing sample(s) (26 not traced)" in text
+    assert not explanation.explained

@@ -4,53 +4,207 @@ Commands: ``run`` (inference on generated or official data, checked against the
 truth), ``generate``, ``download``, ``verify``, ``info`` and ``bench``.
 
 Conventions: results go to stdout (``--json`` makes it one JSON object); progress
-bars and status lines go to stderr. Exit codes: 0 success / PASS, 1 categories differ
-from the truth (FAIL), 2 usage or data errors (printed as one line
-``spdnn: error: ...`` on stderr, without a traceback).
+bars and status lines go to stderr. Every failure is one line on stderr and an exit
+code of :class:`~spdnn.errors.ExitCode` (README, "Errors"):
+
+* 0 success / PASS; 1 the categories differ from the truth (FAIL);
+* 2 a usage error (click's own included), a data error (any
+  :class:`~spdnn.errors.SpdnnError`), a full disk, an unwritable or missing path:
+  ``spdnn: error: <what, naming the file, line or option>``;
+* 3 an unexpected exception (a bug): ``spdnn: internal error: <type>: <message>`` and
+  a hint to report it; ``SPDNN_DEBUG=1`` prints the traceback before the line;
+* 130 Ctrl-C (``spdnn: interrupted``), 143 SIGTERM (``spdnn: terminated``), 141 stdout
+  closed by its reader (silent).
+
+Files are written atomically (:mod:`spdnn._atomic`), so an error or an interruption
+leaves no partial file. Errors raised by the Python API name its arguments
+(``layers=L``); a command restates them as its own options (``--layers L``).
 """
 from __future__ import annotations
 
+import errno
+import inspect
 import json
 import os
 import platform
+import re
 import shutil
+import signal
 import sys
+import threading
 import time
+import traceback
 from pathlib import Path
 
 import click
 
 from . import __version__
-from .errors import DataNotFoundError, FormatError, OptionError, SpdnnError
+from .errors import DataNotFoundError, ExitCode, FormatError, OptionError, SpdnnError, format_bytes
 from .engines import ENGINES, PRECISIONS
 
 __all__ = ["cli", "main"]
 
 ENGINE_CHOICES = ["auto", *ENGINES]
 PRECISION_CHOICES = sorted(PRECISIONS)
+TRISTATE = ["auto", "on", "off"]
+
+#: Environment variable that adds the traceback to every error line (README, "Errors").
+DEBUG_ENV = "SPDNN_DEBUG"
+
+
+# ------------------------------------------------------------------------- errors
 
 
 class CliError(click.ClickException):
-    """A user-facing failure: one line on stderr, exit status 2."""
+    """A user-facing failure: one line ``spdnn: error: ...`` on stderr, exit status 2."""
 
-    exit_code = 2
+    exit_code = int(ExitCode.ERROR)
 
     def show(self, file=None) -> None:
-        click.echo(f"spdnn: error: {self.format_message()}", err=True, file=file)
+        click.echo(f"spdnn: error: {_one_line(self.format_message())}", err=True, file=file)
 
 
-class SpdnnGroup(click.Group):
-    """A click group that turns spdnn's own errors (and failed file operations) into :class:`CliError`."""
+def _one_line(text: str) -> str:
+    """``text`` on one line (a multi-line message joined with spaces)."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def _option_wording(message: str, command: click.Command) -> str:
+    """Restate the API's argument wording (``layers=L``, ``neurons=1000:``) in the words of
+    ``command``'s long options (``--layers L``, ``--neurons 1000:``).
+
+    An argument is restated only where the command has an option of that name
+    (``--truth-engine`` for ``truth_engine=``), and only as a whole word (not
+    ``segment_layers=`` or ``BalancePolicy.layers=``).
+    """
+    options = {opt[2:].replace("-", "_"): opt for param in command.params if isinstance(param, click.Option)
+               for opt in param.opts if opt.startswith("--")}
+    if not options:
+        return message
+    pattern = re.compile(r"(?<![\w.])(" + "|".join(map(re.escape, sorted(options, key=len, reverse=True)))
+                         + r")=")
+    return pattern.sub(lambda m: options[m.group(1)] + " ", message)
+
+
+def _os_error_text(exc: OSError) -> str:
+    """``path: reason`` for a failed file operation (``reason`` alone when no path is known)."""
+    if isinstance(exc, SpdnnError):
+        return str(exc)
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        # a write outside spdnn._atomic (which raises DiskFullError with the space needed)
+        where, free = "a write", None
+        if exc.filename is not None:
+            where = os.fsdecode(exc.filename)
+            try:
+                free = shutil.disk_usage(Path(where).parent).free
+            except OSError:
+                pass
+        return f"{where}: no space left on device" + ("" if free is None else f" ({format_bytes(free)} free)")
+    reason = exc.strerror or str(exc)
+    if exc.filename is None:
+        return reason
+    both = f"{os.fsdecode(exc.filename)} -> {os.fsdecode(exc.filename2)}" if exc.filename2 else os.fsdecode(
+        exc.filename)
+    return f"{both}: {reason}"
+
+
+class SpdnnCommand(click.Command):
+    """A command whose spdnn errors and failed file operations become one :class:`CliError`
+    line, in the command's own option names."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except SpdnnError as exc:
-            raise CliError(str(exc)) from exc
+            raise CliError(_option_wording(str(exc), self)) from exc
         except OSError as exc:
-            if exc.filename is None:
+            if exc.errno == errno.EPIPE:
                 raise
-            raise CliError(f"{exc.filename}: {exc.strerror or exc}") from exc
+            raise CliError(_option_wording(_os_error_text(exc), self)) from exc
+
+
+def _debug() -> bool:
+    """SPDNN_DEBUG is set to anything but '' or '0' (never raises: it is read while reporting)."""
+    return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+
+
+def _report(exc: BaseException) -> int:
+    """Print ``exc`` as the one line of the error convention; return its exit code."""
+    if _debug() and not isinstance(exc, click.UsageError):
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    if isinstance(exc, getattr(click.exceptions, "NoArgsIsHelpError", ())):
+        exc.show()  # a bare ``spdnn``: the help text
+        return int(ExitCode.ERROR)
+    if isinstance(exc, click.UsageError):
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        click.echo(f"spdnn: error: {_one_line(exc.format_message()).rstrip('.')}{hint}", err=True)
+        return int(ExitCode.ERROR)
+    if isinstance(exc, click.ClickException):
+        click.echo(f"spdnn: error: {_one_line(exc.format_message())}", err=True)
+        return int(ExitCode.ERROR)
+    if isinstance(exc, (click.Abort, KeyboardInterrupt)):
+        click.echo("spdnn: interrupted", err=True)
+        return int(ExitCode.INTERRUPTED)
+    if isinstance(exc, Terminated):
+        click.echo("spdnn: terminated", err=True)
+        return int(ExitCode.TERMINATED)
+    if isinstance(exc, PipeClosed):
+        # The reader of stdout went away: nothing to tell it; silence the final flush.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return int(ExitCode.PIPE_CLOSED)
+    if isinstance(exc, SpdnnError):
+        click.echo(f"spdnn: error: {_one_line(str(exc))}", err=True)
+        return int(ExitCode.ERROR)
+    if isinstance(exc, OSError):
+        click.echo(f"spdnn: error: {_one_line(_os_error_text(exc))}", err=True)
+        return int(ExitCode.ERROR)
+    if isinstance(exc, MemoryError):
+        click.echo(f"spdnn: error: out of host memory ({_one_line(str(exc)) or 'MemoryError'}); "
+                   "try fewer --samples", err=True)
+        return int(ExitCode.ERROR)
+    debug = "" if _debug() else f"; run with {DEBUG_ENV}=1 for the traceback"
+    click.echo(f"spdnn: internal error: {type(exc).__name__}: {_one_line(str(exc))} (a bug in spdnn "
+               f"{__version__}: please report it with the command line{debug})", err=True)
+    return int(ExitCode.INTERNAL)
+
+
+class PipeClosed(Exception):
+    """The reader of stdout went away (EPIPE); raised instead of the OSError, which click's
+    main would turn into exit status 1 (the code of a FAIL)."""
+
+
+class SpdnnGroup(click.Group):
+    """The ``spdnn`` group: its commands are :class:`SpdnnCommand`, and run standalone it
+    applies the error convention of the module docstring (one line, one exit code)."""
+
+    command_class = SpdnnCommand
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                raise PipeClosed() from exc
+            raise
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """Run the command line; in standalone mode exit with :class:`ExitCode`.
+
+        ``standalone_mode=False`` is click's: exceptions propagate to the caller.
+        """
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except SystemExit:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes one line and a code
+            sys.exit(_report(exc))
+        # click returns the command's value (None) or, after ctx.exit / --help, an exit code
+        sys.exit(rv if isinstance(rv, int) else int(ExitCode.PASS))
 
 
 def _progress(value: bool | None) -> bool:
@@ -66,6 +220,24 @@ def _echo_json(obj) -> None:
     from .report import to_json
 
     click.echo(to_json(obj))
+
+
+def _writable_file(ctx, param, value: Path | None) -> Path | None:
+    """Click callback: ``value`` can be created (its nearest existing folder is a writable
+    directory) and is not a directory; checked before the work, so a long run is not lost
+    to a typo. The write itself is atomic and still reports its own failure."""
+    if value is None:
+        return None
+    if value.is_dir():
+        raise click.BadParameter(f"{value} is a directory")
+    folder = value.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise click.BadParameter(f"{value}: {folder} is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"{value}: cannot create files in {folder}")
+    return value
 
 
 progress_option = click.option(
@@ -84,8 +256,10 @@ def cli():
     spdnn bench --cells 1024x120   engines side by side, against a floor
     spdnn info                     engines and devices available here
 
+    \b
     Exit status: 0 success (PASS), 1 categories differ from the truth, 2 usage or
-    data errors.
+    data error (also a full disk), 3 internal error (a bug; SPDNN_DEBUG=1 shows the
+    traceback), 130 interrupted.
     """
 
 
@@ -102,7 +276,84 @@ def _world() -> tuple[int, int]:
     return int(w.rank), int(w.size)
 
 
-def _load_generated(neurons, layers, seed, samples, truth_file, bias, progress):
+#: Parameters compared between the run's data and the truth's (spdnn.verify.truth_origin).
+_ORIGIN_KEYS = ("neurons", "layers", "bias", "seed", "samples", "features_nnz")
+
+
+class _Loaded:
+    """What ``spdnn run`` reads: the data, the truth and what is known of the truth's origin.
+
+    Attributes
+    ----------
+    network, features
+        The run's inputs (features: CSR, samples x N).
+    truth : int64 array or None
+        1-based categories to check against (None: no truth known).
+    source : dict
+        JSON description of the data (the ``data`` key of ``--json``).
+    text : str
+        One-line description for the text report.
+    made_with : dict
+        What the truth is known to have been made with (keys of ``_ORIGIN_KEYS``).
+    origin_source : str
+        Where ``made_with`` comes from, or "unknown".
+    same_data : bool
+        The truth was computed from these very data in this process (or its cache).
+    """
+
+    def __init__(self, network, features, truth, source, text, made_with=None, origin_source="unknown",
+                 same_data=False):
+        self.network, self.features, self.truth = network, features, truth
+        self.source, self.text = source, text
+        self.made_with = dict(made_with or {})
+        self.origin_source, self.same_data = origin_source, same_data
+
+    def origin(self, *, subset: bool, seed: int | None):
+        """:class:`~spdnn.verify.TruthOrigin` of the truth against these data. With ``subset``
+        (``--samples``) the sample count and nonzeros of the features are not compared."""
+        from .verify import truth_origin
+
+        run = {"neurons": self.network.neurons, "layers": self.network.depth,
+               "bias": self.network.uniform_bias(), "seed": seed}
+        if not subset:
+            run.update(samples=int(self.features.shape[0]), features_nnz=int(self.features.nnz))
+        made_with = {k: v for k, v in self.made_with.items() if k in _ORIGIN_KEYS}
+        return truth_origin(made_with, run, source=self.origin_source, same_data=self.same_data)
+
+
+def _truth_info(truth_path) -> dict | None:
+    """The info file ``spdnn generate`` writes beside a truth file (same name, ``.json``), or None."""
+    info_path = Path(truth_path).with_suffix(".json")
+    if not info_path.is_file():
+        return None
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise FormatError(f"not a JSON generator info file ({exc})", path=info_path) from exc
+    if not isinstance(info, dict):
+        raise FormatError("expected a JSON object (generator info)", path=info_path)
+    return info
+
+
+def _read_truth(path, count: int, subset: bool):
+    """Categories of the truth file ``path`` for a run of ``count`` samples.
+
+    With ``subset`` (``--samples S``) the ids beyond ``count`` are dropped (the truth of
+    the first S samples); otherwise an id beyond is an error naming the file, raised
+    before any inference.
+    """
+    from .formats import read_categories
+
+    truth = read_categories(path)
+    if subset:
+        return truth[truth <= count]
+    if truth.size and int(truth.max()) > count:
+        raise FormatError(f"sample id {int(truth.max())} is beyond the {count:,} samples of the features "
+                          "(a truth for other inputs? --samples S checks the first S samples only)", path=path)
+    return truth
+
+
+def _load_generated(neurons, layers, seed, samples, truth_file, bias, progress) -> _Loaded:
     from .bench import materialized
     from .config import cache_dir
     from .generate import cached_challenge
@@ -113,54 +364,115 @@ def _load_generated(neurons, layers, seed, samples, truth_file, bias, progress):
     source = {"kind": "generated", "neurons": neurons, "layers": layers, "seed": seed,
               "cache": str(cache_dir() / "generated"), "truth_from": info}
     text = f"generated offline (RadiX-Net + MNIST, seed {seed}), cached in {cache_dir() / 'generated'}"
-    if truth_file is not None:
-        from .formats import read_categories
+    if truth_file is None:
+        return _Loaded(network, features, truth, source, text, made_with=info, same_data=True,
+                       origin_source="computed from this run's generated data")
+    source["truth"] = str(truth_file)
+    truth = _read_truth(truth_file, features.shape[0], samples is not None)
+    made_with = _truth_info(truth_file)
+    return _Loaded(network, features, truth, source, text, made_with=made_with,
+                   origin_source="unknown" if made_with is None else str(Path(truth_file).with_suffix(".json")))
 
-        truth = read_categories(truth_file)
-        source["truth"] = str(truth_file)
-    return network, features, truth, source, text
 
-
-def _generated_bias(paths) -> float:
-    """The bias of a non-official N, from the info file ``spdnn generate`` writes beside the truth."""
+def _official_bias(paths) -> tuple[float, str]:
+    """The bias of the network in ``paths`` and where it comes from: the official bias of N,
+    else the info file ``spdnn generate`` writes beside the truth."""
     from .network import OFFICIAL_BIAS
 
     if paths.neurons in OFFICIAL_BIAS:
-        return OFFICIAL_BIAS[paths.neurons]
-    info_path = None if paths.truth is None else Path(paths.truth).with_suffix(".json")
-    if info_path is None or not info_path.is_file():
+        return OFFICIAL_BIAS[paths.neurons], f"the official bias of N={paths.neurons}"
+    info = None if paths.truth is None else _truth_info(paths.truth)
+    if info is None:
         raise OptionError(f"N={paths.neurons} has no official bias and no generator info file "
                           f"(neuron{paths.neurons}-l{{L}}-categories.json) was found: pass --bias")
-    try:
-        return float(json.loads(info_path.read_text(encoding="utf-8"))["bias"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise FormatError(f"no numeric 'bias' entry ({type(exc).__name__}: {exc}); pass --bias",
-                          path=info_path) from exc
+    bias = info.get("bias")
+    if isinstance(bias, bool) or not isinstance(bias, (int, float)):
+        raise FormatError(f"no numeric 'bias' entry (found {bias!r}); pass --bias",
+                          path=Path(paths.truth).with_suffix(".json"))
+    return float(bias), str(Path(paths.truth).with_suffix(".json"))
 
 
-def _load_official(data, neurons, layers, samples, truth_file, bias, progress):
-    from .formats import find_official, read_categories, read_features, read_network
+def _load_official(data, neurons, layers, samples, truth_file, bias, progress) -> _Loaded:
+    from .formats import find_official, read_features, read_network
+    from .network import OFFICIAL_BIAS
 
     paths = find_official(data, neurons=neurons, layers=layers)
     if paths.features is None:
         raise DataNotFoundError(f"{data}: no features file found (expected sparse-images-{paths.neurons}.tsv[.gz] "
                                 f"or a .mtx[.gz])")
     if bias is None:
-        bias = _generated_bias(paths)
+        bias, _ = _official_bias(paths)
     network = read_network(paths.network, neurons=paths.neurons, layers=paths.layers, bias=bias, progress=progress)
     features = read_features(paths.features, paths.neurons)
     if samples is not None:
         features = features[:samples]
     truth_path = truth_file if truth_file is not None else paths.truth
-    truth = None
-    if truth_path is not None:
-        truth = read_categories(truth_path)
-        if samples is not None:
-            truth = truth[truth <= samples]
     source = {"kind": "official", "network": str(paths.network), "features": str(paths.features),
               "truth": None if truth_path is None else str(truth_path)}
     text = f"{paths.network} + {paths.features}" + (f", truth {truth_path}" if truth_path else ", no truth file")
-    return network, features, truth, source, text
+    if truth_path is None:
+        return _Loaded(network, features, None, source, text)
+    truth = _read_truth(truth_path, features.shape[0], samples is not None)
+    made_with, origin_source = _truth_info(truth_path), str(Path(truth_path).with_suffix(".json"))
+    if made_with is None and truth_file is None and paths.neurons in OFFICIAL_BIAS:
+        # an official-layout truth without generator info: the official one of its N
+        made_with = {"neurons": paths.neurons, "bias": OFFICIAL_BIAS[paths.neurons]}
+        origin_source = f"{Path(truth_path).name}, taken as the official truth of N={paths.neurons}"
+    return _Loaded(network, features, truth, source, text, made_with=made_with,
+                   origin_source=origin_source if made_with is not None else "unknown")
+
+
+def _default_precision(engine: str) -> str:
+    """The precision the engine's constructor defaults to (reference: fp64, the others fp32)."""
+    from .engines import engine_class, resolve_engine_name
+
+    cls = engine_class(resolve_engine_name(engine))
+    default = inspect.signature(cls).parameters["precision"].default
+    return default if default in PRECISIONS else "fp32"
+
+
+def _merging_engines() -> list[str]:
+    """Names of the engines whose constructor takes ``merge`` (they merge identical samples)."""
+    from .engines import engine_class
+    from .errors import EngineUnavailableError
+
+    names = []
+    for name in ENGINES:
+        try:
+            if "merge" in inspect.signature(engine_class(name)).parameters:
+                names.append(name)
+        except EngineUnavailableError:
+            continue
+    return names
+
+
+def _merge_options(engine: str, merge: str) -> dict:
+    """Constructor options for ``--merge``: nothing for 'auto' (every engine's default), else
+    ``merge=True/False`` for an engine that merges; an OptionError for one that does not."""
+    from .engines import resolve_engine_name
+    from .options import check_merge
+
+    value = check_merge(merge)
+    if value == "auto":
+        return {}
+    name = resolve_engine_name(engine)
+    merging = _merging_engines()
+    if name not in merging:
+        raise OptionError(f"--merge {merge}: engine {name!r} does not merge identical samples "
+                          f"(engines that do: {', '.join(merging) or 'none here'}); use --merge auto")
+    return {"merge": value}
+
+
+def _save(path: Path, categories) -> None:
+    """Write ``categories`` to ``path`` atomically; a failure is a CliError naming the
+    option and ``path`` as the user gave it (the result is already printed)."""
+    from .formats import write_categories
+
+    try:
+        write_categories(path, categories)
+    except (OSError, SpdnnError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+        raise CliError(f"--save-categories {path}: {reason} (the result above was not saved)") from exc
 
 
 @cli.command()
@@ -175,7 +487,7 @@ def _load_official(data, neurons, layers, samples, truth_file, bias, progress):
 @click.option("--truth", "truth_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Truth categories file (overrides the one found or generated).")
 @click.option("--samples", type=click.IntRange(min=1), default=None,
-              help="Use only the first S samples [all: 60,000 for generated data].")
+              help="Use only the first S samples (and the truth's ids up to S) [all: 60,000 for generated data].")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the generated network's permuted layers (generated data only).")
 @click.option("--bias", type=float, default=None,
@@ -183,50 +495,59 @@ def _load_official(data, neurons, layers, samples, truth_file, bias, progress):
                    "generator's (generated data, or the .json spdnn generate writes beside the truth)].")
 @click.option("--engine", type=click.Choice(ENGINE_CHOICES), default="auto", show_default=True,
               help="Engine; auto picks cuda with a GPU, else cpu, else reference.")
-@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True,
-              help="Activation and accumulation precision; fp64 equals the reference bit for bit.")
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=None,
+              help="Activation and accumulation precision [the engine's default: fp64 for reference (the "
+                   "truth), fp32 for the others]; fp64 equals the reference bit for bit.")
+@click.option("--merge", type=click.Choice(TRISTATE), default="auto", show_default=True,
+              help="Merge samples whose activations become identical (engines that merge: cpu, cuda); "
+                   "results are bit for bit those of computing every copy. on/off force it.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-@click.option("--balance", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+@click.option("--balance", type=click.Choice(TRISTATE), default="auto", show_default=True,
               help="Under mpiexec: rebalance surviving samples between ranks (auto: on for CPU engines, "
                    "off for GPU engines, where the shuffled split measured balanced and a move costs more).")
 @click.option("--save-categories", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the categories found to this file (one 1-based id a line).")
+              callback=_writable_file,
+              help="Also write the categories found to this file (one 1-based id a line), after the result "
+                   "is printed.")
 @click.option("--explain/--no-explain", default=True, show_default=True,
               help="On FAIL, recompute the differing samples in fp64 (and exactly) and say who was right.")
 @progress_option
-def run(neurons, layers, data, truth_file, samples, seed, bias, engine, precision, as_json, balance,
+def run(neurons, layers, data, truth_file, samples, seed, bias, engine, precision, merge, as_json, balance,
         save_categories, explain, progress):
     """Run inference and check the categories against the truth.
 
     Prints the data source, the engine, the categories found, PASS/FAIL against the
     truth (with the missing and extra ids on FAIL), the reading, preprocessing and
     inference seconds and the throughput in TeraEdges/s. Under ``mpiexec -n P`` the
-    samples are split over the ranks and rank 0 prints.
+    samples are split over the ranks and rank 0 prints. The result is printed before
+    ``--save-categories`` is written, so a failed write loses nothing.
     """
     from .engines import get_engine
+    from .options import check_balance
     from .verify import compare_categories
 
     progress = _progress(progress)
     rank, size = _world()
     if rank != 0:
         progress = False
+    precision = precision or _default_precision(engine)
+    options = {"precision": precision, **_merge_options(engine, merge)}
     t0 = time.perf_counter()
     if data is None:
-        network, features, truth, source, source_text = _load_generated(
-            neurons or 1024, layers or 120, seed, samples, truth_file, bias, progress)
+        loaded = _load_generated(neurons or 1024, layers or 120, seed, samples, truth_file, bias, progress)
     else:
-        network, features, truth, source, source_text = _load_official(
-            data, neurons, layers, samples, truth_file, bias, progress)
+        loaded = _load_official(data, neurons, layers, samples, truth_file, bias, progress)
+    network, features, truth = loaded.network, loaded.features, loaded.truth
     read_seconds = time.perf_counter() - t0
 
     if size > 1:
         from .distributed import run_distributed
 
-        policy = {"auto": "auto", "on": True, "off": False}[balance]
-        result = run_distributed(network, features, engine=engine, precision=precision, balance=policy,
-                                 progress=progress)
+        result = run_distributed(network, features, engine=engine, precision=precision,
+                                 balance=check_balance(balance), progress=progress,
+                                 engine_options={k: v for k, v in options.items() if k != "precision"})
     else:
-        result = get_engine(engine, precision=precision, progress=progress).run(network, features)
+        result = get_engine(engine, progress=progress, **options).run(network, features)
     if rank != 0:
         return
 
@@ -236,7 +557,8 @@ def run(neurons, layers, data, truth_file, samples, seed, bias, engine, precisio
         "categories_count": int(len(result.categories)), "passed": None,
         "inference_seconds": result.inference_seconds, "preprocess_seconds": result.preprocess_seconds,
         "read_seconds": read_seconds, "teraedges_per_second": result.teraedges_per_second,
-        "survivors": result.survivors, "ranks": size, "source": source_text, "data": source,
+        "survivors": result.survivors, "ranks": size, "merge": merge, "source": loaded.text,
+        "data": loaded.source,
     }
     if truth is not None:
         cmp = compare_categories(result.categories, truth)
@@ -248,14 +570,13 @@ def run(neurons, layers, data, truth_file, samples, seed, bias, engine, precisio
             if not as_json:
                 _status("categories differ from the truth: recomputing the differing samples (fp64, exact)")
             explanation = explain_differences(network, features, result.categories, truth,
-                                              found_precision=result.precision, progress=progress)
+                                              found_precision=result.precision, progress=progress,
+                                              origin=loaded.origin(subset=samples is not None,
+                                                                   seed=seed if data is None else None))
             summary["explanation"] = explanation.to_dict()
             summary["explanation_text"] = explanation.to_text()
     if save_categories is not None:
-        from .formats import write_categories
-
-        write_categories(save_categories, result.categories)
-        summary["categories_file"] = str(save_categories)
+        summary["categories_file"] = str(save_categories)  # asked for; a failed write exits 2
     summary["engine_info"] = result.extra
     summary["categories"] = result.categories
     if as_json:
@@ -264,8 +585,12 @@ def run(neurons, layers, data, truth_file, samples, seed, bias, engine, precisio
         from .report import format_run
 
         click.echo(format_run(summary))
+    if save_categories is not None:  # after the result is out: a failed write loses nothing
+        _save(save_categories, result.categories)
+        if not as_json:
+            click.echo(f"written:      {save_categories}")
     if summary["passed"] is False:
-        sys.exit(1)
+        sys.exit(ExitCode.FAIL)
 
 
 # ----------------------------------------------------------------------- generate
@@ -371,7 +696,7 @@ def verify(categories, truth, as_json):
         click.echo(format_comparison(bool(cmp.passed), cmp.missing, cmp.extra, found_count=cmp.found_count,
                                      truth_count=cmp.truth_count))
     if not cmp.passed:
-        sys.exit(1)
+        sys.exit(ExitCode.FAIL)
 
 
 # --------------------------------------------------------------------------- info
@@ -516,11 +841,26 @@ def bench(cells, engine_names, repeats, samples, precision, seed, json_out, plot
         benchmod.write_plot(report, plot)
         _status(f"wrote {plot}")
     if not report["passed"]:
-        sys.exit(1)
+        sys.exit(ExitCode.FAIL)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (``kill``, ``timeout``): unwinds like Ctrl-C, so atomic writers
+    remove their temporary files, and exits 143."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``spdnn`` console script and of ``python -m spdnn``."""
+    """Entry point of the ``spdnn`` console script and of ``python -m spdnn``.
+
+    Exits with :class:`~spdnn.errors.ExitCode` (module docstring); SIGTERM is handled like
+    Ctrl-C (clean-up, one line ``spdnn: terminated``, exit 143).
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     cli.main(args=argv, prog_name="spdnn")
 
 

@@ -118,8 +118,6 @@ def format_run(summary: Mapping[str, Any]) -> str:
         f"throughput:   {summary['teraedges_per_second']:.4g} TeraEdges/s "
         f"(samples x edges / inference seconds)",
     ]
-    if summary.get("categories_file"):
-        lines.append(f"written:      {summary['categories_file']}")
     text = summary.get("explanation_text")
     if text:
         lines += ["", "verification:", *("  " + ln for ln in text.rstrip().splitlines())]

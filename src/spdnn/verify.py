@@ -1,4 +1,4 @@
-"""Checking categories against the truth, and explaining any difference (SPEC.md section 5).
+"""Checking categories against the truth, and explaining any difference (docs/challenge.md, Numerics).
 
 Three tools:
 
@@ -15,6 +15,12 @@ Three tools:
     which computation was right -> :class:`Explanation` (``to_text()``, ``to_dict()``).
     ``spdnn run`` calls it whenever categories differ from the truth, so a run never
     passes or fails silently.
+:class:`TruthOrigin` / :func:`truth_origin`
+    What is known of the data the truth was made from, against the run's. When every
+    computation on the run's own network, bias and inputs disagrees with the truth, the
+    explanation blames the truth only when the truth is known to come from exactly
+    these data; where the data are known to differ (another bias, say) it names the
+    difference; otherwise it says it cannot tell a wrong truth from other data.
 
 Why differences happen: a sample whose activation becomes a uniform vector ``v`` sees
 ``v' = 2v + b`` on the RadiX-Net layers; the fixed point ``v* = -b`` is unstable, so a
@@ -30,6 +36,7 @@ well-conditioned row within about 1e-6 of float64; beyond 1e-4 the paths have se
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, asdict
 from fractions import Fraction
 from typing import Any
@@ -39,15 +46,15 @@ import scipy.sparse as sp
 
 from .errors import OptionError
 from .network import Network, as_features
+from .options import PRECISIONS, check_precision
 from ._progress import progress_bar
 
 __all__ = ["Comparison", "compare_categories", "trace_sample", "trace_sample_exact", "ExactTrace",
-           "Fate", "SampleRecord", "Explanation", "explain_differences", "SPLIT_RTOL"]
+           "Fate", "SampleRecord", "TruthOrigin", "truth_origin", "Explanation", "explain_differences",
+           "SPLIT_RTOL"]
 
 #: Relative tolerance of the split-layer rule (see the module docstring).
 SPLIT_RTOL = 1e-4
-
-_DTYPES = {"fp32": np.float32, "fp64": np.float64}
 
 
 # -- comparing ------------------------------------------------------------------------
@@ -164,9 +171,7 @@ def trace_sample(network: Network, features_row, *, precision: str = "fp64") -> 
         ``out[k]`` is the activation after layer k+1. The list stops after the first
         all-zero activation (the row is dead from there on), so it may be shorter than L.
     """
-    if precision not in _DTYPES:
-        raise OptionError(f"precision={precision!r}: expected 'fp32' or 'fp64'")
-    dtype = _DTYPES[precision]
+    dtype = PRECISIONS[check_precision(precision)]
     n = network.neurons
     row = sp.csr_matrix(features_row) if sp.issparse(features_row) else np.asarray(features_row).reshape(1, -1)
     if row.shape != (1, n):
@@ -349,42 +354,162 @@ class SampleRecord:
 
     @property
     def truth_disputed(self) -> bool:
-        """float32 and float64 (and the exact trace, when made) all give the found fate:
-        the truth, not rounding, is the odd one out for this sample."""
+        """float32 and float64 (and the exact trace, when made) all give the found fate on
+        the run's own network, bias and inputs: rounding does not explain this sample; the
+        truth disagrees with the data as given (see :class:`TruthOrigin` for why)."""
         found_survives = self.in_set == "extra"
         fates = [self.fp64, self.fp32] + ([self.exact] if self.exact is not None else [])
         return all(f.survives == found_survives for f in fates)
 
 
 @dataclass
+class TruthOrigin:
+    """What is known of the data the truth was made from, against the run's data.
+
+    Attributes
+    ----------
+    source : str
+        Where the knowledge comes from (a generator info file, "the official data", "computed
+        from this run's data"), or "unknown".
+    differences : list of str
+        Known differences between the run's data and the truth's, one phrase each
+        (``"bias: this run -0.2, the truth's -0.3"``).
+    same_data : bool
+        The truth is known to have been computed from exactly this run's network, bias and
+        inputs (then, and only then, a truth that every computation disagrees with is wrong).
+    """
+
+    source: str = "unknown"
+    differences: list = field(default_factory=list)
+    same_data: bool = False
+
+
+def _same_value(a, b) -> bool:
+    if isinstance(a, (int, float, np.integer, np.floating)) and isinstance(b, (int, float, np.integer, np.floating)):
+        return float(a) == float(b)
+    return a == b
+
+
+def _show_value(value) -> str:
+    return f"{float(value):g}" if isinstance(value, (float, np.floating)) else str(value)
+
+
+def truth_origin(made_with: Mapping[str, Any], run: Mapping[str, Any], *, source: str,
+                 same_data: bool = False) -> TruthOrigin:
+    """Compare what the truth was made with and what the run used, key by key.
+
+    Parameters
+    ----------
+    made_with, run : mapping
+        Parameters of the truth's data and of the run's (e.g. ``bias``, ``neurons``,
+        ``layers``, ``samples``, ``features_nnz``, ``seed``); only keys present in both with
+        a known (not None) value are compared, numbers by value.
+    source : str
+        Where ``made_with`` comes from (named in the explanation).
+    same_data : bool
+        The caller knows the truth was computed from the run's own data; ignored when a
+        compared key differs.
+
+    Returns
+    -------
+    TruthOrigin
+    """
+    differences = [f"{key}: this run {_show_value(run[key])}, the truth's {_show_value(made_with[key])}"
+                   for key in made_with
+                   if key in run and made_with[key] is not None and run[key] is not None
+                   and not _same_value(made_with[key], run[key])]
+    return TruthOrigin(source=source, differences=differences, same_data=same_data and not differences)
+
+
+@dataclass
 class Explanation:
-    """Why found categories differ from the truth; see :func:`explain_differences`."""
+    """Why found categories differ from the truth; see :func:`explain_differences`.
+
+    ``records`` covers the first ``trace_limit`` differing samples (ascending id);
+    ``untraced`` counts the others.
+    """
 
     comparison: Comparison
     found_precision: str
     records: list = field(default_factory=list)
     split_rtol: float = SPLIT_RTOL
+    origin: TruthOrigin = field(default_factory=TruthOrigin)
+    untraced: int = 0
+
+    @property
+    def disputed(self) -> list:
+        """Records where every computation on the run's data disagrees with the truth."""
+        return [r for r in self.records if r.truth_disputed]
 
     @property
     def explained(self) -> bool:
-        """Every difference is reproduced by the found precision's trace and is a real
-        float32/float64 split (not a truth that disagrees with every computation)."""
-        return all(r.reproduced and not r.truth_disputed for r in self.records)
+        """Every difference was traced, is reproduced by the found precision's trace and
+        is a real float32/float64 split on data known not to differ from the truth's."""
+        return (self.untraced == 0 and not self.origin.differences
+                and all(r.reproduced and not r.truth_disputed for r in self.records))
+
+    @property
+    def verdict(self) -> str:
+        """One of 'match', 'rounding' (every difference a float32/float64 split), 'other data'
+        (the run's data are known to differ from the truth's), 'truth wrong' (the truth comes
+        from exactly these data and every computation disagrees with it), 'truth or data'
+        (every computation disagrees with the truth; whether the truth or the data are at
+        fault is unknown), 'engine' (a difference no trace in the found precision
+        reproduces), 'unexplained' (otherwise, e.g. samples left untraced)."""
+        if self.comparison.passed:
+            return "match"
+        if self.origin.differences:
+            return "other data"
+        if any(not r.reproduced for r in self.records):
+            return "engine"
+        if self.disputed:
+            return "truth wrong" if self.origin.same_data else "truth or data"
+        return "rounding" if self.explained else "unexplained"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return {"comparison": self.comparison.to_dict(), "found_precision": self.found_precision,
-                "split_rtol": self.split_rtol, "explained": self.explained,
+                "split_rtol": self.split_rtol, "explained": self.explained, "verdict": self.verdict,
+                "origin": asdict(self.origin), "untraced": self.untraced,
                 "records": [{**asdict(r), "truth_disputed": r.truth_disputed} for r in self.records]}
 
-    def to_text(self) -> str:
-        """Human-readable summary, one paragraph per differing sample."""
+    def _conclusion(self) -> str:
+        """The paragraph after the per-sample lines: what the evidence shows, and no more."""
+        verdict, origin = self.verdict, self.origin
+        disputed = len(self.disputed)
+        if verdict == "other data":
+            return (f"The run's data differ from those the truth was made with ({origin.source}): "
+                    + "; ".join(origin.differences)
+                    + ". The differences come from there, not from rounding or the truth: run with the "
+                    "truth's settings, or use a truth made for these data.")
+        if verdict == "engine":
+            return ("Some differences are not reproduced by a trace in the reference's order: the engine, "
+                    "not rounding, is the suspect.")
+        if verdict == "truth wrong":
+            return (f"The truth was computed from this run's own network, bias and inputs ({origin.source}), "
+                    f"yet every computation disagrees with it on {disputed} sample(s): the truth is wrong "
+                    "(check the truth file).")
+        if verdict == "truth or data":
+            return (f"On {disputed} sample(s) every computation on this run's network, bias and inputs "
+                    "disagrees with the truth: either the truth was made from other inputs, another network "
+                    "or another bias than this run's (check the bias, the network's files or seed, and the "
+                    "samples), or the truth file is wrong; nothing known here tells which"
+                    + ("." if origin.source == "unknown" else f" ({origin.source} names no difference)."))
+        if verdict == "rounding":
+            return (f"All {len(self.records)} differences are rounding effects of {self.found_precision} "
+                    "on ill-conditioned samples (docs/challenge.md, Numerics).")
+        return (f"{self.untraced} differing sample(s) were not traced; the {len(self.records)} traced "
+                "are rounding effects, the rest are not explained.")
+
+    def to_text(self, *, limit: int = 20) -> str:
+        """Human-readable summary: one line for each of the first ``limit`` differing
+        samples, then the conclusion (:attr:`verdict` in words)."""
         c = self.comparison
         if c.passed:
             return f"categories match the truth ({c.truth_count} samples)"
         lines = [f"categories differ from the truth: {c.missing.size} missing, {c.extra.size} extra "
                  f"(found {c.found_count}, truth {c.truth_count}); found in {self.found_precision}."]
-        for r in self.records:
+        for r in self.records[:limit]:
             where = "in the truth but not found" if r.in_set == "missing" else "found but not in the truth"
             split = (f"float32 and float64 split at layer {r.split_layer} ({r.split_reason})"
                      if r.split_layer is not None else "float32 and float64 never split")
@@ -394,11 +519,13 @@ class Explanation:
                          + ("" if r.reproduced else "; NOT reproduced by a "
                             f"{self.found_precision} trace (not a rounding effect of this order: "
                             "check the engine)")
-                         + ("; every computation agrees with the found set: the truth is wrong "
-                            "for this sample (check the truth file)" if r.truth_disputed else ""))
-        if self.explained:
-            lines.append(f"All {len(self.records)} differences are rounding effects of {self.found_precision} "
-                         "on ill-conditioned samples (SPEC.md section 5).")
+                         + ("; every computation on this run's data gives the found fate"
+                            if r.truth_disputed else ""))
+        hidden = len(self.records) - min(limit, len(self.records)) + self.untraced
+        if hidden:
+            lines.append(f"- ... and {hidden} more differing sample(s)"
+                         + (f" ({self.untraced} not traced)" if self.untraced else ""))
+        lines.append(self._conclusion())
         return "\n".join(lines)
 
 
@@ -410,12 +537,13 @@ def _fate(alive_history: list[bool], final_max: float) -> Fate:
 
 
 def explain_differences(network: Network, features, found, truth, *, found_precision: str = "fp32",
-                        exact_limit: int = 3, progress: bool | None = None) -> Explanation:
-    """Explain why ``found`` categories differ from ``truth`` (SPEC.md section 5).
+                        exact_limit: int = 3, trace_limit: int = 200, origin: TruthOrigin | None = None,
+                        progress: bool | None = None) -> Explanation:
+    """Explain why ``found`` categories differ from ``truth`` (docs/challenge.md, Numerics).
 
-    Every sample in one set and not the other is traced through the network in float64
-    and float32 (together, layer by layer); the first ``exact_limit`` of them also in
-    exact arithmetic.
+    Every sample in one set and not the other (the first ``trace_limit`` of them, by id)
+    is traced through the network in float64 and float32 (together, layer by layer);
+    the first ``exact_limit`` of them also in exact arithmetic.
 
     Parameters
     ----------
@@ -429,27 +557,41 @@ def explain_differences(network: Network, features, found, truth, *, found_preci
     exact_limit : int
         Most samples traced exactly (exact arithmetic is slow: about a second a sample
         at N=1024, L=120).
+    trace_limit : int
+        Most samples traced in floating point (dense rows: ``trace_limit x N`` values in
+        each precision); the others are counted in :attr:`Explanation.untraced`.
+    origin : TruthOrigin, optional
+        What is known of the data the truth was made from (:func:`truth_origin`); default:
+        nothing, so a truth that every computation disagrees with is reported as "the
+        truth or the data", never as wrong.
     progress : bool, optional
         Progress bar over layers.
 
     Returns
     -------
     Explanation
+
+    Raises
+    ------
+    OptionError
+        A differing id beyond the rows of ``features``.
     """
-    if found_precision not in _DTYPES:
-        raise OptionError(f"found_precision={found_precision!r}: expected 'fp32' or 'fp64'")
+    check_precision(found_precision)
     comparison = compare_categories(found, truth)
     ids = np.concatenate([comparison.missing, comparison.extra])
     sets = ["missing"] * comparison.missing.size + ["extra"] * comparison.extra.size
     order = np.argsort(ids, kind="stable")
     ids = ids[order]
     sets = [sets[i] for i in order]
-    explanation = Explanation(comparison=comparison, found_precision=found_precision)
+    explanation = Explanation(comparison=comparison, found_precision=found_precision,
+                              origin=origin if origin is not None else TruthOrigin())
     if ids.size == 0:
         return explanation
     f = as_features(features, network.neurons)
     if ids.max() > f.shape[0]:
         raise OptionError(f"sample id {int(ids.max())} is beyond the {f.shape[0]} feature rows")
+    explanation.untraced = max(0, ids.size - int(trace_limit))
+    ids, sets = ids[:trace_limit], sets[:trace_limit]
     x64 = _dense_rows(f, ids - 1, network.neurons)
     x32 = x64.astype(np.float32)
     count = ids.size
