@@ -258,8 +258,8 @@ def test_rounding_verdict(fixed_point_case):
 
 
 def test_trace_limit_counts_the_rest(rng):
-    network = random_network(rng, neurons=16, depth=3, weights="positive", bias_kind="negative")
-    features = random_features(rng, 30, 16)
+    network = general_network(rng, neurons=16, depth=3, weights="positive", bias_kind="negative")
+    features = general_features(rng, 30, 16)
     truth = ReferenceEngine(precision="fp64").run(network, features).categories
     found = np.setdiff1d(np.arange(1, 31), truth)  # every sample on the wrong side
     explanation = explain_differences(network, features, found, truth, found_precision="fp64", exact_limit=0,
