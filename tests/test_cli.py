@@ -796,3 +796,21 @@ def test_truth_beyond_the_samples_is_refused_before_inference(spdnn_cli, generat
     assert result.exit_code == 2
     line = _one_error_line(result)
     assert str(truth) in line and f"sample id {S + 5} is beyond the {S} samples" in line
+
+
+def test_debug_variable_is_validated(spdnn_cli, monkeypatch):
+    monkeypatch.setenv("SPDNN_DEBUG", "yes")
+    result = spdnn_cli("info")
+    assert result.exit_code == 2
+    assert _one_error_line(result) == "spdnn: error: environment variable SPDNN_DEBUG='yes': expected 0 or 1"
+
+
+def test_wrong_bias_on_official_data(spdnn_cli, official_dir):
+    """Issue 12, item 7, official files: the official truth's bias is that of its N."""
+    result = spdnn_cli("run", "--data", official_dir, "--bias", -0.29, "--engine", "reference", "--json",
+                       "--no-progress")
+    assert result.exit_code == 1, result.stdout + result.stderr
+    explanation = json.loads(result.stdout)["explanation"]
+    assert explanation["verdict"] == "other data"
+    assert explanation["origin"]["differences"] == ["bias: this run -0.29, the truth's -0.3"]
+    assert "taken as the official truth of N=1024" in explanation["origin"]["source"]

@@ -39,6 +39,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .config import env_flag
 from .errors import DataNotFoundError, ExitCode, FormatError, OptionError, SpdnnError, format_bytes
 from .engines import ENGINES, PRECISIONS
 
@@ -124,8 +125,9 @@ class SpdnnCommand(click.Command):
 
 
 def _debug() -> bool:
-    """SPDNN_DEBUG is set to anything but '' or '0' (never raises: it is read while reporting)."""
-    return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+    """SPDNN_DEBUG=1 asks for tracebacks. Read while reporting an error, so it never raises
+    (:meth:`SpdnnGroup.main` refuses values other than 0 and 1 first)."""
+    return os.environ.get(DEBUG_ENV, "").strip() == "1"
 
 
 def _report(exc: BaseException) -> int:
@@ -198,6 +200,7 @@ class SpdnnGroup(click.Group):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
+            env_flag(DEBUG_ENV)  # validated once, like every documented override
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except SystemExit:
             raise

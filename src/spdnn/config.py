@@ -12,6 +12,9 @@ Documented environment overrides (validated once, here):
     ``1`` hides CUDA from engine auto-selection (the ``cuda`` engine can still be named).
 ``SPDNN_CUDA_DEBUG``
     ``1`` synchronizes and checks every kernel launch of the CUDA engine.
+``SPDNN_DEBUG``
+    ``1`` prints the traceback (with its causes) before the one-line error of a
+    ``spdnn`` command (README, "Errors and exit status").
 """
 from __future__ import annotations
 
