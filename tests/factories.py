@@ -244,3 +244,19 @@ def same_csr(a, b) -> bool:
     b.sort_indices()
     return (a.shape == b.shape and np.array_equal(a.indptr, b.indptr) and np.array_equal(a.indices, b.indices)
             and np.array_equal(a.data.view(np.int64), b.data.view(np.int64)))
+
+
+def sum_then_scale_traps() -> dict[str, tuple[Network, sp.csr_matrix]]:
+    """{name: (network, features)} on which summing first and scaling once by a layer's
+    single power-of-two weight differs from the contract's per-term products: subnormal
+    products ('subnormal'), and sums that overflow before the scale ('overflow').
+    Deterministic (no seed to print)."""
+    n = 32
+    w = sp.csr_matrix(np.full((n, n), 2.0 ** -4))
+    rng = np.random.default_rng(5)
+    tiny = rng.integers(1, 2 ** 20, size=(6, n)) * 5e-324            # subnormal inputs
+    subnormal = (Network.from_layers([w, w], 0.0, ymax=1e300),
+                 sp.csr_matrix(np.vstack([tiny, rng.random((3, n))])))
+    huge = rng.uniform(1.0e307, 1.7e307, size=(5, n))                 # 32 of them overflow a sum
+    overflow = (Network.from_layers([w, w], 0.0, ymax=1.5e308), sp.csr_matrix(huge))
+    return {"subnormal": subnormal, "overflow": overflow}

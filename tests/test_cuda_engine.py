@@ -1,15 +1,20 @@
 """CUDA and cuSPARSE engines on the device (skipped without a GPU).
 
 Every run poisons the activation buffers first (a kernel reading a row nothing wrote
-then changes the categories); fp64 must equal the float64 reference bit for bit.
+then changes the categories); fp64 must equal the float64 reference bit for bit, with
+every kernel (stationary tiles, per-layer, sliced, chunked), with merging on and off,
+batched, streamed and in segments.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from spdnn.engines import get_engine
+from spdnn.engines.cuda.engine import merge_points
 from spdnn.engines.cuda.layout import KernelConfig
+from spdnn.errors import SpdnnError
 from spdnn.network import Network
 
 from factories import duplicate_column_network, random_features, random_network, reference_run
@@ -25,6 +30,7 @@ def dying_features(rng, samples, n, density=0.3):
 
 
 def check_same(eng, net, feats, precision="fp64"):
+    """Run ``eng``; categories and survivors equal the reference's, fp64 activations bit for bit."""
     res = eng.run(net, feats)
     ref, rrows, rvals = reference_run(net, feats, precision)
     np.testing.assert_array_equal(res.categories, ref.categories)
@@ -37,29 +43,32 @@ def check_same(eng, net, feats, precision="fp64"):
     return res
 
 
+def stationary(n, **fields):
+    return KernelConfig(**{"threads": 128, "opt": 1, "mb": 4, "chunk": n, "stationary": True, **fields})
+
+
 @pytest.fixture(scope="module")
 def official(official_dir):
-    from spdnn.formats.official import read_categories, read_features, read_network
+    from factories import read_official_subset
 
-    net = read_network(official_dir / "neuron1024.tar.gz", cache=False)
-    feats = read_features(official_dir / "sparse-images-1024-first1200.mtx.gz", cache=False)
-    truth = read_categories(official_dir / "neuron1024-l120-categories-first1200.mtx")
-    return net, feats, truth
+    return read_official_subset(official_dir)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp64"])
-@pytest.mark.parametrize("graph", [True, False])
-@pytest.mark.parametrize("dedupe", ["auto", False])
-def test_official_subset_gives_the_truth(official, precision, graph, dedupe):
+@pytest.mark.parametrize("kernel", ["auto", "per-layer", "no-dedupe"])
+@pytest.mark.parametrize("merge", ["auto", False])
+def test_official_subset_gives_the_truth(official, precision, kernel, merge):
     net, feats, truth = official
-    eng = get_engine("cuda", precision=precision, poison=POISON, use_graph=graph, dedupe=dedupe)
-    res = eng.run(net, feats)
+    options = {"auto": {}, "per-layer": {"config": KernelConfig(threads=256, opt=1, mb=4, chunk=1024, dedupe=True)},
+               "no-dedupe": {"dedupe": False}}[kernel]
+    res = get_engine("cuda", precision=precision, poison=POISON, merge=merge, **options).run(net, feats)
     np.testing.assert_array_equal(res.categories, truth)
-    assert res.extra["graph"] is graph
-    assert res.extra["dedupe"] is (dedupe == "auto")     # official layers: N/16 distinct columns
-    assert res.extra["value_mode"] == "sum_then_scale"
+    assert res.extra["config"]["stationary"] is (kernel != "per-layer")
+    assert res.extra["config"]["dedupe"] is (kernel != "no-dedupe")     # official layers: N/16 distinct columns
+    assert res.extra["value_mode"] == ("sum_then_scale" if precision == "fp32" else "scalar")
     ref = reference_run(net, feats, precision)[0]
     np.testing.assert_array_equal(res.survivors, ref.survivors)
+    assert res.extra["graph"] is True
 
 
 @pytest.mark.parametrize("values", ["normal", "fp16", 0.3, 0.0625])
@@ -69,7 +78,7 @@ def test_random_networks_fp64_exact(rng, values, n):
     feats = dying_features(rng, 150, n)
     eng = get_engine("cuda", precision="fp64", poison=POISON)
     res = check_same(eng, net, feats)
-    expected = {"normal": "array", "fp16": "array", 0.3: "scalar", 0.0625: "sum_then_scale"}[values]
+    expected = {"normal": "array", "fp16": "array", 0.3: "scalar", 0.0625: "scalar"}[values]
     assert res.extra["value_mode"] == expected
     if values == "fp16":
         assert res.extra["value_dtype"] == "float16"
@@ -78,14 +87,31 @@ def test_random_networks_fp64_exact(rng, values, n):
 @pytest.mark.parametrize("config", [KernelConfig(threads=64, opt=2, mb=2, chunk=100),
                                     KernelConfig(threads=32, opt=4, mb=4, chunk=700),
                                     KernelConfig(threads=128, opt=1, mb=1, chunk=333)], ids=str)
-def test_sliced_and_chunked_blockings_fp64_exact(rng, config):
+def test_per_layer_sliced_and_chunked_blockings_fp64_exact(rng, config):
     """Outputs sliced over blocks (compaction kernel) and inputs staged in chunks."""
     n = 700
     net = random_network(rng, n, 6)
     feats = dying_features(rng, 90, n)
     eng = get_engine("cuda", precision="fp64", poison=POISON, config=config)
     res = check_same(eng, net, feats)
-    assert res.extra["config"]["slices"] == config.slices(n)
+    assert res.extra["config"]["slices"] == config.slices(n) and res.extra["config"]["stationary"] is False
+
+
+@pytest.mark.parametrize("mb", [1, 2, 4, 8])
+@pytest.mark.parametrize("prefetch", [False, True])
+@pytest.mark.parametrize("dedupe", [False, True])
+def test_stationary_blockings_fp64_exact(rng, mb, prefetch, dedupe):
+    """Tiles of 1..8 rows kept in shared memory, with and without the cp.async prefetch
+    of the next layer, general and deduplicated layers, mixed-sign bias."""
+    n = 480
+    if dedupe:
+        net = duplicate_column_network(rng, n, 7, 50, values="normal")
+    else:
+        net = random_network(rng, n, 7, values="normal")
+    feats = dying_features(rng, 211, n)
+    cfg = stationary(n, mb=mb, prefetch=prefetch, dedupe=dedupe, opt=1 if dedupe else 4)
+    res = check_same(get_engine("cuda", precision="fp64", poison=POISON, config=cfg, merge=False), net, feats)
+    assert res.extra["config"]["stationary"] and res.extra["config"]["prefetch"] is prefetch
 
 
 def test_fp32_matches_reference_categories(rng):
@@ -96,6 +122,18 @@ def test_fp32_matches_reference_categories(rng):
     np.testing.assert_array_equal(res.categories, ref.categories)
 
 
+def test_many_tiles_positive_bias(rng):
+    """More tiles than one wave of blocks (tickets handed out many times), positive bias
+    (dense rows), both precisions."""
+    n = 512
+    net = duplicate_column_network(rng, n, 6, 40)
+    net = Network.from_layers(list(net.layers), rng.uniform(0.0, 0.1, size=(6, n)))
+    feats = dying_features(rng, 30000, n, density=0.05)
+    for precision in ("fp32", "fp64"):
+        res = check_same(get_engine("cuda", precision=precision, poison=POISON), net, feats, precision)
+        assert res.extra["config"]["stationary"]
+
+
 def test_batches_forced_small(rng):
     net = random_network(rng, 256, 5)
     feats = dying_features(rng, 203, 256)
@@ -104,44 +142,70 @@ def test_batches_forced_small(rng):
     assert res.extra["batches"] == 6
 
 
-def test_streaming_forced_by_a_memory_cap(rng):
-    net = random_network(rng, 256, 30, density=0.1)     # ~3 MB of fp64 weights
-    feats = dying_features(rng, 120, 256)
-    eng = get_engine("cuda", precision="fp64", poison=POISON, memory_cap_bytes=3_000_000)
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_streaming_in_chunks(rng, per_layer):
+    """Weights streamed from pinned host memory a chunk of layers at a time (resident
+    prefix + chunks when capped, all chunks when forced), merging across chunks."""
+    n, depth = 256, 40
+    net = random_network(rng, n, depth, density=0.1)
+    feats = dying_features(rng, 120, n)
+    cfg = KernelConfig(threads=256, opt=1, mb=4, chunk=n) if per_layer else None
+    eng = get_engine("cuda", precision="fp64", poison=POISON, memory_cap_bytes=6_000_000, config=cfg)
     res = check_same(eng, net, feats)
-    assert res.extra["stream_weights"] is True
-    eng2 = get_engine("cuda", precision="fp64", poison=POISON, stream_weights=True, batch_samples=50)
+    assert res.extra["stream_weights"] is True and res.extra["weight_chunks"] >= 1
+    eng2 = get_engine("cuda", precision="fp64", poison=POISON, stream_weights=True, batch_samples=50, config=cfg)
     res2 = check_same(eng2, net, feats)
     assert res2.extra["stream_weights"] is True and res2.extra["batches"] == 3
+    assert res2.extra["weight_chunks"] >= 4
 
 
 def test_segments_and_reload(rng):
     """infer(start, stop) in pieces, and activations() loaded back, give the whole run."""
-    n, depth = 300, 9
-    net = random_network(rng, n, depth)
+    n, depth = 300, 40
+    net = duplicate_column_network(rng, n, depth, 30, values=0.0625, bias=-0.05)
     feats = dying_features(rng, 80, n)
     ref, rrows, rvals = reference_run(net, feats)
     eng = get_engine("cuda", precision="fp64", poison=POISON)
     eng.prepare(net)
     eng.load(feats)
-    _, s1, _ = eng.infer(0, 4)
+    _, s1, _ = eng.infer(0, 20)                   # crosses the merge point at 16
     rows, vals = eng.activations()
     eng.load(vals)                                  # as if moved to another rank
-    cats, s2, _ = eng.infer(4, depth)
+    cats, s2, _ = eng.infer(20, depth)
     np.testing.assert_array_equal(np.concatenate([s1, s2]), ref.survivors)
     np.testing.assert_array_equal(rows[cats - 1] + 1, ref.categories)
     _, vals2 = eng.activations()
     np.testing.assert_array_equal(vals2.toarray(), rvals.toarray())
 
 
-def test_debug_mode_checks_every_launch(rng, monkeypatch):
+def test_debug_mode_synchronizes_every_launch(rng, monkeypatch):
     monkeypatch.setenv("SPDNN_CUDA_DEBUG", "1")
-    net = random_network(rng, 128, 3)
+    net = random_network(rng, 128, 20)
     feats = dying_features(rng, 40, 128)
-    eng = get_engine("cuda", precision="fp64")
+    eng = get_engine("cuda", precision="fp64", merge=True)
     assert eng.debug
-    res = check_same(eng, net, feats)
-    assert res.extra["graph"] is False
+    eng.prepare(net)
+    launches, syncs = [], []
+    real_launch, real_sync = eng._launch, eng._device.synchronize
+
+    def counting_launch(*args, **kwargs):
+        launches.append(args[0])
+        return real_launch(*args, **kwargs)
+
+    monkeypatch.setattr(eng, "_launch", counting_launch)
+    monkeypatch.setattr(eng._device, "synchronize", lambda: (syncs.append(1), real_sync())[1])
+    eng.load(feats)
+    eng.infer()
+    assert "find" in launches and "mcompact" in launches            # the merge point at 16 ran
+    assert len(syncs) >= len(launches) > 3
+    # a failing launch names its kernel and layer
+    def broken(*args, **kwargs):
+        raise RuntimeError("launch failed (test)")
+
+    kernel = eng._k["stationary"]
+    monkeypatch.setitem(eng._k, "stationary", type(kernel)(broken, kernel.name))
+    with pytest.raises(SpdnnError, match=r"spdnn_stationary<.*layers 1\.\.16"):
+        eng.infer()
 
 
 def test_cusparse_baseline_official(official):
@@ -154,58 +218,14 @@ def test_cusparse_baseline_official(official):
 
 @pytest.mark.parametrize("n, distinct", [(1000, 70), (3000, 400), (1001, 33)])
 @pytest.mark.parametrize("values", ["normal", 0.0625, 0.3])
-@pytest.mark.parametrize("kernel", ["auto", "block", "warp"])
-def test_deduplicated_columns_fp64_exact(rng, n, distinct, values, kernel):
+def test_deduplicated_columns_fp64_exact(rng, n, distinct, values):
     net = duplicate_column_network(rng, n, 5, distinct, values=values)
     feats = dying_features(rng, 100, n)
-    eng = get_engine("cuda", precision="fp64", poison=POISON, kernel=kernel)
-    res = check_same(eng, net, feats)
-    assert res.extra["dedupe"] is True and res.extra["distinct_columns"] <= distinct
-    warps = res.extra["config"]["warps"]
-    assert (warps > 0) is (kernel == "warp")
+    res = check_same(get_engine("cuda", precision="fp64", poison=POISON), net, feats)
+    assert res.extra["config"]["dedupe"] is True and res.extra["distinct_columns"] <= distinct
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp64"])
-@pytest.mark.parametrize("kernel", ["block", "warp", "block-noprefetch"])
-def test_official_subset_both_dedupe_kernels(official, precision, kernel):
-    net, feats, truth = official
-    prefetch = kernel != "block-noprefetch"
-    res = get_engine("cuda", precision=precision, poison=POISON, kernel=kernel.split("-")[0],
-                     prefetch=prefetch).run(net, feats)
-    np.testing.assert_array_equal(res.categories, truth)
-    assert (res.extra["config"]["warps"] > 0) is (kernel == "warp")
-    assert (res.extra["config"]["prefetch"] > 0) is (kernel == "block")
-
-
-@pytest.mark.parametrize("prefetch", [True, False])
-@pytest.mark.parametrize("n, dedupe", [(1000, "auto"), (2048, False), (300, False)])
-def test_prefetch_fp64_exact(rng, prefetch, n, dedupe):
-    """Register prefetch of the next item's rows, with and without deduplication and with
-    output slices (300: several items a tile), against the reference bit for bit."""
-    if dedupe == "auto":
-        net = duplicate_column_network(rng, n, 5, 60)
-    else:
-        net = random_network(rng, n, 5, density=0.03)
-    feats = dying_features(rng, 2500, n, density=0.1)
-    cfg = KernelConfig(threads=128, opt=1, mb=2, chunk=n) if n == 300 else None
-    eng = get_engine("cuda", precision="fp64", poison=POISON, prefetch=prefetch, config=cfg, dedupe=dedupe)
-    res = check_same(eng, net, feats)
-    assert (res.extra["config"]["prefetch"] > 0) is prefetch
-
-
-def test_warp_kernel_many_samples_positive_bias(rng):
-    """More samples than one wave of warps (the grid-stride loop), positive bias (dense rows)."""
-    n = 512
-    net = duplicate_column_network(rng, n, 6, 40)
-    net = Network.from_layers(list(net.layers), rng.uniform(0.0, 0.1, size=(6, n)))
-    feats = dying_features(rng, 30000, n, density=0.05)
-    for precision in ("fp32", "fp64"):
-        eng = get_engine("cuda", precision=precision, poison=POISON, kernel="warp")
-        res = check_same(eng, net, feats, precision)
-        assert res.extra["config"]["warps"] > 0
-
-
-def test_deduplicated_chunked_small_tiles_fp64_exact(rng):
+def test_deduplicated_chunked_per_layer_fp64_exact(rng):
     n = 600
     net = duplicate_column_network(rng, n, 5, 90)
     feats = dying_features(rng, 77, n)
@@ -223,4 +243,68 @@ def test_radixnet_lazy_network_fp32_and_fp64(rng):
     for precision in ("fp32", "fp64"):
         res = get_engine("cuda", precision=precision, poison=POISON).run(net, feats)
         np.testing.assert_array_equal(res.categories, ref.categories)
-        assert res.extra["dedupe"] is True
+        assert res.extra["config"]["dedupe"] is True
+
+
+# -- merging identical rows ------------------------------------------------------------------
+
+def planted_duplicates(rng, n: int, samples: int) -> sp.csr_matrix:
+    """Features with exact duplicate rows, and rows that differ only in inputs no weight
+    reads (identical from the first layer on): merging has something to find."""
+    base = random_features(rng, samples, n, density=0.3).toarray()
+    base[samples // 3: samples // 3 + 20] = base[0]                  # 21 copies of row 0
+    base[samples // 2: samples // 2 + 10] = base[1]
+    base[samples // 2: samples // 2 + 10, :4] = rng.random((10, 4))   # differ only on inputs 0..3
+    return sp.csr_matrix(base)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp64"])
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_merging_is_exact(rng, precision, per_layer):
+    """Merge on and off give the same categories, survivors and activations bit for bit
+    (fp64: the reference's), while merging computes fewer rows after the merge points."""
+    n, depth = 256, 40
+    net = random_network(rng, n, depth, density=0.08, values=(-0.1, 0.3), bias=rng.uniform(-0.2, 0.05, n))
+    w0 = net.layers[0].tolil()
+    w0[:4, :] = 0                                                    # inputs 0..3 are never read
+    net = Network.from_layers([w0.tocsr(), *net.layers[1:]], net.bias)
+    feats = planted_duplicates(rng, n, 400)
+    cfg = KernelConfig(threads=256, opt=1, mb=2, chunk=n) if per_layer else None
+    on = get_engine("cuda", precision=precision, poison=POISON, merge=True, config=cfg)
+    off = get_engine("cuda", precision=precision, poison=POISON, merge=False, config=cfg)
+    a = check_same(on, net, feats, precision) if precision == "fp64" else on.run(net, feats)
+    b = off.run(net, feats)
+    np.testing.assert_array_equal(a.categories, b.categories)
+    np.testing.assert_array_equal(a.survivors, b.survivors)
+    rows_a, vals_a = on.activations()
+    rows_b, vals_b = off.activations()
+    np.testing.assert_array_equal(rows_a, rows_b)
+    np.testing.assert_array_equal(vals_a.toarray(), vals_b.toarray())
+    assert a.extra["merged_samples"] >= 29 and b.extra["merged_samples"] == 0
+    rc_a, rc_b = np.array(a.extra["rows_computed"]), np.array(b.extra["rows_computed"])
+    assert rc_a[16] < rc_b[16] and (rc_a[16:] <= rc_b[16:]).all() and (rc_a[:16] == rc_b[:16]).all()
+    assert rc_b[0] == 400 and (rc_b[1:] == b.survivors[:-1]).all()   # off: every alive row
+
+
+def test_merging_radixnet_converges_to_one_row(rng):
+    """RadiX-Net survivors saturate to one constant row: after merging one row remains,
+    and the results equal the unmerged run's (fp32) and the reference's (fp64)."""
+    from spdnn.generate import radixnet_network
+
+    net = radixnet_network(1024, 70, bias=-0.3)
+    feats = dying_features(rng, 3000, 1024, density=0.12)
+    for precision in ("fp32", "fp64"):
+        on = get_engine("cuda", precision=precision, poison=POISON).run(net, feats)
+        off = get_engine("cuda", precision=precision, poison=POISON, merge=False).run(net, feats)
+        np.testing.assert_array_equal(on.categories, off.categories)
+        np.testing.assert_array_equal(on.survivors, off.survivors)
+        if on.categories.size > 1:
+            assert on.extra["rows_computed"][-1] < on.survivors[-2]
+    ref = reference_run(net, feats)[0]
+    np.testing.assert_array_equal(on.categories, ref.categories)
+
+
+def test_merge_points():
+    assert merge_points(120) == [16, 32, 64]
+    assert merge_points(16) == [] and merge_points(17) == [16]
+    assert merge_points(1920)[-1] == 1024

@@ -8,10 +8,11 @@ import scipy.sparse as sp
 from spdnn.engines.cuda.emulate import emulate_layer, emulate_network
 from spdnn.engines.cuda.layout import (VALUE_ARRAY, VALUE_SCALAR, VALUE_SUM_THEN_SCALE, KernelConfig,
                                        choose_config, entry_values, narrowest_exact_dtype, pack_layer,
-                                       value_plan)
+                                       stationary_smem_bytes, value_plan)
 from spdnn.errors import OptionError
 
-from factories import duplicate_column_network, random_features, random_layer, random_network, reference_run
+from factories import (duplicate_column_network, random_features, random_layer, random_network, reference_run,
+                       sum_then_scale_traps)
 
 #: Small blockings that exercise several warps, output slices and input chunks.
 CONFIGS = [
@@ -19,6 +20,11 @@ CONFIGS = [
     KernelConfig(threads=32, opt=2, mb=2, chunk=37),       # several slices and chunks
     KernelConfig(threads=64, opt=1, mb=1, chunk=64),       # several slices, N not a multiple
 ]
+
+
+def stationary(n: int, **fields) -> KernelConfig:
+    """A stationary blocking of the whole row (one chunk of n, one slice)."""
+    return KernelConfig(**{"threads": 64, "opt": 2, "mb": 4, "chunk": n, "stationary": True, **fields})
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
@@ -77,6 +83,10 @@ def test_uniform_layer_and_entry_values(rng):
 
 def test_value_plan_modes():
     assert value_plan([0.0625, 0.5], [None, None], np.float32).mode == VALUE_SUM_THEN_SCALE
+    # fp64: the kernels know no bounds on the activations, so powers of two are multiplied
+    # into every term too (sum_then_scale_exact cannot prove the shortcut exact)
+    assert value_plan([0.0625, 0.5], [None, None], np.float64).mode == VALUE_SCALAR
+    assert value_plan([0.0625, 0.3], [None, None], np.float32).mode == VALUE_SCALAR
     assert value_plan([0.0625, 0.3], [None, None], np.float64).mode == VALUE_SCALAR
     plan = value_plan([None, 0.5], [np.dtype(np.float16), np.dtype(np.float16)], np.float64)
     assert plan.mode == VALUE_ARRAY and plan.value_dtype == np.float16
@@ -96,6 +106,39 @@ def test_choose_config_fits_the_device(n, itemsize):
     assert cfg.nchunks(n) * cfg.chunk >= n
     if n <= 4096:
         assert cfg.slices(n) == 1 and cfg.nchunks(n) == 1 and cfg.mb >= 2
+    if cfg.stationary:
+        assert cfg.fits_stationary(n) and stationary_smem_bytes(cfg, itemsize) <= 227 * 1024
+
+
+@pytest.mark.parametrize("n, virtual, itemsize, stationary_expected", [
+    (1024, 64, 4, True), (4096, 256, 4, True), (16384, 1024, 4, True), (16384, 1024, 8, True),
+    (65536, 4096, 4, False),           # a row is 256 KiB: more than a block's shared memory
+    (20000, None, 4, False),           # 40 outputs a thread: would need slices
+])
+def test_choose_config_stationary_where_rows_fit(n, virtual, itemsize, stationary_expected):
+    cfg = choose_config(n, itemsize, virtual=virtual)
+    assert cfg.stationary is stationary_expected
+    if cfg.stationary:
+        assert cfg.chunk == n and cfg.fits_stationary(n)
+        assert stationary_smem_bytes(cfg, itemsize) <= 227 * 1024
+        assert cfg.threads * cfg.opt >= (virtual or n)
+    else:
+        assert cfg.smem_bytes(itemsize) <= 227 * 1024
+    assert choose_config(n, itemsize, virtual=virtual, stationary=False).stationary is False
+    if not stationary_expected:
+        with pytest.raises(OptionError, match="stationary"):
+            choose_config(n, itemsize, virtual=virtual, stationary=True)
+
+
+def test_stationary_smem_carving():
+    """The same arithmetic as the kernel: rows + zero slot, sums, two prefetch stages."""
+    cfg = stationary(1000, dedupe=True, threads=64, opt=1, mb=4)
+    assert stationary_smem_bytes(cfg, 4) == 16016 + 64 * 4 * 4
+    pre = KernelConfig(**{**cfg.__dict__, "prefetch": True})
+    stage = 2 * 2048 + 4 * 2048 + 2 * 1000        # indices, fp32 values, out_map
+    assert stationary_smem_bytes(pre, 4, max_entries=2048, value_bytes=4) == 16016 + 1024 + 2 * stage
+    with pytest.raises(OptionError, match="prefetch"):
+        KernelConfig(threads=32, opt=1, mb=1, chunk=10, prefetch=True)
 
 
 def test_kernel_config_rejects_bad_values():
@@ -107,7 +150,7 @@ def test_kernel_config_rejects_bad_values():
         KernelConfig(threads=32, opt=1, mb=3, chunk=10)
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=str)
+@pytest.mark.parametrize("config", [*CONFIGS, stationary(96)], ids=str)
 @pytest.mark.parametrize("values", ["normal", 0.0625, 0.3])
 def test_emulation_equals_reference_fp64(rng, config, values):
     """General weights, positive and negative bias: the replay is bit-identical in fp64."""
@@ -162,7 +205,7 @@ def test_unique_columns_finds_the_copies(rng):
 
 @pytest.mark.parametrize("config", [KernelConfig(threads=32, opt=1, mb=4, chunk=1000, dedupe=True),
                                     KernelConfig(threads=64, opt=1, mb=2, chunk=30, dedupe=True),
-                                    KernelConfig(threads=32, opt=1, mb=1, chunk=96, dedupe=True, warps=8)],
+                                    stationary(96, dedupe=True, threads=32, opt=1, mb=1)],
                          ids=str)
 @pytest.mark.parametrize("values", ["normal", 0.0625])
 def test_emulation_with_deduplication_equals_reference(rng, config, values):
@@ -185,53 +228,18 @@ def test_radixnet_has_n_over_16_distinct_columns():
         reps, _ = unique_columns(sp.csc_matrix(radixnet_layer(256, k)))
         assert reps.size <= 256 // 16
     cfg = choose_config(1024, 4, virtual=64)
-    assert cfg.dedupe and cfg.slices(1024) == 1 and cfg.smem_bytes(4) <= 227 * 1024
+    assert cfg.dedupe and cfg.slices(1024) == 1 and stationary_smem_bytes(cfg, 4) <= 227 * 1024
     cfg = choose_config(65536, 4, virtual=4096)
     assert cfg.dedupe and cfg.opt * cfg.threads >= 4096 and cfg.smem_bytes(4) <= 227 * 1024
 
 
-def test_choose_config_warp_kernel_on_request():
-    cfg = choose_config(1024, 4, virtual=64, kernel="warp")
-    assert cfg.warps > 0 and cfg.threads == 32 and cfg.mb == 1 and cfg.chunk == 1024 and cfg.opt == 2
-    assert cfg.smem_bytes(4) == cfg.warps * (4112 + 64 * 4)      # per warp: row + zero slot, sums
-    assert cfg.block_threads() == 32 * cfg.warps and cfg.samples_per_block() == cfg.warps
-    assert cfg.slices(1024) == 1 and cfg.nchunks(1024) == 1
-    for kernel in ("auto", "block"):
-        cfg = choose_config(1024, 4, virtual=64, kernel=kernel)
-        assert cfg.warps == 0 and cfg.block_threads() == cfg.threads and cfg.samples_per_block() == cfg.mb
-    assert choose_config(4096, 4, virtual=256, kernel="warp").warps > 0   # 8 x 17 KB
-    with pytest.raises(OptionError, match="do not fit"):
-        choose_config(4096, 8, virtual=256, kernel="warp")       # 8 x 34 KB
-    with pytest.raises(OptionError, match="do not fit"):
-        choose_config(16384, 8, virtual=1024, kernel="warp")     # 8 warps x 130 KB
-    with pytest.raises(OptionError, match="virtual"):
-        choose_config(1024, 4, kernel="warp")
-    with pytest.raises(OptionError, match="kernel"):
-        choose_config(1024, 4, virtual=64, kernel="fast")
-    with pytest.raises(OptionError, match="warp kernel"):
-        KernelConfig(threads=64, opt=1, mb=1, chunk=64, dedupe=True, warps=4)
-    with pytest.raises(OptionError, match="warp kernel"):
-        KernelConfig(threads=32, opt=1, mb=1, chunk=64, dedupe=False, warps=4)
-
-
-def test_warp_packing_is_one_warp_slice_per_column_group(rng):
-    """The warp kernel reads meta[t] = (offset, width) for distinct columns t*32 + lane."""
-    n = 200
-    net = duplicate_column_network(rng, n, 1, 45, density=0.15)
-    cfg = choose_config(n, 4, virtual=45, kernel="warp")
-    layer = pack_layer(net.layers[0], cfg, n)
-    assert layer.meta.shape == (cfg.opt, 2) and cfg.opt == 2
-    w = sp.csc_matrix(net.layers[0])
-    reps = np.unique(layer.out_map)
-    assert reps.size == layer.virtual == 45
-    for t in range(cfg.opt):
-        offset, width = layer.meta[t]
-        for lane in range(32):
-            v = t * 32 + lane
-            got = layer.idx[offset + lane: offset + 32 * width: 32]
-            if v >= layer.virtual:
-                assert (got == cfg.chunk).all()                   # padding only
-                continue
-            col = np.flatnonzero(layer.out_map == v)[0]
-            rows = np.sort(w[:, col].indices)
-            np.testing.assert_array_equal(got[got != cfg.chunk], rows)   # ascending inputs
+@pytest.mark.parametrize("case", ["subnormal", "overflow"])
+@pytest.mark.parametrize("config", [CONFIGS[0], stationary(32, threads=32, opt=1)], ids=str)
+def test_emulation_keeps_bits_on_sum_then_scale_traps(case, config):
+    """The kernels' fp64 value plan multiplies every term (no bounds are known on the
+    device), so the replay equals the reference where summing first would not."""
+    network, features = sum_then_scale_traps()[case]
+    res, rows, vals = reference_run(network, features)
+    cats, survivors, erows, ey = emulate_network(network, features, precision="fp64", config=config)
+    np.testing.assert_array_equal(cats, res.categories)
+    np.testing.assert_array_equal(ey[np.argsort(erows)], vals.toarray())

@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import OptionError
 
-__all__ = ["PRECISIONS", "check_precision", "positive_int", "optional_positive_int", "check_choice",
+__all__ = ["PRECISIONS", "check_precision", "positive_int", "optional_positive_int", "optional_index", "check_choice",
            "check_tristate", "check_merge", "check_balance"]
 
 #: Accepted precision names and the activation dtype each means.
@@ -29,6 +29,15 @@ def positive_int(value, name: str) -> int:
 def optional_positive_int(value, name: str) -> int | None:
     """None, or :func:`positive_int`."""
     return None if value is None else positive_int(value, name)
+
+
+def optional_index(value, name: str) -> int | None:
+    """None, or ``value`` as an int >= 0 (a device number, say)."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise OptionError(f"{name}={value!r}: expected None or an integer >= 0")
+    return int(value)
 
 
 def check_precision(precision) -> str:

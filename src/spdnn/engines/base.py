@@ -4,7 +4,7 @@ An engine takes a :class:`~spdnn.network.Network` and features (CSR, samples x N
 returns an :class:`InferenceResult`: sorted 1-based categories, survivors per layer,
 and the preprocessing and inference times measured separately.
 
-Life cycle (what :meth:`Engine.run` does, and what a caller may do by hand)::
+Life cycle (what :meth:`Engine.run` does per batch, and what a caller may do by hand)::
 
     engine = get_engine("cpu", precision="fp32")
     engine.prepare(network)      # convert/upload weights     -> preprocessing time
@@ -21,15 +21,22 @@ Exactness contract for ``precision='fp64'``: each output is accumulated as
 ``((0 + y[i1]*w[i1,j]) + y[i2]*w[i2,j]) + ...`` over the input neurons i in ascending
 order, without fused multiply-add, then the bias is added where the sum is nonzero,
 then the result is clamped to [0, ymax]. This is the reference's order, so fp64
-engines reproduce it bit for bit. (A one-value-per-layer fast path that sums first
-and multiplies once is bit-identical only when that value is a power of two.)
+engines with ``exact_fp64`` reproduce it bit for bit: activations, survivors per layer
+and categories. A one-value-per-layer fast path that sums first and multiplies once is
+allowed only where :func:`sum_then_scale_exact` proves it gives the same bits. Merging
+identical samples (``merge``) keeps the bits too: identical rows give identical outputs.
+The cuSPARSE baseline (``exact_fp64 = False``) sums in its library's order: its fp64
+categories agree with the reference's on the data tested, its activations need not.
+In 'fp32' no engine is bound to bits: categories equal the official truth on official
+data, and any other difference is explained by :mod:`spdnn.verify`.
 
-Engines that must interleave loading and inference (batching features that do not
-fit a device) override :meth:`Engine.run` and time the parts themselves.
+Engines whose features may not fit at once (a device's memory) say how many samples
+to load at a time through :meth:`Engine._batch_size`; :meth:`Engine.run` batches.
 """
 from __future__ import annotations
 
 import abc
+import math
 import time
 from dataclasses import dataclass, field, asdict
 from typing import Any, ClassVar
@@ -37,11 +44,46 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import SpdnnError
+from ..errors import OptionError, SpdnnError
 from ..network import Network, as_features
 from ..options import PRECISIONS, check_precision
 
-__all__ = ["Engine", "InferenceResult", "PRECISIONS", "check_precision"]
+__all__ = ["Engine", "InferenceResult", "PRECISIONS", "check_precision", "sum_then_scale_exact",
+           "is_power_of_two"]
+
+def is_power_of_two(value: float) -> bool:
+    """Whether ``value`` is ±2^e (finite, nonzero)."""
+    mantissa, _ = math.frexp(value)
+    return value != 0 and math.isfinite(value) and abs(mantissa) == 0.5
+
+
+def sum_then_scale_exact(weight: float, dtype, *, smallest: float | None = None,
+                         largest: float | None = None, max_terms: int | None = None) -> bool:
+    """Whether summing a layer's terms, then multiplying once by its single ``weight``,
+    gives exactly the bits of the contract's order (each term multiplied, then summed).
+
+    It does when ``weight`` is a power of two and every product and partial sum stays in
+    the normal range of ``dtype``: scaling by a power of two is then exact and commutes
+    with rounding. The bounds must be known: ``smallest`` (the smallest nonzero input
+    magnitude), ``largest`` (the largest) and ``max_terms`` (the most terms summed into
+    one output) must give ``smallest*|w| >= tiny`` (no subnormal product) and
+    ``max_terms*largest*max(1, |w|) < max/2`` (no overflow); an unknown bound gives False.
+    Every fp64 engine decides its fast path with this function; in fp32 no engine is
+    bound to bits and may sum first regardless.
+
+    Parameters
+    ----------
+    weight : float
+    dtype : numpy dtype (float32 or float64), the accumulation type
+    smallest, largest : float, optional
+    max_terms : int, optional
+    """
+    if not is_power_of_two(float(weight)) or smallest is None or largest is None or max_terms is None:
+        return False
+    w = abs(float(weight))
+    info = np.finfo(np.dtype(dtype))
+    return smallest * w >= info.tiny and max_terms * largest * max(1.0, w) < info.max / 2
+
 
 @dataclass
 class InferenceResult:
@@ -96,11 +138,16 @@ class InferenceResult:
 class Engine(abc.ABC):
     """Base class of the engines.
 
+    Subclasses implement :meth:`prepare`, :meth:`load`, :meth:`_infer` and
+    :meth:`activations`; this class validates the arguments of :meth:`infer` for all of
+    them and owns the batched :meth:`run` (a subclass says how many samples fit at once
+    through :meth:`_batch_size`).
+
     Parameters
     ----------
     precision : {'fp32', 'fp64'}
         Activation and accumulation precision. 'fp64' must reproduce the float64
-        reference exactly.
+        reference exactly (``exact_fp64``).
     progress : bool
         Show a progress bar over layers where the engine can (host-driven loops).
     """
@@ -135,9 +182,11 @@ class Engine(abc.ABC):
             raise SpdnnError(f"{self.name}: prepare(network) must come before load(features)")
         self.features = as_features(features, self.network.neurons)
 
-    @abc.abstractmethod
     def infer(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
         """Run layers ``start..stop-1`` (0-based; default all) over the loaded samples.
+
+        Raises :class:`SpdnnError` before :meth:`prepare` and :meth:`load`, and
+        :class:`OptionError` unless ``0 <= start <= stop <= L`` (integers).
 
         Returns
         -------
@@ -147,8 +196,24 @@ class Engine(abc.ABC):
         survivors : int64 array, shape (stop - start,)
             Samples alive after each layer run.
         extra : dict
-            Engine-specific details, JSON-serializable.
+            Engine-specific details, JSON-serializable. ``rows_computed`` (int list, one
+            per layer run), where present, counts the activation rows the engine computed
+            at each layer: fewer than the samples alive when it merges identical rows.
         """
+        net = self.network
+        if net is None or self.features is None:
+            raise SpdnnError(f"{self.name}: prepare(network) and load(features) must come before infer()")
+        stop = net.depth if stop is None else stop
+        for label, value in (("start", start), ("stop", stop)):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise OptionError(f"infer({label}={value!r}): expected an integer")
+        if not 0 <= start <= stop <= net.depth:
+            raise OptionError(f"infer(start={start}, stop={stop}): expected 0 <= start <= stop <= {net.depth}")
+        return self._infer(int(start), int(stop))
+
+    @abc.abstractmethod
+    def _infer(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        """:meth:`infer` once its arguments are checked (``0 <= start <= stop <= L``)."""
 
     @abc.abstractmethod
     def activations(self) -> tuple[np.ndarray, sp.csr_matrix]:
@@ -157,20 +222,53 @@ class Engine(abc.ABC):
         Returns
         -------
         rows : int64 array (alive,)
-            0-based rows of the loaded features still alive, ascending.
+            0-based rows of the loaded features still alive, ascending (every sample,
+            merged ones included).
         values : csr_matrix (alive, N), float64
             Their activations (exactly the engine's values, widened to float64).
         """
 
+    def _batch_size(self, features: sp.csr_matrix) -> int:
+        """Samples :meth:`run` loads at once (default: all). Engines with a memory budget override it."""
+        return max(int(features.shape[0]), 1)
+
     def run(self, network: Network, features) -> InferenceResult:
-        """prepare + load (timed as preprocessing), then infer (timed as inference)."""
+        """prepare, then load + infer each batch of samples (see :meth:`_batch_size`).
+
+        ``prepare`` and every ``load`` are timed as preprocessing, every ``infer`` as
+        inference; survivors (and ``rows_computed``) are summed over the batches.
+        """
         t0 = time.perf_counter()
         self.prepare(network)
-        self.load(features)
-        t1 = time.perf_counter()
-        categories, survivors, extra = self.infer()
-        t2 = time.perf_counter()
-        return self._result(categories, survivors, extra, inference=t2 - t1, preprocess=t1 - t0)
+        feats = as_features(features, network.neurons)
+        total = feats.shape[0]
+        batch = max(1, int(self._batch_size(feats)))
+        preprocess, inference = time.perf_counter() - t0, 0.0
+        categories, survivors, rows_computed = [], np.zeros(network.depth, dtype=np.int64), None
+        extra: dict = {}
+        batches = 0
+        for b0 in range(0, max(total, 1), batch):
+            t1 = time.perf_counter()
+            self.load(feats[b0:b0 + batch])
+            t2 = time.perf_counter()
+            cats, surv, extra = self.infer()
+            t3 = time.perf_counter()
+            preprocess += t2 - t1
+            inference += t3 - t2
+            categories.append(np.asarray(cats, dtype=np.int64) + b0)
+            survivors += np.asarray(surv, dtype=np.int64)
+            if "rows_computed" in extra:
+                rc = np.asarray(extra["rows_computed"], dtype=np.int64)
+                rows_computed = rc if rows_computed is None else rows_computed + rc
+            batches += 1
+        self.features = feats
+        extra = dict(extra)
+        if rows_computed is not None:
+            extra["rows_computed"] = [int(r) for r in rows_computed]
+        if batches > 1:
+            extra.update(batches=batches, batch_samples=batch)
+        found = np.sort(np.concatenate(categories)) if categories else np.zeros(0, dtype=np.int64)
+        return self._result(found, survivors, extra, inference=inference, preprocess=preprocess)
 
     def _result(self, categories, survivors, extra, *, inference: float, preprocess: float) -> InferenceResult:
         net = self.network

@@ -15,13 +15,13 @@ Fast paths, detected per layer in :meth:`CpuEngine.prepare`:
 - *ELLPACK*: every row of ``W_k`` has the same count, no row pointers are read;
   otherwise CSR (any row lengths, empty rows and columns included).
 - *one value per layer*: the value is not loaded per term. In 'fp32' the float32 sum is
-  multiplied once by the value. In 'fp64' the value multiplies every term, except when
-  it is a power of two and no product can be subnormal or overflow (checked every layer
-  from the smallest nonzero and the largest input), where summing first and
-  multiplying once gives the same bits.
+  multiplied once by the value. In 'fp64' the value multiplies every term, except where
+  :func:`spdnn.engines.base.sum_then_scale_exact` proves (every layer, from the smallest
+  nonzero and the largest input of the batch) that summing first and multiplying once
+  gives the same bits.
 - *uniform bias*: one bias value read per layer instead of one per neuron.
 
-Identical samples (``merge_identical=True``, the default): samples whose rows become the
+Identical samples (``merge``, on by default): samples whose rows become the
 same constant vector (on RadiX-Net every survivor ends saturated at ``ymax``) are
 merged into one representative that carries the others' ids; identical inputs give
 identical outputs in every later layer (each sample's arithmetic is the same sequence
@@ -32,7 +32,7 @@ Survivor counts and categories count every member.
 Numerics: 'fp64' follows the exactness contract of :mod:`spdnn.engines.base` (equal to
 the reference bit for bit). 'fp32' accumulates in float32 in the same order (inputs
 ascending), multiplying a uniform weight once after the sum; it may differ from the
-float64 reference on ill-conditioned samples (SPEC.md section 5; see
+float64 reference on ill-conditioned samples (docs/challenge.md, Numerics; see
 :mod:`spdnn.verify`).
 
 Threads: numba's pool (every core; ``NUMBA_NUM_THREADS`` limits it), one tile per
@@ -54,11 +54,11 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from ..config import numba_status
-from ..errors import OptionError, SpdnnError
+from ..errors import OptionError
 from ..network import LazyLayers, Network
+from ..options import check_merge, optional_positive_int
 from .._progress import progress_bar
-from .base import Engine
+from .base import Engine, is_power_of_two, sum_then_scale_exact
 
 __all__ = ["CpuEngine"]
 
@@ -71,7 +71,8 @@ _TILE_BYTES = 1 << 18
 
 
 def _kernels():
-    """Import the numba kernels (only when numba is present)."""
+    """The numba kernels (numba is a dependency of spdnn; imported on first use, since
+    importing numba costs a second)."""
     from . import _cpu_kernels
 
     return _cpu_kernels
@@ -127,11 +128,6 @@ class _LayerForm:
     uniform_bias: bool
 
 
-def _is_power_of_two(value: float) -> bool:
-    mantissa, _ = math.frexp(value)
-    return abs(mantissa) == 0.5
-
-
 def _layer_form(w: sp.csr_matrix, bias: np.ndarray, dtype) -> _LayerForm:
     """Convert layer ``w`` (CSR, rows = inputs) and its bias row for the kernel."""
     k = _kernels()
@@ -149,8 +145,8 @@ def _layer_form(w: sp.csr_matrix, bias: np.ndarray, dtype) -> _LayerForm:
     weight = dtype(data[0]) if uniform else dtype(0)
     if not uniform:
         mode = k.MODE_VALUES
-    elif dtype == np.float32 or _is_power_of_two(float(weight)):
-        mode = k.MODE_SUM          # fp64: only where each layer's guard allows it (infer)
+    elif dtype == np.float32 or is_power_of_two(float(weight)):
+        mode = k.MODE_SUM          # fp64: each batch's bounds are checked in _infer
     else:
         mode = k.MODE_UNIFORM
     b = np.ascontiguousarray(bias, dtype=dtype)
@@ -209,30 +205,23 @@ class CpuEngine(Engine):
         Most samples held densely at once (default: 1 GiB of activations).
     tile : int, optional
         Samples per tile of the kernel, T (default: ``N*T`` values in 256 KiB, 8..64).
-    merge_identical : bool
+    merge : {'auto', True, False}
         Merge samples whose rows become the same constant vector (exact; see the module
-        docstring). False computes every sample separately.
+        docstring): True or 'auto' (the same here: merging costs a min/max per row that
+        the kernel computes anyway). False computes every sample separately.
     """
 
     name = "cpu"
 
     def __init__(self, *, precision: str = "fp32", progress: bool = False, batch_samples: int | None = None,
-                 tile: int | None = None, merge_identical: bool = True):
+                 tile: int | None = None, merge="auto"):
         super().__init__(precision=precision, progress=progress)
-        self.merge_identical = bool(merge_identical)
-        for label, value in (("batch_samples", batch_samples), ("tile", tile)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-                raise OptionError(f"{label}={value!r}: expected a positive integer")
-        self.batch_samples = None if batch_samples is None else int(batch_samples)
-        self.tile = None if tile is None else int(tile)
+        self.merge = check_merge(merge)
+        self.batch_samples = optional_positive_int(batch_samples, "batch_samples")
+        self.tile = optional_positive_int(tile, "tile")
         self._layers: list[_LayerForm] | None = None
         self._blocks: list[_Block] = []
         self._spare: np.ndarray | None = None
-
-    @classmethod
-    def availability(cls) -> tuple[bool, str]:
-        ok, why = numba_status()
-        return (True, why) if ok else (False, why)
 
     # -- preprocessing -------------------------------------------------------------------
 
@@ -242,9 +231,6 @@ class CpuEngine(Engine):
         Lazy networks whose converted layers would exceed 4 GiB are converted layer by
         layer during :meth:`infer` instead (that time then counts as inference).
         """
-        ok, why = self.availability()
-        if not ok:
-            raise SpdnnError(f"cpu engine: {why}")
         self.network = network
         self._layers = None
         per_edge = 4 + np.dtype(self.dtype).itemsize
@@ -313,25 +299,14 @@ class CpuEngine(Engine):
         return 1 if count <= tile else get_num_threads()
 
     def _sum_exact(self, layer: _LayerForm, smallest: float, largest: float) -> bool:
-        """Whether sum-then-multiply gives the per-term bits for inputs in [smallest, largest].
+        """Whether sum-then-multiply gives the per-term bits for inputs in [smallest, largest]."""
+        return sum_then_scale_exact(float(layer.weight), self.dtype, smallest=smallest, largest=largest,
+                                    max_terms=layer.max_terms)
 
-        Needs every product ``x * w`` exact (normal or zero) and no overflow.
-        """
-        if self.dtype == np.float32:
-            return True
-        w = abs(float(layer.weight))
-        info = np.finfo(self.dtype)
-        return smallest * w >= info.tiny and layer.max_terms * largest * max(1.0, w) < info.max / 2
-
-    def infer(self, start: int = 0, stop: int | None = None):
+    def _infer(self, start: int, stop: int):
         net = self.network
-        if net is None or self.features is None:
-            raise SpdnnError("cpu: prepare(network) and load(features) must come before infer()")
-        stop = net.depth if stop is None else stop
-        if not (isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer))
-                and 0 <= start <= stop <= net.depth):
-            raise OptionError(f"infer(start={start!r}, stop={stop!r}): expected 0 <= start <= stop <= {net.depth}")
         survivors = np.zeros(stop - start, dtype=np.int64)
+        computed = np.zeros(stop - start, dtype=np.int64)      # rows the kernel ran, per layer
         batch = self._batch_rows()
         work = []                        # (block, first row, end row): dense blocks are one batch already
         for block in self._blocks:
@@ -350,17 +325,19 @@ class CpuEngine(Engine):
             rows = block.rows[r0:r1].copy()
             members = {rep: block.members[rep] for rep in rows.tolist() if rep in block.members}
             sub = _Block(rows, y, block.smallest, block.largest, members)
-            blocks.append(self._run_batch(sub, spare, start, stop, survivors, steps, modes))
+            blocks.append(self._run_batch(sub, spare, start, stop, survivors, computed, steps, modes))
         for _ in steps:
             pass
         self._blocks = blocks
         categories = np.concatenate([b.all_rows() for b in blocks]) + 1 if blocks else np.zeros(0, np.int64)
         extra = {"batches": len(work), "threads": _num_threads(), "layer_modes": modes,
-                 "merged_samples": int(sum(len(m) for b in blocks for m in b.members.values()))}
+                 "merged_samples": int(sum(len(m) for b in blocks for m in b.members.values())),
+                 "rows_computed": [int(c) for c in computed]}
         return np.sort(categories), survivors, extra
 
-    def _run_batch(self, block: _Block, spare, start, stop, survivors, steps, modes) -> _Block:
-        """Layers ``start..stop-1`` over one dense batch; returns its survivors."""
+    def _run_batch(self, block: _Block, spare, start, stop, survivors, computed, steps, modes) -> _Block:
+        """Layers ``start..stop-1`` over one dense batch; returns its survivors. Adds the
+        samples alive after each layer to ``survivors`` and the rows run to ``computed``."""
         kern = _kernels()
         dtype = self.dtype
         ymax = dtype(self.network.ymax)
@@ -380,6 +357,7 @@ class CpuEngine(Engine):
             if mode == kern.MODE_SUM and not self._sum_exact(layer, smallest, largest):
                 mode = kern.MODE_UNIFORM
             modes[("values", "uniform", "sum")[mode]] += 1
+            computed[k - start] += count
             row_max = np.empty(count, dtype)
             row_min = np.empty(count, dtype)
             tile_min = np.empty(-(-count // tile), dtype)
@@ -388,7 +366,7 @@ class CpuEngine(Engine):
                                      layer.weight, mode, layer.bias, layer.uniform_bias, ymax, row_max, row_min,
                                      tile_min)
                 keep = row_max > 0
-                if self.merge_identical:
+                if self.merge:
                     self._merge(keep, row_max, row_min, rows, weights, members)
                 if keep.all():
                     y, out = out, y

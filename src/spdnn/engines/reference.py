@@ -1,6 +1,6 @@
 """The reference engine: scipy sparse products, the official semantics, nothing clever.
 
-Per layer (rows are samples; SPEC.md section 1)::
+Per layer (rows are samples; docs/challenge.md, Semantics)::
 
     Z = Y @ W_k                        # scipy CSR x CSR
     Z.eliminate_zeros()                # "structural" nonzero = numerically nonzero, as MATLAB's logical(Z)
@@ -9,8 +9,8 @@ Per layer (rows are samples; SPEC.md section 1)::
     drop rows that became all zero     # exact for any bias sign: a zero row gets no bias
 
 In 'fp64' (its default) it is the truth for generated data. 'fp32' reproduces scipy's
-float32 summation order (which SPEC.md section 5 shows can differ from float64 on
-ill-conditioned samples).
+float32 summation order (which can differ from float64 on ill-conditioned samples:
+docs/challenge.md, Numerics).
 """
 from __future__ import annotations
 
@@ -76,9 +76,8 @@ class ReferenceEngine(Engine):
         self._rows = np.flatnonzero(alive).astype(np.int64)
         self._y = y[alive] if not alive.all() else y
 
-    def infer(self, start: int = 0, stop: int | None = None):
+    def _infer(self, start: int, stop: int):
         net = self.network
-        stop = net.depth if stop is None else stop
         y, ids = self._y, self._rows
         survivors = np.zeros(stop - start, dtype=np.int64)
         ymax = self.dtype(net.ymax)

@@ -1,26 +1,32 @@
 """The CUDA engine: CuPy for memory and launches, CUDA C++ kernels compiled at run time.
 
-Design (details in ``kernels/layer.cu`` and :mod:`.layout`):
+Design (kernels in ``kernels/*.cu``, each file prepended with ``kernels/common.cuh``;
+weight layout in :mod:`.layout`):
 
-* activations are dense, sample-major rows of the *alive* samples only, in two device
-  buffers used in turn; ``ids`` says which sample each row is;
-* one kernel per layer (gather, warp-sliced ELLPACK weights, inputs staged in shared
-  memory, register tile over samples, fused bias/ReLU/cap). When a block owns whole
-  samples it also drops the dead ones (an atomic counter hands out output rows); when
-  the outputs are sliced over blocks a second kernel compacts the survivors;
-* identical weight columns (RadiX-Net layers have N/16 distinct ones) are summed once
-  and expanded to the outputs in the epilogue (``dedupe``; exact, same terms and order);
-  a per-sample *warp kernel* (``kernel='warp'``: no block barrier, one warp a sample)
-  is the measured alternative for small rows;
-* the survivor count of every layer stays on the device (``counts[k]``); kernels read
-  their own work size from it, so the whole layer loop is captured once in a CUDA
-  graph and replayed with one launch; the counts are read back once at the end;
-* weights: one value per layer (no value loads; summed then scaled once when it is a
-  power of two), else half precision when exact, else the activation type;
-* memory: when the weights do not fit beside the activations they stay in pinned host
-  memory and stream through two device slots (copy of layer k+1 overlapped with layer
-  k, two streams and events); when the features do not fit, :meth:`CudaEngine.run`
-  runs them in batches.
+* activations are dense, sample-major rows of the alive samples in two device buffers
+  used in turn; each row carries a sample id and a weight (the samples it stands for);
+* **stationary tiles** wherever a tile of whole rows fits a block's shared memory
+  (``kernels/stationary.cu``): a block keeps a few rows in shared memory through a whole
+  segment of layers, so activations cross device memory once per segment and a layer
+  costs a block a few barriers; rows are independent, so no block waits for another;
+* otherwise **one kernel per layer** (``kernels/layer.cu``): inputs staged in chunks, fused
+  bias/ReLU/cap, dead rows dropped by the block that owns them (or by a compaction kernel
+  when outputs are sliced over blocks);
+* identical weight columns are summed once (``dedupe``; RadiX-Net layers have N/16 distinct
+  ones) and expanded to the outputs through a map: exact, the same terms in the same order;
+* **merging** (``merge``): after layers 16, 32, 64, ... rows that have become identical are
+  merged into one representative (``kernels/merge.cu``: a row hash, every candidate
+  confirmed bit for bit), which carries its members' weight; survivors and categories
+  count every member, and the bits are those of computing every copy;
+* every count stays on the device and kernels read their work size from it, so a whole
+  :meth:`infer` (segments, merges) is one CUDA graph launch; counts, ids and merge parents
+  are read back once at the end;
+* weights: one value per layer (no value loads; summed then scaled once in fp32 when it is
+  a power of two), else half precision when exact, else the activation type;
+* memory: weights that do not fit beside the activations keep a resident prefix and
+  stream the rest from pinned host memory through two device slots, a chunk of layers at
+  a time (the copy of chunk c+1 overlaps chunk c); features that do not fit run in
+  batches (:meth:`Engine.run` with :meth:`CudaEngine._batch_size`).
 
 Nothing here imports CuPy at module import time.
 """
@@ -28,50 +34,98 @@ from __future__ import annotations
 
 import functools
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
 from ...config import cupy_status, env_flag
-from ...errors import DeviceMemoryError, EngineUnavailableError, OptionError, SpdnnError
-from ...network import Network, as_features
+from ...errors import DeviceMemoryError, OptionError, SpdnnError
+from ...network import Network
+from ...options import check_merge, check_tristate, optional_index, optional_positive_int
+from .._cupy import cupy, device, device_name, free_device_bytes, pinned_empty
 from ..base import Engine
-from .layout import (VALUE_ARRAY, KernelConfig, choose_config, entry_values,
-                     narrowest_exact_dtype, pack_layer, unique_columns, value_plan)
+from .layout import (VALUE_ARRAY, KernelConfig, PackedLayer, choose_config, entry_values, narrowest_exact_dtype,
+                     pack_layer, stationary_smem_bytes, unique_columns, value_plan)
 
-__all__ = ["CudaEngine"]
+__all__ = ["CudaEngine", "merge_points", "kernel_instances", "kernel_source"]
 
 KERNEL_DIR = Path(__file__).parent / "kernels"
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
            np.dtype(np.float16): "unsigned short"}
+_VALUE_MODE_NAMES = ("sum_then_scale", "scalar", "array")
 
 
-def _cupy():
-    try:
-        import cupy
-    except ImportError as exc:  # pragma: no cover - depends on the machine
-        raise EngineUnavailableError(f"cuda engine: {exc}; install with: pip install 'spdnn[gpu]'") from exc
-    return cupy
+def merge_points(depth: int, *, first: int = 16) -> list[int]:
+    """Layers before which identical rows are merged: first, 2*first, 4*first, ... < depth.
+
+    A merge pass costs a few launches and one read of the rows; rows that became equal stay
+    equal, so doubling intervals catch convergence with log2(L) passes.
+    """
+    points, k = [], int(first)
+    while k < depth:
+        points.append(k)
+        k *= 2
+    return points
 
 
 @functools.lru_cache(maxsize=None)
 def _module(device_id: int, filename: str, names: tuple[str, ...]):
-    """The RawModule of ``kernels/<filename>`` with these template instances, per device.
+    """The RawModule of ``common.cuh`` + ``kernels/<filename>`` with these template instances.
 
-    Compiled on first use (CuPy also keeps the binary in its on-disk cache).
+    Compiled on first use per device (CuPy also keeps the binary in its on-disk cache, keyed
+    by the whole source, the header included).
     """
-    cp = _cupy()
-    code = (KERNEL_DIR / filename).read_text()
+    cp = cupy("cuda")
     with cp.cuda.Device(device_id):
-        return cp.RawModule(code=code, options=("-std=c++17",), name_expressions=list(names))
+        return cp.RawModule(code=kernel_source(filename), options=("-std=c++17",), name_expressions=list(names))
 
 
-def _kernel(device_id: int, filename: str, names: tuple[str, ...], name: str):
-    with _cupy().cuda.Device(device_id):
-        return _module(device_id, filename, names).get_function(name)
+def kernel_instances(config: KernelConfig, neurons: int, dtype, value_dtype, value_mode: int) -> dict[str, dict[str, str]]:
+    """The kernel template instances a run needs: {file: {role: instance}}.
+
+    Roles: 'stationary' or 'layer' (the layer kernel of ``config``), 'compact', 'densify',
+    'copy' (``layer.cu``), 'find' and 'mcompact' (``merge.cu``). ``value_dtype`` is the
+    stored weight type for :data:`.layout.VALUE_ARRAY` (else None).
+    """
+    cfg = config
+    t = _CTYPES[np.dtype(dtype)]
+    v = t if value_dtype is None else _CTYPES[np.dtype(value_dtype)]
+    flag = {True: "true", False: "false"}
+    layer = {"compact": f"spdnn_compact<{t}>", "densify": f"spdnn_densify<{t}>", "copy": "spdnn_copy_count"}
+    out = {}
+    if cfg.stationary:
+        out["stationary.cu"] = {"stationary": f"spdnn_stationary<{t}, {v}, {value_mode}, {cfg.threads}, {cfg.mb}, "
+                                              f"{cfg.opt}, {flag[cfg.dedupe]}, {flag[cfg.prefetch]}>"}
+    else:
+        fused = cfg.slices(neurons) == 1
+        layer["layer"] = (f"spdnn_layer<{t}, {v}, {value_mode}, {cfg.threads}, {cfg.mb}, {cfg.opt}, "
+                          f"{flag[fused]}, {flag[cfg.dedupe]}>")
+    out["layer.cu"] = layer
+    out["merge.cu"] = {"find": f"spdnn_merge_find<{t}>", "mcompact": f"spdnn_merge_compact<{t}>"}
+    return out
+
+
+def kernel_source(filename: str) -> str:
+    """The source compiled for ``kernels/<filename>``: ``common.cuh`` followed by the file."""
+    return (KERNEL_DIR / "common.cuh").read_text() + "\n" + (KERNEL_DIR / filename).read_text()
+
+
+@dataclass(frozen=True)
+class _Kernel:
+    """A compiled kernel and the template instance it is (named in debug-mode errors)."""
+
+    fn: object
+    name: str
+
+
+def _kernels(device_id: int, filename: str, names: dict[str, str]) -> dict[str, _Kernel]:
+    """{role: _Kernel} for ``names`` = {role: template instance} of one kernel file."""
+    module = _module(device_id, filename, tuple(names.values()))
+    with cupy("cuda").cuda.Device(device_id):
+        return {role: _Kernel(module.get_function(name), name) for role, name in names.items()}
 
 
 def _map_layers(fn, depth: int, *, start: int = 0) -> list:
@@ -83,16 +137,39 @@ def _map_layers(fn, depth: int, *, start: int = 0) -> list:
         return list(pool.map(fn, range(start, depth)))
 
 
-def _blocks_per_sm(kernel, threads: int, smem: int, device) -> int:
-    """Resident blocks per multiprocessor (registers, shared memory, threads)."""
-    attrs = device.attributes
-    regs = max(int(kernel.num_regs), 1)
+def _blocks_per_sm(kernel: _Kernel, threads: int, smem: int, dev) -> int:
+    """Resident blocks per multiprocessor (registers, threads, shared memory)."""
+    attrs = dev.attributes
+    regs = max(int(kernel.fn.num_regs), 1)
     regs_per_warp = -(-regs * 32 // 256) * 256
     by_regs = attrs.get("MaxRegistersPerMultiprocessor", 65536) // (regs_per_warp * (threads // 32))
     by_threads = attrs.get("MaxThreadsPerMultiProcessor", 2048) // threads
-    static = int(kernel.shared_size_bytes)
+    static = int(kernel.fn.shared_size_bytes)
     by_smem = attrs.get("MaxSharedMemoryPerMultiprocessor", 228 * 1024) // (smem + static + 1024)
     return max(1, min(by_regs, by_threads, by_smem, 32))
+
+
+@dataclass(frozen=True)
+class _Phase:
+    """One step of a run: 'stationary' (layers a..b-1 in one launch), 'layer' (layer a) or
+    'merge' (before layer a). ``chunk``: the streamed weight chunk it reads (-1: resident)."""
+
+    kind: str
+    a: int
+    b: int
+    chunk: int = -1
+
+
+@dataclass(frozen=True)
+class _WeightView:
+    """Where a phase finds its layers' weights: layer k's entries at ``eidx[entry_off[k] - ebase]``
+    (and ``evals``), its out_map at ``out_map[(k - kbase) * N]``."""
+
+    eidx: object
+    evals: object
+    out_map: object
+    ebase: int
+    kbase: int
 
 
 class CudaEngine(Engine):
@@ -110,34 +187,25 @@ class CudaEngine(Engine):
         Device memory the engine may use (default: 90% of what is free).
     batch_samples : int, optional
         Most samples on the device at once (default: as many as fit).
-    stream_weights : {None, 'auto', True, False}
-        Keep the weights in pinned host memory and stream them layer by layer;
-        'auto'/None: only when they do not fit beside the activations.
-    use_graph : bool
-        Capture the layer loop in a CUDA graph (ignored while streaming or debugging).
+    stream_weights : {'auto', True, False}
+        Keep the weights (beyond a resident prefix) in pinned host memory and stream them
+        a chunk of layers at a time; 'auto': only when they do not fit beside the
+        activations.
     config : KernelConfig or dict, optional
-        Force a blocking (benchmarks); default :func:`.layout.choose_config`.
+        Force a blocking (benchmarks, tests); default :func:`.layout.choose_config`.
     debug : bool, optional
-        Synchronize and check after every launch (default: ``SPDNN_CUDA_DEBUG=1``).
-    values : {'auto', 'array', 'full'}
-        How weights reach the kernel: 'auto' uses one value per layer where it can,
-        else the narrowest exact type; 'array' always loads per-entry values in the
-        narrowest exact type (fp16 where exact); 'full' in the activation type
-        (benchmarks of the value techniques).
-    dedupe : {'auto', True, False}
-        Compute each distinct weight column once per layer (exact: identical columns
-        give identical sums). 'auto': when every layer has at most N/2 distinct columns.
+        Run without a graph, synchronize and check after every launch, and poison the
+        activation buffers (default: ``SPDNN_CUDA_DEBUG=1``). A failed launch raises
+        :class:`SpdnnError` naming the kernel and the layer.
     poison : float, optional
         Fill the activation buffers with this value at every :meth:`load` (tests: a
         kernel that reads a row nothing wrote then gives wrong categories).
-    kernel : {'auto', 'block', 'warp'}
-        Kernel for deduplicated layers: 'warp' (one warp per sample) or 'block' (register
-        tile of samples per block; also 'auto', the faster on an H100).
-    prefetch : bool
-        Block kernel with whole rows staged (one chunk): load the next work item's inputs
-        into registers while the current one is computed (see ``kernels/layer.cu``).
-        Exact, but measured 9-15% slower on an H100 (fewer resident blocks), so off by
-        default (benchmarks/RESULTS.md, v6).
+    dedupe : {'auto', True, False}
+        Compute each distinct weight column once per layer (exact: identical columns give
+        identical sums). 'auto': when every layer has at most N/2 distinct columns.
+    merge : {'auto', True, False}
+        Merge identical rows into one representative after layers 16, 32, 64, ...
+        (exact). 'auto' is on: a pass costs a few launches (see benchmarks/RESULTS.md).
     """
 
     name = "cuda"
@@ -145,88 +213,96 @@ class CudaEngine(Engine):
 
     def __init__(self, *, precision: str = "fp32", progress: bool = False, device: int | None = None,
                  memory_cap_bytes: int | None = None, batch_samples: int | None = None,
-                 stream_weights=None, use_graph: bool = True, config=None, debug: bool | None = None,
-                 poison: float | None = None, values: str = "auto", dedupe="auto", kernel: str = "auto",
-                 prefetch: bool = False):
+                 stream_weights="auto", config=None, debug: bool | None = None, poison: float | None = None,
+                 dedupe="auto", merge="auto"):
         super().__init__(precision=precision, progress=progress)
-        if stream_weights not in (None, "auto", True, False):
-            raise OptionError(f"stream_weights={stream_weights!r}: expected None, 'auto', True or False")
-        if memory_cap_bytes is not None and int(memory_cap_bytes) <= 0:
-            raise OptionError(f"memory_cap_bytes={memory_cap_bytes!r}: expected a positive integer")
-        if batch_samples is not None and int(batch_samples) <= 0:
-            raise OptionError(f"batch_samples={batch_samples!r}: expected a positive integer")
+        self.device_id = optional_index(device, "device")
+        self.memory_cap_bytes = optional_positive_int(memory_cap_bytes, "memory_cap_bytes")
+        self.batch_samples = optional_positive_int(batch_samples, "batch_samples")
+        self.stream_weights = check_tristate("auto" if stream_weights is None else stream_weights, "stream_weights")
         if isinstance(config, dict):
             config = KernelConfig(**config)
         if config is not None and not isinstance(config, KernelConfig):
             raise OptionError(f"config={config!r}: expected a KernelConfig or a dict of its fields")
-        self.device_id = device
-        self.memory_cap_bytes = None if memory_cap_bytes is None else int(memory_cap_bytes)
-        self.batch_samples = None if batch_samples is None else int(batch_samples)
-        self.stream_weights = "auto" if stream_weights is None else stream_weights
-        self.use_graph = bool(use_graph)
         self.forced_config = config
         self.debug = env_flag("SPDNN_CUDA_DEBUG") if debug is None else bool(debug)
         self.poison = poison
-        if values not in ("auto", "array", "full"):
-            raise OptionError(f"values={values!r}: expected 'auto', 'array' or 'full'")
-        self.values = values
-        if dedupe not in ("auto", True, False):
-            raise OptionError(f"dedupe={dedupe!r}: expected 'auto', True or False")
-        self.dedupe = dedupe
-        if kernel not in ("auto", "block", "warp"):
-            raise OptionError(f"kernel={kernel!r}: expected 'auto', 'block' or 'warp'")
-        if kernel == "warp" and dedupe is False:
-            raise OptionError("kernel='warp' needs dedupe='auto' or True")
-        self.kernel = kernel
-        self.prefetch = bool(prefetch)
+        self.dedupe = check_tristate(dedupe, "dedupe")
+        self.merge = check_merge(merge)
         self._capacity = 0
+        self._parent_size = 0
         self._graphs: dict = {}
 
-    # ------------------------------------------------------------------ availability
     @classmethod
     def availability(cls) -> tuple[bool, str]:
-        ok, why = cupy_status()
-        if not ok:
-            return False, why
-        return True, why
+        return cupy_status()
 
     def _dev(self):
-        cp = _cupy()
-        return cp.cuda.Device(self.device_id if self.device_id is not None else cp.cuda.runtime.getDevice())
+        return device(self.name, self.device_id)
+
+    @property
+    def merging(self) -> bool:
+        """Whether identical rows are merged ('auto' means on)."""
+        return self.merge is not False
 
     # ------------------------------------------------------------------ prepare
     def prepare(self, network: Network) -> None:
-        """Pack every layer (host), choose value mode and kernels, upload or pin the weights."""
-        cp = _cupy()
+        """Choose the blocking, pack every layer (host), plan the memory, upload, compile."""
         self.network = network
         self.features = None
-        self._y = self._ids = self._flags = None      # release a previous run's buffers
-        self._eidx = self._evals = None
-        self._capacity = 0
+        self._y = self._ids = self._wts = None        # release a previous run's buffers
+        self._capacity = self._parent_size = 0
         self._graphs = {}
         dev = self._dev()
         self._device = dev
-        n = network.neurons
-        itemsize = np.dtype(self.dtype).itemsize
-        columns = self._distinct_columns(network)
+        with dev:
+            cfg, columns = self._configure(network)
+            packed = self._pack(network, cfg, columns)
+            self._plan_memory(network, packed)
+            self._upload(network, packed)
+            self._compile()
+            dev.synchronize()
+
+    def _smem_limit(self) -> int:
+        return int(self._device.attributes.get("MaxSharedMemoryPerBlockOptin", 227 * 1024))
+
+    def _configure(self, network: Network) -> tuple[KernelConfig, list | None]:
+        """The blocking, and each layer's distinct columns when deduplicating (else None)."""
+        n, itemsize = network.neurons, np.dtype(self.dtype).itemsize
+        limit = self._smem_limit()
         cfg = self.forced_config
-        if cfg is None and columns is not None:
+        if cfg is not None:
+            if cfg.stationary and not cfg.fits_stationary(n):
+                raise OptionError(f"config={cfg}: stationary needs chunk == N ({n}) and one slice")
+            columns = self._distinct_columns(network, force=True) if cfg.dedupe else None
+            return cfg, columns
+        columns = self._distinct_columns(network)
+        if columns is not None:
             try:
-                cfg = choose_config(n, itemsize, virtual=max(r.size for r, _ in columns), kernel=self.kernel)
+                return choose_config(n, itemsize, virtual=max(r.size for r, _ in columns), smem_limit=limit), columns
             except OptionError:
-                if self.dedupe is True or self.kernel == "warp":
+                if self.dedupe is True:
                     raise
-                columns = None
-        if cfg is None:
-            if self.kernel == "warp":
-                raise OptionError("kernel='warp': the layers have too many distinct columns to deduplicate")
-            cfg = choose_config(n, itemsize)
-        if cfg.dedupe and columns is None:
-            columns = [None] * network.depth          # computed by pack_layer
-        if not cfg.dedupe:
-            columns = None
-        self.config = cfg
-        self._fused = cfg.slices(n) == 1
+        return choose_config(n, itemsize, smem_limit=limit), None
+
+    def _distinct_columns(self, network: Network, *, force: bool = False):
+        """unique_columns of every layer, or None when deduplication is off or does not pay."""
+        if self.dedupe is False and not force:
+            return None
+        n = network.neurons
+        pays = not force and self.dedupe == "auto"
+        first = unique_columns(sp.csc_matrix(network.layers[0]))
+        if pays and first[0].size > n // 2:
+            return None
+        rest = _map_layers(lambda k: unique_columns(sp.csc_matrix(network.layers[k])), network.depth, start=1)
+        out = [first, *rest]
+        if pays and any(r.size > n // 2 for r, _ in out):
+            return None
+        return out
+
+    def _pack(self, network: Network, cfg: KernelConfig, columns) -> list[PackedLayer]:
+        """Pack every layer for ``cfg`` (host threads); choose the value mode and the blocking's prefetch."""
+        n = network.neurons
 
         def pack(k):
             p = pack_layer(network.layers[k], cfg, n, columns=None if columns is None else columns[k])
@@ -237,143 +313,149 @@ class CudaEngine(Engine):
                 p.values = None                      # rebuilt only if values must be stored
             return p, dt
 
-        packed, exact = zip(*_map_layers(pack, network.depth)) if network.depth else ((), ())
-        packed, exact = list(packed), list(exact)
+        packed, exact = zip(*_map_layers(pack, network.depth))
+        packed = list(packed)
         uniforms = [p.uniform_value for p in packed]
-        if self.values == "auto":
-            plan = value_plan(uniforms, exact, self.dtype)
-        else:
-            plan = value_plan([None] * len(exact), exact if self.values == "array" else [self.dtype], self.dtype)
-        self.plan = plan
-        vdtype = plan.value_dtype if plan.mode == VALUE_ARRAY else None
-        self._scalars = [self.dtype(u if u is not None else 0.0) for u in uniforms]
-
-        # Host arrays: all layers concatenated.
+        self.plan = value_plan(uniforms, list(exact), self.dtype)
+        self._vdtype = self.plan.value_dtype if self.plan.mode == VALUE_ARRAY else None
+        self._scalars = np.array([u if u is not None else 0.0 for u in uniforms], dtype=self.dtype)
         entry_off = np.zeros(network.depth + 1, dtype=np.int64)
         entry_off[1:] = np.cumsum([p.entries for p in packed])
-        meta_off = np.zeros(network.depth + 1, dtype=np.int64)
-        meta_off[1:] = np.cumsum([p.meta.shape[0] for p in packed])
-        self._entry_off, self._meta_off = entry_off, meta_off
-        self._max_entries = max(p.entries for p in packed)
+        self._entry_off = entry_off
+        self._max_entries = int(max(p.entries for p in packed))
         self.padding_ratio = float(entry_off[-1] / max(sum(p.packed_nnz for p in packed), 1))
         self.distinct_columns = float(np.mean([p.virtual for p in packed]))
-        vbytes = 0 if vdtype is None else np.dtype(vdtype).itemsize
-        weight_bytes = int(entry_off[-1]) * (2 + vbytes)
-        slot_bytes = 2 * self._max_entries * (2 + vbytes)
-        small_bytes = int(meta_off[-1]) * 8 + network.bias.nbytes // (8 // itemsize) + (2 * n * network.depth if cfg.dedupe else 0)
+        if cfg.stationary and self.forced_config is None:
+            # Prefetch the next layer into shared memory when two stages fit beside the tile
+            # (out_map copies need 16-byte rows: N a multiple of 8).
+            with_prefetch = KernelConfig(**{**cfg.__dict__, "prefetch": True})
+            vbytes = 0 if self._vdtype is None else np.dtype(self._vdtype).itemsize
+            need = stationary_smem_bytes(with_prefetch, np.dtype(self.dtype).itemsize,
+                                         max_entries=self._max_entries, value_bytes=vbytes)
+            if need <= self._smem_limit() and (not cfg.dedupe or n % 8 == 0):
+                cfg = with_prefetch
+        self.config = cfg
+        return packed
 
-        with dev:
-            budget = self._budget()
-            per_sample = self._bytes_per_sample()
-            stream = self.stream_weights
-            if stream == "auto":
-                stream = weight_bytes + small_bytes + 64 * per_sample > budget or weight_bytes > budget // 2
-            if stream and slot_bytes + small_bytes + per_sample * cfg.mb > budget:
-                raise DeviceMemoryError(f"cuda engine: even streaming, {slot_bytes + small_bytes} bytes of weights "
-                                        f"and one tile exceed the memory budget of {budget} bytes")
-            self.streaming = bool(stream)
-            self._weights_resident = (slot_bytes if self.streaming else weight_bytes) + small_bytes
+    def _layer_bytes(self, p: PackedLayer) -> int:
+        vbytes = 0 if self._vdtype is None else np.dtype(self._vdtype).itemsize
+        return p.entries * (2 + vbytes) + (2 * self.network.neurons if self.config.dedupe else 0)
 
-            meta = np.concatenate([p.meta for p in packed])
-            self._meta = cp.asarray(meta)
-            uniform_bias = network.uniform_bias()
-            if uniform_bias is not None:
-                self._bias = cp.full((1, n), uniform_bias, dtype=self.dtype)
-            else:
-                self._bias = cp.asarray(np.ascontiguousarray(network.bias, dtype=self.dtype))
-            if self.streaming:
-                self._host_idx = self._pinned(int(entry_off[-1]), np.uint16)
-                self._host_vals = None if vdtype is None else self._pinned(int(entry_off[-1]), vdtype)
-                self._slots_idx = [cp.empty(self._max_entries, dtype=np.uint16) for _ in range(2)]
-                self._slots_vals = [cp.empty(self._max_entries, dtype=vdtype) if vdtype is not None else None
-                                    for _ in range(2)]
-            else:
-                self._eidx = cp.empty(int(entry_off[-1]), dtype=np.uint16)
-                self._evals = cp.empty(int(entry_off[-1]), dtype=vdtype) if vdtype is not None else None
-            for k, p in enumerate(packed):
-                a, b = int(entry_off[k]), int(entry_off[k + 1])
-                vals = None
-                if vdtype is not None:
-                    vals = entry_values(p, cfg.chunk).astype(vdtype)
-                if self.streaming:
-                    self._host_idx[a:b] = p.idx
-                    if vals is not None:
-                        self._host_vals[a:b] = vals
-                else:
-                    self._eidx[a:b].set(p.idx)
-                    if vals is not None:
-                        self._evals[a:b].set(vals)
-            self._dummy_vals = cp.zeros(1, dtype=self.dtype)
-            if cfg.dedupe:
-                self._out_map = cp.asarray(np.concatenate([p.out_map for p in packed]))
-            else:
-                self._out_map = cp.zeros(1, dtype=np.uint16)
-            self._compile()
-            dev.synchronize()
-        self._capacity = 0
-        self._graphs = {}
+    def _plan_memory(self, network: Network, packed: list[PackedLayer]) -> None:
+        """Resident layers [0, R) and streamed chunks of layers [R, L) (see the module docstring)."""
+        sizes = np.array([self._layer_bytes(p) for p in packed], dtype=np.int64)
+        total = int(sizes.sum())
+        small = self._entry_off.nbytes + sum(p.meta.nbytes for p in packed) + network.bias.nbytes
+        budget = self._budget()
+        per_sample = self._bytes_per_sample()
+        stream = self.stream_weights
+        if stream == "auto":
+            stream = total + small + 64 * per_sample > budget or total > budget // 2
+        depth = network.depth
+        self._resident, self._chunks = depth, []
+        if stream:
+            room = budget - small - 64 * per_sample
+            slot = int(max(sizes.max(), min(total // 4 if self.stream_weights is True else total, room // 4)))
+            if 2 * slot > room:
+                raise DeviceMemoryError(f"cuda engine: even streaming, two slots of {slot} bytes of weights and "
+                                        f"64 samples exceed the memory budget of {budget} bytes")
+            resident = 0
+            if self.stream_weights != True:            # noqa: E712 - 'auto' keeps what fits
+                prefix = np.cumsum(sizes)
+                resident = int(np.searchsorted(prefix, room - 2 * slot, side="right"))
+            start = resident
+            while start < depth:
+                stop, used = start, 0
+                while stop < depth and (stop == start or used + sizes[stop] <= slot):
+                    used += int(sizes[stop])
+                    stop += 1
+                self._chunks.append((start, stop))
+                start = stop
+            self._resident = resident
+            self._slot_bytes = slot
+        self.streaming = bool(self._chunks)
 
-    def _distinct_columns(self, network: Network):
-        """unique_columns of every layer, or None when deduplication is off or does not pay."""
-        if self.dedupe is False or (self.forced_config is not None and not self.forced_config.dedupe):
-            return None
-        n = network.neurons
-        first = unique_columns(sp.csc_matrix(network.layers[0]))
-        if self.dedupe == "auto" and first[0].size > n // 2:
-            return None
-        rest = _map_layers(lambda k: unique_columns(sp.csc_matrix(network.layers[k])), network.depth, start=1)
-        out = [first, *rest]
-        if self.dedupe == "auto" and any(r.size > n // 2 for r, _ in out):
-            return None
-        return out
+    def _upload(self, network: Network, packed: list[PackedLayer]) -> None:
+        """Copy the layout to the device (resident layers) and to pinned host memory (streamed)."""
+        cp = cupy(self.name)
+        cfg, n, depth = self.config, network.neurons, network.depth
+        off = self._entry_off
+        self._meta = cp.asarray(np.concatenate([p.meta for p in packed]))
+        self._meta_off = np.concatenate(([0], np.cumsum([p.meta.shape[0] for p in packed]))).astype(np.int64)
+        self._entry_off_dev = cp.asarray(off)
+        self._scalars_dev = cp.asarray(self._scalars)
+        uniform_bias = network.uniform_bias()
+        if uniform_bias is not None:
+            self._bias = cp.full((1, n), uniform_bias, dtype=self.dtype)
+        else:
+            self._bias = cp.asarray(np.ascontiguousarray(network.bias, dtype=self.dtype))
+        self._bias_stride = 0 if self._bias.shape[0] == 1 else n
+        vdtype = self._vdtype
+        self._dummy_vals = cp.zeros(8, dtype=vdtype or self.dtype)
+        self._dummy_map = cp.zeros(8, dtype=np.uint16)
 
-    @staticmethod
-    def _pinned(size: int, dtype):
-        import cupyx
+        def host(a, b):
+            """Layers a..b-1: (indices, values or None, out_map or None) as host arrays."""
+            idx = np.concatenate([p.idx for p in packed[a:b]]) if b > a else np.zeros(0, np.uint16)
+            vals = None if vdtype is None else np.concatenate(
+                [entry_values(p, cfg.chunk).astype(vdtype) for p in packed[a:b]])
+            omap = np.concatenate([p.out_map for p in packed[a:b]]) if cfg.dedupe and b > a else None
+            return idx, vals, omap
 
-        return cupyx.empty_pinned(max(int(size), 1), dtype=dtype)
+        r = self._resident
+        idx, vals, omap = host(0, r)
+        self._eidx = cp.asarray(idx if idx.size else np.zeros(8, np.uint16))
+        self._evals = self._dummy_vals if vals is None or not vals.size else cp.asarray(vals)
+        self._out_map = self._dummy_map if omap is None or not omap.size else cp.asarray(omap)
+        if self.streaming:
+            idx, vals, omap = host(r, depth)
+            self._host_idx = pinned_empty(idx.size, np.uint16)
+            self._host_idx[:idx.size] = idx
+            self._host_vals = None if vals is None else pinned_empty(vals.size, vdtype)
+            if vals is not None:
+                self._host_vals[:vals.size] = vals
+            self._host_map = None if omap is None else pinned_empty(omap.size, np.uint16)
+            if omap is not None:
+                self._host_map[:omap.size] = omap
+            most_entries = max(int(off[b] - off[a]) for a, b in self._chunks)
+            most_layers = max(b - a for a, b in self._chunks)
+            self._slots = [(cp.empty(max(most_entries, 8), dtype=np.uint16),
+                            cp.empty(max(most_entries, 8), dtype=vdtype) if vdtype is not None else self._dummy_vals,
+                            cp.empty(max(most_layers * n, 8), dtype=np.uint16) if cfg.dedupe else self._dummy_map)
+                           for _ in range(2)]
 
     def _budget(self) -> int:
         """Device bytes the engine may use in all."""
-        cp = _cupy()
         if self.memory_cap_bytes is not None:
             return self.memory_cap_bytes
-        free, _total = cp.cuda.runtime.memGetInfo()
-        pool = cp.get_default_memory_pool()
-        return int(0.9 * (free + pool.free_bytes()))
+        return int(0.9 * free_device_bytes())
 
     def _bytes_per_sample(self) -> int:
+        """Device bytes of one alive sample: two activation rows, ids, weights, flags, merge
+        arrays and hash-table slots, its parent entry."""
         n = self.network.neurons
-        return 2 * n * np.dtype(self.dtype).itemsize + 3 * 4
+        return 2 * n * np.dtype(self.dtype).itemsize + 4 * (2 + 2 + 1 + 1 + 1 + 1) + 2 * (8 + 4)
 
     def _compile(self) -> None:
         """Get (compile on first use) the kernels this network needs."""
-        cfg, t = self.config, _CTYPES[np.dtype(self.dtype)]
-        v = t if self.plan.mode != VALUE_ARRAY else _CTYPES[np.dtype(self.plan.value_dtype)]
-        fused = "true" if self._fused else "false"
-        dedupe = "true" if cfg.dedupe else "false"
-        n = self.network.neurons
-        per_thread = -(-n // cfg.threads)
-        # register prefetch of whole rows: one chunk and at most 8 inputs a thread
-        self._prefetch = per_thread if (self.prefetch and not cfg.warps and cfg.nchunks(n) == 1
-                                        and per_thread <= 8) else 0
-        if cfg.warps:
-            layer = f"spdnn_layer_warp<{t}, {v}, {self.plan.mode}, {cfg.warps}>"
+        cfg, dev, n = self.config, self._device, self.network.neurons
+        itemsize = np.dtype(self.dtype).itemsize
+        self._fused = cfg.slices(n) == 1
+        kernels = {}
+        for filename, names in kernel_instances(cfg, n, self.dtype, self._vdtype, self.plan.mode).items():
+            kernels.update(_kernels(dev.id, filename, names))
+        if cfg.stationary:
+            main = kernels["stationary"]
+            vbytes = 0 if self._vdtype is None else np.dtype(self._vdtype).itemsize
+            self._smem = stationary_smem_bytes(cfg, itemsize, max_entries=self._max_entries, value_bytes=vbytes)
         else:
-            layer = (f"spdnn_layer<{t}, {v}, {self.plan.mode}, {cfg.threads}, {cfg.mb}, {cfg.opt}, {fused}, "
-                     f"{dedupe}, {self._prefetch}>")
-        compact, densify = f"spdnn_compact<{t}>", f"spdnn_densify<{t}>"
-        names = (layer, compact, densify, "spdnn_copy_count")
-        dev_id = self._device.id
-        self._k_layer = _kernel(dev_id, "layer.cu", names, layer)
-        self._k_compact = _kernel(dev_id, "layer.cu", names, compact)
-        self._k_densify = _kernel(dev_id, "layer.cu", names, densify)
-        self._k_copy = _kernel(dev_id, "layer.cu", names, "spdnn_copy_count")
-        self._smem = cfg.smem_bytes(np.dtype(self.dtype).itemsize)
+            main = kernels["layer"]
+            self._smem = cfg.smem_bytes(itemsize)
         if self._smem > 48 * 1024:
-            self._k_layer.max_dynamic_shared_size_bytes = self._smem
-        self._sms = self._device.attributes["MultiProcessorCount"]
-        self._layer_blocks_per_sm = _blocks_per_sm(self._k_layer, cfg.block_threads(), self._smem, self._device)
+            main.fn.max_dynamic_shared_size_bytes = self._smem
+        self._k = kernels
+        self._sms = dev.attributes["MultiProcessorCount"]
+        self._blocks_per_sm = _blocks_per_sm(main, cfg.threads, self._smem, dev)
 
     # ------------------------------------------------------------------ load
     def max_batch(self, features: sp.csr_matrix | None = None) -> int:
@@ -389,264 +471,391 @@ class CudaEngine(Engine):
         return int(most)
 
     def _weights_resident_now(self) -> int:
-        # Weights are already allocated after prepare, so the free memory excludes them,
-        # while a cap counts them; the activation buffers held now would be reallocated.
-        held = self._capacity * self._bytes_per_sample()
+        # With a cap, the weights on the device count against it; without, they are already
+        # out of the free memory, and the activation buffers held now would be freed first.
         if self.memory_cap_bytes is not None:
-            return self._weights_resident
-        return -held
+            slots = 2 * self._slot_bytes if self.streaming else 0
+            return int(self._eidx.nbytes + self._evals.nbytes + self._out_map.nbytes + self._meta.nbytes + slots)
+        return -self._capacity * self._bytes_per_sample()
+
+    def _batch_size(self, features: sp.csr_matrix) -> int:
+        total = features.shape[0]
+        batch = max(1, min(total, self.max_batch(features))) if total else 1
+        if batch < min(total, self.config.mb):
+            raise DeviceMemoryError(f"cuda engine: not even {self.config.mb} samples fit the device memory budget")
+        return batch
 
     def load(self, features) -> None:
         """Upload features (samples x N); rows with no nonzero are dead from the start."""
-        cp = _cupy()
+        cp = cupy(self.name)
         super().load(features)
         f = self.features
-        n, N = f.shape[0], self.network.neurons
+        loaded, n = f.shape[0], self.network.neurons
         rows = np.flatnonzero(np.diff(f.indptr) > 0).astype(np.int32)
-        live = f[rows] if rows.size != n else f
+        live = f[rows] if rows.size != loaded else f
         m = int(rows.size)
         with self._dev():
-            if m > self._capacity or self._y is None:
-                # free the old buffers before asking
-                self._y = self._ids = self._flags = None
-                self._graphs = {}
-                self._capacity = 0
-                fit = self.max_batch(live)
-                if m > fit:
-                    raise DeviceMemoryError(
-                        f"cuda engine: {m} samples do not fit the device memory budget (at most {fit}); "
-                        "use run() (which batches) or pass batch_samples=")
-                cap = max(m, 1)
-                self._y = [cp.empty((cap, N), dtype=self.dtype) for _ in range(2)]
-                self._ids = [cp.empty(cap, dtype=np.int32) for _ in range(2)]
-                self._flags = cp.zeros(cap, dtype=np.int32)
-                self._counts = cp.zeros(self.network.depth + 1, dtype=np.int32)
-                self._count_cur = cp.zeros(1, dtype=np.int32)
-                self._capacity = cap
+            if m > self._capacity or loaded > self._parent_size or self._y is None:
+                self._allocate(m, loaded, live)
             if self.poison is not None or self.debug:
                 # every row a kernel reads must have been written: poison the buffers
-                value = np.nan if self.poison is None else self.poison
                 for y in self._y:
-                    y.fill(value)
+                    y.fill(np.nan if self.poison is None else self.poison)
                 for ids in self._ids:
                     ids.fill(-7)
             self._cur = 0
-            self._flags.fill(0)
             if m:
                 indptr = cp.asarray(live.indptr.astype(np.int64))
                 indices = cp.asarray(live.indices.astype(np.int32))
                 data = cp.asarray(live.data.astype(self.dtype))
-                self._launch(self._k_densify, min(m, 65535), 256,
-                             (indptr, indices, data, self._y[0], np.int32(m), np.int32(N)))
+                self._launch("densify", min(m, 65535), 256,
+                             (indptr, indices, data, self._y[0], np.int32(m), np.int32(n)), what="load")
                 self._ids[0][:m].set(rows)
+                self._wts[0][:m].fill(1)
+            self._parent[:loaded].fill(-1)
+            self._stats.fill(0)
             self._count_cur.fill(m)
-            self._loaded = m
-            if not self.streaming and self.use_graph and not self.debug:
-                self._graph(0, self.network.depth, self._cur)
             self._device.synchronize()
-        self._last = None
+        self._alive_rows = m
+        self._alive_ids = rows.astype(np.int64)
+        self._loaded = loaded
+        self._parents = None            # host copy of the merge parents, fetched when needed
+
+    def _allocate(self, m: int, loaded: int, live: sp.csr_matrix) -> None:
+        """(Re)allocate the activation buffers and the run's arrays for ``m`` alive rows."""
+        cp = cupy(self.name)
+        self._y = self._ids = self._wts = None      # free the old buffers before asking
+        self._graphs = {}
+        self._capacity = 0
+        fit = self.max_batch(live)
+        if m > fit:
+            raise DeviceMemoryError(f"cuda engine: {m} samples do not fit the device memory budget (at most "
+                                    f"{fit}); use run() (which batches) or pass batch_samples=")
+        cap = max(m, 1)
+        n, depth = self.network.neurons, self.network.depth
+        self._y = [cp.empty((cap, n), dtype=self.dtype) for _ in range(2)]
+        self._ids = [cp.empty(cap, dtype=np.int32) for _ in range(2)]
+        self._wts = [cp.empty(cap, dtype=np.int32) for _ in range(2)]
+        self._flags = cp.zeros(cap, dtype=np.int32)
+        self._rep = cp.empty(cap, dtype=np.int32)
+        self._wadd = cp.zeros(cap, dtype=np.int32)
+        self._parent_size = max(loaded, 1)
+        self._parent = cp.empty(self._parent_size, dtype=np.int32)
+        slots = 1 << max(int(2 * cap - 1).bit_length(), 4)      # a power of two >= 2 * cap
+        self._keys = cp.empty(slots, dtype=np.uint64)
+        self._vals = cp.empty(slots, dtype=np.int32)
+        # Counters, one int32 array read back at once: counts[L+1] (rows alive after each
+        # layer), wcounts[L+1] (samples), ctr[P] and tickets[P] (per phase), the current count.
+        phases = 2 * depth + 8
+        self._stat_off = {"counts": 0, "wcounts": depth + 1, "ctr": 2 * (depth + 1),
+                          "tickets": 2 * (depth + 1) + phases, "cur": 2 * (depth + 1) + 2 * phases}
+        self._stats = cp.zeros(self._stat_off["cur"] + 1, dtype=np.int32)
+        self._stats_host = pinned_empty(self._stats.size, np.int32)
+        self._count_cur = self._stat(("cur", 0))
+        self._capacity = cap
+
+    def _stat(self, where: tuple[str, int]):
+        """One counter of ``_stats`` as a 1-element device array (a kernel argument)."""
+        i = self._stat_off[where[0]] + int(where[1])
+        return self._stats[i:i + 1]
 
     # ------------------------------------------------------------------ launches
-    def _launch(self, kernel, grid, block, args, smem=0):
-        kernel((int(grid),), (int(block),), args, shared_mem=int(smem))
-        if self.debug:
-            self._device.synchronize()
+    def _launch(self, role: str, grid, block, args, smem=0, *, what: str = ""):
+        kernel = self._k[role]
+        try:
+            kernel.fn((int(grid),), (int(block),), args, shared_mem=int(smem))
+            if self.debug:
+                self._device.synchronize()
+        except Exception as exc:
+            if not self.debug:
+                raise
+            raise SpdnnError(f"cuda engine: kernel {kernel.name} failed ({what}): {exc}") from exc
 
-    def _layer_grid(self) -> int:
-        cfg = self.config
-        items = -(-self._capacity // cfg.samples_per_block()) * cfg.slices(self.network.neurons)
-        return max(1, min(items, self._sms * self._layer_blocks_per_sm))
+    def _phases(self, start: int, stop: int) -> list[_Phase]:
+        """The steps of layers start..stop-1: cut at merge points and streamed chunks."""
+        merges = [k for k in merge_points(self.network.depth) if start < k < stop] if self.merging else []
+        edges = {start, stop, *merges}
+        edges.update(a for a, _ in self._chunks if start < a < stop)
+        if self._chunks and start < self._resident < stop:
+            edges.add(self._resident)
+        cuts = sorted(edges)
+        phases = []
+        for a, b in zip(cuts, cuts[1:]):
+            chunk = self._chunk_of(a)
+            if a in merges:
+                phases.append(_Phase("merge", a, a, chunk))
+            if self.config.stationary:
+                phases.append(_Phase("stationary", a, b, chunk))
+            else:
+                phases.extend(_Phase("layer", k, k + 1, chunk) for k in range(a, b))
+        return phases
 
-    def _enqueue_layer(self, k: int, parity: int, eidx, evals) -> int:
-        """Queue layer k (0-based) reading buffer ``parity``; returns the parity of its output."""
-        cfg, N = self.config, self.network.neurons
-        src, dst = parity, 1 - parity
-        bias = self._bias[k if self._bias.shape[0] > 1 else 0]
-        meta = self._meta[int(self._meta_off[k]):int(self._meta_off[k + 1])]
-        counts_in, counts_out = self._counts[k:k + 1], self._counts[k + 1:k + 2]
-        vals = evals if evals is not None else self._dummy_vals
-        out_map = self._out_map[k * N:(k + 1) * N] if cfg.dedupe else self._out_map
-        if cfg.warps:
-            itemsize = np.dtype(self.dtype).itemsize
-            args = (self._y[src], self._y[dst], self._ids[src], self._ids[dst], counts_in, counts_out,
-                    eidx, vals, meta, bias, out_map, self._scalars[k], self.dtype(self.network.ymax),
-                    np.int32(N), np.int32(cfg.opt), np.int32(cfg.staging_bytes(itemsize) // itemsize))
-            self._launch(self._k_layer, self._layer_grid(), cfg.block_threads(), args, self._smem)
-            return dst
-        args = (self._y[src], self._y[dst], self._ids[src], self._ids[dst], counts_in, counts_out,
-                self._flags, eidx, vals, meta, bias, out_map, self._scalars[k], self.dtype(self.network.ymax),
-                np.int32(N), np.int32(cfg.chunk), np.int32(cfg.nchunks(N)), np.int32(cfg.slices(N)))
-        if self._fused:
-            self._launch(self._k_layer, self._layer_grid(), cfg.threads, args, self._smem)
-            return dst
-        # Sliced: rows written in place into dst and flagged, then the survivors move back.
-        self._launch(self._k_layer, self._layer_grid(), cfg.threads, args, self._smem)
-        self._launch(self._k_compact, max(1, min(self._capacity, self._sms * 16)), 256,
-                     (self._y[dst], self._y[src], self._ids[src], self._ids[dst], self._flags,
-                      counts_in, counts_out, np.int32(N)))
-        # ids moved src -> dst while rows moved dst -> src: bring the ids back beside the rows.
-        self._ids[src], self._ids[dst] = self._ids[dst], self._ids[src]
+    def _chunk_of(self, k: int) -> int:
+        for i, (a, b) in enumerate(self._chunks):
+            if a <= k < b:
+                return i
+        return -1
+
+    def _view(self, chunk: int) -> _WeightView:
+        if chunk < 0:
+            return _WeightView(self._eidx, self._evals, self._out_map, 0, 0)
+        a, _ = self._chunks[chunk]
+        idx, vals, omap = self._slots[chunk % 2]
+        return _WeightView(idx, vals, omap, int(self._entry_off[a]), a)
+
+    def _enqueue(self, phases: list[_Phase], first: int, src):
+        """Queue ``phases`` (numbered from ``first``) on the current stream (capturable).
+
+        ``src`` is the counter holding the rows entering the first phase; returns the
+        counter holding the rows after the last.
+        """
+        for i, ph in enumerate(phases, start=first):
+            if ph.kind == "merge":
+                src = self._enqueue_merge(i, src)
+            elif ph.kind == "stationary":
+                src = self._enqueue_stationary(ph, i, src)
+            else:
+                src = self._enqueue_layer(ph, src)
         return src
 
-    def _layer_weights(self, k: int):
-        a, b = int(self._entry_off[k]), int(self._entry_off[k + 1])
-        return self._eidx[a:b], (self._evals[a:b] if self._evals is not None else None)
+    def _enqueue_stationary(self, ph: _Phase, i: int, src):
+        cfg, n, cur = self.config, self.network.neurons, self._cur
+        view = self._view(ph.chunk)
+        out = self._stat(("ctr", i))
+        args = (self._y[cur], self._y[1 - cur], self._ids[cur], self._ids[1 - cur], self._wts[cur],
+                self._wts[1 - cur], src, out, self._stat(("tickets", i)),
+                self._stats[self._stat_off["counts"]:], self._stats[self._stat_off["wcounts"]:],
+                view.eidx, view.evals, self._meta, self._entry_off_dev, np.int64(view.ebase),
+                np.int32(self._max_entries), view.out_map, np.int32(view.kbase), self._bias,
+                np.int64(self._bias_stride), self._scalars_dev, self.dtype(self.network.ymax), np.int32(n),
+                np.int32(ph.a), np.int32(ph.b))
+        tiles = -(-self._capacity // cfg.mb)
+        grid = max(1, min(tiles, self._sms * self._blocks_per_sm))
+        self._launch("stationary", grid, cfg.threads, args, self._smem, what=f"layers {ph.a + 1}..{ph.b}")
+        self._cur = 1 - cur
+        return out
 
-    def _enqueue_segment(self, start: int, stop: int, parity: int) -> int:
-        """Queue layers start..stop-1 on the current stream (capturable); returns the end parity."""
-        cp = _cupy()
+    def _enqueue_layer(self, ph: _Phase, src):
+        """Queue layer ph.a with the per-layer kernel (and the compaction when sliced)."""
+        cfg, n, k = self.config, self.network.neurons, ph.a
+        cur, nxt = self._cur, 1 - self._cur
+        view = self._view(ph.chunk)
+        a, b = int(self._entry_off[k] - view.ebase), int(self._entry_off[k + 1] - view.ebase)
+        evals = view.evals[a:b] if self._vdtype is not None else view.evals
+        out_map = view.out_map[(k - view.kbase) * n:(k - view.kbase + 1) * n] if cfg.dedupe else view.out_map
+        meta = self._meta[int(self._meta_off[k]):int(self._meta_off[k + 1])]
+        bias = self._bias[k if self._bias_stride else 0]
+        count_out = self._stat(("counts", k + 1))
+        wcount_out = self._stat(("wcounts", k + 1))
+        args = (self._y[cur], self._y[nxt], self._ids[cur], self._ids[nxt], self._wts[cur], self._wts[nxt],
+                src, count_out, wcount_out, self._flags, view.eidx[a:b], evals, meta, bias, out_map,
+                self._scalars[k], self.dtype(self.network.ymax), np.int32(n), np.int32(cfg.chunk),
+                np.int32(cfg.nchunks(n)), np.int32(cfg.slices(n)))
+        items = -(-self._capacity // cfg.mb) * cfg.slices(n)
+        grid = max(1, min(items, self._sms * self._blocks_per_sm))
+        self._launch("layer", grid, cfg.threads, args, self._smem, what=f"layer {k + 1}")
+        if self._fused:
+            self._cur = nxt
+            return count_out
+        # Sliced: rows were written in place into buffer nxt and flagged; the survivors move
+        # back into buffer cur while their ids and weights move cur -> nxt, so the id and
+        # weight buffers swap roles.
+        self._launch("compact", max(1, min(self._capacity, self._sms * 16)), 256,
+                     (self._y[nxt], self._y[cur], self._ids[cur], self._ids[nxt], self._wts[cur], self._wts[nxt],
+                      self._flags, src, count_out, wcount_out, np.int32(n)), what=f"layer {k + 1}, compaction")
+        self._ids[cur], self._ids[nxt] = self._ids[nxt], self._ids[cur]
+        self._wts[cur], self._wts[nxt] = self._wts[nxt], self._wts[cur]
+        return count_out
+
+    def _enqueue_merge(self, i: int, src):
+        """Queue a merge pass over the current rows (see ``kernels/merge.cu``)."""
+        cp = cupy(self.name)
+        cur, n = self._cur, self.network.neurons
         stream = cp.cuda.get_current_stream()
-        counts = self._counts
-        if stop > start:
-            cp.cuda.runtime.memsetAsync(counts[start + 1:].data.ptr, 0, (counts.size - start - 1) * 4, stream.ptr)
-        self._launch(self._k_copy, 1, 32, (self._count_cur, counts[start:start + 1]))
-        for k in range(start, stop):
-            eidx, evals = self._layer_weights(k)
-            parity = self._enqueue_layer(k, parity, eidx, evals)
-        self._launch(self._k_copy, 1, 32, (counts[stop:stop + 1], self._count_cur))
-        return parity
+        for table in (self._keys, self._vals):
+            cp.cuda.runtime.memsetAsync(table.data.ptr, 0, table.nbytes, stream.ptr)
+        grid = max(1, min(self._capacity, self._sms * 16))
+        self._launch("find", grid, 256, (self._y[cur], self._wts[cur], src, self._keys, self._vals,
+                                         np.int32(self._keys.size - 1), self._rep, self._wadd, np.int32(n)),
+                     what="merge")
+        out = self._stat(("ctr", i))
+        self._launch("mcompact", grid, 256, (self._y[cur], self._y[1 - cur], self._ids[cur], self._ids[1 - cur],
+                                             self._wts[cur], self._wts[1 - cur], src, out, self._rep, self._wadd,
+                                             self._parent, np.int32(n)), what="merge, compaction")
+        self._cur = 1 - cur
+        return out
 
-    def _graph(self, start: int, stop: int, parity: int):
-        """The captured graph of a segment (built once per segment and buffer parity)."""
-        cp = _cupy()
-        key = (start, stop, parity, self._ids[0].data.ptr)
+    def _clear_counters(self, start: int) -> None:
+        """Zero counts and wcounts after layer ``start`` and every phase counter (capturable)."""
+        cp = cupy(self.name)
+        stream = cp.cuda.get_current_stream()
+        base, depth = self._stats.data.ptr, self.network.depth
+        first = self._stat_off["counts"] + start + 1
+        cp.cuda.runtime.memsetAsync(base + 4 * first, 0, 4 * (depth - start), stream.ptr)
+        first = self._stat_off["wcounts"] + start + 1
+        cp.cuda.runtime.memsetAsync(base + 4 * first, 0, 4 * (self._stat_off["cur"] - first), stream.ptr)
+
+    def _enqueue_run(self, start: int, stop: int, phases: list[_Phase]) -> None:
+        """Queue a whole run of ``phases`` on the current stream (capturable, no streaming)."""
+        self._clear_counters(start)
+        end = self._enqueue(phases, 0, self._count_cur)
+        self._launch("copy", 1, 32, (end, self._count_cur), what="count")
+
+    def _graph(self, start: int, stop: int, phases: list[_Phase]):
+        """The captured graph of a run (built once per range and buffer arrangement)."""
+        cp = cupy(self.name)
+        key = (start, stop, self._cur, tuple(a.data.ptr for a in (*self._ids, *self._wts)))
         if key not in self._graphs:
-            ids_before = list(self._ids)
+            before = (self._cur, list(self._ids), list(self._wts))
             stream = cp.cuda.Stream(non_blocking=True)
             with stream:
                 stream.begin_capture()
-                end = self._enqueue_segment(start, stop, parity)
+                self._enqueue_run(start, stop, phases)
                 graph = stream.end_capture()
-            ids_after = list(self._ids)
-            self._ids = ids_before          # the graph swaps them when it runs
-            self._graphs[key] = (graph, stream, end, ids_after)
+            after = (self._cur, list(self._ids), list(self._wts))
+            self._cur, self._ids, self._wts = before[0], list(before[1]), list(before[2])
+            self._graphs[key] = (graph, stream, after)
         return self._graphs[key]
 
-    def _run_streaming(self, start: int, stop: int, parity: int) -> int:
-        """Layers start..stop-1 with weights copied from pinned host memory into two slots."""
-        cp = _cupy()
+    def _run_streaming(self, start: int, stop: int, phases: list[_Phase]) -> None:
+        """Run ``phases`` with streamed chunks copied into two slots one chunk ahead.
+
+        The copy of a chunk waits until the phases that read its slot two chunks earlier
+        are done; the phases of a chunk wait for its copy.
+        """
+        cp = cupy(self.name)
         compute = cp.cuda.get_current_stream()
         copy = cp.cuda.Stream(non_blocking=True)
         copied = [cp.cuda.Event(), cp.cuda.Event()]
         freed = [cp.cuda.Event(), cp.cuda.Event()]
-        vbytes = self._host_vals.itemsize if self._host_vals is not None else 0
+        for e in freed:
+            e.record(compute)
+        order = sorted({ph.chunk for ph in phases if ph.chunk >= 0})
+        vbytes = 0 if self._vdtype is None else np.dtype(self._vdtype).itemsize
+        n, r0 = self.network.neurons, int(self._entry_off[self._resident])
 
-        def fetch(k):
-            slot = k % 2
-            a, b = int(self._entry_off[k]), int(self._entry_off[k + 1])
+        def fetch(c):
+            slot = c % 2
+            a, b = self._chunks[c]
+            e0, e1 = int(self._entry_off[a]) - r0, int(self._entry_off[b]) - r0
+            idx, vals, omap = self._slots[slot]
             copy.wait_event(freed[slot])
-            cp.cuda.runtime.memcpyAsync(self._slots_idx[slot].data.ptr, self._host_idx[a:].ctypes.data,
-                                        (b - a) * 2, 1, copy.ptr)
+            cp.cuda.runtime.memcpyAsync(idx.data.ptr, self._host_idx[e0:].ctypes.data, (e1 - e0) * 2, 1, copy.ptr)
             if vbytes:
-                cp.cuda.runtime.memcpyAsync(self._slots_vals[slot].data.ptr, self._host_vals[a:].ctypes.data,
-                                            (b - a) * vbytes, 1, copy.ptr)
+                cp.cuda.runtime.memcpyAsync(vals.data.ptr, self._host_vals[e0:].ctypes.data, (e1 - e0) * vbytes, 1,
+                                            copy.ptr)
+            if self.config.dedupe:
+                m0 = (a - self._resident) * n
+                cp.cuda.runtime.memcpyAsync(omap.data.ptr, self._host_map[m0:].ctypes.data, (b - a) * n * 2, 1,
+                                            copy.ptr)
             copied[slot].record(copy)
 
-        for slot in range(2):
-            freed[slot].record(compute)
-        counts = self._counts
-        cp.cuda.runtime.memsetAsync(counts[start + 1:].data.ptr, 0, (counts.size - start - 1) * 4, compute.ptr)
-        self._launch(self._k_copy, 1, 32, (self._count_cur, counts[start:start + 1]))
-        for k in range(start, min(start + 2, stop)):
-            fetch(k)
-        for k in range(start, stop):
-            slot = k % 2
-            compute.wait_event(copied[slot])
-            a, b = int(self._entry_off[k]), int(self._entry_off[k + 1])
-            evals = self._slots_vals[slot][:b - a] if vbytes else None
-            parity = self._enqueue_layer(k, parity, self._slots_idx[slot][:b - a], evals)
-            freed[slot].record(compute)
-            if k + 2 < stop:
-                fetch(k + 2)
-        self._launch(self._k_copy, 1, 32, (counts[stop:stop + 1], self._count_cur))
-        return parity
+        for c in order[:2]:
+            fetch(c)
+        self._clear_counters(start)
+        src, i, pending = self._count_cur, 0, list(order[2:])
+        while i < len(phases):
+            chunk = phases[i].chunk
+            j = i
+            while j < len(phases) and phases[j].chunk == chunk:
+                j += 1
+            if chunk >= 0:
+                compute.wait_event(copied[chunk % 2])
+            src = self._enqueue(phases[i:j], i, src)
+            if chunk >= 0:
+                freed[chunk % 2].record(compute)
+                if pending:
+                    fetch(pending.pop(0))
+            i = j
+        self._launch("copy", 1, 32, (src, self._count_cur), what="count")
 
     # ------------------------------------------------------------------ infer
-    def infer(self, start: int = 0, stop: int | None = None):
-        cp = _cupy()
-        net = self.network
-        if net is None or self.features is None:
-            raise SpdnnError("cuda: prepare(network) and load(features) must come before infer()")
-        stop = net.depth if stop is None else int(stop)
-        if not 0 <= start <= stop <= net.depth:
-            raise OptionError(f"infer(start={start}, stop={stop}): expected 0 <= start <= stop <= {net.depth}")
+    def _infer(self, start: int, stop: int):
+        cp = cupy(self.name)
+        phases = self._phases(start, stop) if stop > start else []
+        graphed = False
         with self._dev():
-            graphed = False
-            if start == stop:
+            if not phases:
                 pass
             elif self.streaming:
-                self._cur = self._run_streaming(start, stop, self._cur)
-            elif self.use_graph and not self.debug:
-                graph, stream, end, ids_after = self._graph(start, stop, self._cur)
+                self._run_streaming(start, stop, phases)
+            elif self.debug:
+                self._enqueue_run(start, stop, phases)
+            else:
+                graph, stream, after = self._graph(start, stop, phases)
                 graph.launch(stream)
                 stream.synchronize()
-                self._cur, self._ids = end, list(ids_after)
+                self._cur, self._ids, self._wts = after[0], list(after[1]), list(after[2])
                 graphed = True
-            else:
-                self._cur = self._enqueue_segment(start, stop, self._cur)
-            survivors = self._counts[start + 1:stop + 1].get().astype(np.int64)
-            alive = int(self._count_cur.get()[0])
+            stream = cp.cuda.get_current_stream()
+            cp.cuda.runtime.memcpyAsync(self._stats_host.ctypes.data, self._stats.data.ptr, self._stats.nbytes, 2,
+                                        stream.ptr)
+            stream.synchronize()
+            stats = self._stats_host.astype(np.int64)
+            alive = int(stats[self._stat_off["cur"]])
             ids = self._ids[self._cur][:alive].get().astype(np.int64)
-        ids.sort()
+            merged = any(ph.kind == "merge" for ph in phases)
+            if merged or self._parents is not None:
+                self._parents = self._parent[:self._loaded].get()
+        counts = stats[self._stat_off["counts"]:self._stat_off["counts"] + self.network.depth + 1]
+        wcounts = stats[self._stat_off["wcounts"]:self._stat_off["wcounts"] + self.network.depth + 1]
+        entering = counts[start:stop].copy()
+        entering[0] = self._alive_rows
+        for i, ph in enumerate(phases):
+            if ph.kind == "merge":
+                entering[ph.a - start] = stats[self._stat_off["ctr"] + i]
+        self._alive_rows = alive
+        self._alive_ids = ids
+        categories = self._members(ids)
+        cfg = self.config
         extra = {
-            "device": self._device_name(),
-            "config": {"threads": self.config.threads, "opt": self.config.opt, "mb": self.config.mb,
-                       "dedupe": self.config.dedupe, "warps": self.config.warps, "prefetch": self._prefetch,
-                       "chunk": self.config.chunk, "slices": self.config.slices(net.neurons),
-                       "nchunks": self.config.nchunks(net.neurons)},
-            "value_mode": ["sum_then_scale", "scalar", "array"][self.plan.mode],
+            "device": device_name(self._device),
+            "config": {"threads": cfg.threads, "opt": cfg.opt, "mb": cfg.mb, "chunk": cfg.chunk,
+                       "dedupe": cfg.dedupe, "stationary": cfg.stationary, "prefetch": cfg.prefetch,
+                       "slices": cfg.slices(self.network.neurons), "nchunks": cfg.nchunks(self.network.neurons)},
+            "value_mode": _VALUE_MODE_NAMES[self.plan.mode],
             "value_dtype": None if self.plan.value_dtype is None else str(self.plan.value_dtype),
             "padding_ratio": self.padding_ratio,
-            "dedupe": self.config.dedupe,
             "distinct_columns": self.distinct_columns,
             "graph": graphed,
             "stream_weights": self.streaming,
+            "weight_chunks": len(self._chunks),
+            "merge": self.merging,
+            "merged_samples": int(categories.size - ids.size),
+            "rows_computed": [int(r) for r in entering],
         }
-        self._alive = alive
-        return ids + 1, survivors, extra
+        return categories + 1, wcounts[start + 1:stop + 1].copy(), extra
 
-    def _device_name(self) -> str:
-        cp = _cupy()
-        try:
-            return cp.cuda.runtime.getDeviceProperties(self._device.id)["name"].decode()
-        except Exception:  # pragma: no cover - informative only
-            return f"cuda:{self._device.id}"
+    def _roots(self) -> np.ndarray | None:
+        """Each loaded sample's representative after every merge so far (itself if never
+        merged), int64 (loaded,); None when nothing was merged."""
+        parents = self._parents
+        if parents is None or not (parents >= 0).any():
+            return None
+        root = np.where(parents >= 0, parents, np.arange(parents.size)).astype(np.int64)
+        while True:                                     # follow chains of merges to their end
+            nxt = root[root]
+            if np.array_equal(nxt, root):
+                return root
+            root = nxt
+
+    def _members(self, ids: np.ndarray) -> np.ndarray:
+        """Sorted 0-based sample ids of the alive rows ``ids`` and of every sample merged into them."""
+        root = self._roots()
+        if root is None:
+            return np.sort(ids)
+        alive = np.zeros(root.size, dtype=bool)
+        alive[ids] = True
+        return np.flatnonzero(alive[root])
 
     def activations(self):
+        """Every alive sample's row (merged samples share their representative's), sorted by id."""
         with self._dev():
-            alive = int(self._count_cur.get()[0])
-            ids = self._ids[self._cur][:alive].get().astype(np.int64)
-            y = self._y[self._cur][:alive].get()
-        order = np.argsort(ids, kind="stable")
-        return ids[order], sp.csr_matrix(y[order].astype(np.float64))
-
-    # ------------------------------------------------------------------ run (batches)
-    def run(self, network: Network, features):
-        """prepare, then load + infer one batch of samples at a time when they do not all fit."""
-        t0 = time.perf_counter()
-        self.prepare(network)
-        feats = as_features(features, network.neurons)
-        total = feats.shape[0]
-        batch = max(1, min(total, self.max_batch(feats))) if total else 1
-        if self.batch_samples is None and batch >= total:
-            batch = max(total, 1)
-        if batch < self.config.mb and batch < total:
-            raise DeviceMemoryError(f"cuda engine: not even {self.config.mb} samples fit the device memory budget")
-        preprocess = time.perf_counter() - t0
-        inference = 0.0
-        cats, survivors, extra, batches = [], np.zeros(network.depth, dtype=np.int64), {}, 0
-        for b0 in range(0, max(total, 1), batch):
-            t1 = time.perf_counter()
-            self.load(feats[b0:b0 + batch])
-            t2 = time.perf_counter()
-            c, s, extra = self.infer()
-            t3 = time.perf_counter()
-            preprocess += t2 - t1
-            inference += t3 - t2
-            cats.append(c + b0)
-            survivors += s
-            batches += 1
-        self.features = feats
-        extra = dict(extra, batches=batches, batch_samples=int(batch))
-        categories = np.sort(np.concatenate(cats)) if cats else np.zeros(0, dtype=np.int64)
-        return self._result(categories, survivors, extra, inference=inference, preprocess=preprocess)
+            y = self._y[self._cur][:self._alive_rows].get()
+        ids = self._alive_ids
+        members = self._members(ids)
+        position = np.full(max(self._loaded, 1), -1, dtype=np.int64)
+        position[ids] = np.arange(ids.size)
+        root = self._roots()
+        rows = position[members if root is None else root[members]]
+        return members, sp.csr_matrix(y[rows].astype(np.float64))

@@ -21,9 +21,10 @@ chunk are read from a warp-sliced ELLPACK:
 ``meta[sid] = (offset, width)`` for warp slice ``sid = ((slice*nchunks + c)*opt + t)*nwarps
 + warp``. Everything here is 0-based.
 
-The per-sample warp kernel (``KernelConfig.warps > 0``, deduplicated layers with small
-rows) uses the packing of a one-warp block: ``threads = 32``, one chunk of N, so
-``meta[t]`` holds the entries of distinct columns ``t*32 + lane``.
+Two kernels read this layout. ``kernels/layer.cu`` runs one layer per launch, staging
+each chunk of the inputs from device memory. ``kernels/stationary.cu`` (a
+:class:`KernelConfig` with ``stationary=True``: one chunk holding the whole row, one
+slice) keeps a tile of rows in shared memory across many layers.
 """
 from __future__ import annotations
 
@@ -33,14 +34,16 @@ import numpy as np
 import scipy.sparse as sp
 
 from ...errors import OptionError
+from ..base import is_power_of_two, sum_then_scale_exact
 
 __all__ = ["KernelConfig", "PackedLayer", "ValuePlan", "choose_config", "pack_layer", "value_plan",
-           "narrowest_exact_dtype", "entry_values", "unique_columns",
+           "narrowest_exact_dtype", "entry_values", "unique_columns", "stationary_smem_bytes",
            "VALUE_SUM_THEN_SCALE", "VALUE_SCALAR", "VALUE_ARRAY"]
 
-#: Value modes (the kernel's VMODE): every weight of a layer is one power of two
-#: (sum the inputs, multiply once), one other value (multiply each term by the
-#: scalar, no value loads), or per-entry values (loaded in the narrowest exact type).
+#: Value modes (the kernels' VMODE, ``spdnn::ValueMode`` in ``kernels/common.cuh``): every
+#: weight of a layer is one power of two (sum the inputs, multiply once), one other value
+#: (multiply each term by the scalar, no value loads), or per-entry values (loaded in the
+#: narrowest exact type).
 VALUE_SUM_THEN_SCALE, VALUE_SCALAR, VALUE_ARRAY = 0, 1, 2
 
 #: Largest zero-slot index a 16-bit buffer-local index can hold.
@@ -49,29 +52,31 @@ _MAX_CHUNK = 65535
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """Blocking of the layer kernel.
+    """Blocking of the layer kernels.
 
     Attributes
     ----------
     threads : int
         Threads per block (a multiple of 32, at most 1024).
     opt : int
-        Output neurons per thread (the register tile's second axis).
+        Columns per thread (the register tile's second axis): outputs, or distinct columns
+        with ``dedupe``.
     mb : int
-        Samples per tile (the register tile's first axis; each weight load is reused
-        ``mb`` times).
+        Rows per tile (the register tile's first axis; each weight load is reused ``mb``
+        times).
     chunk : int
-        Input neurons staged in shared memory at once (per sample of the tile).
+        Input neurons staged in shared memory at once (per row of the tile).
     dedupe : bool
         Compute each distinct weight column once ("virtual outputs"), keep the sums in
         shared memory and expand them to the N outputs in the epilogue through a map.
         Identical columns give identical sums (same entries, same order), so this is
         exact; RadiX-Net layers have N/16 distinct columns.
-    warps : int
-        0: the block kernel (``spdnn_layer``). W > 0: the per-sample warp kernel
-        (``spdnn_layer_warp``): every warp owns one sample at a time (whole row staged in
-        its own shared memory, no block barrier), W warps a block. The packing is then
-        that of one warp (``threads == 32``, ``mb == 1``, one chunk of N, deduplicated).
+    stationary : bool
+        Use ``kernels/stationary.cu``: a tile of ``mb`` rows stays in shared memory across
+        the layers of a segment. Needs the whole row in one chunk and one slice.
+    prefetch : bool
+        (stationary) Copy the next layer's indices, values and out_map into shared memory
+        while the current layer runs (cp.async, two stages).
     """
 
     threads: int
@@ -79,7 +84,8 @@ class KernelConfig:
     mb: int
     chunk: int
     dedupe: bool = False
-    warps: int = 0
+    stationary: bool = False
+    prefetch: bool = False
 
     def __post_init__(self):
         if not (32 <= self.threads <= 1024 and self.threads % 32 == 0):
@@ -90,9 +96,8 @@ class KernelConfig:
             raise OptionError(f"mb={self.mb}: expected 1, 2, 4, 8 or 16")
         if not 1 <= self.chunk <= _MAX_CHUNK:
             raise OptionError(f"chunk={self.chunk}: expected 1..{_MAX_CHUNK} (16-bit buffer indices)")
-        if self.warps and not (1 <= self.warps <= 32 and self.threads == 32 and self.mb == 1 and self.dedupe):
-            raise OptionError(f"warps={self.warps}: the warp kernel needs 1..32 warps, threads=32, mb=1 "
-                              "and dedupe=True")
+        if self.prefetch and not self.stationary:
+            raise OptionError("prefetch=True needs stationary=True")
 
     @property
     def nwarps(self) -> int:
@@ -100,11 +105,11 @@ class KernelConfig:
 
     @property
     def outputs_per_block(self) -> int:
-        """Output neurons of one slice."""
+        """Columns of one slice."""
         return self.threads * self.opt
 
     def slices(self, neurons: int) -> int:
-        """Slices of output neurons (1: a block owns whole samples, compaction is fused)."""
+        """Slices of output neurons (1: a block owns whole rows, compaction is fused)."""
         if self.dedupe:
             return 1
         return -(-neurons // self.outputs_per_block)
@@ -113,39 +118,56 @@ class KernelConfig:
         """Input chunks staged one after the other."""
         return -(-neurons // self.chunk)
 
+    def fits_stationary(self, neurons: int) -> bool:
+        """Whether ``kernels/stationary.cu`` can run this blocking (whole rows, one slice)."""
+        return self.nchunks(neurons) == 1 and self.slices(neurons) == 1
+
     def staging_bytes(self, itemsize: int) -> int:
         """The input buffer: ``(chunk + 1) * mb`` activations (+1: the zero slot), 16-byte aligned."""
-        return -(-(self.chunk + 1) * self.mb * itemsize // 16) * 16
+        return _align16((self.chunk + 1) * self.mb * itemsize)
+
+    def sums_bytes(self, itemsize: int) -> int:
+        """Shared memory of the distinct columns' sums (``dedupe``), else 0."""
+        return self.outputs_per_block * self.mb * itemsize if self.dedupe else 0
 
     def smem_bytes(self, itemsize: int) -> int:
-        """Dynamic shared memory of one block: input buffer (+ the virtual sums when deduplicating),
-        once per warp for the warp kernel."""
-        sums = self.outputs_per_block * self.mb * itemsize if self.dedupe else 0
-        return (self.staging_bytes(itemsize) + sums) * max(self.warps, 1)
-
-    def block_threads(self) -> int:
-        """Threads a block of the kernel is launched with."""
-        return 32 * self.warps if self.warps else self.threads
-
-    def samples_per_block(self) -> int:
-        """Samples one work item of a block covers (a tile, or one per warp)."""
-        return self.warps if self.warps else self.mb
+        """Dynamic shared memory of one block of ``kernels/layer.cu``: input buffer (+ sums)."""
+        return self.staging_bytes(itemsize) + self.sums_bytes(itemsize)
 
 
-#: Warps per block of the warp kernel.
-WARP_KERNEL_WARPS = 8
+def _align16(nbytes: int) -> int:
+    return -(-int(nbytes) // 16) * 16
+
+
+def stationary_smem_bytes(config: KernelConfig, itemsize: int, *, max_entries: int = 0,
+                          value_bytes: int = 0) -> int:
+    """Dynamic shared memory of one block of ``kernels/stationary.cu``.
+
+    The tile's rows and zero slot, the distinct columns' sums (``dedupe``), and with
+    ``prefetch`` two stages of a layer's ``max_entries`` 16-bit indices, their values
+    (``value_bytes`` each; 0 when values are not loaded) and out_map (``dedupe``). The
+    same arithmetic as the kernel's carving of its shared memory.
+    """
+    total = config.staging_bytes(itemsize) + config.sums_bytes(itemsize)
+    if config.prefetch:
+        stage = max_entries * (2 + value_bytes) + (2 * config.chunk if config.dedupe else 0)
+        total += 2 * _align16(stage)
+    return total
 
 
 def choose_config(neurons: int, itemsize: int, *, smem_limit: int = 227 * 1024,
                   max_accumulators: int = 64, threads: int | None = None, mb: int | None = None,
-                  opt: int | None = None, virtual: int | None = None, kernel: str = "auto") -> KernelConfig:
+                  opt: int | None = None, virtual: int | None = None, stationary: bool | None = None) -> KernelConfig:
     """A blocking for N neurons and activations of ``itemsize`` bytes (4 or 8).
 
-    Rules: 256 threads up to N = 2048, else 512 (the kernel's launch bound then leaves
-    128 registers a thread); each thread owns ``ceil(N / threads)`` outputs, at most 32
-    (wider layers are sliced over blocks); the tile has the most samples (8, 4, 2, 1)
-    whose ``opt * mb`` accumulators fit ``max_accumulators`` and whose rows fit the shared
-    memory, preferring whole rows (one chunk) and else equal chunks.
+    Stationary first (``stationary`` None or True): the tile of rows stays in shared memory
+    (``kernels/stationary.cu``) when whole rows of the largest tile among 4, 2, 1 rows fit
+    ``smem_limit`` beside the sums, leaving room for two blocks a multiprocessor where
+    possible; N must fit 16-bit indices and one slice. Otherwise the per-layer kernel:
+    256 threads up to N = 2048, else 512; each thread owns ``ceil(N / threads)`` outputs,
+    at most 32 (wider layers are sliced over blocks); the tile has the most rows (8, 4,
+    2, 1) whose ``opt * mb`` accumulators fit ``max_accumulators`` and whose rows fit the
+    shared memory, preferring whole rows (one chunk) and else equal chunks.
 
     Parameters
     ----------
@@ -153,38 +175,30 @@ def choose_config(neurons: int, itemsize: int, *, smem_limit: int = 227 * 1024,
     itemsize : int
         4 (fp32) or 8 (fp64).
     smem_limit : int
-        Dynamic shared memory a block may use, in bytes (227 KiB on an H100).
+        Dynamic shared memory a block may use, in bytes (227 KiB on an H100 or H200).
     max_accumulators : int
         Register budget of the tile, ``opt * mb``.
     threads, mb, opt : int, optional
         Force these (benchmark variants); the others follow the rules.
     virtual : int, optional
         Deduplicate (see :class:`KernelConfig`): the most distinct columns of a layer.
-        Each thread then owns ``ceil(virtual / threads)`` of them (at most 32), the block
-        owns whole samples, and the tile takes the most samples (4, 2, 1) that keep
-        the rows in at most 4 chunks beside the sums.
-    kernel : {'auto', 'block', 'warp'}
-        With ``virtual``: 'warp' the per-sample warp kernel, 'block' or 'auto' the block
-        kernel. The warp kernel is exact and tested but slower on an H100 at 1024x120
-        (3.69 ms against 3.39 ms, benchmarks/RESULTS.md), so 'auto' does not pick it.
+        Each thread then owns ``ceil(virtual / threads)`` of them (at most 32) and the
+        block owns whole rows.
+    stationary : bool, optional
+        True: only a stationary blocking (OptionError if none fits); False: only the
+        per-layer kernel; None: stationary where it fits.
     """
     n = int(neurons)
     if n < 1:
         raise OptionError(f"neurons={neurons}: expected >= 1")
-    if kernel not in ("auto", "block", "warp"):
-        raise OptionError(f"kernel={kernel!r}: expected 'auto', 'block' or 'warp'")
-    if kernel == "warp" and virtual is None:
-        raise OptionError("kernel='warp' needs deduplicated layers (virtual=)")
+    if stationary is not False:
+        cfg = _choose_stationary(n, itemsize, virtual, smem_limit, max_accumulators, threads, mb)
+        if cfg is not None:
+            return cfg
+        if stationary:
+            raise OptionError(f"N={n}: no stationary blocking fits {smem_limit} bytes of shared memory")
     if virtual is not None:
-        virtual = int(virtual)
-        warp = KernelConfig(threads=32, opt=max(1, -(-virtual // 32)), mb=1, chunk=min(n, _MAX_CHUNK),
-                            dedupe=True, warps=WARP_KERNEL_WARPS) if n <= _MAX_CHUNK and virtual <= 32 * 256 else None
-        if kernel == "warp":
-            if warp is None or warp.smem_bytes(itemsize) > smem_limit:
-                raise OptionError(f"kernel='warp': N={n}, virtual={virtual} do not fit {smem_limit} bytes of "
-                                  "shared memory a block")
-            return warp
-        return _choose_dedupe(n, itemsize, virtual, smem_limit, max_accumulators, threads, mb)
+        return _choose_dedupe(n, itemsize, int(virtual), smem_limit, max_accumulators, threads, mb)
     if threads is None:
         threads = 256 if n <= 2048 else 512
         threads = min(threads, -(-n // 32) * 32)
@@ -208,6 +222,28 @@ def choose_config(neurons: int, itemsize: int, *, smem_limit: int = 227 * 1024,
     return KernelConfig(threads=threads, opt=opt, mb=mb, chunk=chunk)
 
 
+def _choose_stationary(n, itemsize, virtual, smem_limit, max_accumulators, threads, mb) -> KernelConfig | None:
+    """The stationary blocking of :func:`choose_config`, or None when whole rows do not fit."""
+    if n > _MAX_CHUNK:                      # the zero slot's index, n, must fit 16 bits
+        return None
+    columns = n if virtual is None else int(virtual)
+    if threads is None:                     # every thread has outputs to expand (n of them)
+        threads = min(256 if n <= 4096 else 512, -(-n // 32) * 32)
+    opt = -(-columns // threads)
+    if opt > 32:
+        return None                         # would need output slices: not stationary
+    for cand in (mb,) if mb is not None else (4, 2, 1):
+        if cand * opt > max_accumulators and mb is None:
+            continue
+        cfg = KernelConfig(threads=threads, opt=opt, mb=cand, chunk=n, dedupe=virtual is not None,
+                           stationary=True)
+        need = stationary_smem_bytes(cfg, itemsize)
+        if need > smem_limit or (mb is None and cand > 1 and 2 * need > smem_limit):
+            continue                        # prefer two resident blocks to a bigger tile
+        return cfg
+    return None
+
+
 def _choose_dedupe(n, itemsize, virtual, smem_limit, max_accumulators, threads, mb) -> KernelConfig:
     if threads is None:
         threads = 256 if n <= 2048 else 512
@@ -215,7 +251,7 @@ def _choose_dedupe(n, itemsize, virtual, smem_limit, max_accumulators, threads, 
     opt = -(-virtual // threads)
     if opt > 32:
         raise OptionError(f"virtual={virtual}: too many distinct columns to deduplicate with {threads} threads")
-    # At most 4 samples a tile: measured on an H100 (1024x120, 4096x120), 4 beats 8 and 2
+    # At most 4 rows a tile: measured on an H100 (1024x120, 4096x120), 4 beats 8 and 2
     # (more blocks in flight per SM while the tile's rows are staged and written).
     cands = (mb,) if mb is not None else (4, 2, 1)
     for cand in cands:
@@ -390,11 +426,6 @@ def pack_layer(w: sp.spmatrix, config: KernelConfig, neurons: int, *,
                        out_map=out_map, virtual=nv, packed_nnz=int(csc.nnz))
 
 
-def _is_power_of_two(v: float) -> bool:
-    m, _ = np.frexp(v)
-    return v != 0 and abs(m) == 0.5
-
-
 def narrowest_exact_dtype(values: np.ndarray, activation_dtype) -> np.dtype:
     """The narrowest of float16/float32/float64 (at most the activation type) holding ``values`` exactly.
 
@@ -440,15 +471,19 @@ class ValuePlan:
 def value_plan(uniforms: list, exact_dtypes: list, activation_dtype) -> ValuePlan:
     """Pick the value mode from each layer's single value (or None) and exact value type.
 
-    One value per layer everywhere gives :data:`VALUE_SUM_THEN_SCALE` when every such
-    value is a power of two (summing first and multiplying once is then bit-identical
-    to multiplying each term), else :data:`VALUE_SCALAR`. Otherwise values are loaded
-    in the widest of the layers' exact types.
+    One value per layer everywhere gives :data:`VALUE_SUM_THEN_SCALE` in float32 when every
+    such value is a power of two (float32 is not bound to bits), and in float64 only where
+    :func:`spdnn.engines.base.sum_then_scale_exact` proves it exact, which it never does
+    here: the kernels know no bounds on the activations. Otherwise one value per layer
+    gives :data:`VALUE_SCALAR`, and other layers load values in the widest of their exact
+    types.
     """
+    act = np.dtype(activation_dtype)
     if all(u is not None for u in uniforms):
-        if all(_is_power_of_two(u) for u in uniforms):
+        if act == np.float32 and all(is_power_of_two(u) for u in uniforms):
+            return ValuePlan(VALUE_SUM_THEN_SCALE, None)
+        if act == np.float64 and all(sum_then_scale_exact(u, act) for u in uniforms):
             return ValuePlan(VALUE_SUM_THEN_SCALE, None)
         return ValuePlan(VALUE_SCALAR, None)
-    act = np.dtype(activation_dtype)
     widest = max((np.dtype(d) for d in exact_dtypes), key=lambda d: d.itemsize, default=act)
     return ValuePlan(VALUE_ARRAY, widest)

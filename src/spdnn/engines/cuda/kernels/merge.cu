@@ -1,0 +1,111 @@
+// spdnn CUDA engine: merging identical rows (exact).
+//
+// Identical rows give identical outputs in every later layer (each row's arithmetic is the
+// same sequence of operations wherever the row sits), so rows that have become equal can be
+// computed once: the first of them (the representative) carries the weight of the others
+// (the samples it stands for), and each merged row records its representative's sample id
+// in parent[], so categories and survivor counts still count every sample.
+//
+// Two launches over the n-value rows 0..*count_in-1 of y_in (table keys zeroed before):
+//  1. spdnn_merge_find: one block per row p (grid-stride). The block hashes the row (sum of
+//     hash_term over its nonzero values: equal rows hash equal). Thread 0 claims the hash in
+//     an open-addressing table (keys[tmask + 1], vals[tmask + 1]) with atomicCAS: the first
+//     claimer is a representative and publishes its row index at once (the row exists
+//     already, so nobody ever waits on more than that store); a row finding its hash taken
+//     waits for that index q, and the block compares the two rows bit for bit. Equal: rep[p]
+//     = q and p's weight is added to wadd[q]. A hash collision or a full probe sequence:
+//     rep[p] = p (the row stays on its own; merging is an optimisation, never a guess).
+//  2. spdnn_merge_compact: one block per row p (grid-stride). Representatives and unmerged
+//     rows (rep[p] == p) move to the first rows of y_out with their ids and weights (plus
+//     wadd[p], then cleared); a merged row leaves parent[its id] = its representative's id.
+
+namespace {
+constexpr int kMaxProbes = 64;
+}
+
+template <typename T>
+__global__ void spdnn_merge_find(const T* __restrict__ y, const int* __restrict__ wts,
+                                 const int* __restrict__ count_in, unsigned long long* __restrict__ keys,
+                                 int* __restrict__ vals, int tmask, int* __restrict__ rep,
+                                 int* __restrict__ wadd, int n) {
+    __shared__ unsigned long long scratch[32];
+    __shared__ int s_cand;
+    const int count = *count_in;
+    for (int p = blockIdx.x; p < count; p += gridDim.x) {
+        const T* yp = y + (size_t)p * n;
+        unsigned long long h = 0;
+        for (int j = threadIdx.x; j < n; j += blockDim.x) h += spdnn::hash_term(yp[j], j);
+        h = spdnn::block_sum(h, scratch);
+        if (threadIdx.x == 0) {
+            const unsigned long long key = h | 1ull;  // never the empty key 0
+            int slot = static_cast<int>(spdnn::mix64(h) & static_cast<unsigned long long>(tmask));
+            int cand = p;  // p: representative or alone; another row: compare with it
+            for (int probe = 0; probe < kMaxProbes; ++probe, slot = (slot + 1) & tmask) {
+                const unsigned long long prev = atomicCAS(keys + slot, 0ull, key);
+                if (prev == 0ull) {              // claimed: p represents this hash
+                    atomicExch(vals + slot, p + 1);
+                    break;
+                }
+                if (prev == key) {               // taken: wait for the claimer's row index
+                    int v;
+                    do {
+                        v = atomicAdd(vals + slot, 0);
+                    } while (v == 0);
+                    cand = v - 1;
+                    break;
+                }
+            }
+            s_cand = cand;
+        }
+        __syncthreads();
+        const int q = s_cand;
+        if (q != p) {
+            const T* yq = y + (size_t)q * n;
+            int differ = 0;
+            for (int j = threadIdx.x; j < n; j += blockDim.x)
+                differ |= spdnn::value_bits(yp[j]) != spdnn::value_bits(yq[j]);
+            if (__syncthreads_or(differ)) {
+                if (threadIdx.x == 0) rep[p] = p;  // a hash collision: keep the row
+            } else if (threadIdx.x == 0) {
+                rep[p] = q;
+                atomicAdd(wadd + q, wts[p]);
+            }
+        } else if (threadIdx.x == 0) {
+            rep[p] = p;
+        }
+        __syncthreads();  // s_cand and scratch are reused for the next row
+    }
+}
+
+template <typename T>
+__global__ void spdnn_merge_compact(const T* __restrict__ y_in, T* __restrict__ y_out,
+                                    const int* __restrict__ ids_in, int* __restrict__ ids_out,
+                                    const int* __restrict__ wts_in, int* __restrict__ wts_out,
+                                    const int* __restrict__ count_in, int* __restrict__ count_out,
+                                    const int* __restrict__ rep, int* __restrict__ wadd,
+                                    int* __restrict__ parent, int n) {
+    __shared__ int s_row;
+    const int count = *count_in;
+    for (int p = blockIdx.x; p < count; p += gridDim.x) {
+        if (threadIdx.x == 0) {
+            const int q = rep[p];
+            if (q == p) {
+                s_row = atomicAdd(count_out, 1);
+                ids_out[s_row] = ids_in[p];
+                wts_out[s_row] = wts_in[p] + wadd[p];
+                wadd[p] = 0;
+            } else {
+                s_row = -1;
+                parent[ids_in[p]] = ids_in[q];
+            }
+        }
+        __syncthreads();
+        const int row = s_row;
+        if (row >= 0) {
+            const T* a = y_in + (size_t)p * n;
+            T* b = y_out + (size_t)row * n;
+            for (int j = threadIdx.x; j < n; j += blockDim.x) b[j] = a[j];
+        }
+        __syncthreads();  // s_row is reused for the next row
+    }
+}
