@@ -14,7 +14,6 @@ clears old ones from a folder.
 from __future__ import annotations
 
 import contextlib
-import errno
 import gzip
 import io
 import os
@@ -25,15 +24,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from .errors import DiskFullError
+from .errors import DISK_FULL_ERRNOS, DiskFullError
 
 __all__ = ["atomic_path", "atomic_open", "atomic_write_bytes", "remove_stale_temporaries", "TEMP_GLOB"]
 
 #: Glob pattern of the temporary files of this module (in the target's folder).
 TEMP_GLOB = ".*.tmp"
-
-#: errno values that mean "the device (or the quota) is full".
-_FULL = {errno.ENOSPC} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set())
 
 
 def _free_bytes(folder: Path) -> int | None:
@@ -80,7 +76,7 @@ def _about_target(exc: OSError, target: Path, *, written: int, size: int | None)
     kind of OSError naming ``target`` where it named a temporary file or nothing."""
     if isinstance(exc, DiskFullError):
         return exc
-    if exc.errno in _FULL:
+    if exc.errno in DISK_FULL_ERRNOS:
         return DiskFullError(target, needed=size, written=written, free=_free_bytes(target.parent),
                              code=exc.errno)
     if exc.errno is not None and (exc.filename is None or _is_temporary(exc.filename, target)):

@@ -40,7 +40,8 @@ import click
 
 from . import __version__
 from .config import env_flag
-from .errors import DataNotFoundError, ExitCode, FormatError, OptionError, SpdnnError, format_bytes
+from .errors import (DISK_FULL_ERRNOS, DataNotFoundError, ExitCode, FormatError, OptionError, SpdnnError,
+                     format_bytes)
 from .engines import ENGINES, PRECISIONS
 
 __all__ = ["cli", "main"]
@@ -91,7 +92,7 @@ def _os_error_text(exc: OSError) -> str:
     """``path: reason`` for a failed file operation (``reason`` alone when no path is known)."""
     if isinstance(exc, SpdnnError):
         return str(exc)
-    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+    if exc.errno in DISK_FULL_ERRNOS:
         # a write outside spdnn._atomic (which raises DiskFullError with the space needed)
         where, free = "a write", None
         if exc.filename is not None:
@@ -122,6 +123,20 @@ class SpdnnCommand(click.Command):
             if exc.errno == errno.EPIPE:
                 raise
             raise CliError(_option_wording(_os_error_text(exc), self)) from exc
+
+
+class PipeClosed(Exception):
+    """The reader of stdout went away (EPIPE); raised instead of the OSError, which click's
+    main would turn into exit status 1 (the code of a FAIL)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (``kill``, ``timeout``): unwinds like Ctrl-C, so atomic writers
+    remove their temporary files, and exits 143."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 def _debug() -> bool:
@@ -171,11 +186,6 @@ def _report(exc: BaseException) -> int:
     click.echo(f"spdnn: internal error: {type(exc).__name__}: {_one_line(str(exc))} (a bug in spdnn "
                f"{__version__}: please report it with the command line{debug})", err=True)
     return int(ExitCode.INTERNAL)
-
-
-class PipeClosed(Exception):
-    """The reader of stdout went away (EPIPE); raised instead of the OSError, which click's
-    main would turn into exit status 1 (the code of a FAIL)."""
 
 
 class SpdnnGroup(click.Group):
@@ -845,15 +855,6 @@ def bench(cells, engine_names, repeats, samples, precision, seed, json_out, plot
         _status(f"wrote {plot}")
     if not report["passed"]:
         sys.exit(ExitCode.FAIL)
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived (``kill``, ``timeout``): unwinds like Ctrl-C, so atomic writers
-    remove their temporary files, and exits 143."""
-
-
-def _on_sigterm(signum, frame):
-    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,6 +21,7 @@ __all__ = [
     "OptionError",
     "DeviceMemoryError",
     "DiskFullError",
+    "DISK_FULL_ERRNOS",
     "ExitCode",
     "format_bytes",
 ]
@@ -101,6 +102,10 @@ class OptionError(SpdnnError, ValueError):
 
 class DeviceMemoryError(SpdnnError, MemoryError):
     """The device does not have the memory the run needs, even after batching."""
+
+
+#: errno values that mean "the device (or the user's quota) is full".
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC} | ({errno.EDQUOT} if hasattr(errno, "EDQUOT") else set()))
 
 
 def format_bytes(count: int | float) -> str:
