@@ -364,6 +364,8 @@ def test_cpu_peers_script_smoke(cache, tmp_path):
     (["bench", "--cells", "1024by120"], ["--cells", "1024by120"]),
     (["bench", "--engines", "cpu,nope"], ["--engines", "nope"]),
     (["bench", "--bandwidth-gbs", "-3"], ["--bandwidth-gbs"]),
+    (["bench", "--json-out", "/dev/null/x.json"], ["--json-out", "/dev/null is not a directory"]),
+    (["bench", "--plot", "/"], ["--plot", "is a directory"]),
     (["download", "--neurons", "1024", "--layers", "120", "--out", "x", "--what", "weights"], ["--what", "weights"]),
     (["run", "--bogus"], ["--bogus"]),
     (["run", "--merge", "maybe"], ["--merge", "maybe"]),

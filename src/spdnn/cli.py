@@ -811,9 +811,9 @@ def _bandwidth(ctx, param, value):
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True,
               help="Precision of every engine (the truth is always float64).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Generator seed.")
-@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=_writable_file,
               help="Write the full report (every cell, engine, repeat, survivors, floor) as JSON.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=_writable_file,
               help="Write a PNG plot (needs matplotlib).")
 @click.option("--bandwidth-gbs", default="auto", show_default=True, callback=_bandwidth,
               help="Memory bandwidth of the floor, GB/s; auto: measured host copy / GPU peak.")
