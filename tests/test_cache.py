@@ -1,52 +1,66 @@
-"""The binary cache: reused on the next read, rebuilt when the source changes or the entry is damaged."""
+"""The binary cache: keyed by content, reused, rebuilt when damaged, shared, cleaned, reported."""
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
 import tarfile
+import textwrap
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 from spdnn.formats import cache as fcache
-from spdnn.formats import official, read_features, read_network, write_features_tsv, write_layer_tsv
-from spdnn.formats import tsv
+from spdnn.formats import cache_info, clear_cache, features, networks, read_features, read_network
+from spdnn.formats import write_features_tsv, write_layer_tsv
+from spdnn.network import LazyLayers
 
-from factories import random_layer
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def cache_root(tmp_path, monkeypatch):
     root = tmp_path / "cache"
     monkeypatch.setenv("SPDNN_CACHE_DIR", str(root))
-    return root / "binary"
+    return root / "binary" / f"v{fcache.CACHE_VERSION}"
 
 
 @pytest.fixture
 def parse_counter(monkeypatch):
     """Counts layer and feature parses (text reads), so a test can tell a cache hit from a miss."""
-    calls = {"layers": 0, "entries": 0}
-    layer_stream = tsv.parse_layer_stream
-    read_entries = official.read_entries
+    calls = {"layers": 0, "features": 0}
+    layer_stream = networks.parse_layer_stream
+    stream_features = features._stream_to_npz
 
     def counting_layer(*args, **kwargs):
         calls["layers"] += 1
         return layer_stream(*args, **kwargs)
 
-    def counting_entries(*args, **kwargs):
-        calls["entries"] += 1
-        return read_entries(*args, **kwargs)
+    def counting_features(*args, **kwargs):
+        calls["features"] += 1
+        return stream_features(*args, **kwargs)
 
-    monkeypatch.setattr(official, "parse_layer_stream", counting_layer)
-    monkeypatch.setattr(official, "read_entries", counting_entries)
+    monkeypatch.setattr(networks, "parse_layer_stream", counting_layer)
+    monkeypatch.setattr(features, "_stream_to_npz", counting_features)
     return calls
+
+
+def official_valued_layer(rng, n, density=0.1):
+    w = sp.random(n, n, density=density, format="csr", random_state=rng)
+    w.data[:] = 0.0625
+    return w
 
 
 def small_network(rng, directory, n=48, depth=3):
     directory.mkdir(parents=True, exist_ok=True)
     layers = []
     for k in range(1, depth + 1):
-        w = random_layer(rng, n, 0.1, values=(0.0, 1.0))
+        w = sp.random(n, n, density=0.1, format="csr", random_state=rng)
         write_layer_tsv(directory / f"n{n}-l{k}.tsv", w)
         layers.append(w)
     return layers
@@ -58,123 +72,306 @@ def assert_same_network(a, b):
         assert (x != y).nnz == 0 and x.dtype == y.dtype == np.float64
 
 
-def bump_mtime(path):
-    st = os.stat(path)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+def entries(root, kind="network"):
+    return sorted(root.glob(f"{kind}-*"))
 
 
-def test_cache_path_is_keyed_and_under_cache_dir(cache_root):
-    a = fcache.cache_path("network", {"x": 1, "y": [1, 2]})
-    assert a.parent == cache_root and a.name.startswith("network-") and a.suffix == ".npz"
-    assert a == fcache.cache_path("network", {"y": [1, 2], "x": 1})
-    assert a != fcache.cache_path("network", {"x": 2, "y": [1, 2]})
-    assert a != fcache.cache_path("features", {"x": 1, "y": [1, 2]})
+def is_mapped(array) -> bool:
+    """Whether ``array`` is a view of a memory-mapped file."""
+    while array is not None:
+        if isinstance(array, np.memmap):
+            return True
+        array = getattr(array, "base", None)
+    return False
 
 
-def test_network_cache_reused(rng, tmp_path, cache_root, parse_counter):
-    small_network(rng, tmp_path / "neuron48")
+def rewrite_keeping_size_and_mtime(path: Path, data: bytes) -> None:
+    """What `cp -p` / `rsync -t` / `touch -d` leave: other bytes, the same size and mtime."""
+    st = path.stat()
+    assert len(data) == st.st_size
+    path.write_bytes(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+
+
+# --- reuse and keys -----------------------------------------------------------------------
+
+def test_network_cache_reused_and_memory_mapped(rng, tmp_path, cache_root, parse_counter):
+    written = small_network(rng, tmp_path / "neuron48")
     first = read_network(tmp_path, bias=-0.3)
-    assert parse_counter["layers"] == 3
-    entries = list(cache_root.glob("network-*.npz"))
-    assert len(entries) == 1
+    assert parse_counter["layers"] == 3 and len(entries(cache_root)) == 1
     second = read_network(tmp_path, bias=-0.3)
     assert parse_counter["layers"] == 3  # no text parsed
     assert_same_network(first, second)
-    assert all(w.has_canonical_format for w in second.layers)
-    # cache=False neither reads nor writes the cache.
-    read_network(tmp_path, bias=-0.3, cache=False)
-    assert parse_counter["layers"] == 6 and len(list(cache_root.glob("*.npz"))) == 1
+    assert isinstance(second.layers, LazyLayers) and second.edges == sum(w.nnz for w in written)
+    w = second.layers[1]
+    assert w.has_canonical_format and (w != written[1]).nnz == 0
+    assert is_mapped(w.indices)  # mapped from the entry, not copied
+    # cache=False neither reads nor writes the cache, and still streams (lazy layers).
+    third = read_network(tmp_path, bias=-0.3, cache=False)
+    assert parse_counter["layers"] == 6 and len(entries(cache_root)) == 1
+    assert isinstance(third.layers, LazyLayers)
+    assert_same_network(first, third)
 
 
-def test_network_cache_invalidated_by_touch_and_change(rng, tmp_path, cache_root, parse_counter):
+def test_rewrite_keeping_size_and_mtime_is_seen(rng, tmp_path, cache_root, parse_counter):
+    """A stale entry must never be served: the key is the content, not (size, mtime)."""
+    directory = tmp_path / "neuron48"
+    directory.mkdir()
+    path = directory / "n48-l1.tsv"
+    w = official_valued_layer(rng, 48)
+    write_layer_tsv(path, w)
+    assert read_network(tmp_path, bias=-0.3).layers[0].data[0] == 0.0625
+    text = path.read_bytes()
+    rewrite_keeping_size_and_mtime(path, text.replace(b"6.250000e-02", b"1.250000e-01"))
+    net = read_network(tmp_path, bias=-0.3)
+    assert parse_counter["layers"] == 2
+    assert np.all(net.layers[0].data == 0.125)
+    assert len(entries(cache_root)) == 1  # the stale entry of this source was removed
+
+
+def test_touch_reparses_but_keeps_the_entry(rng, tmp_path, cache_root, parse_counter):
     small_network(rng, tmp_path / "neuron48")
     read_network(tmp_path, bias=-0.3)
-    bump_mtime(tmp_path / "neuron48" / "n48-l2.tsv")
+    (before,) = entries(cache_root)
+    path = tmp_path / "neuron48" / "n48-l2.tsv"
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     read_network(tmp_path, bias=-0.3)
-    assert parse_counter["layers"] == 6
-    w = sp.identity(48, format="csr") * 0.5
-    write_layer_tsv(tmp_path / "neuron48" / "n48-l2.tsv", w)
-    net = read_network(tmp_path, bias=-0.3)
-    assert (net.layers[1] != w).nnz == 0
-    # Requested layers are part of the key.
-    sub = read_network(tmp_path, layers=2, bias=-0.3)
-    assert sub.depth == 2 and (sub.layers[1] != w).nnz == 0
-    # Stale entries of a changed source were removed: one per request remains.
-    assert len(list(cache_root.glob("network-*.npz"))) == 2
+    assert parse_counter["layers"] == 6  # the state changed: hashed again while parsed
+    assert entries(cache_root) == [before]  # same bytes, same entry
+    read_network(tmp_path, bias=-0.3)
+    assert parse_counter["layers"] == 6  # and the new state is remembered
+
+
+def test_layers_asked_for_are_part_of_the_key(rng, tmp_path, cache_root, parse_counter):
+    written = small_network(rng, tmp_path / "neuron48", depth=4)
+    sub = read_network(tmp_path, layers=[4, 2], bias=-0.3)
+    assert sub.depth == 2 and (sub.layers[0] != written[3]).nnz == 0 and (sub.layers[1] != written[1]).nnz == 0
+    full = read_network(tmp_path, bias=-0.3)
+    assert full.depth == 4 and parse_counter["layers"] == 6 and len(entries(cache_root)) == 2
+    assert full.truncated(2).edges == written[0].nnz + written[1].nnz
+
+
+def test_same_bytes_elsewhere_share_the_entry(rng, tmp_path, cache_root, parse_counter):
+    small_network(rng, tmp_path / "a" / "neuron48")
+    small_network(np.random.default_rng(rng.integers(1 << 30)), tmp_path / "b" / "neuron48")
+    for k in (1, 2, 3):
+        (tmp_path / "b" / "neuron48" / f"n48-l{k}.tsv").write_bytes(
+            (tmp_path / "a" / "neuron48" / f"n48-l{k}.tsv").read_bytes())
+    a = read_network(tmp_path / "a", bias=-0.3)
+    b = read_network(tmp_path / "b", bias=-0.3)
+    assert_same_network(a, b)
+    assert len(entries(cache_root)) == 1
 
 
 def test_archive_cache_and_invalidation(rng, tmp_path, cache_root, parse_counter):
     layers = small_network(rng, tmp_path / "src", n=32, depth=2)
     archive = tmp_path / "neuron32.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for k in (1, 2):
-            tar.add(tmp_path / "src" / f"n32-l{k}.tsv", arcname=f"neuron32/n32-l{k}.tsv")
+
+    def pack():
+        with tarfile.open(archive, "w:gz") as tar:
+            for k in (2, 1):  # members out of order
+                tar.add(tmp_path / "src" / f"n32-l{k}.tsv", arcname=f"neuron32/n32-l{k}.tsv")
+
+    pack()
     net = read_network(archive, bias=-0.1)
     net2 = read_network(archive, bias=-0.1)
     assert parse_counter["layers"] == 2
     assert_same_network(net, net2)
-    assert (net2.layers[0] != layers[0]).nnz == 0
-    bump_mtime(archive)
-    read_network(archive, bias=-0.1)
-    assert parse_counter["layers"] == 4
+    assert (net2.layers[0] != layers[0]).nnz == 0 and (net2.layers[1] != layers[1]).nnz == 0
+    write_layer_tsv(tmp_path / "src" / "n32-l1.tsv", sp.identity(32, format="csr") * 0.5)
+    pack()
+    changed = read_network(archive, bias=-0.1)
+    assert parse_counter["layers"] == 4 and np.all(changed.layers[0].data == 0.5)
+    assert len(entries(cache_root)) == 1
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
-def test_corrupt_cache_entry_is_rebuilt(rng, tmp_path, cache_root, parse_counter, damage):
+@pytest.mark.parametrize("damage", ["layer-garbage", "layer-truncated", "layer-missing", "meta-garbage"])
+def test_damaged_cache_entry_is_rebuilt(rng, tmp_path, cache_root, parse_counter, damage):
     small_network(rng, tmp_path / "neuron48")
     good = read_network(tmp_path, bias=-0.3)
-    (entry,) = cache_root.glob("network-*.npz")
-    blob = entry.read_bytes()
-    entry.write_bytes({"garbage": b"not a zip file" * 100, "truncated": blob[: len(blob) // 2], "empty": b""}[damage])
-    again = read_network(tmp_path, bias=-0.3)  # pytest turns any warning into an error
+    (entry,) = entries(cache_root)
+    layer = entry / "l00002.npy"
+    if damage == "layer-garbage":
+        layer.write_bytes(b"not an npy file" * 10)
+    elif damage == "layer-truncated":
+        layer.write_bytes(layer.read_bytes()[:-8])
+    elif damage == "layer-missing":
+        layer.unlink()
+    else:
+        (entry / "meta.json").write_text("{not json")
+    again = read_network(tmp_path, bias=-0.3)
     assert parse_counter["layers"] == 6
     assert_same_network(good, again)
-    assert entry.read_bytes() == blob  # rewritten in full
 
 
-def test_cache_entry_with_foreign_key_is_ignored(rng, tmp_path, cache_root, parse_counter):
-    small_network(rng, tmp_path / "neuron48")
-    read_network(tmp_path, bias=-0.3)
-    (entry,) = cache_root.glob("network-*.npz")
-    with np.load(entry) as z:
-        arrays = {name: z[name] for name in z.files}
-    arrays["__key__"] = np.frombuffer(b"another key", np.uint8)
-    with open(entry, "wb") as fh:
-        np.savez(fh, **arrays)
-    read_network(tmp_path, bias=-0.3)
-    assert parse_counter["layers"] == 6
-
+# --- features ----------------------------------------------------------------------------
 
 def test_features_cache(rng, tmp_path, cache_root, parse_counter):
     x = sp.random(30, 20, density=0.2, format="csr", random_state=rng)
     x.data[:] = 1.0
     path = tmp_path / "sparse-images-20.tsv"
     write_features_tsv(path, x)
-    a = read_features(path, neurons=20)
-    b = read_features(path, neurons=20)
-    assert parse_counter["entries"] == 1 and (a != b).nnz == 0 and b.has_canonical_format
-    read_features(path, neurons=20, samples=30)  # different request, different entry
-    assert parse_counter["entries"] == 2
+    a = read_features(path, neurons=20, samples=30)
+    b = read_features(path, neurons=20, samples=30)
+    assert parse_counter["features"] == 1 and (a != b).nnz == 0 and b.has_canonical_format
+    assert b.data.strides == (0,)  # values of 1 are not stored
+    read_features(path, neurons=20, samples=40)  # a different request, a different entry
+    assert parse_counter["features"] == 2 and len(entries(cache_root, "features")) == 2
     y = x.copy()
     y.data[:] = 2.0
     write_features_tsv(path, y)
-    c = read_features(path, neurons=20)
-    assert parse_counter["entries"] == 3 and np.all(c.data == 2.0)
+    c = read_features(path, neurons=20, samples=30)
+    assert parse_counter["features"] == 3 and np.all(c.data == 2.0) and c.shape == (30, 20)
 
 
-def test_unwritable_cache_is_not_an_error(rng, tmp_path, monkeypatch, parse_counter):
+def test_features_rewrite_keeping_size_and_mtime(tmp_path, cache_root):
+    path = tmp_path / "f.tsv"
+    path.write_bytes(b"1\t1\t1\n2\t2\t1\n")
+    assert read_features(path, neurons=3, samples=2).toarray().tolist() == [[1, 0, 0], [0, 1, 0]]
+    rewrite_keeping_size_and_mtime(path, b"1\t3\t1\n2\t2\t1\n")
+    assert read_features(path, neurons=3, samples=2).toarray().tolist() == [[0, 0, 1], [0, 1, 0]]
+
+
+# --- an unwritable cache, leftovers, sharing ----------------------------------------------
+
+def test_unwritable_cache_warns_once_and_still_streams(rng, tmp_path, monkeypatch, parse_counter):
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache folder should be")
     monkeypatch.setenv("SPDNN_CACHE_DIR", str(blocker))
-    small_network(rng, tmp_path / "neuron48")
-    assert read_network(tmp_path, bias=-0.3).depth == 3
-    assert read_network(tmp_path, bias=-0.3).depth == 3
+    monkeypatch.setattr(fcache, "_warned", set())
+    written = small_network(rng, tmp_path / "neuron48")
+    with pytest.warns(RuntimeWarning, match="cannot write the binary cache .*file.*reading into a temporary folder"):
+        net = read_network(tmp_path, bias=-0.3)
+    assert isinstance(net.layers, LazyLayers) and (net.layers[2] != written[2]).nnz == 0
+    folder = net.layers._make.folder
+    assert folder.is_dir() and not str(folder).startswith(str(blocker))
+    assert read_network(tmp_path, bias=-0.3).depth == 3  # no second warning (warnings are errors here)
     assert parse_counter["layers"] == 6
+    del net
+    import gc
+
+    gc.collect()
+    assert not folder.exists()  # the private copy went with the network
+
+
+def test_full_disk_falls_back_to_memory(rng, tmp_path, cache_root, monkeypatch, parse_counter):
+    import errno
+
+    written = small_network(rng, tmp_path / "neuron48")
+    monkeypatch.setattr(fcache, "_warned", set())
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fcache.np, "save", full)
+    with pytest.warns(RuntimeWarning) as record:
+        net = read_network(tmp_path, bias=-0.3)
+    messages = [str(r.message) for r in record]
+    assert any("binary cache" in m and "No space left" in m for m in messages)
+    assert any("reading into memory" in m for m in messages)
+    assert isinstance(net.layers, list) and (net.layers[0] != written[0]).nnz == 0
+    assert not any(cache_root.glob("network-*")) and not any((cache_root / "tmp").iterdir())
+
+
+def test_stale_scratch_of_a_killed_process_is_removed(rng, tmp_path, cache_root):
+    small_network(rng, tmp_path / "neuron48", depth=6)
+    script = textwrap.dedent("""
+        import sys, time
+        from spdnn.formats import cache, networks
+        add = cache.LayerWriter.add
+        def slow(self, k, w):
+            add(self, k, w)
+            print("wrote", k, flush=True)
+            time.sleep(60)
+        cache.LayerWriter.add = slow
+        networks.read_network(sys.argv[1], bias=-0.3)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().startswith("wrote")
+        scratch = [p for p in (cache_root / "tmp").iterdir() if p.is_dir()]
+        assert len(scratch) == 1 and any(scratch[0].rglob("l*.npy"))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    assert scratch[0].exists()  # what a kill -9 leaves
+    fcache._cleaned.cache_clear()
+    net = read_network(tmp_path, bias=-0.3)
+    assert net.depth == 6 and not scratch[0].exists()
+    assert [p.name for p in (cache_root / "tmp").iterdir()] == []
+
+
+def test_a_live_scratch_folder_is_kept(tmp_path, cache_root):
+    with fcache.scratch_dir() as mine:
+        (mine / "x").write_bytes(b"in progress")
+        assert fcache.clean_stale() == 0
+        assert (mine / "x").exists()
+    assert not mine.exists()
+
+
+def test_concurrent_readers_parse_once(rng, tmp_path, cache_root):
+    """Two processes (say, MPI ranks) ask for the same network: one parses, the other waits and maps."""
+    small_network(rng, tmp_path / "neuron48", depth=4)
+    script = textwrap.dedent("""
+        import sys, time
+        from spdnn.formats import networks
+        parse = networks.parse_layer_stream
+        count = [0]
+        def counting(*a, **k):
+            count[0] += 1
+            time.sleep(0.3)
+            return parse(*a, **k)
+        networks.parse_layer_stream = counting
+        net = networks.read_network(sys.argv[1], bias=-0.3, progress=False)
+        print(count[0], net.edges, type(net.layers).__name__)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(int(o[0]) for o in outs) == [0, 4]  # parsed once, by one of them
+    assert outs[0][1:] == outs[1][1:] and outs[0][2] == "LazyLayers"
+    assert len(entries(cache_root)) == 1
+
+
+def test_older_cache_versions_are_removed(rng, tmp_path, cache_root):
+    old = cache_root.parent / "network-0123.npz"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"x" * 1000)
+    (cache_root.parent / "v1").mkdir()
+    small_network(rng, tmp_path / "neuron48")
+    fcache._cleaned.cache_clear()
+    read_network(tmp_path, bias=-0.3)
+    assert sorted(p.name for p in cache_root.parent.iterdir()) == [cache_root.name]
+
+
+def test_cache_info_and_clear(rng, tmp_path, cache_root):
+    small_network(rng, tmp_path / "neuron48")
+    assert cache_info()["total_bytes"] == 0
+    read_network(tmp_path, bias=-0.3)
+    x = sp.random(10, 48, density=0.3, format="csr", random_state=rng)
+    write_features_tsv(tmp_path / "sparse-images-48.tsv", x)
+    read_features(tmp_path / "sparse-images-48.tsv", neurons=48, samples=10)
+    generated = cache_root.parents[1] / "generated"
+    generated.mkdir()
+    (generated / "features.npz").write_bytes(b"y" * 5000)
+    info = cache_info()
+    assert info["network_entries"] == 1 and info["features_entries"] == 1
+    assert info["generated_bytes"] == 5000 and info["binary_bytes"] > 1000
+    assert info["total_bytes"] == info["binary_bytes"] + info["generated_bytes"]
+    freed = clear_cache()
+    assert freed >= info["total_bytes"] - 4096  # records and locks may stay
+    after = cache_info()
+    assert after["network_entries"] == after["features_entries"] == 0 and after["generated_bytes"] == 0
+    json.dumps(after)
 
 
 def test_official_archive_cached(official_dir, cache_root):
-    import time
-
     first = read_network(official_dir / "neuron1024.tar.gz", layers=20)
     t = time.perf_counter()
     second = read_network(official_dir / "neuron1024.tar.gz", layers=20)

@@ -441,9 +441,9 @@ def test_features_tsv_roundtrip(rng, tmp_path):
     assert samples_in_file == sorted(samples_in_file)
     got = read_features(tmp_path / "sparse-images-16.tsv.gz", neurons=16, samples=40, cache=False)
     assert same_csr(got, x)
-    # Without neurons/samples, the shape comes from the largest ids.
-    last_row = int(np.flatnonzero(np.diff(x.indptr))[-1]) + 1
-    assert read_features(tmp_path / "sparse-images-16.tsv.gz", cache=False).shape[0] == last_row
+    # Without neurons, N is the largest feature id; without samples, the official 60,000 rows.
+    default = read_features(tmp_path / "sparse-images-16.tsv.gz", cache=False)
+    assert default.shape == (60000, int(x.indices.max()) + 1) and same_csr(default[:40, :], x[:, :default.shape[1]])
 
 
 def test_features_tsv_bounds(tmp_path):
@@ -452,6 +452,54 @@ def test_features_tsv_bounds(tmp_path):
         read_features(tmp_path / "f.tsv", samples=4, cache=False)
     with pytest.raises(FormatError, match=r"f\.tsv:2: feature 2 out of range 1..1"):
         read_features(tmp_path / "f.tsv", neurons=1, cache=False)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_features_sample_count_is_official_unless_told(tmp_path, cache):
+    path = tmp_path / "sparse-images-4.tsv"
+    path.write_text("1\t1\t1\n3\t2\t1\n")
+    got = read_features(path, cache=cache)
+    assert got.shape == (60000, 2) and got.nnz == 2  # the trailing empty samples count
+    assert read_features(path, samples=98, cache=cache).shape == (98, 2)
+    path.write_text("1\t1\t1\n5000000\t2\t1\n3\t2\t1\n")  # one stray line
+    with pytest.raises(FormatError, match=r"sparse-images-4\.tsv:2: sample 5000000 out of range 1\.\.60000 "
+                                          r"\(the official number of samples; pass samples= or --samples"):
+        read_features(path, cache=cache)
+    assert read_features(path, samples=5_000_000, cache=cache).shape == (5_000_000, 2)
+
+
+def test_features_out_of_order_and_duplicates_stream_or_fall_back(tmp_path):
+    (tmp_path / "f.tsv").write_text("2\t1\t1\n1\t3\t1\n1\t1\t0.5\n")  # rows out of order
+    got = read_features(tmp_path / "f.tsv", neurons=3, samples=2)
+    assert got.toarray().tolist() == [[0.5, 0, 1], [1, 0, 0]]
+    (tmp_path / "d.tsv").write_text("1\t1\t1\n1\t2\t1\n1\t2\t1\n")
+    with pytest.raises(FormatError, match=r"d\.tsv:3: duplicate entry \(sample 1, feature 2\), first given on line 2"):
+        read_features(tmp_path / "d.tsv", neurons=3, samples=2)
+    (tmp_path / "e.tsv").write_text("2\t1\t1\n1\t3\t1\n2\t1\t1\n")
+    with pytest.raises(FormatError, match=r"e\.tsv:3: duplicate entry \(sample 2, feature 1\), first given on line 1"):
+        read_features(tmp_path / "e.tsv", neurons=3, samples=2)
+
+
+def test_features_duplicate_across_blocks(tmp_path, monkeypatch):
+    from spdnn.formats import text
+
+    monkeypatch.setattr(text, "CHUNK_BYTES", 16)
+    lines = [f"{i}\t1\t1" for i in range(1, 40)]
+    lines.insert(20, lines[19])
+    (tmp_path / "f.tsv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(FormatError, match=r"f\.tsv:21: duplicate entry \(sample 20, feature 1\), first given on "
+                                          r"line 20"):
+        read_features(tmp_path / "f.tsv", neurons=1, samples=40)
+
+
+def test_truth_ids_beyond_the_samples_named_when_read(tmp_path):
+    (tmp_path / "c.tsv").write_text("3\n60001\n7\n")
+    assert read_categories(tmp_path / "c.tsv").tolist() == [3, 7, 60001]
+    with pytest.raises(FormatError, match=r"c\.tsv:2: sample id 60001 is beyond the 60,000 samples of the features"):
+        read_categories(tmp_path / "c.tsv", samples=60000)
+    (tmp_path / "c.mtx").write_text("%%MatrixMarket matrix coordinate pattern general\n%\n20 1 2\n4 1\n12 1\n")
+    with pytest.raises(FormatError, match=r"c\.mtx:5: sample id 12 is beyond the 10 samples"):
+        read_categories(tmp_path / "c.mtx", samples=10)
 
 
 def test_categories_tsv_and_mtx(tmp_path):
@@ -538,3 +586,82 @@ def test_find_official_layouts(rng, tmp_path):
         find_official(tmp_path, neurons=128)
     with pytest.raises(DataNotFoundError):
         find_official(tmp_path / "neuron64")
+
+
+def test_flat_folder_of_layer_files_gets_a_hint(rng, tmp_path):
+    write_network_dir(tmp_path, [random_layer(rng, 16) for _ in range(120)], 16)
+    (tmp_path / "sparse-images-16.tsv").write_text("1\t1\t1\n")
+    with pytest.raises(DataNotFoundError) as err:
+        find_official(tmp_path)
+    message = str(err.value)
+    assert "holds 120 layer files n16-l{k}.tsv directly" in message and "neuron16/" in message
+    assert len(message) < 300 and "n16-l7.tsv" not in message
+    (tmp_path / "elsewhere").mkdir()
+    for i in range(30):
+        (tmp_path / "elsewhere" / f"file{i:02d}.txt").write_text("")
+    with pytest.raises(DataNotFoundError, match=r"found: file00\.txt, .*file07\.txt and 22 more$"):
+        find_official(tmp_path / "elsewhere")
+
+
+@pytest.mark.parametrize("where", [0.3, 0.6, 0.9])
+def test_archive_with_zeroed_bytes_is_a_corrupt_archive(rng, tmp_path, where):
+    members = {}
+    for k in (1, 2, 3):
+        write_layer_tsv(tmp_path / "l.tsv", random_layer(rng, 64, density=0.3))
+        members[f"neuron64/n64-l{k}.tsv"] = (tmp_path / "l.tsv").read_bytes()
+    make_tar(tmp_path / "neuron64.tar.gz", members)
+    blob = bytearray((tmp_path / "neuron64.tar.gz").read_bytes())
+    at = int(len(blob) * where)
+    blob[at:at + 512] = bytes(512)
+    (tmp_path / "neuron64.tar.gz").write_bytes(bytes(blob))
+    with pytest.raises(FormatError, match=r"neuron64\.tar\.gz: archive is truncated or corrupt"):
+        read_network(tmp_path / "neuron64.tar.gz", bias=-0.1)
+    with pytest.raises(FormatError, match=r"neuron64\.tar\.gz: archive is truncated or corrupt"):
+        read_network(tmp_path / "neuron64.tar.gz", layers=[1], bias=-0.1, cache=False)
+
+
+# --- streaming: memory does not grow with the number of layers or feature lines -------------
+
+def _peak_bytes(fn) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = fn()
+        return tracemalloc.get_traced_memory()[1], result
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_reading_holds_a_layer_at_a_time(rng, tmp_path, monkeypatch, cache):
+    from spdnn.formats import text
+
+    monkeypatch.setattr(text, "CHUNK_BYTES", 1 << 16)  # blocks smaller than a layer
+    n, depth = 2048, 24
+    layer_bytes = 32 * n * (4 + 8)  # one parsed layer as CSR: int32 indices + float64 values
+    for k in range(1, depth + 1):
+        w = random_layer(rng, n, density=32 / n, values=0.0625)
+        write_layer_tsv(tmp_path / f"{'short' if k <= 4 else 'long'}" / f"n{n}-l{k}.tsv", w)
+    for k in range(1, 5):  # the short network is the first 4 layers of the long one
+        (tmp_path / "long" / f"n{n}-l{k}.tsv").write_bytes((tmp_path / "short" / f"n{n}-l{k}.tsv").read_bytes())
+    short_peak, short = _peak_bytes(lambda: read_network(tmp_path / "short", bias=-0.3, cache=cache))
+    long_peak, long = _peak_bytes(lambda: read_network(tmp_path / "long", bias=-0.3, cache=cache))
+    assert short.depth == 4 and long.depth == depth
+    # Six times the layers, the same peak: at most a few layers are ever held at once.
+    assert long_peak < short_peak + layer_bytes, (short_peak, long_peak, layer_bytes)
+    assert long_peak < 8 * layer_bytes, (long_peak, layer_bytes)
+    assert same_csr(long.layers[3], short.layers[3])
+
+
+def test_reading_features_holds_a_block_at_a_time(rng, tmp_path, monkeypatch):
+    from spdnn.formats import text
+
+    monkeypatch.setattr(text, "CHUNK_BYTES", 1 << 16)
+    x = sp.random(30000, 784, density=0.05, format="csr", random_state=rng)
+    x.data[:] = 1.0
+    write_features_tsv(tmp_path / "f.tsv.gz", x)
+    entries_bytes = x.nnz * (4 + 4 + 8)  # the whole file parsed at once: two int32 ids and a value
+    peak, got = _peak_bytes(lambda: read_features(tmp_path / "f.tsv.gz", neurons=784, samples=30000))
+    assert same_csr(got, x)
+    assert peak < entries_bytes / 4, (peak, entries_bytes)

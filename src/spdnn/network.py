@@ -18,13 +18,16 @@ import scipy.sparse as sp
 
 from .errors import OptionError
 
-__all__ = ["Network", "LazyLayers", "as_layer", "as_features", "OFFICIAL_BIAS", "YMAX"]
+__all__ = ["Network", "LazyLayers", "as_layer", "as_features", "OFFICIAL_BIAS", "OFFICIAL_SAMPLES", "YMAX"]
 
 #: Activation cap of the challenge.
 YMAX = 32.0
 
 #: Official bias (one constant per network size), docs/challenge.md, Semantics.
 OFFICIAL_BIAS = {1024: -0.30, 4096: -0.35, 16384: -0.40, 65536: -0.45}
+
+#: Number of input samples of every official problem (the MNIST training images).
+OFFICIAL_SAMPLES = 60_000
 
 
 def as_layer(matrix, neurons: int | None = None, *, name: str = "layer") -> sp.csr_matrix:
@@ -66,32 +69,43 @@ class LazyLayers(Sequence):
     """A read-only sequence of layers made on demand by ``make(k)`` (k 0-based).
 
     Lets very deep or very wide networks (65536 x 1920 is 4e9 edges) exist without
-    holding every layer in memory; each access calls ``make`` again unless ``cache``.
+    holding every layer in memory: each access calls ``make`` again and nothing is
+    kept, so a consumer that drops each layer after use holds one layer at a time.
+    Generated networks build layers from a seed; official networks map them from the
+    binary cache (:mod:`spdnn.formats.cache`).
 
     Parameters
     ----------
     make : callable(int) -> scipy.sparse.csr_matrix
-        Builds layer k, shape (N, N), float64.
+        Builds layer k, shape (N, N), float64, canonical.
     depth : int
         Number of layers L.
     nnz_per_layer : int, optional
         nnz of every layer, when all layers have the same count and it is known
         without building them (RadiX-Net: 32 N).
+    layer_nnz : sequence of int, optional
+        nnz of each layer (at least ``depth`` of them), when known without building them.
     """
 
-    def __init__(self, make: Callable[[int], sp.csr_matrix], depth: int, *, nnz_per_layer: int | None = None):
+    def __init__(self, make: Callable[[int], sp.csr_matrix], depth: int, *, nnz_per_layer: int | None = None,
+                 layer_nnz: Sequence[int] | None = None):
         self._make = make
         self._depth = int(depth)
         self.nnz_per_layer = nnz_per_layer
+        self.layer_nnz = None if layer_nnz is None else [int(v) for v in layer_nnz[:self._depth]]
+        if self.layer_nnz is not None and len(self.layer_nnz) != self._depth:
+            raise OptionError(f"layer_nnz: {len(self.layer_nnz)} counts for {self._depth} layers")
 
     @property
     def nnz_total(self) -> int | None:
         """Sum of nnz over all layers if known without building them, else None."""
+        if self.layer_nnz is not None:
+            return sum(self.layer_nnz)
         return None if self.nnz_per_layer is None else self.nnz_per_layer * self._depth
 
     def truncated(self, depth: int) -> "LazyLayers":
         """The first ``depth`` layers, still lazy."""
-        return LazyLayers(self._make, depth, nnz_per_layer=self.nnz_per_layer)
+        return LazyLayers(self._make, depth, nnz_per_layer=self.nnz_per_layer, layer_nnz=self.layer_nnz)
 
     def __len__(self) -> int:
         return self._depth

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from ..errors import FormatError
 from .text import COMPRESSION_ERRORS, TextEntries, entries_to_csr, open_data, read_entries
 
-__all__ = ["MtxHeader", "read_mtx_header", "read_mtx_entries", "read_mtx", "is_mtx"]
+__all__ = ["MtxHeader", "read_mtx_header", "read_mtx_entries", "check_count", "read_mtx", "is_mtx"]
 
 _FIELDS = ("pattern", "real", "integer")
 
@@ -104,14 +104,19 @@ def read_mtx_entries(stream: IO[bytes], where: str, *, names=("row", "column", "
     header = read_mtx_header(stream, where)
     want_value = header.field != "pattern"
     entries = read_entries(stream, where, nint=2, want_value=want_value, bounds=(header.rows, header.cols),
-                               names=names, first_line=header.lines + 1, on_block=on_block)
-    if entries.count != header.nnz:
-        if entries.count > header.nnz:
-            raise FormatError(f"wrong count of entries: the size line declares {header.nnz}, found more",
-                              path=where, line=header.lines + 1 + header.nnz)
-        raise FormatError(f"wrong count of entries: the size line (line {header.lines}) declares {header.nnz}, "
-                          f"found {entries.count} (end of file)", path=where, line=header.lines + 1 + entries.count)
+                           names=names, first_line=header.lines + 1, on_block=on_block)
+    check_count(header, entries.count, where)
     return header, entries
+
+
+def check_count(header: MtxHeader, count: int, where: str) -> None:
+    """Raise :class:`FormatError` unless ``count`` entries were read, as the size line declares."""
+    if count > header.nnz:
+        raise FormatError(f"wrong count of entries: the size line declares {header.nnz}, found more",
+                          path=where, line=header.lines + 1 + header.nnz)
+    if count < header.nnz:
+        raise FormatError(f"wrong count of entries: the size line (line {header.lines}) declares {header.nnz}, "
+                          f"found {count} (end of file)", path=where, line=header.lines + 1 + count)
 
 
 def read_mtx(path: str | os.PathLike) -> sp.csr_matrix:

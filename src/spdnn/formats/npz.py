@@ -27,7 +27,7 @@ from .._atomic import atomic_path
 from ..errors import FormatError
 
 __all__ = ["write_features_npz", "write_features_npz_files", "features_npz_arrays", "read_features_npz",
-           "npz_member"]
+           "npz_member", "NpyAppender"]
 
 #: Size of a zip local file header before its variable fields (APPNOTE.TXT 4.3.7).
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
@@ -80,6 +80,49 @@ def write_features_npz_files(path: str | os.PathLike, members: dict[str, str | o
             for name, source in members.items():
                 zf.write(source, arcname=f"{name}.npy")
     return path
+
+
+class NpyAppender:
+    """A 1-D ``.npy`` file written in pieces, its length unknown until the end.
+
+    The header is written first for length 0 and rewritten in place by :meth:`close`;
+    numpy pads ``.npy`` headers so that the shape can grow without moving the data.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Created (truncated).
+    dtype : numpy dtype
+    """
+
+    def __init__(self, path: str | os.PathLike, dtype):
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        self.count = 0
+        self._fh = open(self.path, "wb")
+        self._header = self._write_header(0)
+
+    def _write_header(self, count: int) -> int:
+        self._fh.seek(0)
+        np.lib.format.write_array_header_1_0(
+            self._fh, {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": (count,)})
+        return self._fh.tell()
+
+    def append(self, values: np.ndarray) -> None:
+        """Append ``values`` (cast to the file's dtype)."""
+        np.ascontiguousarray(values, dtype=self.dtype).tofile(self._fh)
+        self.count += int(np.size(values))
+
+    def close(self) -> int:
+        """Write the final length into the header and close; returns the number of items."""
+        if not self._fh.closed:
+            try:
+                self._fh.flush()
+                if self._write_header(self.count) != self._header:  # pragma: no cover - numpy's padding changed
+                    raise OSError(f"{self.path}: .npy header changed size")
+            finally:
+                self._fh.close()
+        return self.count
 
 
 def npz_member(path: str | os.PathLike, zf: zipfile.ZipFile, name: str) -> np.ndarray:

@@ -38,7 +38,8 @@ import scipy.sparse as sp
 from ..errors import DataNotFoundError, FormatError
 
 __all__ = ["CHUNK_BYTES", "COMPRESSION_ERRORS", "TextEntries", "open_data", "wrap_gzip", "iter_line_blocks",
-           "line_blocks", "iter_entry_blocks", "parse_blocks", "read_entries", "damage_instead", "entries_to_csr"]
+           "line_blocks", "iter_entry_blocks", "parse_blocks", "read_entries", "damage_instead", "compression_failure", "entries_to_csr",
+           "check_row_sorted"]
 
 #: Bytes read from a (decompressed) stream per parsing step.
 CHUNK_BYTES = 32 << 20
@@ -551,24 +552,31 @@ def read_entries(stream: IO[bytes], where: str, *, nint: int, want_value: bool, 
 def damage_instead(error: FormatError, compressed: IO[bytes] | None) -> FormatError:
     """The error to report for a bad line found in data decompressed from ``compressed``.
 
-    Damaged gzip data (zeroed or flipped bytes) often inflates to garbage for a while
+    Damaged gzip data (zeroed or flipped bytes) often inflate to garbage for a while
     before zlib or the CRC check notices, so the garbage reaches the line checks first.
-    This reads ``compressed`` to its end (checking the CRC); if that fails, the returned
-    error says the compressed data are damaged (at or before the bad line), else
-    ``error`` itself is returned. With ``compressed`` None (plain text) or an error
-    without a line, ``error`` is returned unchanged.
+    When :func:`compression_failure` finds ``compressed`` damaged, the returned error
+    says so (at or before the bad line); else ``error`` itself is returned, as it is for
+    plain text (``compressed`` None) or an error without a line.
     """
     if compressed is None or error.line is None:
         return error
+    failure = compression_failure(compressed)
+    if failure is None:
+        return error
+    return FormatError(f"compressed data is truncated or corrupt ({type(failure).__name__}: {failure}); "
+                       f"the data are unreadable at or before this line", path=error.path, line=error.line)
+
+
+def compression_failure(compressed: IO[bytes]) -> BaseException | None:
+    """Read a gzip stream to its end (checking its CRC); the decompression error, or None if intact."""
     try:
         while compressed.read(CHUNK_BYTES):
             pass
     except COMPRESSION_ERRORS as exc:
-        return FormatError(f"compressed data is truncated or corrupt ({type(exc).__name__}: {exc}); "
-                           f"the data are unreadable at or before this line", path=error.path, line=error.line)
+        return exc
     except (OSError, ValueError):
-        return error
-    return error
+        return None
+    return None
 
 
 def _prefetch(blocks: Iterator[bytes], depth: int = 2) -> Iterator[bytes]:
@@ -649,6 +657,30 @@ def entries_to_csr(rows: np.ndarray, cols: np.ndarray, values: np.ndarray | None
     m.has_sorted_indices = True
     m.has_canonical_format = True
     return m
+
+
+def check_row_sorted(rows: np.ndarray, cols: np.ndarray, where: str, first_line: int, *,
+                     previous: tuple[int, int, int] | None = None,
+                     names: tuple = ("row", "column")) -> bool:
+    """Whether 0-based entries are strictly sorted by (row, col), after an optional previous entry.
+
+    A streaming reader checks each block with this and the last entry of the block
+    before (``previous`` = (row, col, line)). Adjacent duplicates raise
+    :class:`FormatError` naming both lines; False means "not sorted" (the caller falls
+    back to sorting everything), in which case duplicates further apart are left to
+    :func:`entries_to_csr`.
+    """
+    if rows.size and previous is not None:
+        r, c, line = previous
+        if (int(rows[0]), int(cols[0])) == (r, c):
+            raise FormatError(f"duplicate entry ({names[0]} {r + 1}, {names[1]} {c + 1}), first given on line "
+                              f"{line}", path=where, line=first_line)
+        if (int(rows[0]), int(cols[0])) < (r, c):
+            return False
+    kind, dup = _order_kind(rows, cols)
+    if dup >= 0:
+        _raise_duplicate(rows, cols, dup - 1, dup, where, first_line, names)
+    return kind == 0
 
 
 def _small_index(indptr: np.ndarray) -> np.ndarray:
