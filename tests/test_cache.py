@@ -18,6 +18,7 @@ import scipy.sparse as sp
 from spdnn.formats import cache as fcache
 from spdnn.formats import cache_info, clear_cache, features, networks, read_features, read_network
 from spdnn.formats import write_features_tsv, write_layer_tsv
+from spdnn.errors import SpdnnWarning
 from spdnn.network import LazyLayers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -242,7 +243,7 @@ def test_unwritable_cache_warns_once_and_still_streams(rng, tmp_path, monkeypatc
     monkeypatch.setenv("SPDNN_CACHE_DIR", str(blocker))
     monkeypatch.setattr(fcache, "_warned", set())
     written = small_network(rng, tmp_path / "neuron48")
-    with pytest.warns(RuntimeWarning, match="cannot write the binary cache .*file.*reading into a temporary folder"):
+    with pytest.warns(SpdnnWarning, match="cannot write the binary cache .*file.*reading into a temporary folder"):
         net = read_network(tmp_path, bias=-0.3)
     assert isinstance(net.layers, LazyLayers) and (net.layers[2] != written[2]).nnz == 0
     folder = net.layers._make.folder
@@ -266,7 +267,7 @@ def test_full_disk_falls_back_to_memory(rng, tmp_path, cache_root, monkeypatch, 
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(fcache.np, "save", full)
-    with pytest.warns(RuntimeWarning) as record:
+    with pytest.warns(SpdnnWarning) as record:
         net = read_network(tmp_path, bias=-0.3)
     messages = [str(r.message) for r in record]
     assert any("binary cache" in m and "No space left" in m for m in messages)

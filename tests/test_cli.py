@@ -364,6 +364,8 @@ def test_cpu_peers_script_smoke(cache, tmp_path):
     (["bench", "--cells", "1024by120"], ["--cells", "1024by120"]),
     (["bench", "--engines", "cpu,nope"], ["--engines", "nope"]),
     (["bench", "--bandwidth-gbs", "-3"], ["--bandwidth-gbs"]),
+    (["bench", "--json-out", "/dev/null/x.json"], ["--json-out", "/dev/null is not a directory"]),
+    (["bench", "--plot", "/"], ["--plot", "is a directory"]),
     (["download", "--neurons", "1024", "--layers", "120", "--out", "x", "--what", "weights"], ["--what", "weights"]),
     (["run", "--bogus"], ["--bogus"]),
     (["run", "--merge", "maybe"], ["--merge", "maybe"]),
@@ -814,3 +816,28 @@ def test_wrong_bias_on_official_data(spdnn_cli, official_dir):
     assert explanation["verdict"] == "other data"
     assert explanation["origin"]["differences"] == ["bias: this run -0.29, the truth's -0.3"]
     assert "taken as the official truth of N=1024" in explanation["origin"]["source"]
+
+
+@pytest.mark.parametrize("category, text", [("SpdnnWarning", "cache not writable"),
+                                            ("RuntimeWarning", "spdnn: cache not writable")])
+def test_spdnn_warnings_are_one_line(spdnn_cli, monkeypatch, category, text):
+    """A warning issued by spdnn (an SpdnnWarning, or any category from the package) is one
+    line ``spdnn: warning: ...``; the command goes on and exits 0."""
+    import warnings
+
+    import spdnn.cli
+    import spdnn.errors
+
+    def collect(*args, **kwargs):
+        if category == "SpdnnWarning":
+            warnings.warn(text, spdnn.errors.SpdnnWarning, stacklevel=1)
+        else:  # as if issued by a module of the package
+            warnings.warn_explicit(text, RuntimeWarning, filename=spdnn.errors.__file__, lineno=1,
+                                   module="spdnn.errors")
+        return {"version": "x"}
+
+    monkeypatch.setattr(spdnn.cli, "collect_info", collect)
+    result = spdnn_cli("info", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == "spdnn: warning: cache not writable\n"
+    assert json.loads(result.stdout) == {"version": "x"}

@@ -13,7 +13,7 @@ Public API (everything else is private)::
 from __future__ import annotations
 
 from .errors import (SpdnnError, FormatError, DataNotFoundError, ChecksumError, DownloadError,
-                     EngineUnavailableError, OptionError, DeviceMemoryError, DiskFullError)
+                     EngineUnavailableError, OptionError, DeviceMemoryError, DiskFullError, SpdnnWarning)
 from .network import Network, LazyLayers, OFFICIAL_BIAS, YMAX
 from .engines import get_engine, available_engines, InferenceResult, Engine
 from .formats import read_network, read_features, read_categories
@@ -45,7 +45,7 @@ def infer(network: Network, features, *, engine: str = "auto", precision: str = 
 
 __all__ = [
     "SpdnnError", "FormatError", "DataNotFoundError", "ChecksumError", "DownloadError",
-    "EngineUnavailableError", "OptionError", "DeviceMemoryError", "DiskFullError",
+    "EngineUnavailableError", "OptionError", "DeviceMemoryError", "DiskFullError", "SpdnnWarning",
     "Network", "LazyLayers", "OFFICIAL_BIAS", "YMAX",
     "get_engine", "available_engines", "InferenceResult", "Engine", "infer",
     "read_network", "read_features", "read_categories",

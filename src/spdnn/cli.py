@@ -16,6 +16,9 @@ code of :class:`~spdnn.errors.ExitCode` (README, "Errors"):
 * 130 Ctrl-C (``spdnn: interrupted``), 143 SIGTERM (``spdnn: terminated``), 141 stdout
   closed by its reader (silent).
 
+Warnings of spdnn (:class:`~spdnn.errors.SpdnnWarning`, or any warning issued from the
+package) are one line ``spdnn: warning: ...`` and do not change the exit status.
+
 Files are written atomically (:mod:`spdnn._atomic`), so an error or an interruption
 leaves no partial file. Errors raised by the Python API name its arguments
 (``layers=L``); a command restates them as its own options (``--layers L``).
@@ -34,6 +37,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import click
@@ -41,7 +45,7 @@ import click
 from . import __version__
 from .config import env_flag
 from .errors import (DISK_FULL_ERRNOS, DataNotFoundError, ExitCode, FormatError, OptionError, SpdnnError,
-                     format_bytes)
+                     SpdnnWarning, format_bytes)
 from .engines import ENGINES, PRECISIONS
 
 __all__ = ["cli", "main"]
@@ -139,6 +143,27 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+def _from_spdnn(category, filename) -> bool:
+    """Whether a warning is spdnn's own (an SpdnnWarning, or issued from the package)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    return issubclass(category, SpdnnWarning) or os.path.abspath(filename).startswith(package + os.sep)
+
+
+def _warning_printer(others):
+    """A ``warnings.showwarning`` for the command line: spdnn's own warnings as one line
+    ``spdnn: warning: ...`` on stderr, any other passed to ``others``."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if not _from_spdnn(category, filename):
+            others(message, category, filename, lineno, file, line)
+            return
+        text = _one_line(str(message))
+        text = text[len("spdnn: "):] if text.startswith("spdnn: ") else text
+        click.echo(f"spdnn: warning: {text}", err=True)
+
+    return show
+
+
 def _debug() -> bool:
     """SPDNN_DEBUG=1 asks for tracebacks. Read while reporting an error, so it never raises
     (:meth:`SpdnnGroup.main` refuses values other than 0 and 1 first)."""
@@ -210,8 +235,13 @@ class SpdnnGroup(click.Group):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
-            env_flag(DEBUG_ENV)  # validated once, like every documented override
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with warnings.catch_warnings():
+                # spdnn's warnings are shown (once per place), one line each, whatever the filters
+                warnings.filterwarnings("default", category=SpdnnWarning)
+                warnings.filterwarnings("default", module=r"spdnn(\.|$)")
+                warnings.showwarning = _warning_printer(warnings.showwarning)
+                env_flag(DEBUG_ENV)  # validated once, like every documented override
+                rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except SystemExit:
             raise
         except BaseException as exc:  # noqa: BLE001 - every failure becomes one line and a code
@@ -811,9 +841,9 @@ def _bandwidth(ctx, param, value):
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True,
               help="Precision of every engine (the truth is always float64).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Generator seed.")
-@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=_writable_file,
               help="Write the full report (every cell, engine, repeat, survivors, floor) as JSON.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=_writable_file,
               help="Write a PNG plot (needs matplotlib).")
 @click.option("--bandwidth-gbs", default="auto", show_default=True, callback=_bandwidth,
               help="Memory bandwidth of the floor, GB/s; auto: measured host copy / GPU peak.")

@@ -22,6 +22,7 @@ __all__ = [
     "DeviceMemoryError",
     "DiskFullError",
     "DISK_FULL_ERRNOS",
+    "SpdnnWarning",
     "ExitCode",
     "format_bytes",
 ]
@@ -53,6 +54,11 @@ class ExitCode(enum.IntEnum):
 
 class SpdnnError(Exception):
     """Base class of every error spdnn raises on purpose."""
+
+
+class SpdnnWarning(UserWarning):
+    """Something the user should know that does not stop the work (a cache that cannot be
+    written, say). The ``spdnn`` command shows each as one line ``spdnn: warning: ...``."""
 
 
 class FormatError(SpdnnError, ValueError):

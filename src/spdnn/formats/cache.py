@@ -55,7 +55,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..config import cache_dir
-from ..errors import DataNotFoundError
+from ..errors import DataNotFoundError, SpdnnWarning
 from ..network import LazyLayers
 
 __all__ = ["CACHE_VERSION", "CacheUnavailable", "binary_cache_dir", "cache_root", "HashingReader", "file_state",
@@ -549,7 +549,7 @@ def fallback_chain(steps: Sequence[tuple[str, Callable[[], object]]]):
 
     ``steps`` are (where the data go, callable) pairs, e.g. the binary cache, then a
     private temporary folder, then memory (whose step never raises it). Each fallback
-    is announced once per process by a ``RuntimeWarning`` naming the reason.
+    is announced once per process by a :class:`~spdnn.errors.SpdnnWarning` naming the reason.
     """
     for i, (where, step) in enumerate(steps):
         try:
@@ -560,7 +560,7 @@ def fallback_chain(steps: Sequence[tuple[str, Callable[[], object]]]):
             message = f"spdnn: cannot write {where} ({exc}); reading into {steps[i + 1][0]} instead"
             if message not in _warned:
                 _warned.add(message)
-                warnings.warn(message, RuntimeWarning, stacklevel=3)
+                warnings.warn(message, SpdnnWarning, stacklevel=3)
     raise CacheUnavailable("no step given")
 
 

@@ -308,7 +308,7 @@ def read_network(source, *, neurons: int | None = None, layers=None, bias=None, 
         ``layers[k]`` is the file's layer ``layers[k]`` (1-based), canonical float64 CSR
         (N, N), made on access (:class:`~spdnn.network.LazyLayers`) from memory-mapped
         files; a plain list only when no folder could be written (then a
-        ``RuntimeWarning`` says so).
+        :class:`~spdnn.errors.SpdnnWarning` says so).
 
     Raises
     ------
