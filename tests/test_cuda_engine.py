@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from spdnn.engines import get_engine
 from spdnn.engines.cuda.engine import merge_points
 from spdnn.engines.cuda.layout import KernelConfig
-from spdnn.errors import SpdnnError
+from spdnn.errors import OptionError, SpdnnError
 from spdnn.network import Network
 
 from factories import duplicate_column_network, random_features, random_network, reference_run
@@ -103,11 +103,11 @@ def test_per_layer_sliced_and_chunked_blockings_fp64_exact(rng, config):
 def test_stationary_blockings_fp64_exact(rng, mb, prefetch, dedupe):
     """Tiles of 1..8 rows kept in shared memory, with and without the cp.async prefetch
     of the next layer, general and deduplicated layers, mixed-sign bias."""
-    n = 480
+    n = 480        # half-precision values: the prefetch stages of 8-row tiles fit shared memory
     if dedupe:
-        net = duplicate_column_network(rng, n, 7, 50, values="normal")
+        net = duplicate_column_network(rng, n, 7, 50, values="fp16")
     else:
-        net = random_network(rng, n, 7, values="normal")
+        net = random_network(rng, n, 7, density=0.02, values="fp16")
     feats = dying_features(rng, 211, n)
     cfg = stationary(n, mb=mb, prefetch=prefetch, dedupe=dedupe, opt=1 if dedupe else 4)
     res = check_same(get_engine("cuda", precision="fp64", poison=POISON, config=cfg, merge=False), net, feats)
@@ -178,6 +178,20 @@ def test_segments_and_reload(rng):
     np.testing.assert_array_equal(vals2.toarray(), rvals.toarray())
 
 
+class _CountingDevice:
+    """A CuPy device whose synchronize() calls are counted (its attributes are read-only)."""
+
+    def __init__(self, device):
+        self._device, self.syncs = device, 0
+
+    def synchronize(self):
+        self.syncs += 1
+        self._device.synchronize()
+
+    def __getattr__(self, name):
+        return getattr(self._device, name)
+
+
 def test_debug_mode_synchronizes_every_launch(rng, monkeypatch):
     monkeypatch.setenv("SPDNN_CUDA_DEBUG", "1")
     net = random_network(rng, 128, 20)
@@ -185,27 +199,40 @@ def test_debug_mode_synchronizes_every_launch(rng, monkeypatch):
     eng = get_engine("cuda", precision="fp64", merge=True)
     assert eng.debug
     eng.prepare(net)
-    launches, syncs = [], []
-    real_launch, real_sync = eng._launch, eng._device.synchronize
+    device = _CountingDevice(eng._device)
+    eng._device = device
+    launches = []
+    real_launch = eng._launch
 
     def counting_launch(*args, **kwargs):
         launches.append(args[0])
-        return real_launch(*args, **kwargs)
+        before = device.syncs
+        real_launch(*args, **kwargs)
+        assert device.syncs == before + 1, f"launch of {args[0]} not synchronized"
 
     monkeypatch.setattr(eng, "_launch", counting_launch)
-    monkeypatch.setattr(eng._device, "synchronize", lambda: (syncs.append(1), real_sync())[1])
     eng.load(feats)
-    eng.infer()
-    assert "find" in launches and "mcompact" in launches            # the merge point at 16 ran
-    assert len(syncs) >= len(launches) > 3
-    # a failing launch names its kernel and layer
+    res = eng.infer()
+    assert "find" in launches and "mcompact" in launches and "stationary" in launches   # merged at 16
+    assert len(launches) > 3
+    # a failing launch names its kernel and the layers it ran
     def broken(*args, **kwargs):
         raise RuntimeError("launch failed (test)")
 
+    monkeypatch.setattr(eng, "_launch", real_launch)
     kernel = eng._k["stationary"]
     monkeypatch.setitem(eng._k, "stationary", type(kernel)(broken, kernel.name))
+    eng.load(feats)
     with pytest.raises(SpdnnError, match=r"spdnn_stationary<.*layers 1\.\.16"):
         eng.infer()
+
+
+def test_forced_blocking_too_big_for_shared_memory(rng):
+    n = 4000
+    net = random_network(rng, n, 2, density=0.3)          # 1,200 entries a column
+    cfg = KernelConfig(threads=256, opt=16, mb=4, chunk=n, stationary=True, prefetch=True)
+    with pytest.raises(OptionError, match="shared memory"):
+        get_engine("cuda", precision="fp64", config=cfg).prepare(net)
 
 
 def test_cusparse_baseline_official(official):

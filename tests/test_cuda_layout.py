@@ -135,8 +135,8 @@ def test_stationary_smem_carving():
     cfg = stationary(1000, dedupe=True, threads=64, opt=1, mb=4)
     assert stationary_smem_bytes(cfg, 4) == 16016 + 64 * 4 * 4
     pre = KernelConfig(**{**cfg.__dict__, "prefetch": True})
-    stage = 2 * 2048 + 4 * 2048 + 2 * 1000        # indices, fp32 values, out_map
-    assert stationary_smem_bytes(pre, 4, max_entries=2048, value_bytes=4) == 16016 + 1024 + 2 * stage
+    stage = 16 + 2 * 2048 + 4 * 2048 + 2 * 1000   # warp-slice table, indices, fp32 values, out_map
+    assert stationary_smem_bytes(pre, 4, max_entries=2048, value_bytes=4) == 16016 + 1024 + 3 * stage
     with pytest.raises(OptionError, match="prefetch"):
         KernelConfig(threads=32, opt=1, mb=1, chunk=10, prefetch=True)
 

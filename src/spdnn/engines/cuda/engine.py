@@ -396,10 +396,12 @@ class CudaEngine(Engine):
 
         def host(a, b):
             """Layers a..b-1: (indices, values or None, out_map or None) as host arrays."""
-            idx = np.concatenate([p.idx for p in packed[a:b]]) if b > a else np.zeros(0, np.uint16)
+            if b <= a:
+                return np.zeros(0, np.uint16), None, None
+            idx = np.concatenate([p.idx for p in packed[a:b]])
             vals = None if vdtype is None else np.concatenate(
                 [entry_values(p, cfg.chunk).astype(vdtype) for p in packed[a:b]])
-            omap = np.concatenate([p.out_map for p in packed[a:b]]) if cfg.dedupe and b > a else None
+            omap = np.concatenate([p.out_map for p in packed[a:b]]) if cfg.dedupe else None
             return idx, vals, omap
 
         r = self._resident
@@ -451,6 +453,9 @@ class CudaEngine(Engine):
         else:
             main = kernels["layer"]
             self._smem = cfg.smem_bytes(itemsize)
+        if self._smem > self._smem_limit():
+            raise OptionError(f"config={cfg}: needs {self._smem} bytes of shared memory a block for this network, "
+                              f"the device allows {self._smem_limit()}")
         if self._smem > 48 * 1024:
             main.fn.max_dynamic_shared_size_bytes = self._smem
         self._k = kernels

@@ -144,15 +144,22 @@ def stationary_smem_bytes(config: KernelConfig, itemsize: int, *, max_entries: i
     """Dynamic shared memory of one block of ``kernels/stationary.cu``.
 
     The tile's rows and zero slot, the distinct columns' sums (``dedupe``), and with
-    ``prefetch`` two stages of a layer's ``max_entries`` 16-bit indices, their values
-    (``value_bytes`` each; 0 when values are not loaded) and out_map (``dedupe``). The
-    same arithmetic as the kernel's carving of its shared memory.
+    ``prefetch`` :data:`PREFETCH_STAGES` stages of a layer's warp-slice table (``opt *
+    nwarps`` pairs of int32), ``max_entries`` 16-bit indices, their values (``value_bytes``
+    each; 0 when values are not loaded) and out_map (``dedupe``). The same arithmetic as
+    the kernel's carving of its shared memory.
     """
     total = config.staging_bytes(itemsize) + config.sums_bytes(itemsize)
     if config.prefetch:
-        stage = max_entries * (2 + value_bytes) + (2 * config.chunk if config.dedupe else 0)
-        total += 2 * _align16(stage)
+        stage = (_align16(8 * config.opt * config.nwarps) + max_entries * (2 + value_bytes)
+                 + (2 * config.chunk if config.dedupe else 0))
+        total += PREFETCH_STAGES * _align16(stage)
     return total
+
+
+#: Layers staged ahead by ``kernels/stationary.cu`` with ``prefetch`` (``spdnn::kStages``):
+#: the layer running and the next two.
+PREFETCH_STAGES = 3
 
 
 def choose_config(neurons: int, itemsize: int, *, smem_limit: int = 227 * 1024,

@@ -1,28 +1,35 @@
 // spdnn CUDA engine: stationary tiles. A block takes a tile of MB alive rows and keeps it in
 // shared memory through layers k0..k1-1, so activations cross device memory once per segment
 // (read at its start, survivors written at its end) instead of once per layer, and a layer
-// costs a block a few barriers instead of a launch. Rows are independent, so no block ever
+// costs a block two barriers instead of a launch. Rows are independent, so no block ever
 // waits for another: tiles are handed out by an atomic ticket (*ticket, zeroed before the
-// launch) and a block that finishes one (all its rows dead, or k1 reached) takes the next.
+// launch; the next ticket is taken while the current tile runs) and a block that finishes
+// one (all its rows dead, or k1 reached) takes the next.
 //
-// Layout (one slice, one input chunk: spdnn/engines/cuda/layout.py with chunk == n): layer k's
-// warp slices are meta[k*OPT*NWARPS + t*NWARPS + warp] = (offset, width), offsets relative to
-// entry_off[k] - ebase in eidx/evals; entries are 16-bit input indices (n: the zero slot),
-// ascending within a column (the exactness order). DEDUP: out_map[(k - kbase)*n + j] is the
-// distinct column of output j.
+// Layout (one slice, one input chunk: spdnn/engines/cuda/layout.py with chunk == n): layer
+// k's warp slices are meta[k*META + t*NWARPS + warp] = (offset, width), META = OPT*NWARPS,
+// offsets relative to entry_off[k] - ebase in eidx/evals; entries are 16-bit input indices
+// (n: the zero slot), ascending within a column (the exactness order). DEDUP:
+// out_map[(k - kbase)*n + j] is the distinct column of output j.
 //
 // Ownership. Thread tid owns the columns v = t*THREADS + tid, t < OPT (distinct columns when
 // DEDUP, outputs otherwise) for the MB rows of the tile: an OPT x MB register tile that reuses
 // each weight load MB times. Shared memory: row[0..n] (Tile of the MB rows' values of input i;
-// row[n] is the zero slot), then (DEDUP) sums[OPT*THREADS], then (PREFETCH) two stages of a
-// layer's indices (and values, kArray) and out_map, filled with cp.async one layer ahead.
+// row[n] is the zero slot), then (DEDUP) sums[OPT*THREADS], then (PREFETCH) STAGES stages of
+// a layer's [meta | indices | values (kArray) | out_map (DEDUP)], filled with cp.async two
+// layers ahead. Each layer's scalar and the entry offsets of the layer being staged are
+// loaded into registers a layer ahead, so no layer waits on device memory.
 //
 // Per layer: sum phase over the row -> barrier -> the new values overwrite the row in place
 // (every read of the old values is done at the barrier): DEDUP, thread tid writes outputs
-// j = tid + r*THREADS from sums[out_map[j]]; otherwise each thread its own outputs -> barrier
-// that also ORs which rows are alive. Thread 0 adds the tile's alive rows to counts[k+1] and
-// their weights to wcounts[k+1]. Dead rows are all zero and stay zero (a zero sum gets no
-// bias), so they ride along harmlessly until the whole tile is dead.
+// j = tid + r*THREADS from sums[out_map[j]]; otherwise each thread its own outputs -> the
+// next layer's stage is waited for -> barrier that also ORs which rows are alive. Thread 0
+// adds the tile's alive rows to counts[k+1] and their weights to wcounts[k+1]. Dead rows are
+// all zero and stay zero (a zero sum gets no bias), riding along until the tile is dead.
+
+namespace spdnn {
+constexpr int kStages = 3;  // prefetch distance: two layers
+}
 
 template <typename T, typename V, int VMODE, int THREADS, int MB, int OPT, bool DEDUP, bool PREFETCH>
 __global__ void __launch_bounds__(THREADS) spdnn_stationary(
@@ -37,17 +44,18 @@ __global__ void __launch_bounds__(THREADS) spdnn_stationary(
         const T* __restrict__ bias, long long bias_stride, const T* __restrict__ scalars,
         T ymax, int n, int k0, int k1) {
     using TileT = spdnn::Tile<T, MB>;
-    constexpr int NWARPS = THREADS / 32;
+    constexpr int NWARPS = THREADS / 32, META = OPT * NWARPS;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     TileT* row = reinterpret_cast<TileT*>(smem_raw);
     size_t off = (((size_t)(n + 1) * sizeof(TileT) + 15) / 16) * 16;
     TileT* sums = reinterpret_cast<TileT*>(smem_raw + off);
     if (DEDUP) off += (size_t)OPT * THREADS * sizeof(TileT);
-    // PREFETCH stages: [idx (max_entries) | values (max_entries, kArray) | out_map (n, DEDUP)] x 2
+    // PREFETCH stage: [meta (META int2) | idx (max_entries) | values (kArray) | out_map (n, DEDUP)]
+    const size_t meta_bytes = ((size_t)META * sizeof(int2) + 15) / 16 * 16;
     const size_t idx_bytes = (size_t)max_entries * sizeof(unsigned short);
     const size_t val_bytes = VMODE == spdnn::kArray ? (size_t)max_entries * sizeof(V) : 0;
     const size_t map_bytes = DEDUP ? (size_t)n * sizeof(unsigned short) : 0;
-    const size_t stage_bytes = ((idx_bytes + val_bytes + map_bytes + 15) / 16) * 16;
+    const size_t stage_bytes = ((meta_bytes + idx_bytes + val_bytes + map_bytes + 15) / 16) * 16;
     unsigned char* stages = smem_raw + off;
 
     __shared__ int s_tile, s_row[MB], s_w[MB];
@@ -56,20 +64,23 @@ __global__ void __launch_bounds__(THREADS) spdnn_stationary(
     const int count = *count_in;
     const int ntiles = (count + MB - 1) / MB;
 
-    // Layer k's weights into stage `st` (asynchronously; the caller commits and waits).
-    auto stage_layer = [&](int k, int st) {
-        unsigned char* dst = stages + st * stage_bytes;
-        const long long e0 = entry_off[k] - ebase, e1 = entry_off[k + 1] - ebase;
-        spdnn::stage_async(dst, eidx + e0, (e1 - e0) * (long long)sizeof(unsigned short));
-        if (VMODE == spdnn::kArray) spdnn::stage_async(dst + idx_bytes, evals + e0, (e1 - e0) * (long long)sizeof(V));
-        if (DEDUP) spdnn::stage_async(dst + idx_bytes + val_bytes, out_map + (size_t)(k - kbase) * n, map_bytes);
+    // Layer k's weights (entries e0..e1 of eidx/evals) into its stage, asynchronously.
+    auto stage_layer = [&](int k, long long e0, long long e1) {
+        unsigned char* dst = stages + ((k - k0) % spdnn::kStages) * stage_bytes;
+        spdnn::stage_async8(dst, meta + (size_t)k * META, META);
+        spdnn::stage_async(dst + meta_bytes, eidx + e0, (e1 - e0) * (long long)sizeof(unsigned short));
+        if (VMODE == spdnn::kArray)
+            spdnn::stage_async(dst + meta_bytes + idx_bytes, evals + e0, (e1 - e0) * (long long)sizeof(V));
+        if (DEDUP) spdnn::stage_async(dst + meta_bytes + idx_bytes + val_bytes, out_map + (size_t)(k - kbase) * n, map_bytes);
     };
 
+    if (tid == 0) s_tile = atomicAdd(ticket, 1);
+    __syncthreads();
     for (;;) {
-        if (tid == 0) s_tile = atomicAdd(ticket, 1);
-        __syncthreads();
         const int tile = s_tile;
-        if (tile >= ntiles) break;
+        if (tile >= ntiles) break;  // block-uniform
+        int next_tile = 0;
+        if (tid == 0) next_tile = atomicAdd(ticket, 1);  // its latency overlaps this tile
         const int p0 = tile * MB;
         // Stage the tile's rows (missing rows of the last tile are zero: dead from the start).
         for (int i = tid; i < n; i += THREADS) {
@@ -86,10 +97,21 @@ __global__ void __launch_bounds__(THREADS) spdnn_stationary(
             s_alive[0] = s_alive[1] = 0;
         }
         if (tid < MB) s_w[tid] = (p0 + tid < count) ? wts_in[p0 + tid] : 0;
+        // Offsets of the layers being staged (k+2, k+3 at layer k), loaded a layer ahead.
+        long long off_a = 0, off_b = 0, off_c = 0;
         if (PREFETCH) {
-            stage_layer(k0, 0);
+            const long long o0 = entry_off[k0] - ebase, o1 = entry_off[k0 + 1] - ebase;
+            stage_layer(k0, o0, o1);
             spdnn::cp_async_commit();
+            if (k0 + 1 < k1) {
+                off_a = entry_off[k0 + 2] - ebase;
+                stage_layer(k0 + 1, o1, off_a);
+            }
+            spdnn::cp_async_commit();
+            if (k0 + 2 < k1) off_b = entry_off[k0 + 3] - ebase;
+            spdnn::cp_async_wait<1>();  // layer k0's stage has landed (for this thread)
         }
+        T scalar = VMODE == spdnn::kArray ? T(0) : scalars[k0];
         __syncthreads();
 
         unsigned alive = 0;  // rows of the tile that exist (and, after each layer, that live)
@@ -101,22 +123,26 @@ __global__ void __launch_bounds__(THREADS) spdnn_stationary(
             const unsigned short* lidx;
             const V* lval;
             const unsigned short* lmap;
+            const int2* lmeta;
             if (PREFETCH) {
-                if (k + 1 < k1) stage_layer(k + 1, q ^ 1);
+                if (k + 2 < k1) {
+                    stage_layer(k + 2, off_a, off_b);
+                    if (k + 3 < k1) off_c = entry_off[k + 4] - ebase;  // used at the next layer
+                }
                 spdnn::cp_async_commit();
-                spdnn::cp_async_wait<1>();  // layer k's stage has landed (for this thread)
-                __syncthreads();            // ... and for every thread
-                const unsigned char* st = stages + q * stage_bytes;
-                lidx = reinterpret_cast<const unsigned short*>(st);
-                lval = reinterpret_cast<const V*>(st + idx_bytes);
-                lmap = reinterpret_cast<const unsigned short*>(st + idx_bytes + val_bytes);
+                const unsigned char* st = stages + ((k - k0) % spdnn::kStages) * stage_bytes;
+                lmeta = reinterpret_cast<const int2*>(st);
+                lidx = reinterpret_cast<const unsigned short*>(st + meta_bytes);
+                lval = reinterpret_cast<const V*>(st + meta_bytes + idx_bytes);
+                lmap = reinterpret_cast<const unsigned short*>(st + meta_bytes + idx_bytes + val_bytes);
             } else {
                 const long long e0 = entry_off[k] - ebase;
+                lmeta = meta + (size_t)k * META;
                 lidx = eidx + e0;
                 lval = evals + e0;
                 lmap = out_map + (size_t)(k - kbase) * n;
             }
-            const T scalar = VMODE == spdnn::kArray ? T(0) : scalars[k];
+            const T scalar_next = (VMODE != spdnn::kArray && k + 1 < k1) ? scalars[k + 1] : T(0);
             const T* b = bias + (size_t)k * bias_stride;
 
             T acc[OPT][MB];
@@ -124,7 +150,7 @@ __global__ void __launch_bounds__(THREADS) spdnn_stationary(
             for (int t = 0; t < OPT; ++t) {
 #pragma unroll
                 for (int s = 0; s < MB; ++s) acc[t][s] = T(0);
-                const int2 m = meta[((size_t)k * OPT + t) * NWARPS + warp];
+                const int2 m = lmeta[t * NWARPS + warp];
                 const unsigned short* ip = lidx + m.x + lane;
                 const V* vp = lval + m.x + lane;
 #pragma unroll 8
@@ -174,8 +200,10 @@ __global__ void __launch_bounds__(THREADS) spdnn_stationary(
                     }
                 }
             }
+            if (PREFETCH) spdnn::cp_async_wait<1>();  // layer k+1's stage has landed (for this thread)
             // Which rows live: OR over the block (slot q; thread 0 clears the other slot
-            // for the next layer, whose ORs come after at least one more barrier).
+            // for the next layer, whose ORs come after at least one more barrier). The
+            // barrier also publishes the new row and layer k+1's stage to every thread.
             const unsigned wl = __reduce_or_sync(0xffffffffu, live);
             if (lane == 0 && wl) atomicOr(&s_alive[q], wl);
             __syncthreads();
@@ -191,6 +219,9 @@ __global__ void __launch_bounds__(THREADS) spdnn_stationary(
                     atomicAdd(wcounts + k + 1, samples);
                 }
             }
+            scalar = scalar_next;
+            off_a = off_b;
+            off_b = off_c;
             if (!alive) break;  // block-uniform
         }
         if (PREFETCH) spdnn::cp_async_wait<0>();  // no copy may land in the stages after this tile
@@ -203,6 +234,7 @@ __global__ void __launch_bounds__(THREADS) spdnn_stationary(
             for (int s = 0; s < MB; ++s)
                 if (s_row[s] >= 0) y_out[(size_t)s_row[s] * n + i] = x.v[s];
         }
-        __syncthreads();  // row, s_row and s_tile are reused by the next tile
+        if (tid == 0) s_tile = next_tile;  // every thread read s_tile before this tile's barriers
+        __syncthreads();                    // row, s_row and s_tile are reused by the next tile
     }
 }
