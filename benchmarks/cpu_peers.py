@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -40,11 +39,11 @@ import numpy as np
 import scipy.sparse as sp
 
 import spdnn
-from spdnn.bench import cpu_model
+from spdnn.bench import cpu_model, materialized, time_engine, time_runs, write_json
 from spdnn.engines import get_engine
 from spdnn.generate import cached_challenge
 from spdnn.network import Network
-from spdnn.report import format_ids, to_json
+from spdnn.report import format_ids
 from spdnn.verify import compare_categories, explain_differences
 
 
@@ -95,27 +94,23 @@ def graphblas_infer(weights, biases, features: sp.csr_matrix, dtype, ymax: float
     return np.sort(ids[alive]) + 1, survivors
 
 
-def time_engine(name: str, precision: str, network, features, repeats: int):
-    """(median inference seconds, preprocessing seconds, last InferenceResult)."""
-    engine = get_engine(name, precision=precision)
-    engine.run(network, features)  # warm-up (numba compilation, caches)
-    results = [engine.run(network, features) for _ in range(repeats)]
-    return (statistics.median(r.inference_seconds for r in results),
-            statistics.median(r.preprocess_seconds for r in results), results[-1])
+def time_spdnn_engine(name: str, precision: str, network, features, repeats: int):
+    """(median inference seconds, preprocessing seconds, last InferenceResult) of an spdnn engine."""
+    timing = time_engine(get_engine(name, precision=precision), network, features, repeats)
+    return timing.median_seconds, timing.warmup.preprocess_seconds, timing.results[-1]
 
 
 def time_graphblas(network, features, precision: str, repeats: int, *, compact: bool = True):
-    """(median inference seconds, preprocessing seconds, categories, survivors)."""
+    """(median inference seconds, preprocessing seconds, categories, survivors): wall clock of
+    :func:`graphblas_infer` after one warm-up; the conversion of the weights is the preprocessing."""
     dtype = np.float32 if precision == "fp32" else np.float64
     t0 = time.perf_counter()
     weights, biases = graphblas_prepare(network, dtype)
     prep = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        cats, surv = graphblas_infer(weights, biases, features, dtype, network.ymax, compact=compact)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), prep, cats, surv
+    timing = time_runs(lambda: graphblas_infer(weights, biases, features, dtype, network.ymax, compact=compact),
+                       repeats)
+    cats, surv = timing.results[-1]
+    return timing.median_seconds, prep, cats, surv
 
 
 def main(argv=None) -> int:
@@ -133,7 +128,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     network, features, truth, info = cached_challenge(args.neurons, args.layers, seed=args.seed,
                                                       samples=None if args.samples == 60000 else args.samples)
-    network = Network.from_layers(list(network.layers), network.bias, ymax=network.ymax)
+    network = materialized(network, max_edges=network.edges)
     data_seconds = time.perf_counter() - t0
     samples, edges = features.shape[0], network.edges
     print(f"data: generated {args.neurons}x{args.layers}, {samples} samples, seed {args.seed} "
@@ -145,7 +140,7 @@ def main(argv=None) -> int:
             ("reference", "fp64", args.peer_repeats), ("reference", "fp32", args.peer_repeats)]
     for name, precision, repeats in plan:
         print(f"timing {name} {precision} ...", file=sys.stderr)
-        med, prep, res = time_engine(name, precision, network, features, repeats)
+        med, prep, res = time_spdnn_engine(name, precision, network, features, repeats)
         rows.append(("scipy" if name == "reference" else name, precision, med, prep, res.categories, res.survivors,
                      repeats))
     for precision in ["fp32"] + (["fp64"] if args.graphblas_fp64 else []):
@@ -189,8 +184,7 @@ def main(argv=None) -> int:
         print("\nthe scipy fp64 reference differs from the cached generated truth", file=sys.stderr)
         ok = False
     if args.json_out:
-        with open(args.json_out, "w") as fh:
-            fh.write(to_json(report, indent=1) + "\n")
+        write_json(report, args.json_out)
     return 0 if ok else 1
 
 

@@ -32,7 +32,7 @@ from spdnn.network import Network
 
 __all__ = ["BIAS_KINDS", "GENERAL_WEIGHTS", "random_layer", "random_bias", "random_network",
            "duplicate_column_network", "random_features", "general_network", "general_features", "reference_run",
-           "engine_availability", "read_official_subset", "same_csr"]
+           "engine_availability", "read_official_subset", "challenge_cache", "same_csr"]
 
 #: Per-neuron bias kinds of :func:`random_bias`: the sign pattern matters to the engines
 #: (a positive bias can revive a dead row's structural nonzeros, a negative one prunes).
@@ -235,6 +235,19 @@ def read_official_subset(official_dir: Path):
     truth = _read_mtx(official_dir / "neuron1024-l120-categories-first1200.mtx").tocoo()
     ids = np.unique(truth.row + 1 if truth.shape[0] > 1 else truth.col + 1).astype(np.int64)
     return Network.from_layers([layers[k] for k in range(1, 121)], -0.30), features, ids
+
+
+def challenge_cache(path: Path, neurons: int, layers: int, samples: int) -> np.ndarray:
+    """Fill the cache folder ``path`` (``SPDNN_CACHE_DIR``) with a generated cell: the first
+    ``samples`` challenge inputs of N = ``neurons`` and their float64 truth after ``layers``
+    layers; return the truth (1-based ids). The environment is left as it was."""
+    import pytest
+
+    from spdnn.generate import cached_challenge
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SPDNN_CACHE_DIR", str(path))
+        return np.asarray(cached_challenge(neurons, layers, samples=samples)[2])
 
 
 def same_csr(a, b) -> bool:

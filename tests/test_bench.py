@@ -1,24 +1,58 @@
-"""spdnn.bench (cell parser, floor) and the scripts of benchmarks/ (the MPI scaling model,
-the packed feature files)."""
+"""spdnn.bench (cells, published figures, floor, timing loop, report) and the scripts of
+benchmarks/, run on a small generated cell: each exits 0 when every engine matches the
+float64 truth and 1 when one does not (a damaged cached truth stands in for a wrong engine)."""
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
-from spdnn.bench import floor_estimate, parse_cells
-from spdnn.distributed import NpzSource
-from spdnn.errors import OptionError
+from spdnn import bench
+from spdnn.bench import GRID, PUBLISHED, floor_estimate, parse_cells, time_engine, time_runs, write_json
+from spdnn.engines.reference import ReferenceEngine
+from spdnn.errors import OptionError, SpdnnError
+from spdnn.formats.packed import read_packed_features, write_packed_features
 
-from factories import engine_availability
+from factories import challenge_cache, engine_availability, random_features, random_network, same_csr
 
+REPO = Path(__file__).resolve().parents[1]
 MPI_TIMEOUT = 300
+#: The small cell every script runs on: N x L with the first S samples.
+N, L, S = 64, 8, 200
+
+
+@pytest.fixture(scope="module")
+def small_cache(tmp_path_factory):
+    """A cache folder holding the small cell's generated features and float64 truth."""
+    path = tmp_path_factory.mktemp("bench-cache")
+    assert len(challenge_cache(path, N, L, S)) >= 1, "the small cell must have at least one category"
+    return path
+
+
+@pytest.fixture
+def wrong_truth_cache(small_cache, tmp_path):
+    """A copy of ``small_cache`` whose cached truth lacks its first category."""
+    path = tmp_path / "cache"
+    shutil.copytree(small_cache, path)
+    (truth_file,) = (path / "generated").glob(f"truth-n{N}-l{L}-*.json")
+    record = json.loads(truth_file.read_text())
+    record["categories"] = record["categories"][1:]
+    truth_file.write_text(json.dumps(record))
+    return path
+
+
+def _script(name: str, *args, cache: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``benchmarks/NAME`` with spdnn's cache in ``cache`` (one numba thread)."""
+    env = dict(os.environ, SPDNN_CACHE_DIR=str(cache), NUMBA_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 # ----------------------------------------------------------------- spdnn.bench helpers
@@ -27,9 +61,30 @@ MPI_TIMEOUT = 300
 def test_parse_cells():
     assert parse_cells("1024x120, 4096X480") == [(1024, 120), (4096, 480)]
     assert parse_cells(["64x8", "32x1,128x2"]) == [(64, 8), (32, 1), (128, 2)]
+    assert parse_cells("1024x120,1024x120") == [(1024, 120)]
     for bad in ("", "1024", "1000x120", "16x4", "1024x0", "ax3"):
         with pytest.raises(OptionError, match="--cells"):
             parse_cells(bad)
+
+
+def test_grid_is_the_challenge_grid():
+    assert parse_cells("grid") == list(GRID) and len(GRID) == 12
+    assert {n for n, _ in GRID} == {1024, 4096, 16384, 65536} and {k for _, k in GRID} == {120, 480, 1920}
+    assert parse_cells("64x8,grid")[0] == (64, 8) and len(parse_cells("grid,1024x120")) == 12
+
+
+def test_published_table_equals_the_documented_one():
+    """PUBLISHED and the table of docs/challenge.md (Published figures) are the same numbers."""
+    text = (REPO / "docs" / "challenge.md").read_text()
+    section = text[text.index("## Published figures"):]
+    header = next(line for line in section.splitlines() if line.startswith("| N × L"))
+    systems = [c.strip() for c in header.strip("|").split("|")][1:]
+    rows = re.findall(r"^\| (\d+) × (\d+) \|(.*)\|$", section, flags=re.M)
+    documented = {(int(n), int(k)): dict(zip(systems, (float(v) for v in rest.split("|")))) for n, k, rest in rows}
+    assert set(documented) == set(PUBLISHED) == set(GRID)
+    for cell, figures in PUBLISHED.items():
+        assert [(k.replace(" ", ""), v) for k, v in figures.items()] == [
+            (k.replace(" ", ""), v) for k, v in documented[cell].items()], cell
 
 
 def test_floor_estimate_by_hand():
@@ -44,109 +99,145 @@ def test_floor_estimate_by_hand():
                        launch_latency_s=0, device="cpu")
 
 
-# --------------------------------------------------------------- benchmarks/mpi_bench.py
+def test_time_runs_warms_up_then_times_each_call(monkeypatch):
+    clock = iter(np.arange(0.0, 100.0, 0.5))             # every perf_counter call advances 0.5 s
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: float(next(clock)))
+    calls = []
+    timing = time_runs(lambda: calls.append("run") or len(calls), 3, warmup=lambda: calls.append("warm") or 0)
+    assert calls == ["warm", "run", "run", "run"]
+    assert timing.warmup == 0 and timing.results == [2, 3, 4]
+    assert timing.seconds == [0.5, 0.5, 0.5]             # wall clock of each call, warm-up left out
+    own_times = iter([9.0, 7.0, 8.0])                    # warm-up, then two timed runs
+    own = time_runs(lambda: {"t": next(own_times)}, 2, seconds=lambda r: r["t"])
+    assert own.seconds == [7.0, 8.0] and own.median_seconds == 7.5 and own.best_seconds == 7.0
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(OptionError, match="repeats"):
+            time_runs(lambda: None, bad)
 
 
-def _bench_module():
-    import importlib.util
+class _CountingReference(ReferenceEngine):
+    """The reference engine, counting prepare() calls; ``batches`` fakes a batching engine."""
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "mpi_bench.py"
-    spec = importlib.util.spec_from_file_location("spdnn_mpi_bench", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    def __init__(self, batches=1, **kwargs):
+        super().__init__(**kwargs)
+        self.prepared, self.batches = 0, batches
 
+    def prepare(self, network):
+        self.prepared += 1
+        super().prepare(network)
 
-def _fake_run(segments, *, seconds, categories, busy=None, rebalances=0):
-    return {"inference_seconds": seconds, "categories": categories,
-            "extra": {"segments": segments, "rank_busy_seconds": busy or [], "rebalances": rebalances}}
-
-
-def test_bench_model_recovers_parameters():
-    bench = _bench_module()
-    a, c, layers, samples = 2e-6, 1e-4, 40, 1000
-    spans = [(0, 2, 1800), (2, 4, 900), (4, 8, 700), (8, 16, 800), (16, 40, 2400)]
-    segs = [{"start": s, "stop": e, "row_layers": [rl], "busy_seconds": [a * rl + c * (e - s)]} for s, e, rl in spans]
-    total = sum(s["busy_seconds"][0] for s in segs)
-    cats = list(range(901, 1001))            # all 100 survivors in the last tenth: a skewed static split
-    one = _fake_run(segs, seconds=total + 0.001, categories=cats)
-    two = {"off": _fake_run([], seconds=total / 2 + 0.0012, categories=cats, busy=[total / 2, total / 2])}
-    m = bench.fit_model(one, two, layers=layers, samples=samples, predict=(1, 2, 8, 64))
-    assert m["a_seconds_per_row_layer"] == pytest.approx(a, rel=1e-6)
-    assert m["c_seconds_per_layer"] == pytest.approx(c, rel=1e-6)
-    assert m["o1_seconds"] == pytest.approx(0.001, rel=1e-6)
-    assert m["alpha_seconds"] == pytest.approx(0.0002, rel=1e-6)
-    assert m["S_final_survivors"] == 100
-    p = {row["ranks"]: row for row in m["predictions"]}
-    assert p[1]["block"]["seconds"] == pytest.approx(one["inference_seconds"], rel=1e-6)
-    # every survivor is in the last block of the contiguous split: dealing chunks or
-    # rebalancing must predict faster runs
-    assert p[8]["balanced"]["seconds"] <= p[8]["shuffled"]["seconds"] < p[8]["block"]["seconds"]
-    assert p[64]["balanced"]["speedup"] > p[8]["balanced"]["speedup"] > 1
-    assert 0 < p[64]["block"]["efficiency"] < p[8]["block"]["efficiency"] <= 1
+    def infer(self, start=0, stop=None):
+        categories, survivors, extra = super().infer(start, stop)
+        return categories, survivors, {**extra, "batches": self.batches}
 
 
-def test_bench_packed_inputs_and_upsampling(tmp_path, rng):
-    bench = _bench_module()
-    dense = rng.random((7, 64)) < 0.3                      # 7 images of 8 x 8, column-major features
-    np.savez(tmp_path / "features-64.npz", bits=np.packbits(dense, axis=1), n=np.int64(64),
-             nnz=np.int64(dense.sum()))
-    got = bench.read_packed(tmp_path / "features-64.npz")
-    assert got.shape == (7, 64) and (got != sp.csr_matrix(dense.astype(np.float64))).nnz == 0
-    up = bench.upsample_2x2(got, 64)
-    images = dense.reshape(7, 8, 8).transpose(0, 2, 1)     # [sample, row, col] from feature c * 8 + r
-    big = np.kron(images, np.ones((2, 2), dtype=bool))     # 16 x 16, each pixel a 2 x 2 block
-    expect = big.transpose(0, 2, 1).reshape(7, 256)        # back to column-major features
-    assert up.has_sorted_indices and (up != sp.csr_matrix(expect.astype(np.float64))).nnz == 0
-    path, _, origin = bench.features_file(tmp_path / "work", 256, 5, "packed", tmp_path)
-    assert "upsampled" in origin and NpzSource(path).samples == 5
-    assert (NpzSource(path).rows(0, 5) != up[:5]).nnz == 0
+@pytest.mark.parametrize("batches", [1, 3])
+def test_time_engine_prepares_once_unless_the_engine_batches(rng, batches):
+    network = random_network(rng, 40, 5, bias="negative")
+    features = random_features(rng, 60, 40)
+    expect = ReferenceEngine(precision="fp64").run(network, features)
+    engine = _CountingReference(batches=batches, precision="fp64")
+    timing = time_engine(engine, network, features, 3)
+    assert engine.prepared == (1 if batches == 1 else 4)
+    assert len(timing.results) == 3 and timing.warmup.extra["batches"] == batches
+    for result in [timing.warmup, *timing.results]:
+        np.testing.assert_array_equal(result.categories, expect.categories)
+        np.testing.assert_array_equal(result.survivors, expect.survivors)
+        assert (result.samples, result.edges, result.precision) == (60, network.edges, "fp64")
+    assert timing.seconds == [r.inference_seconds for r in timing.results]
 
 
-def test_bench_fast_features_shape():
-    bench = _bench_module()
-    f = bench.fast_features(1024, 5)
-    assert f.shape == (5, 1024) and f.nnz > 0 and set(np.unique(f.data)) == {1.0}
-    assert np.all(np.diff(f.indptr) > 0)
+def test_write_json_is_atomic_and_names_the_file(tmp_path):
+    path = write_json({"a": np.int64(3), "b": np.array([1.5])}, tmp_path / "r.json")
+    assert json.loads(path.read_text()) == {"a": 3, "b": [1.5]}
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SpdnnError, match="cannot write .*file/r.json"):
+        write_json({}, blocker / "r.json")                 # its folder is a file
+    assert sorted(tmp_path.iterdir()) == [blocker, path]   # nothing else left behind
+
+
+@pytest.mark.gpu
+def test_gpu_bandwidths_are_positive():
+    assert bench.gpu_copy_gbs(megabytes=64, repeats=3) > 0
+    gbs, how = bench.gpu_bandwidth_gbs()
+    assert gbs > 0 and how
+
+
+# ----------------------------------------------------------------------- benchmarks/*.py
+
+
+def test_cpu_peers_passes_and_fails_on_a_wrong_truth(small_cache, wrong_truth_cache, tmp_path):
+    """Every engine equals the fp64 reference: exit 0; the cached truth disagrees: exit 1."""
+    pytest.importorskip("graphblas")
+    out = tmp_path / "peers.json"
+    args = ("--neurons", N, "--layers", L, "--samples", S, "--repeats", 1)
+    proc = _script("cpu_peers.py", *args, "--json-out", out, cache=small_cache)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    names = {(e["engine"], e["precision"]) for e in doc["engines"]}
+    assert {("cpu", "fp32"), ("scipy", "fp64"), ("scipy", "fp32"), ("graphblas", "fp32")} <= names
+    assert all(e["equals_reference"] for e in doc["engines"]) and doc["reference_equals_truth"]
+    assert "| graphblas | fp32 |" in proc.stdout
+    bad = _script("cpu_peers.py", *args, cache=wrong_truth_cache)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+
+
+def test_mpi_profile_passes_and_fails_on_a_wrong_truth(small_cache, wrong_truth_cache, tmp_path):
+    out = tmp_path / "profile.json"
+    proc = _script("mpi_profile.py", f"{N}x{L}", "--ranks", "2,4", "--samples", S, "--out", out, cache=small_cache)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    prof = json.loads(out.read_text())
+    assert prof["passed"] and len(prof["survivors"]) == L
+    assert {(r["ranks"], r["layout"]) for r in prof["splits"]} == {(2, "block"), (2, "shuffled"), (4, "block"),
+                                                                   (4, "shuffled")}
+    assert all(r["work_weighted_slowdown"] >= 1 and len(r["per_layer_imbalance"]) == L for r in prof["splits"])
+    bad = _script("mpi_profile.py", f"{N}x{L}", "--ranks", "2", "--samples", S, cache=wrong_truth_cache)
+    assert bad.returncode == 1 and "NOT equal" in bad.stdout, bad.stdout + bad.stderr
+    usage = _script("mpi_profile.py", "grid", cache=small_cache)
+    assert usage.returncode == 2 and usage.stderr.startswith("mpi_profile: error:")
+
+
+def test_cuda_bench_usage_errors_need_no_gpu(tmp_path):
+    for args in (["--variants", "bogus"], ["--cells", "100x5"], ["--ref-samples", "1024:x"]):
+        proc = _script("cuda_bench.py", "--out", tmp_path, *args, cache=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.startswith("cuda_bench: error:"), proc.stderr
+
+
+def test_devdata_seeds_the_cache_with_carried_features(tmp_path, rng):
+    """seed: carried bit-packed inputs become the cached full set; make: written back identically."""
+    features = random_features(rng, 60000, 32, density=0.02)
+    carried = tmp_path / "carried"
+    carried.mkdir()
+    write_packed_features(carried / "features-32.npz", features)
+    cache = tmp_path / "cache"
+    proc = _script("devdata.py", "seed", carried, cache=cache)
+    assert proc.returncode == 0 and "features-32.npz" in proc.stdout, proc.stdout + proc.stderr
+    again = tmp_path / "again"
+    proc = _script("devdata.py", "make", "--neurons", "32", "--out", again, cache=cache)   # from the cache
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert same_csr(read_packed_features(again / "features-32.npz"), features)   # not MNIST: the cache's
+    for args in (["seed", tmp_path / "empty"], ["make", "--neurons", "100", "--out", again]):
+        bad = _script("devdata.py", *args, cache=cache)
+        assert bad.returncode == 2 and bad.stderr.startswith("devdata: error:"), bad.stderr
+
+
+# ------------------------------------------------------------------------ MPI (mpi marker)
 
 
 @pytest.mark.mpi
-def test_bench_script_runs_one_and_two_ranks(tmp_path):
+def test_mpi_bench_one_and_two_ranks_then_refit(small_cache, tmp_path):
     engine = "cpu" if engine_availability("cpu")[0] else "reference"
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "mpi_bench.py"), "--engine",
-           engine, "--cells", "1024x12", "--samples", "240", "--ranks", "1,2", "--inputs", "fast", "--repeat", "0",
-           "--workdir", str(tmp_path / "work"), "--out", str(out)]
-    env = dict(os.environ, NUMBA_NUM_THREADS="1")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=MPI_TIMEOUT)
+    proc = _script("mpi_bench.py", "--engine", engine, "--cells", f"{N}x{L}", "--samples", S, "--ranks", "1,2",
+                   "--repeat", 1, "--workdir", tmp_path / "work", "--out", out, cache=small_cache,
+                   timeout=MPI_TIMEOUT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
     (cell,) = report["cells"]
     assert cell["passed"] and {(r["ranks"], r["mode"]) for r in cell["rows"]} == {
         (1, "off"), (1, "on"), (2, "block"), (2, "off"), (2, "on"), (2, "force")}
-    assert all(r["same_as_1_rank"] for r in cell["rows"])
+    assert all(r["same_as_1_rank"] and r["truth"] for r in cell["rows"])
     assert "predictions" in cell["model"] and "off" in cell["model"]["check_P2"]
-
-
-def test_bench_static_fit_recovers_parameters_and_checks_unfitted_runs():
-    bench = _bench_module()
-    a, C, layers, samples = 3e-6, 0.02, 40, 1000
-    spans = [(0, 2, 1800), (2, 4, 900), (4, 8, 700), (8, 16, 800), (16, 40, 2400)]
-    segs = [{"start": s, "stop": e, "row_layers": [rl], "busy_seconds": [0.0]} for s, e, rl in spans]
-    cats = list(range(1, 1001, 10))                      # 100 survivors spread over the samples
-    one = _fake_run(segs, seconds=0.0, categories=cats)
-    np_cats = np.asarray(cats)
-    total = sum(rl for *_, rl in spans)
-    Wd = total - len(cats) * layers
-
-    def static(P, layout):
-        k = bench._busiest(samples, P, layout, np_cats)
-        return _fake_run([], seconds=a * (Wd / P + k * layers) + C, categories=cats)
-
-    measured = {P: {"off": static(P, "shuffled"), "block": static(P, "block")} for P in (1, 2, 4)}
-    m = bench.fit_static(one, measured, layers=layers, samples=samples, fit_ranks=[1, 2])
-    assert m["a_seconds_per_row_layer"] == pytest.approx(a, rel=1e-6)
-    assert m["C_seconds"] == pytest.approx(C, rel=1e-6)
-    unfitted = [c for c in m["checks"] if not c["fitted"]]
-    assert {c["ranks"] for c in unfitted} == {4} and all(abs(c["error"]) < 1e-9 for c in unfitted)
-    assert bench.fit_static(one, {1: measured[1]}, layers=layers, samples=samples, fit_ranks=[1]) is None
+    refit = _script("mpi_bench.py", "fit", out, cache=small_cache)
+    assert refit.returncode == 0 and "model: T(P)" in refit.stdout, refit.stdout + refit.stderr

@@ -18,13 +18,14 @@ import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from spdnn.cli import cli
+
+from factories import challenge_cache
 
 N, L, S = 64, 12, 200
 SMALL = ["--neurons", str(N), "--layers", str(L), "--samples", str(S)]
@@ -34,14 +35,9 @@ SMALL = ["--neurons", str(N), "--layers", str(L), "--samples", str(S)]
 def cache(tmp_path_factory):
     """A private cache dir, filled once with the small challenge; returns (dir, truth)."""
     path = tmp_path_factory.mktemp("spdnn-cache")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("SPDNN_CACHE_DIR", str(path))
-    from spdnn.generate import cached_challenge
-
-    _, _, truth, _ = cached_challenge(N, L, samples=S)
-    mp.undo()
+    truth = challenge_cache(path, N, L, S)
     assert len(truth) >= 1, "the small challenge must have at least one category"
-    return path, np.asarray(truth)
+    return path, truth
 
 
 def _runner() -> CliRunner:
@@ -329,25 +325,6 @@ def test_bench_json_stdout(spdnn_cli, cache):
     assert doc["cells"][0]["engines"]["reference"]["passed"] is True
     bw = doc["machine"]["bandwidth"]["cpu"]
     assert bw["gbs"] > 0 and "measured" in bw["how"]
-
-
-def test_cpu_peers_script_smoke(cache, tmp_path):
-    """benchmarks/cpu_peers.py on the small challenge: every engine equals the fp64 reference, exit 0."""
-    pytest.importorskip("graphblas")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "cpu_peers.py"
-    if not script.exists():
-        pytest.skip(f"{script} not found (installed package without the repository)")
-    out = tmp_path / "peers.json"
-    env = {**os.environ, "SPDNN_CACHE_DIR": str(cache[0])}
-    proc = subprocess.run([sys.executable, str(script), "--neurons", str(N), "--layers", str(L), "--samples", str(S),
-                           "--repeats", "1", "--json-out", str(out)], capture_output=True, text=True, timeout=600,
-                          env=env)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    doc = json.loads(out.read_text())
-    names = {(e["engine"], e["precision"]) for e in doc["engines"]}
-    assert {("cpu", "fp32"), ("scipy", "fp64"), ("scipy", "fp32"), ("graphblas", "fp32")} <= names
-    assert all(e["equals_reference"] and e["categories_count"] == len(cache[1]) for e in doc["engines"])
-    assert "| graphblas | fp32 |" in proc.stdout
 
 
 # ------------------------------------------------------------------ bad inputs

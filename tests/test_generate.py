@@ -13,14 +13,16 @@ import pytest
 import scipy.io
 import scipy.sparse as sp
 
+from spdnn.engines.reference import ReferenceEngine
 from spdnn.errors import DataNotFoundError, FormatError, OptionError
 from spdnn.network import LazyLayers, Network
 from spdnn.generate import (cached_challenge, challenge_features, default_bias, generate_challenge, image_shape,
                             load_mnist, place_value, radixnet_base, radixnet_layer, radixnet_network,
                             radixnet_permutations, write_challenge)
 from spdnn.generate import mnist as mnist_module
+from spdnn.generate.challenge import store_cached_features
 
-from factories import same_csr
+from factories import random_features, same_csr
 
 
 def official_layer_bytes(official_dir, k: int) -> bytes:
@@ -407,3 +409,18 @@ def test_cached_challenge_reuses_features_and_truth(tmp_path, monkeypatch, small
     _, feats3, truth3, info3 = cached_challenge(64, 12, seed=3, samples=250)
     assert info3["cached"] is False
     assert same_csr(feats, feats3) and np.array_equal(truth, truth3)
+
+
+def test_stored_features_serve_cached_challenge(tmp_path, monkeypatch, small_mnist, rng):
+    """store_cached_features (inputs carried from another machine) replaces generation."""
+    monkeypatch.setenv("SPDNN_CACHE_DIR", str(tmp_path / "cache"))
+    count = small_mnist.shape[0]
+    stored = random_features(rng, count, 64, density=0.1)
+    assert store_cached_features(stored).exists()
+    network, feats, truth, _ = cached_challenge(64, 3, samples=50)
+    assert same_csr(feats, stored[:50])              # random, not MNIST: the stored set was used
+    assert np.array_equal(truth, ReferenceEngine(precision="fp64").run(network, stored[:50]).categories)
+    with pytest.raises(OptionError, match=f"the full set of {count}"):
+        store_cached_features(stored[:10])
+    with pytest.raises(OptionError, match="neurons=100"):
+        store_cached_features(sp.csr_matrix((count, 100)))

@@ -20,6 +20,7 @@ measured median over that floor.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 import platform
@@ -33,22 +34,22 @@ from typing import Any
 
 import numpy as np
 
+from ._atomic import atomic_open
+from ._progress import progress_bar
+from .engines import PRECISIONS, available_engines, engine_device, get_engine
+from .engines.base import Engine, InferenceResult
 from .errors import OptionError, SpdnnError
-from .engines import PRECISIONS, available_engines, get_engine
 from .network import LazyLayers, Network
 from .report import to_json
-from ._progress import progress_bar
 
 __all__ = ["parse_cells", "default_engines", "Floor", "floor_estimate", "host_bandwidth_gbs",
-           "gpu_bandwidth_gbs", "engine_device", "run_bench", "write_json", "write_plot",
-           "require_matplotlib", "materialized", "cpu_model", "LAUNCH_LATENCY_S", "MATERIALIZE_MAX_EDGES"]
+           "gpu_copy_gbs", "gpu_bandwidth_gbs", "Timing", "time_runs", "time_engine", "run_bench",
+           "write_json", "write_plot", "require_matplotlib", "materialized", "cpu_model", "PUBLISHED",
+           "GRID", "LAUNCH_LATENCY_S", "MATERIALIZE_MAX_EDGES"]
 
 #: Per-layer launch cost assumed by the floor, seconds: a kernel node of a CUDA graph
 #: on the GPU; a fork/join of a parallel region (numba/OpenMP) on the CPU.
 LAUNCH_LATENCY_S = {"gpu": 2e-6, "cpu": 5e-6}
-
-#: Engines that run on the GPU (every other engine is a CPU engine).
-GPU_ENGINES = frozenset({"cuda", "cusparse"})
 
 #: Default engines of ``spdnn bench``, those available here are used.
 DEFAULT_ENGINES = ("cuda", "cusparse", "cpu")
@@ -74,10 +75,36 @@ def materialized(network: Network, *, max_edges: int = MATERIALIZE_MAX_EDGES) ->
     return Network(layers=list(network.layers), bias=network.bias, ymax=network.ymax)
 
 
+#: The challenge grid: every official N x L (``--cells grid``).
+GRID = tuple((n, layers) for n in (1024, 4096, 16384, 65536) for layers in (120, 480, 1920))
+
+#: Published single-GPU throughput, TeraEdges/s (60000 * 32 * N * L / t), per (N, L):
+#: the seed system (HPEC 2020) on a V100 and an A100, XY-2021 and SNICIT (ICPP 2023) on an
+#: RTX A6000 (docs/challenge.md, Published figures, which also says what their timers cover).
+PUBLISHED: dict[tuple[int, int], dict[str, float]] = {
+    (n, layers): dict(zip(("seed V100", "seed A100", "XY-2021 A6000", "SNICIT A6000"), figures))
+    for (n, layers), figures in {
+        (1024, 120): (10.51, 16.74, 15.8, 17.6),
+        (1024, 480): (12.87, 20.99, 23.1, 37.6),
+        (1024, 1920): (14.30, 20.68, 26.4, 52.1),
+        (4096, 120): (9.45, 14.27, 24.2, 29.1),
+        (4096, 480): (11.74, 18.63, 40.2, 85.5),
+        (4096, 1920): (13.88, 19.86, 48.3, 169.0),
+        (16384, 120): (6.15, 11.60, 26.4, 33.7),
+        (16384, 480): (7.45, 14.31, 45.4, 120.0),
+        (16384, 1920): (7.84, 15.27, 55.2, 337.0),
+        (65536, 120): (3.47, 8.15, 27.0, 32.6),
+        (65536, 480): (3.83, 9.08, 45.9, 119.0),
+        (65536, 1920): (3.93, 9.33, 55.6, 350.0),
+    }.items()
+}
+
+
 def parse_cells(text: str | Sequence[str]) -> list[tuple[int, int]]:
     """Parse ``"1024x120,4096x120"`` (or a list of such strings) into [(N, L), ...].
 
-    Raises :class:`OptionError` naming the bad item; N must be 16 * 2**S (S >= 1), L >= 1.
+    The item ``grid`` stands for the whole challenge grid :data:`GRID` (12 cells). Raises
+    :class:`OptionError` naming the bad item; N must be 16 * 2**S (S >= 1), L >= 1.
     """
     items = [text] if isinstance(text, str) else list(text)
     cells = []
@@ -86,9 +113,12 @@ def parse_cells(text: str | Sequence[str]) -> list[tuple[int, int]]:
             item = item.strip().lower()
             if not item:
                 continue
+            if item == "grid":
+                cells.extend(GRID)
+                continue
             parts = item.split("x")
             if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-                raise OptionError(f"--cells: {item!r} is not NxL (e.g. 1024x120)")
+                raise OptionError(f"--cells: {item!r} is not NxL (e.g. 1024x120) or 'grid'")
             n, layers = int(parts[0]), int(parts[1])
             if n < 32 or n % 16 or (n // 16) & (n // 16 - 1):
                 raise OptionError(f"--cells: {item!r}: N={n} must be 16 * 2**S with S >= 1 (32, 64, ..., 1024, ...)")
@@ -96,8 +126,8 @@ def parse_cells(text: str | Sequence[str]) -> list[tuple[int, int]]:
                 raise OptionError(f"--cells: {item!r}: L must be at least 1")
             cells.append((n, layers))
     if not cells:
-        raise OptionError("--cells: no cell given (e.g. 1024x120,4096x120)")
-    return cells
+        raise OptionError("--cells: no cell given (e.g. 1024x120,4096x120, or grid)")
+    return list(dict.fromkeys(cells))
 
 
 def default_engines() -> list[str]:
@@ -105,11 +135,6 @@ def default_engines() -> list[str]:
     avail = available_engines()
     names = [n for n in DEFAULT_ENGINES if avail.get(n, (False, ""))[0]]
     return names or ["reference"]
-
-
-def engine_device(name: str) -> str:
-    """'gpu' for engines that run on a GPU, else 'cpu'."""
-    return "gpu" if name in GPU_ENGINES else "cpu"
 
 
 @dataclass(frozen=True)
@@ -198,12 +223,35 @@ def host_bandwidth_gbs(*, megabytes: int = 256, repeats: int = 5) -> float:
     return 2 * src.nbytes / best / 1e9
 
 
+def gpu_copy_gbs(*, megabytes: int = 1024, repeats: int = 10) -> float:
+    """Measured bandwidth of the current CUDA device, GB/s: a device-to-device copy.
+
+    A ``megabytes`` float32 array is copied ``repeats + 2`` times, each timed with CUDA
+    events; the first two are discarded and the median of the rest is returned, counting
+    the bytes read plus the bytes written.
+    """
+    import cupy as cp
+
+    a = cp.ones(megabytes * 2**20 // 4, dtype=cp.float32)
+    b = cp.empty_like(a)
+    times = []
+    for _ in range(repeats + 2):
+        start, stop = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        b[...] = a
+        stop.record()
+        stop.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, stop) / 1e3)
+    nbytes = 2 * a.nbytes
+    del a, b
+    return nbytes / statistics.median(times[2:]) / 1e9
+
+
 def gpu_bandwidth_gbs() -> tuple[float, str]:
-    """(GB/s, how): the current CUDA device's peak bandwidth, else a measured copy.
+    """(GB/s, how): the current CUDA device's peak bandwidth, else :func:`gpu_copy_gbs`.
 
     The peak is memory clock x bus width x 2 (double data rate) from the device
-    attributes; where the runtime does not report them, a 1 GiB device-to-device copy
-    is timed with events (read + write bytes).
+    attributes; where the runtime does not report them, the copy is measured.
     """
     import cupy as cp
 
@@ -217,17 +265,107 @@ def gpu_bandwidth_gbs() -> tuple[float, str]:
             return clock_khz * 1e3 * bus_bits / 8 * 2 / 1e9, "peak from device attributes"
     except Exception:  # attribute missing in this CUDA/CuPy version: measure instead
         pass
-    a = cp.ones(2**27, dtype=cp.float64)
-    b = cp.empty_like(a)
-    start, stop = cp.cuda.Event(), cp.cuda.Event()
-    best = float("inf")
-    for _ in range(5):
-        start.record()
-        b[...] = a
-        stop.record()
-        stop.synchronize()
-        best = min(best, cp.cuda.get_elapsed_time(start, stop) / 1e3)
-    return 2 * a.nbytes / best / 1e9, "measured device-to-device copy"
+    return gpu_copy_gbs(), "measured device-to-device copy"
+
+
+@dataclass
+class Timing:
+    """The runs of one timed job: a warm-up, then the timed repeats.
+
+    Attributes
+    ----------
+    warmup : object
+        What the warm-up call returned (not timed: compilation, caches, graph capture).
+    results : list
+        What each timed call returned, in order.
+    seconds : list of float
+        The time of each timed call, seconds (see :func:`time_runs`).
+    """
+
+    warmup: Any
+    results: list
+    seconds: list
+
+    @property
+    def median_seconds(self) -> float:
+        return float(statistics.median(self.seconds))
+
+    @property
+    def best_seconds(self) -> float:
+        return float(min(self.seconds))
+
+
+def time_runs(run: Callable[[], Any], repeats: int, *, warmup: Callable[[], Any] | None = None,
+              seconds: Callable[[Any], float] | None = None, progress: bool | None = None,
+              desc: str = "") -> Timing:
+    """The timing loop of every benchmark: one warm-up call, then ``repeats`` timed calls.
+
+    Parameters
+    ----------
+    run : callable() -> result
+        One timed run.
+    repeats : int
+        Timed calls, >= 1.
+    warmup : callable() -> result, optional
+        The warm-up call (default: ``run``).
+    seconds : callable(result) -> float, optional
+        The time of a run from its result (e.g. an engine's own ``inference_seconds``,
+        which leaves out reading and preprocessing); default: the wall-clock seconds of
+        the call.
+    progress : bool or None
+        A progress bar over the calls (None: when stderr is a terminal).
+    desc : str
+        The bar's label.
+    """
+    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
+        raise OptionError(f"repeats={repeats!r}: expected an integer >= 1")
+    first, results, times = None, [], []
+    for i in progress_bar(range(repeats + 1), enabled=progress, desc=desc):
+        t0 = time.perf_counter()
+        result = (warmup or run)() if i == 0 else run()
+        wall = time.perf_counter() - t0
+        if i == 0:
+            first = result
+            continue
+        results.append(result)
+        times.append(float(wall if seconds is None else seconds(result)))
+    return Timing(warmup=first, results=results, seconds=times)
+
+
+def time_engine(engine: Engine, network: Network, features, repeats: int, *, progress: bool | None = None,
+                desc: str = "") -> Timing:
+    """Time an engine on one cell: :func:`time_runs` over :class:`~spdnn.engines.base.InferenceResult`.
+
+    The warm-up is ``engine.run(network, features)`` (prepare, load, infer). Each timed
+    run then loads the features again into the prepared engine and times ``infer()``
+    alone, wall clock, as :meth:`Engine.run` times it; its result has the warm-up's
+    fields with this run's categories, survivors, extra, inference seconds, and
+    ``preprocess_seconds`` covering ``load`` only. An engine that batched its features in
+    the warm-up (``extra['batches'] > 1``: its ``run`` interleaves loading and inference)
+    runs whole every time, and its own ``inference_seconds`` count. ``Timing.seconds`` are
+    the results' ``inference_seconds``.
+    """
+    warm: InferenceResult | None = None
+
+    def first() -> InferenceResult:
+        nonlocal warm
+        warm = engine.run(network, features)
+        return warm
+
+    def again() -> InferenceResult:
+        if warm.extra.get("batches", 1) > 1:
+            return engine.run(network, features)
+        t0 = time.perf_counter()
+        engine.load(features)
+        t1 = time.perf_counter()
+        categories, survivors, extra = engine.infer()
+        t2 = time.perf_counter()
+        return dataclasses.replace(warm, categories=np.asarray(categories, dtype=np.int64),
+                                   survivors=np.asarray(survivors, dtype=np.int64), inference_seconds=t2 - t1,
+                                   preprocess_seconds=t1 - t0, extra=dict(extra))
+
+    return time_runs(again, repeats, warmup=first, seconds=lambda r: r.inference_seconds, progress=progress,
+                     desc=desc)
 
 
 def require_matplotlib():
@@ -356,19 +494,16 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
             "truth_info": info, "survivors": None, "engines": {},
         }
         for name in engines:
-            engine = get_engine(name, precision=precision)
-            runs = []
-            for r in progress_bar(range(repeats + 1), enabled=progress, desc=f"{neurons}x{layers} {name}"):
-                runs.append(engine.run(network, features))
-            timed = runs[1:]
-            times = [res.inference_seconds for res in timed]
-            median = statistics.median(times)
-            checks = [compare_categories(res.categories, truth) for res in runs]
+            timing = time_engine(get_engine(name, precision=precision), network, features, repeats,
+                                 progress=progress, desc=f"{neurons}x{layers} {name}")
+            timed = timing.results
+            median = timing.median_seconds
+            checks = [compare_categories(res.categories, truth) for res in [timing.warmup, *timed]]
             bad = next((c for c in checks if not c.passed), checks[0])
             entry = {
-                "times": times, "median_seconds": median,
-                "teraedges_per_second": timed[0].samples * timed[0].edges / median / 1e12 if median > 0 else None,
-                "preprocess_seconds": statistics.median(res.preprocess_seconds for res in timed),
+                "times": timing.seconds, "median_seconds": median,
+                "teraedges_per_second": timed[0].samples * network.edges / median / 1e12 if median > 0 else None,
+                "preprocess_seconds": timing.warmup.preprocess_seconds,
                 "passed": all(c.passed for c in checks), "categories_count": int(len(timed[-1].categories)),
                 "missing": bad.missing, "extra": bad.extra, "survivors": timed[-1].survivors,
                 "extra_info": timed[-1].extra,
@@ -395,14 +530,14 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
 
 
 def write_json(report: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write the report as indented JSON, atomically (temp file + rename)."""
+    """Write the report as indented JSON (:func:`spdnn.report.to_json`), atomically."""
     path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     try:
-        tmp.write_text(to_json(report, indent=1) + "\n")
-        os.replace(tmp, path)
+        with atomic_open(path, "w") as fh:
+            fh.write(to_json(report, indent=1) + "\n")
+    except SpdnnError:
+        raise
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise SpdnnError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return path
 

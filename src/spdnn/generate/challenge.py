@@ -30,7 +30,7 @@ from .mnist import challenge_features
 from .radixnet import check_neurons, default_bias, radixnet_network
 
 __all__ = ["generate_challenge", "write_challenge", "cached_challenge", "compute_truth", "ChallengeFiles",
-           "GENERATOR_VERSION"]
+           "GENERATOR_VERSION", "store_cached_features"]
 
 #: Bumped whenever generated data would change; part of every cache key and of ``info``.
 #: 1: later layers permuted rows and columns; 2: rows only, as the official layers.
@@ -311,3 +311,26 @@ def _load_truth(path: Path) -> dict | None:
     if not isinstance(info, dict) or not isinstance(info.get("categories"), list):
         return None
     return info
+
+
+def store_cached_features(features) -> Path:
+    """Put the full challenge inputs of N = ``features.shape[1]`` into the cache.
+
+    For inputs made elsewhere (``benchmarks/devdata.py`` carries them bit-packed to a
+    machine with no time to generate them): later :func:`cached_challenge` calls for
+    that N use them instead of generating. They must be ``challenge_features(N)``, all
+    of its rows; only the shape is checked.
+
+    Returns
+    -------
+    pathlib.Path
+        The cache file written (atomically).
+    """
+    n = check_neurons(features.shape[1])
+    images = _mnist.load_mnist().shape[0]
+    if features.shape[0] != images:
+        raise OptionError(f"features: {features.shape[0]} samples, the cache keeps the full set of {images}")
+    path = _features_file(n, None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save_features(path, sp.csr_matrix(features))
+    return path
