@@ -159,7 +159,8 @@ def main(argv=None) -> int:
               "truth_count": len(truth), "reference_equals_truth": bool(compare_categories(reference, truth).passed),
               "engines": []}
     print(f"\nmachine: {cpu_model()}, {os.cpu_count()} cores; {args.neurons}x{args.layers}, {samples:,} samples\n")
-    print("| engine | precision | runs | median inference (s) | TeraEdges/s | preprocess (s) | categories | = fp64 reference |")
+    print("| engine | precision | runs | median inference (s) | TeraEdges/s | preprocess (s) | categories "
+          "| = fp64 reference |")
     print("|---|---|---|---|---|---|---|---|")
     for name, precision, med, prep, cats, surv, repeats in rows:
         cmp = compare_categories(cats, reference)

@@ -4,7 +4,7 @@
 Usage (on a GPU machine; ``benchmarks/devdata.py seed`` first saves generating inputs)::
 
     python3 benchmarks/cuda_bench.py --out OUT --cells 1024x120,4096x120 --reps 5 \\
-        --variants default,nograph,nodedupe,array,full,mb1,sliced,cusparse
+        --variants default,nomerge,nodedupe,perlayer,mb1,sliced,cusparse
 
 ``spdnn bench`` compares engines; this script compares configurations of the CUDA
 engine (and the cuSPARSE baseline), each a *variant* of :data:`VARIANTS`. Everything it
@@ -51,22 +51,21 @@ def _config(n: int, **kwargs):
 def variant_engine(variant: str, n: int):
     """(engine name, constructor options) of a variant at N neurons (fp32).
 
-    default: the engine as shipped; nograph: a host loop of launches instead of a CUDA
-    graph; nodedupe: every one of the N columns computed (no distinct-column
-    deduplication); array / full: per-entry fp16 / fp32 weight values instead of one
-    value per layer; mbK: tiles of K samples; nodedupe_mbK: both; tTmbK: T threads a
-    block and tiles of K; sliced: outputs sliced over blocks with a separate compaction
-    kernel; stream: weights streamed from pinned host memory; cusparse: the library
-    baseline (batched at N >= 16384).
+    default: the engine as shipped; nomerge: identical rows not merged; nodedupe: every
+    one of the N columns computed (no distinct-column deduplication); perlayer: one kernel
+    launch a layer instead of rows kept in shared memory across layers (stationary
+    tiles); mbK: tiles of K rows; nodedupe_mbK: both; tTmbK: T threads a block and tiles
+    of K; sliced: outputs sliced over blocks; stream: weights streamed from pinned host
+    memory; cusparse: the library baseline (batched at N >= 16384).
     """
     if variant == "default":
         return "cuda", {}
-    if variant == "nograph":
-        return "cuda", {"use_graph": False}
+    if variant == "nomerge":
+        return "cuda", {"merge": False}
     if variant == "nodedupe":
         return "cuda", {"dedupe": False}
-    if variant in ("array", "full"):
-        return "cuda", {"values": variant}
+    if variant == "perlayer":
+        return "cuda", {"config": _config(n, virtual=n // 16, stationary=False)}
     if variant == "stream":
         return "cuda", {"stream_weights": True}
     if variant == "sliced":
@@ -74,10 +73,11 @@ def variant_engine(variant: str, n: int):
 
         return "cuda", {"config": KernelConfig(threads=256, opt=1, mb=8, chunk=n)}
     if variant.startswith("nodedupe_mb"):
-        return "cuda", {"config": _config(n, mb=int(variant[len("nodedupe_mb"):])), "dedupe": False}
-    if variant.startswith("mb"):
+        return "cuda", {"config": _config(n, mb=int(variant[len("nodedupe_mb"):]), stationary=False),
+                        "dedupe": False}
+    if variant.startswith("mb") and variant[2:].isdigit():
         return "cuda", {"config": _config(n, virtual=n // 16, mb=int(variant[2:]))}
-    if variant.startswith("t") and "mb" in variant:
+    if variant.startswith("t") and "mb" in variant and variant[1:].replace("mb", "", 1).isdigit():
         threads, mb = variant[1:].split("mb")
         return "cuda", {"config": _config(n, virtual=n // 16, mb=int(mb), threads=int(threads))}
     if variant == "cusparse":
@@ -145,15 +145,18 @@ def run_cell(n: int, layers: int, args, bandwidth_gbs: float) -> dict:
         median = timing.median_seconds
         floor = floor_estimate(result.survivors, alive_inputs=alive_inputs, neurons=n, bytes_per_value=4,
                                edges=network.edges, bandwidth_gbs=bandwidth_gbs,
-                               launch_latency_s=LAUNCH_LATENCY_S["gpu"], device="gpu")
+                               launch_latency_s=LAUNCH_LATENCY_S["gpu"], device="gpu",
+                               rows_computed=result.extra.get("rows_computed"))
         cell["runs"][variant] = {
             "engine": name, "options": options, "median_seconds": median, "times": timing.seconds,
             "teraedges_per_second": result.samples * network.edges / median / 1e12, "passed": passed,
             "preprocess_seconds": timing.warmup.preprocess_seconds, "floor": floor.to_dict(),
-            "floor_ratio": median / floor.seconds, "survivors": result.survivors, "extra": result.extra}
+            "floor_ratio": median / floor.seconds, "survivors": result.survivors,
+            "rows_computed": result.extra.get("rows_computed"), "extra": result.extra}
         bad = next((c for c in compared if not c.passed), None)
-        print(f"  {n}x{layers} {variant:12s} {median * 1e3:9.3f} ms  {cell['runs'][variant]['teraedges_per_second']:7.2f}"
-              f" TE/s  x{median / floor.seconds:.2f} floor  "
+        teps = cell["runs"][variant]["teraedges_per_second"]
+        print(f"  {n}x{layers} {variant:12s} {median * 1e3:9.3f} ms  {teps:7.2f} TE/s  x{median / floor.seconds:.2f} "
+              f"floor  "
               + ("PASS" if bad is None else f"FAIL ({bad.missing.size} missing, {bad.extra.size} extra)"),
               flush=True)
         del engine, timing
@@ -193,9 +196,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="generator seed")
     ap.add_argument("--ref-samples", default="1024:60000,4096:3000,16384:1000,65536:300",
                     help="N:samples or NxL:samples of the fp64 check against the reference")
-    ap.add_argument("--variants", default="default,nograph,nodedupe,array,full,mb1,sliced,cusparse",
+    ap.add_argument("--variants", default="default,nomerge,nodedupe,perlayer,mb1,sliced,cusparse",
                     help="variants at L = 120, N < 16384 (see variant_engine)")
-    ap.add_argument("--variants-deep", default="default,nograph,cusparse", help="variants at L != 120")
+    ap.add_argument("--variants-deep", default="default,nomerge,cusparse", help="variants at L != 120")
     ap.add_argument("--variants-large", default="default,nodedupe,cusparse", help="variants at N >= 16384, L = 120")
     ap.add_argument("--official", type=Path, default=None, help="folder of the official N=1024 subset")
     args = ap.parse_args(argv)

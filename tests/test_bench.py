@@ -15,10 +15,13 @@ import numpy as np
 import pytest
 
 from spdnn import bench
-from spdnn.bench import GRID, PUBLISHED, floor_estimate, parse_cells, time_engine, time_runs, write_json
+from spdnn.bench import (GRID, PUBLISHED, bench_runs, floor_estimate, parse_cells, time_engine, time_runs,
+                         write_json)
+from spdnn.engines import engine_merges
 from spdnn.engines.reference import ReferenceEngine
 from spdnn.errors import OptionError, SpdnnError
 from spdnn.formats.packed import read_packed_features, write_packed_features
+from spdnn.report import format_bench
 
 from factories import challenge_cache, engine_availability, random_features, random_network, same_csr
 
@@ -99,6 +102,36 @@ def test_floor_estimate_by_hand():
                        launch_latency_s=0, device="cpu")
 
 
+def test_floor_counts_the_rows_computed():
+    survivors = [6, 3, 2]
+    plain = floor_estimate(survivors, alive_inputs=10, neurons=8, bytes_per_value=4, edges=100, bandwidth_gbs=1.0,
+                           launch_latency_s=0.0, device="gpu")
+    # the rows an unmerged engine computes: the samples alive before each layer
+    same = floor_estimate(survivors, alive_inputs=10, neurons=8, bytes_per_value=4, edges=100, bandwidth_gbs=1.0,
+                          launch_latency_s=0.0, device="gpu", rows_computed=[10, 6, 3])
+    assert same == plain
+    # merged: reads 10, 2, 1 and writes 2, 1, min(1, 2) -> 17 rows x 32 bytes + 200 bytes
+    merged = floor_estimate(survivors, alive_inputs=10, neurons=8, bytes_per_value=4, edges=100, bandwidth_gbs=1.0,
+                            launch_latency_s=0.0, device="gpu", rows_computed=[10, 2, 1])
+    assert merged.bytes == 17 * 32 + 200 < plain.bytes
+    with pytest.raises(OptionError, match="rows_computed"):
+        floor_estimate(survivors, alive_inputs=10, neurons=8, bytes_per_value=4, edges=1, bandwidth_gbs=1.0,
+                       launch_latency_s=0.0, device="gpu", rows_computed=[10, 2])
+
+
+def test_bench_runs_one_per_merge_setting_for_engines_that_merge():
+    assert engine_merges("cpu") and not engine_merges("reference")
+    runs = bench_runs(["cpu", "reference", "cpu"], ["on", "off", True])
+    assert [(r.engine, r.merge, r.label) for r in runs] == [
+        ("cpu", True, "cpu merge=on"), ("cpu", False, "cpu merge=off"), ("reference", None, "reference")]
+    assert runs[0].options == {"merge": True} and runs[2].options == {}
+    assert [r.label for r in bench_runs(["cpu", "reference"])] == ["cpu", "reference"]
+    assert [r.label for r in bench_runs(["cpu"], ["auto", "off"])] == ["cpu merge=auto", "cpu merge=off"]
+    for bad in (["maybe"], []):
+        with pytest.raises(OptionError, match="merge"):
+            bench_runs(["cpu"], bad)
+
+
 def test_time_runs_warms_up_then_times_each_call(monkeypatch):
     clock = iter(np.arange(0.0, 100.0, 0.5))             # every perf_counter call advances 0.5 s
     monkeypatch.setattr(bench.time, "perf_counter", lambda: float(next(clock)))
@@ -162,6 +195,58 @@ def test_gpu_bandwidths_are_positive():
     assert bench.gpu_copy_gbs(megabytes=64, repeats=3) > 0
     gbs, how = bench.gpu_bandwidth_gbs()
     assert gbs > 0 and how
+
+
+def test_run_bench_every_engine_and_merge_setting(small_cache, monkeypatch):
+    monkeypatch.setenv("SPDNN_CACHE_DIR", str(small_cache))
+    monkeypatch.setitem(bench.PUBLISHED, (N, L), {"seed V100": 1.0, "seed A100": 2.0, "XY-2021 A6000": 3.0,
+                                                  "SNICIT A6000": 4.5})
+    report = bench.run_bench([(N, L)], ["cpu", "reference"], repeats=2, samples=S, precision="fp64",
+                             merge=["on", "off"], bandwidth_gbs=10.0)
+    assert report["passed"] and report["merge"] == ["on", "off"]
+    assert report["engines"] == ["cpu merge=on", "cpu merge=off", "reference"]
+    (cell,) = report["cells"]
+    assert cell["published"]["SNICIT A6000"] == 4.5 and len(cell["survivors"]) == L
+    for label, entry in cell["engines"].items():
+        assert entry["passed"] and len(entry["times"]) == len(entry["repeats"]) == 2
+        assert [r["seconds"] for r in entry["repeats"]] == entry["times"]
+        assert all(r["passed"] and r["categories_count"] == cell["categories_count"] for r in entry["repeats"])
+        expect = floor_estimate(entry["survivors"], alive_inputs=cell["alive_inputs"], neurons=N, bytes_per_value=8,
+                                edges=cell["edges"], bandwidth_gbs=10.0, launch_latency_s=bench.LAUNCH_LATENCY_S["cpu"],
+                                device="cpu", rows_computed=entry["rows_computed"])
+        assert entry["floor"] == expect.to_dict()
+        assert entry["floor_ratio"] == pytest.approx(entry["median_seconds"] / expect.seconds)
+    on, off = cell["engines"]["cpu merge=on"], cell["engines"]["cpu merge=off"]
+    assert (on["merge"], off["merge"], cell["engines"]["reference"]["merge"]) == (True, False, None)
+    assert off["rows_computed"][1:] == list(off["survivors"][:-1])        # unmerged: every alive sample
+    assert all(c <= a for c, a in zip(on["rows_computed"][1:], on["survivors"][:-1]))
+    assert cell["engines"]["reference"]["rows_computed"] is None
+    text = format_bench(report)
+    assert "1/2/3/4.5" in text and "cpu merge=off" in text and text.count("PASS") == 3
+
+
+def test_bench_command_merge_grid_and_exit_status(small_cache, wrong_truth_cache, tmp_path):
+    from click.testing import CliRunner
+
+    from spdnn.cli import cli
+
+    def spdnn_bench(cache, *args):
+        return CliRunner().invoke(cli, ["bench", "--cells", f"{N}x{L}", "--samples", str(S), "--repeats", "1",
+                                        "--bandwidth-gbs", "10", "--no-progress", *map(str, args)],
+                                  env={"SPDNN_CACHE_DIR": str(cache)})
+
+    out = tmp_path / "bench.json"
+    result = spdnn_bench(small_cache, "--engines", "cpu,reference", "--merge", "on,off", "--json-out", out)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert doc["engines"] == ["cpu merge=on", "cpu merge=off", "reference"] and doc["passed"] is True
+    assert "cpu merge=on" in result.output
+    bad = spdnn_bench(wrong_truth_cache, "--engines", "reference")
+    assert bad.exit_code == 1 and "FAIL" in bad.output
+    usage = spdnn_bench(small_cache, "--merge", "maybe")
+    assert usage.exit_code == 2 and "--merge" in usage.output
+    grid = CliRunner().invoke(cli, ["bench", "--cells", "grid,64x0"])
+    assert grid.exit_code == 2 and "64x0" in grid.output       # 'grid' itself parsed, the bad item named
 
 
 # ----------------------------------------------------------------------- benchmarks/*.py

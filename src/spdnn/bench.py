@@ -1,22 +1,27 @@
 """``spdnn bench``: time engines side by side on generated challenge cells, against a floor.
 
 For every cell N x L the data is prepared once (:func:`spdnn.generate.cached_challenge`,
-60,000 samples by default, float64 truth); every engine then runs once as a warm-up and
-``repeats`` times; the engine's own ``inference_seconds`` are kept and their median
-reported together with TeraEdges/s (samples x edges / seconds / 1e12), as in the
-tables of the challenge papers. Every run's categories are checked against the truth.
+60,000 samples by default, float64 truth); every engine (once per ``merge`` setting for
+the engines that merge identical samples) then runs once as a warm-up and ``repeats``
+times (:func:`time_engine`); the engine's own ``inference_seconds`` are kept and their
+median reported together with TeraEdges/s (samples x edges / seconds / 1e12), as in the
+tables of the challenge papers, next to the published figures of that cell
+(:data:`PUBLISHED`). Every run's categories are checked against the truth.
 
 The floor of a cell on a device is the time to move the bytes any engine must move,
 at the device's memory bandwidth, plus one kernel launch (or parallel region) per
-layer::
+layer (:func:`floor_estimate`)::
 
-    bytes   = sum_k (alive_before_k + alive_after_k) * N * bytes_per_value  +  weight_bytes
+    bytes   = sum_k (read_k + written_k) * N * bytes_per_value  +  weight_bytes
     seconds = bytes / bandwidth + layers * launch_latency
 
-``alive_before_1`` is the number of samples with a nonzero input row, ``alive_after_k``
-the survivors after layer k; ``weight_bytes`` counts a 16-bit index per edge (values
-are free: generated networks have one weight value per layer). ``xfloor`` is the
-measured median over that floor.
+Layer k reads the rows it computes and writes those the next layer computes: without
+merging, the samples alive before it (``alive_inputs`` for layer 1: nonzero input rows)
+and after it (the survivors); for an engine that reports ``extra['rows_computed']``
+(fewer rows when it merges identical samples), those counts, so that merging cannot
+hide a slow kernel. ``weight_bytes`` counts a 16-bit index per edge (values are free:
+generated networks have one weight value per layer). ``xfloor`` is the measured median
+over that floor.
 """
 from __future__ import annotations
 
@@ -36,14 +41,16 @@ import numpy as np
 
 from ._atomic import atomic_open
 from ._progress import progress_bar
-from .engines import PRECISIONS, available_engines, engine_device, get_engine
+from .engines import PRECISIONS, available_engines, engine_device, engine_merges, get_engine
 from .engines.base import Engine, InferenceResult
 from .errors import OptionError, SpdnnError
 from .network import LazyLayers, Network
+from .options import check_merge
 from .report import to_json
 
 __all__ = ["parse_cells", "default_engines", "Floor", "floor_estimate", "host_bandwidth_gbs",
-           "gpu_copy_gbs", "gpu_bandwidth_gbs", "Timing", "time_runs", "time_engine", "run_bench",
+           "gpu_copy_gbs", "gpu_bandwidth_gbs", "Timing", "time_runs", "time_engine", "BenchRun", "bench_runs",
+           "run_bench",
            "write_json", "write_plot", "require_matplotlib", "materialized", "cpu_model", "PUBLISHED",
            "GRID", "LAUNCH_LATENCY_S", "MATERIALIZE_MAX_EDGES"]
 
@@ -167,8 +174,9 @@ class Floor:
 
 
 def floor_estimate(survivors: Sequence[int], *, alive_inputs: int, neurons: int, bytes_per_value: int,
-                   edges: int, bandwidth_gbs: float, launch_latency_s: float, device: str) -> Floor:
-    """The floor of one cell.
+                   edges: int, bandwidth_gbs: float, launch_latency_s: float, device: str,
+                   rows_computed: Sequence[int] | None = None) -> Floor:
+    """The floor of one cell (see the module docstring).
 
     Parameters
     ----------
@@ -187,14 +195,25 @@ def floor_estimate(survivors: Sequence[int], *, alive_inputs: int, neurons: int,
     launch_latency_s : float
         Seconds per layer launch.
     device : str
+    rows_computed : sequence of int, length L, optional
+        Rows the engine computed at each layer (``InferenceResult.extra['rows_computed']``).
+        Given, layer k reads ``rows_computed[k]`` rows and writes ``rows_computed[k+1]``
+        (the last layer: ``min(rows_computed[L-1], survivors[L-1])``); else it reads the
+        samples alive before it and writes the survivors.
     """
     if not bandwidth_gbs > 0:
         raise OptionError(f"bandwidth {bandwidth_gbs} GB/s: expected a positive number")
-    after = np.asarray(survivors, dtype=np.int64)
-    before = np.concatenate([[int(alive_inputs)], after[:-1]])
-    act_bytes = int((before + after).sum()) * int(neurons) * int(bytes_per_value)
+    alive = np.asarray(survivors, dtype=np.int64)
+    if rows_computed is None:
+        read = np.concatenate([[int(alive_inputs)], alive[:-1]])
+    else:
+        read = np.asarray(rows_computed, dtype=np.int64)
+        if read.shape != alive.shape:
+            raise OptionError(f"rows_computed: {read.size} layers, survivors: {alive.size}")
+    written = np.concatenate([read[1:], [min(int(read[-1]), int(alive[-1]))]]) if read.size else read
+    act_bytes = int((read + written).sum()) * int(neurons) * int(bytes_per_value)
     total = act_bytes + int(edges) * WEIGHT_INDEX_BYTES
-    launches = int(len(after))
+    launches = int(len(alive))
     seconds = total / (bandwidth_gbs * 1e9) + launches * launch_latency_s
     return Floor(device=device, bytes=total, bandwidth_gbs=float(bandwidth_gbs), launches=launches,
                  launch_latency_s=float(launch_latency_s), seconds=float(seconds))
@@ -421,8 +440,44 @@ def _bandwidths(devices: set[str], bandwidth_gbs: float | str) -> dict[str, dict
     return out
 
 
+@dataclass(frozen=True)
+class BenchRun:
+    """One engine configuration of a bench: engine name, ``merge`` option (None: the
+    engine does not merge, or its default), and the label of its column."""
+
+    engine: str
+    merge: Any
+    label: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Constructor options besides precision."""
+        return {} if self.merge is None else {"merge": self.merge}
+
+
+def bench_runs(engines: Sequence[str], merge: Sequence = ("auto",)) -> list[BenchRun]:
+    """The configurations to time: every engine once per ``merge`` setting if it merges
+    identical samples (:func:`spdnn.engines.engine_merges`), else once.
+
+    ``merge`` holds 'auto', 'on'/True or 'off'/False (duplicates dropped). Labels are the
+    engine's name, with `` merge=on|off|auto`` when settings other than the default
+    'auto' alone are asked for.
+    """
+    settings = list(dict.fromkeys(check_merge(m) for m in merge))
+    if not settings:
+        raise OptionError("--merge: no setting given (auto, on, off)")
+    spelled = {True: "on", False: "off", "auto": "auto"}
+    runs = []
+    for name in dict.fromkeys(engines):
+        if not engine_merges(name) or settings == ["auto"]:
+            runs.append(BenchRun(name, None, name))
+            continue
+        runs += [BenchRun(name, value, f"{name} merge={spelled[value]}") for value in settings]
+    return runs
+
+
 def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repeats: int = 5,
-              samples: int | None = 60000, precision: str = "fp32", seed: int = 0,
+              samples: int | None = 60000, precision: str = "fp32", seed: int = 0, merge: Sequence = ("auto",),
               bandwidth_gbs: float | str = "auto", launch_latency_s: float | None = None,
               progress: bool | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the benchmark and return its report (a JSON-ready dict).
@@ -440,6 +495,9 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
     precision : {'fp32', 'fp64'}
     seed : int
         Generator seed of the permuted layers.
+    merge : sequence of {'auto', 'on', 'off', True, False}
+        Settings of the ``merge`` option; engines that merge run once per setting (see
+        :func:`bench_runs`), the others once.
     bandwidth_gbs : float or 'auto'
         Memory bandwidth for the floor; 'auto' measures the host and reads the GPU's peak.
     launch_latency_s : float, optional
@@ -452,33 +510,42 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
     Returns
     -------
     dict
-        ``cells`` (per cell: neurons, layers, samples, edges, survivors, categories_count
-        (the truth's), and per engine: times, median_seconds, teraedges_per_second,
-        preprocess_seconds, passed, missing, extra, floor, floor_ratio), ``engines``,
-        ``repeats``, ``precision``, ``machine``, ``passed`` (every run matched the truth).
+        ``engines`` (the labels of :func:`bench_runs`, in order), ``repeats``,
+        ``precision``, ``merge``, ``machine``, ``passed`` (every run of every cell matched
+        the truth) and ``cells``: per cell neurons, layers, samples, edges,
+        alive_inputs, categories_count (the truth's), truth_info, ``published``
+        (:data:`PUBLISHED` figures of the cell, or None), ``survivors`` (of a run that
+        matched the truth), and ``engines``: per label engine, merge, times (seconds of
+        each timed run), median_seconds, teraedges_per_second, preprocess_seconds (the
+        warm-up's: prepare and load), ``repeats`` (per timed run: seconds, passed,
+        categories_count, rows_computed), passed, categories_count, missing and extra
+        (ids against the truth, of the first failing run), survivors, rows_computed (or
+        None), floor (:meth:`Floor.to_dict`), floor_ratio, extra_info (the engine's
+        ``extra`` of the last run).
     """
     from .generate import cached_challenge
     from .verify import compare_categories
 
     log = log or (lambda line: None)
-    if repeats < 1:
-        raise OptionError(f"--repeats {repeats}: expected at least 1")
+    if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
+        raise OptionError(f"--repeats {repeats}: expected an integer >= 1")
     if precision not in PRECISIONS:
         raise OptionError(f"--precision {precision!r}: expected one of {sorted(PRECISIONS)}")
     if bandwidth_gbs != "auto" and not float(bandwidth_gbs) > 0:
         raise OptionError(f"--bandwidth-gbs {bandwidth_gbs}: expected a positive number or 'auto'")
-    engines = list(dict.fromkeys(engines))
+    runs = bench_runs(engines, merge)
     # Fail before any long step when an engine cannot run here.
-    for name in engines:
-        get_engine(name, precision=precision)
-    bandwidths = _bandwidths({engine_device(n) for n in engines}, bandwidth_gbs)
+    for run in runs:
+        get_engine(run.engine, precision=precision, **run.options)
+    bandwidths = _bandwidths({engine_device(run.engine) for run in runs}, bandwidth_gbs)
     bytes_per_value = np.dtype(PRECISIONS[precision]).itemsize
 
     report: dict[str, Any] = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["spdnn", *sys.argv[1:]]) if sys.argv and "spdnn" in sys.argv[0] else None,
         "machine": _machine(bandwidths), "precision": precision, "repeats": repeats, "seed": seed,
-        "engines": engines, "cells": [],
+        "merge": [m if isinstance(m, str) else {True: "on", False: "off"}[m] for m in merge],
+        "engines": [run.label for run in runs], "cells": [],
     }
     for neurons, layers in cells:
         log(f"cell {neurons}x{layers}: preparing data (generated, seed {seed}, cached)")
@@ -491,39 +558,43 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
         cell: dict[str, Any] = {
             "neurons": neurons, "layers": layers, "samples": int(features.shape[0]), "edges": network.edges,
             "data_seconds": data_seconds, "alive_inputs": alive_inputs, "categories_count": int(len(truth)),
-            "truth_info": info, "survivors": None, "engines": {},
+            "truth_info": info, "published": PUBLISHED.get((neurons, layers)), "survivors": None, "engines": {},
         }
-        for name in engines:
-            timing = time_engine(get_engine(name, precision=precision), network, features, repeats,
-                                 progress=progress, desc=f"{neurons}x{layers} {name}")
+        for run in runs:
+            engine = get_engine(run.engine, precision=precision, **run.options)
+            timing = time_engine(engine, network, features, repeats, progress=progress,
+                                 desc=f"{neurons}x{layers} {run.label}")
             timed = timing.results
             median = timing.median_seconds
             checks = [compare_categories(res.categories, truth) for res in [timing.warmup, *timed]]
             bad = next((c for c in checks if not c.passed), checks[0])
+            last = timed[-1]
+            rows_computed = last.extra.get("rows_computed")
+            device = engine_device(run.engine)
+            floor = floor_estimate(last.survivors, alive_inputs=alive_inputs, neurons=neurons,
+                                   bytes_per_value=bytes_per_value, edges=network.edges,
+                                   bandwidth_gbs=bandwidths[device]["gbs"],
+                                   launch_latency_s=(LAUNCH_LATENCY_S[device] if launch_latency_s is None
+                                                     else launch_latency_s),
+                                   device=device, rows_computed=rows_computed)
             entry = {
-                "times": timing.seconds, "median_seconds": median,
-                "teraedges_per_second": timed[0].samples * network.edges / median / 1e12 if median > 0 else None,
+                "engine": run.engine, "merge": run.merge, "times": timing.seconds, "median_seconds": median,
+                "teraedges_per_second": last.samples * network.edges / median / 1e12 if median > 0 else None,
                 "preprocess_seconds": timing.warmup.preprocess_seconds,
-                "passed": all(c.passed for c in checks), "categories_count": int(len(timed[-1].categories)),
-                "missing": bad.missing, "extra": bad.extra, "survivors": timed[-1].survivors,
-                "extra_info": timed[-1].extra,
+                "repeats": [{"seconds": res.inference_seconds, "passed": c.passed,
+                             "categories_count": int(len(res.categories)),
+                             "rows_computed": res.extra.get("rows_computed")}
+                            for res, c in zip(timed, checks[1:])],
+                "passed": all(c.passed for c in checks), "categories_count": int(len(last.categories)),
+                "missing": bad.missing, "extra": bad.extra, "survivors": last.survivors,
+                "rows_computed": rows_computed, "floor": floor.to_dict(), "floor_ratio": median / floor.seconds,
+                "extra_info": last.extra,
             }
-            cell["engines"][name] = entry
+            cell["engines"][run.label] = entry
             if cell["survivors"] is None and entry["passed"]:
-                cell["survivors"] = [int(s) for s in timed[-1].survivors]
-            log(f"cell {neurons}x{layers}: {name} median {median:.4g} s "
+                cell["survivors"] = [int(s) for s in last.survivors]
+            log(f"cell {neurons}x{layers}: {run.label} median {median:.4g} s, x{entry['floor_ratio']:.2f} floor "
                 f"({'PASS' if entry['passed'] else 'FAIL'})")
-        if cell["survivors"] is None:  # no engine matched the truth: use the first one's profile
-            cell["survivors"] = [int(s) for s in cell["engines"][engines[0]]["survivors"]]
-        for name in engines:
-            entry = cell["engines"][name]
-            device = engine_device(name)
-            latency = LAUNCH_LATENCY_S[device] if launch_latency_s is None else launch_latency_s
-            fl = floor_estimate(cell["survivors"], alive_inputs=alive_inputs, neurons=neurons,
-                                bytes_per_value=bytes_per_value, edges=network.edges,
-                                bandwidth_gbs=bandwidths[device]["gbs"], launch_latency_s=latency, device=device)
-            entry["floor"] = fl.to_dict()
-            entry["floor_ratio"] = entry["median_seconds"] / fl.seconds
         report["cells"].append(cell)
     report["passed"] = all(e["passed"] for c in report["cells"] for e in c["engines"].values())
     return report

@@ -476,13 +476,13 @@ def _default_precision(engine: str) -> str:
 
 def _merging_engines() -> list[str]:
     """Names of the engines whose constructor takes ``merge`` (they merge identical samples)."""
-    from .engines import engine_class
+    from .engines import engine_merges
     from .errors import EngineUnavailableError
 
     names = []
     for name in ENGINES:
         try:
-            if "merge" in inspect.signature(engine_class(name)).parameters:
+            if engine_merges(name):
                 names.append(name)
         except EngineUnavailableError:
             continue
@@ -817,6 +817,20 @@ def _split_engines(ctx, param, value):
     return names
 
 
+def _split_merge(ctx, param, value):
+    from .options import check_merge
+
+    settings = [v.strip() for v in value.split(",") if v.strip()]
+    if not settings:
+        raise click.BadParameter("no setting given (auto, on, off)")
+    for v in settings:
+        try:
+            check_merge(v)
+        except OptionError:
+            raise click.BadParameter(f"{v!r} is not one of auto, on, off") from None
+    return settings
+
+
 def _bandwidth(ctx, param, value):
     if value == "auto":
         return value
@@ -831,7 +845,8 @@ def _bandwidth(ctx, param, value):
 
 @cli.command()
 @click.option("--cells", multiple=True, default=["1024x120"], show_default=True,
-              help="Cells NxL, comma-separated or repeated (e.g. 1024x120,4096x120).")
+              help="Cells NxL, comma-separated or repeated (e.g. 1024x120,4096x120); 'grid': "
+                   "N in 1024,4096,16384,65536 x L in 120,480,1920.")
 @click.option("--engines", "engine_names", default=None, callback=_split_engines,
               help="Engines, comma-separated [those of cuda,cusparse,cpu available here].")
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
@@ -841,8 +856,11 @@ def _bandwidth(ctx, param, value):
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True,
               help="Precision of every engine (the truth is always float64).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Generator seed.")
+@click.option("--merge", "merge", default="auto", show_default=True, callback=_split_merge,
+              help="Settings of merging identical samples, comma-separated (auto, on, off): engines "
+                   "that merge run once per setting, the others once.")
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=_writable_file,
-              help="Write the full report (every cell, engine, repeat, survivors, floor) as JSON.")
+              help="Write the full report (every cell, engine, merge setting, repeat, floor) as JSON.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, callback=_writable_file,
               help="Write a PNG plot (needs matplotlib).")
 @click.option("--bandwidth-gbs", default="auto", show_default=True, callback=_bandwidth,
@@ -851,16 +869,17 @@ def _bandwidth(ctx, param, value):
               help="Per-layer launch latency of the floor, microseconds [GPU 2, CPU 5].")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout instead of the table.")
 @progress_option
-def bench(cells, engine_names, repeats, samples, precision, seed, json_out, plot, bandwidth_gbs, launch_us,
+def bench(cells, engine_names, repeats, samples, precision, seed, merge, json_out, plot, bandwidth_gbs, launch_us,
           as_json, progress):
     """Time engines side by side on generated cells and compare with the floor.
 
     For each cell the data are prepared once (generated, cached); each engine runs
-    once to warm up, then REPEATS times; the table shows the median inference time,
-    TeraEdges/s and the ratio to the cell's floor (bytes of the surviving samples'
-    activations read and written per layer at the memory bandwidth, plus one launch
-    per layer). Every run's categories are checked against the float64 truth: exit 1
-    after the table when any differs.
+    once to warm up, then REPEATS times (once per --merge setting if it merges); the
+    table shows the median inference time, TeraEdges/s and the ratio to the cell's floor
+    (bytes of the activation rows computed, read and written per layer, at the memory
+    bandwidth, plus one launch per layer), next to the published figures of the cell.
+    Every run's categories are checked against the float64 truth: exit 1 after the
+    table when any differs.
     """
     from . import bench as benchmod
     from .report import format_bench
@@ -870,7 +889,7 @@ def bench(cells, engine_names, repeats, samples, precision, seed, json_out, plot
         benchmod.require_matplotlib()
     engines = engine_names or benchmod.default_engines()
     report = benchmod.run_bench(cell_list, engines, repeats=repeats, samples=samples, precision=precision,
-                                seed=seed, bandwidth_gbs=bandwidth_gbs,
+                                seed=seed, merge=merge, bandwidth_gbs=bandwidth_gbs,
                                 launch_latency_s=None if launch_us is None else launch_us * 1e-6,
                                 progress=_progress(progress), log=_status)
     if as_json:

@@ -147,41 +147,49 @@ def format_info(info: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def format_bench(report: Mapping[str, Any]) -> str:
-    """The benchmark table: one row per cell, per engine the median time and TeraEdges/s.
+def _count(n: int) -> str:
+    """A count in three significant digits with k/M/G (``'1.23M'``)."""
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(int(n))
 
-    Below each engine's columns, ``xfloor`` is the measured median over the cell's floor
-    (see :func:`spdnn.bench.floor_estimate`); ``check`` says whether every engine's
-    categories equal the truth.
+
+def format_bench(report: Mapping[str, Any]) -> str:
+    """The benchmark table: one row per cell and engine run (see :func:`spdnn.bench.run_bench`).
+
+    Per row: median time, TeraEdges/s, the floor (:func:`spdnn.bench.floor_estimate`) and
+    ``xfloor`` (median / floor), ``rows``: activation rows the engine computed over all
+    layers against the rows of the samples alive (fewer computed when it merges), and
+    ``check`` (every run's categories equal the truth). The first row of a cell also
+    shows the published figures of that N x L (seed V100 / seed A100 / XY-2021 / SNICIT,
+    TeraEdges/s; docs/challenge.md, Published figures).
     """
-    engines = report["engines"]
-    header = ["N x L", "samples", "categories"]
-    right = [False, True, True]
-    for name in engines:
-        header += [f"{name} time", f"{name} TE/s", f"{name} xfloor"]
-        right += [True, True, True]
-    header += ["floor", "check"]
-    right += [True, False]
+    header = ["N x L", "samples", "categories", "engine", "time", "TE/s", "floor", "xfloor", "rows",
+              "published TE/s", "check"]
+    right = [False, True, True, False, True, True, True, True, True, False, False]
     rows = []
     for cell in report["cells"]:
-        row = [f"{cell['neurons']}x{cell['layers']}", f"{cell['samples']:,}", str(cell["categories_count"])]
-        floors = []
-        for name in engines:
-            e = cell["engines"][name]
-            row += [format_seconds(e["median_seconds"]), f"{e['teraedges_per_second']:.3g}",
-                    "-" if e.get("floor_ratio") is None else f"{e['floor_ratio']:.3g}"]
-            floors.append(f"{format_seconds(e['floor']['seconds'])} ({e['floor']['device']})")
-        row.append(", ".join(dict.fromkeys(floors)))
-        bad = [name for name in engines if not cell["engines"][name]["passed"]]
-        row.append("PASS" if not bad else "FAIL: " + ", ".join(bad))
-        rows.append(row)
+        published = cell.get("published")
+        shown = "/".join(f"{v:g}" for v in published.values()) if published else "-"
+        for i, label in enumerate(report["engines"]):
+            e = cell["engines"][label]
+            alive = int(cell["alive_inputs"]) + int(sum(e["survivors"][:-1]))
+            computed = alive if e.get("rows_computed") is None else int(sum(e["rows_computed"]))
+            rows.append([f"{cell['neurons']}x{cell['layers']}" if i == 0 else "",
+                         f"{cell['samples']:,}" if i == 0 else "", str(cell["categories_count"]) if i == 0 else "",
+                         label, format_seconds(e["median_seconds"]), f"{e['teraedges_per_second']:.3g}",
+                         f"{format_seconds(e['floor']['seconds'])} ({e['floor']['device']})",
+                         f"{e['floor_ratio']:.3g}", f"{_count(computed)}/{_count(alive)}",
+                         shown if i == 0 else "", "PASS" if e["passed"] else "FAIL"])
     lines = [_table(header, rows, right=right)]
     for cell in report["cells"]:
-        for name in engines:
-            e = cell["engines"][name]
+        for label in report["engines"]:
+            e = cell["engines"][label]
             if not e["passed"]:
-                lines.append(f"{cell['neurons']}x{cell['layers']} {name}: missing {format_ids(e['missing'])}; "
+                lines.append(f"{cell['neurons']}x{cell['layers']} {label}: missing {format_ids(e['missing'])}; "
                              f"extra {format_ids(e['extra'])}")
     lines.append(f"median of {report['repeats']} runs after a warm-up; precision {report['precision']}; "
-                 "TE/s = samples x edges / inference seconds / 1e12; xfloor = median / floor")
+                 "TE/s = samples x edges / inference seconds / 1e12; xfloor = median / floor; rows = computed / "
+                 "alive over all layers; published = seed V100/seed A100/XY-2021 A6000/SNICIT A6000")
     return "\n".join(lines)

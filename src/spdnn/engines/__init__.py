@@ -14,13 +14,14 @@ cusparse      library baseline: CuPy cuSPARSE SpMM per layer  a GPU, ``spdnn[gpu
 from __future__ import annotations
 
 import importlib
+import inspect
 
 from ..config import cupy_status, env_flag
 from ..errors import EngineUnavailableError, OptionError
 from .base import Engine, InferenceResult, PRECISIONS
 
 __all__ = ["Engine", "InferenceResult", "PRECISIONS", "ENGINES", "get_engine", "engine_class",
-           "available_engines", "resolve_engine_name", "engine_device", "fastest_exact_engine"]
+           "available_engines", "resolve_engine_name", "engine_device", "engine_merges", "fastest_exact_engine"]
 
 #: name -> "module:Class", imported lazily so a CPU machine never imports CuPy.
 ENGINES: dict[str, str] = {
@@ -76,6 +77,12 @@ def resolve_engine_name(name: str) -> str:
 def engine_device(name: str) -> str:
     """'cpu' or 'gpu': where the engine registered under ``name`` computes (class attribute)."""
     return engine_class(name).device
+
+
+def engine_merges(name: str) -> bool:
+    """Whether the engine registered under ``name`` merges identical samples: its
+    constructor takes ``merge='auto'|True|False``."""
+    return "merge" in inspect.signature(engine_class(name)).parameters
 
 
 def fastest_exact_engine() -> str:
