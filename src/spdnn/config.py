@@ -69,19 +69,21 @@ def cupy_status() -> tuple[bool, str]:
     return True, f"{count} CUDA device(s)"
 
 
+def _package_status(module: str, install: str) -> tuple[bool, str]:
+    """(usable, reason): ``module`` imports; the reason names its version, or how to install it."""
+    mod, why = _try_import(module)
+    if mod is None:
+        return False, f"{why}; install with: {install}"
+    return True, f"{module} {getattr(mod, '__version__', '?')}"
+
+
 @functools.lru_cache(maxsize=None)
 def mpi_status() -> tuple[bool, str]:
     """(usable, reason): mpi4py imports (an MPI library is present)."""
-    mod, why = _try_import("mpi4py")
-    if mod is None:
-        return False, why + "; install with: pip install 'spdnn[mpi]'"
-    return True, "mpi4py " + getattr(mod, "__version__", "?")
+    return _package_status("mpi4py", "pip install 'spdnn[mpi]'")
 
 
 @functools.lru_cache(maxsize=None)
 def numba_status() -> tuple[bool, str]:
     """(usable, reason): numba imports."""
-    mod, why = _try_import("numba")
-    if mod is None:
-        return False, why + "; install with: pip install numba"
-    return True, "numba " + getattr(mod, "__version__", "?")
+    return _package_status("numba", "pip install numba")
