@@ -255,6 +255,7 @@ class CudaEngine(Engine):
         self._graphs = {}
         dev = self._dev()
         self._device = dev
+        self._device_label = device_name(dev)           # a properties query costs milliseconds
         with dev:
             cfg, columns = self._configure(network)
             packed = self._pack(network, cfg, columns)
@@ -521,7 +522,7 @@ class CudaEngine(Engine):
             self._stats.fill(0)
             self._count_cur.fill(m)
             self._device.synchronize()
-        self._alive_rows = m
+        self._alive_rows = self._alive_samples = m
         self._alive_ids = rows.astype(np.int64)
         self._loaded = loaded
         self._parents = None            # host copy of the merge parents, fetched when needed
@@ -549,13 +550,18 @@ class CudaEngine(Engine):
         slots = 1 << max(int(2 * cap - 1).bit_length(), 4)      # a power of two >= 2 * cap
         self._keys = cp.empty(slots, dtype=np.uint64)
         self._vals = cp.empty(slots, dtype=np.int32)
-        # Counters, one int32 array read back at once: counts[L+1] (rows alive after each
-        # layer), wcounts[L+1] (samples), ctr[P] and tickets[P] (per phase), the current count.
+        # Counters, one int32 array read back at once: counts[L+1] and wcounts[L+1] (rows and
+        # samples alive after each layer run by the per-layer kernel), deaths[L+1] and
+        # wdeaths[L+1] (rows and samples dying at each layer of a stationary segment),
+        # ctr[P] and tickets[P] (per phase), the current row count.
         phases = 2 * depth + 8
-        self._stat_off = {"counts": 0, "wcounts": depth + 1, "ctr": 2 * (depth + 1),
-                          "tickets": 2 * (depth + 1) + phases, "cur": 2 * (depth + 1) + 2 * phases}
-        self._stats = cp.zeros(self._stat_off["cur"] + 1, dtype=np.int32)
+        sizes = {"counts": depth + 1, "wcounts": depth + 1, "deaths": depth + 1, "wdeaths": depth + 1,
+                 "ctr": phases, "tickets": phases, "cur": 1}
+        self._stat_off = dict(zip(sizes, np.concatenate(([0], np.cumsum(list(sizes.values()))[:-1])).tolist()))
+        self._stats = cp.zeros(sum(sizes.values()), dtype=np.int32)
         self._stats_host = pinned_empty(self._stats.size, np.int32)
+        self._ids_host = pinned_empty(cap, np.int32)
+        self._parent_host = pinned_empty(self._parent_size, np.int32)
         self._count_cur = self._stat(("cur", 0))
         self._capacity = cap
 
@@ -629,7 +635,7 @@ class CudaEngine(Engine):
         out = self._stat(("ctr", i))
         args = (self._y[cur], self._y[1 - cur], self._ids[cur], self._ids[1 - cur], self._wts[cur],
                 self._wts[1 - cur], src, out, self._stat(("tickets", i)),
-                self._stats[self._stat_off["counts"]:], self._stats[self._stat_off["wcounts"]:],
+                self._stats[self._stat_off["deaths"]:], self._stats[self._stat_off["wdeaths"]:],
                 view.eidx, view.evals, self._meta, self._entry_off_dev, np.int64(view.ebase),
                 np.int32(self._max_entries), view.out_map, np.int32(view.kbase), self._bias,
                 np.int64(self._bias_stride), self._scalars_dev, self.dtype(self.network.ymax), np.int32(n),
@@ -691,13 +697,14 @@ class CudaEngine(Engine):
         return out
 
     def _clear_counters(self, start: int) -> None:
-        """Zero counts and wcounts after layer ``start`` and every phase counter (capturable)."""
+        """Zero the per-layer counters after layer ``start`` and every phase counter (capturable)."""
         cp = cupy(self.name)
         stream = cp.cuda.get_current_stream()
         base, depth = self._stats.data.ptr, self.network.depth
-        first = self._stat_off["counts"] + start + 1
-        cp.cuda.runtime.memsetAsync(base + 4 * first, 0, 4 * (depth - start), stream.ptr)
-        first = self._stat_off["wcounts"] + start + 1
+        for name in ("counts", "wcounts", "deaths"):
+            first = self._stat_off[name] + start + 1
+            cp.cuda.runtime.memsetAsync(base + 4 * first, 0, 4 * (depth - start), stream.ptr)
+        first = self._stat_off["wdeaths"] + start + 1                 # wdeaths, ctr, tickets
         cp.cuda.runtime.memsetAsync(base + 4 * first, 0, 4 * (self._stat_off["cur"] - first), stream.ptr)
 
     def _enqueue_run(self, start: int, stop: int, phases: list[_Phase]) -> None:
@@ -779,7 +786,9 @@ class CudaEngine(Engine):
         cp = cupy(self.name)
         phases = self._phases(start, stop) if stop > start else []
         graphed = False
+        merged = self._parents is not None or any(ph.kind == "merge" for ph in phases)
         with self._dev():
+            stream = cp.cuda.get_current_stream()
             if not phases:
                 pass
             elif self.streaming:
@@ -789,32 +798,29 @@ class CudaEngine(Engine):
             else:
                 graph, stream, after = self._graph(start, stop, phases)
                 graph.launch(stream)
-                stream.synchronize()
                 self._cur, self._ids, self._wts = after[0], list(after[1]), list(after[2])
                 graphed = True
-            stream = cp.cuda.get_current_stream()
-            cp.cuda.runtime.memcpyAsync(self._stats_host.ctypes.data, self._stats.data.ptr, self._stats.nbytes, 2,
-                                        stream.ptr)
+            # Everything the host needs, in one synchronization: the counters, the ids of
+            # every row the buffers can hold, and the merge parents.
+            copies = [(self._stats_host, self._stats), (self._ids_host, self._ids[self._cur])]
+            if merged:
+                copies.append((self._parent_host, self._parent))
+            for host, dev in copies:
+                cp.cuda.runtime.memcpyAsync(host.ctypes.data, dev.data.ptr, min(host.nbytes, dev.nbytes), 2,
+                                            stream.ptr)
             stream.synchronize()
-            stats = self._stats_host.astype(np.int64)
-            alive = int(stats[self._stat_off["cur"]])
-            ids = self._ids[self._cur][:alive].get().astype(np.int64)
-            merged = any(ph.kind == "merge" for ph in phases)
-            if merged or self._parents is not None:
-                self._parents = self._parent[:self._loaded].get()
-        counts = stats[self._stat_off["counts"]:self._stat_off["counts"] + self.network.depth + 1]
-        wcounts = stats[self._stat_off["wcounts"]:self._stat_off["wcounts"] + self.network.depth + 1]
-        entering = counts[start:stop].copy()
-        entering[0] = self._alive_rows
-        for i, ph in enumerate(phases):
-            if ph.kind == "merge":
-                entering[ph.a - start] = stats[self._stat_off["ctr"] + i]
-        self._alive_rows = alive
-        self._alive_ids = ids
+        stats = self._stats_host.astype(np.int64)
+        alive = int(stats[self._stat_off["cur"]])
+        ids = self._ids_host[:alive].astype(np.int64)
+        if merged:
+            self._parents = self._parent_host[:self._loaded].copy()
+        survivors, entering = self._counts(start, stop, phases, stats)
+        self._alive_rows, self._alive_ids = alive, ids
+        self._alive_samples = int(survivors[-1]) if stop > start else self._alive_samples
         categories = self._members(ids)
         cfg = self.config
         extra = {
-            "device": device_name(self._device),
+            "device": self._device_label,
             "config": {"threads": cfg.threads, "opt": cfg.opt, "mb": cfg.mb, "chunk": cfg.chunk,
                        "dedupe": cfg.dedupe, "stationary": cfg.stationary, "prefetch": cfg.prefetch,
                        "slices": cfg.slices(self.network.neurons), "nchunks": cfg.nchunks(self.network.neurons)},
@@ -827,9 +833,37 @@ class CudaEngine(Engine):
             "weight_chunks": len(self._chunks),
             "merge": self.merging,
             "merged_samples": int(categories.size - ids.size),
-            "rows_computed": [int(r) for r in entering],
+            "rows_computed": entering.tolist(),
         }
-        return categories + 1, wcounts[start + 1:stop + 1].copy(), extra
+        return categories + 1, survivors, extra
+
+    def _counts(self, start: int, stop: int, phases: list[_Phase], stats: np.ndarray):
+        """Samples alive after each layer run, and rows entering each (int64 arrays, stop - start).
+
+        Per-layer kernels count survivors directly (counts, wcounts); stationary segments
+        count deaths (deaths, wdeaths), subtracted here from what entered the segment;
+        a merge changes the rows, not the samples.
+        """
+        off = self._stat_off
+        survivors = np.zeros(stop - start, dtype=np.int64)
+        entering = np.zeros(stop - start, dtype=np.int64)
+        rows, samples = self._alive_rows, self._alive_samples
+        for i, ph in enumerate(phases):
+            if ph.kind == "merge":
+                rows = int(stats[off["ctr"] + i])
+                continue
+            a, b = ph.a - start, ph.b - start
+            entering[a] = rows
+            if ph.kind == "stationary":
+                lost = np.cumsum(stats[off["deaths"] + ph.a + 1:off["deaths"] + ph.b + 1])
+                lost_samples = np.cumsum(stats[off["wdeaths"] + ph.a + 1:off["wdeaths"] + ph.b + 1])
+                entering[a + 1:b] = rows - lost[:-1]
+                survivors[a:b] = samples - lost_samples
+                rows, samples = rows - int(lost[-1]), int(survivors[b - 1])
+            else:
+                rows = int(stats[off["counts"] + ph.a + 1])
+                samples = survivors[a] = int(stats[off["wcounts"] + ph.a + 1])
+        return survivors, entering
 
     def _roots(self) -> np.ndarray | None:
         """Each loaded sample's representative after every merge so far (itself if never

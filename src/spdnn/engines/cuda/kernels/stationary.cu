@@ -23,9 +23,11 @@
 // Per layer: sum phase over the row -> barrier -> the new values overwrite the row in place
 // (every read of the old values is done at the barrier): DEDUP, thread tid writes outputs
 // j = tid + r*THREADS from sums[out_map[j]]; otherwise each thread its own outputs -> the
-// next layer's stage is waited for -> barrier that also ORs which rows are alive. Thread 0
-// adds the tile's alive rows to counts[k+1] and their weights to wcounts[k+1]. Dead rows are
-// all zero and stay zero (a zero sum gets no bias), riding along until the tile is dead.
+// next layer's stage is waited for -> barrier that also ORs which rows are alive. Counting
+// costs nothing while rows live: when rows of the tile die at layer k, thread 0 adds them to
+// deaths[k+1] and their weights to wdeaths[k+1] (the engine turns deaths into survivors).
+// Dead rows are all zero and stay zero (a zero sum gets no bias), riding along until the
+// tile is dead.
 
 namespace spdnn {
 constexpr int kStages = 3;  // prefetch distance: two layers
@@ -37,7 +39,7 @@ __global__ void __launch_bounds__(THREADS) spdnn_stationary(
         const int* __restrict__ ids_in, int* __restrict__ ids_out,
         const int* __restrict__ wts_in, int* __restrict__ wts_out,
         const int* __restrict__ count_in, int* __restrict__ count_out, int* __restrict__ ticket,
-        int* __restrict__ counts, int* __restrict__ wcounts,
+        int* __restrict__ deaths, int* __restrict__ wdeaths,
         const unsigned short* __restrict__ eidx, const V* __restrict__ evals, const int2* __restrict__ meta,
         const long long* __restrict__ entry_off, long long ebase, int max_entries,
         const unsigned short* __restrict__ out_map, int kbase,
@@ -207,16 +209,17 @@ __global__ void __launch_bounds__(THREADS) spdnn_stationary(
             const unsigned wl = __reduce_or_sync(0xffffffffu, live);
             if (lane == 0 && wl) atomicOr(&s_alive[q], wl);
             __syncthreads();
+            const unsigned died = alive & ~s_alive[q];       // alive before layer k, dead after it
             alive = s_alive[q];
             if (tid == 0) {
                 s_alive[q ^ 1] = 0;
-                if (alive) {
+                if (died) {
                     int samples = 0;
 #pragma unroll
                     for (int s = 0; s < MB; ++s)
-                        if ((alive >> s) & 1u) samples += s_w[s];
-                    atomicAdd(counts + k + 1, __popc(alive));
-                    atomicAdd(wcounts + k + 1, samples);
+                        if ((died >> s) & 1u) samples += s_w[s];
+                    atomicAdd(deaths + k + 1, __popc(died));
+                    atomicAdd(wdeaths + k + 1, samples);
                 }
             }
             scalar = scalar_next;
