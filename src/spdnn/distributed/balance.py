@@ -4,7 +4,7 @@ row transfers, and deciding when.
 Plain numpy, no MPI: every rank calls these functions on the same allgathered numbers
 and so takes the same decision without further communication.
 
-Samples die unevenly (SPEC.md section 1: most die in the first 10-30 layers, a few
+Samples die unevenly (docs/challenge.md, Semantics: most die in the first 10-30 layers, a few
 percent survive to the end), so ranks that started with equal shares end with unequal
 ones. Between segments of layers the runner (:mod:`spdnn.distributed.mpi`) asks
 :meth:`BalancePolicy.decide` whether moving surviving rows is worth it and, if so,
