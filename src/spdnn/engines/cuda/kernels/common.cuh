@@ -56,6 +56,35 @@ __device__ __forceinline__ T accumulate(T acc, T w, T x) {
     return VMODE == kSumThenScale ? Arith<T>::add(acc, x) : Arith<T>::madd(acc, w, x);
 }
 
+// One lane's column of a warp slice: acc[s] += w * buf[i].v[s] over its `width` entries, in
+// order (the exactness order: ascending input). Entry e sits at ip[32*e] (a buffer index;
+// padding points to a zero) and, for kArray, vp[32*e] (its weight); otherwise w = scalar.
+template <typename T, typename V, int VMODE, int MB>
+__device__ __forceinline__ void sum_column(T (&acc)[MB], const Tile<T, MB>* __restrict__ buf,
+                                           const unsigned short* __restrict__ ip, const V* __restrict__ vp,
+                                           int width, T scalar) {
+#pragma unroll 8
+    for (int e = 0; e < width; ++e) {
+        const Tile<T, MB> x = buf[ip[32 * e]];
+        const T w = VMODE == kArray ? convert<T, V>(vp[32 * e]) : scalar;
+#pragma unroll
+        for (int s = 0; s < MB; ++s) acc[s] = accumulate<T, VMODE>(acc[s], w, x.v[s]);
+    }
+}
+
+// DEDUP: thread tid's register tile of distinct-column sums to shared memory, at
+// sums[t*THREADS + tid] (column t*THREADS + tid of the block), for the epilogue to expand.
+template <typename T, int MB, int OPT, int THREADS>
+__device__ __forceinline__ void store_sums(Tile<T, MB>* sums, const T (&acc)[OPT][MB]) {
+#pragma unroll
+    for (int t = 0; t < OPT; ++t) {
+        Tile<T, MB> x;
+#pragma unroll
+        for (int s = 0; s < MB; ++s) x.v[s] = acc[t][s];
+        sums[t * THREADS + threadIdx.x] = x;
+    }
+}
+
 // z = clamp(scale(sum) + bias [scaled sum != 0], 0, ymax); dead outputs are +0.
 template <typename T, int VMODE>
 __device__ __forceinline__ T epilogue(T sum, T scalar, T b, T ymax) {

@@ -80,27 +80,13 @@ __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_i
 #pragma unroll
             for (int t = 0; t < OPT; ++t) {
                 const int2 m = meta[((slice * nchunks + c) * OPT + t) * nwarps + warp];
-                const unsigned short* ip = eidx + m.x + lane;
-                const V* vp = evals + m.x + lane;
-#pragma unroll 8
-                for (int k = 0; k < m.y; ++k) {
-                    const TileT x = buf[ip[32 * k]];
-                    const T w = VMODE == spdnn::kArray ? spdnn::convert<T, V>(vp[32 * k]) : scalar;
-#pragma unroll
-                    for (int s = 0; s < MB; ++s) acc[t][s] = spdnn::accumulate<T, VMODE>(acc[t][s], w, x.v[s]);
-                }
+                spdnn::sum_column<T, V, VMODE, MB>(acc[t], buf, eidx + m.x + lane, evals + m.x + lane, m.y, scalar);
             }
         }
 
         if (DEDUP) {
             // Sums of the distinct columns to shared memory; each output reads its own.
-#pragma unroll
-            for (int t = 0; t < OPT; ++t) {
-                TileT x;
-#pragma unroll
-                for (int s = 0; s < MB; ++s) x.v[s] = acc[t][s];
-                sums[t * THREADS + tid] = x;
-            }
+            spdnn::store_sums<T, MB, OPT, THREADS>(sums, acc);
             __syncthreads();
             unsigned live = 0;
 #pragma unroll 4

@@ -153,25 +153,11 @@ __global__ void __launch_bounds__(THREADS) spdnn_stationary(
 #pragma unroll
                 for (int s = 0; s < MB; ++s) acc[t][s] = T(0);
                 const int2 m = lmeta[t * NWARPS + warp];
-                const unsigned short* ip = lidx + m.x + lane;
-                const V* vp = lval + m.x + lane;
-#pragma unroll 8
-                for (int e = 0; e < m.y; ++e) {
-                    const TileT x = row[ip[32 * e]];
-                    const T w = VMODE == spdnn::kArray ? spdnn::convert<T, V>(vp[32 * e]) : scalar;
-#pragma unroll
-                    for (int s = 0; s < MB; ++s) acc[t][s] = spdnn::accumulate<T, VMODE>(acc[t][s], w, x.v[s]);
-                }
+                spdnn::sum_column<T, V, VMODE, MB>(acc[t], row, lidx + m.x + lane, lval + m.x + lane, m.y, scalar);
             }
             unsigned live = 0;
             if (DEDUP) {
-#pragma unroll
-                for (int t = 0; t < OPT; ++t) {
-                    TileT x;
-#pragma unroll
-                    for (int s = 0; s < MB; ++s) x.v[s] = acc[t][s];
-                    sums[t * THREADS + tid] = x;
-                }
+                spdnn::store_sums<T, MB, OPT, THREADS>(sums, acc);
                 __syncthreads();  // sums complete; every read of the row is done
 #pragma unroll 4
                 for (int j = tid; j < n; j += THREADS) {
