@@ -290,6 +290,15 @@ def planted_duplicates(rng, n: int, samples: int) -> sp.csr_matrix:
 def test_merging_is_exact(rng, precision, per_layer):
     """Merge on and off give the same categories, survivors and activations bit for bit
     (fp64: the reference's), while merging computes fewer rows after the merge points."""
+    _merge_on_off(rng, precision, per_layer)
+
+
+def test_merging_with_batches(rng):
+    """Features in batches: each batch merges its own rows; totals count every sample."""
+    _merge_on_off(rng, "fp64", False, batch_samples=150)
+
+
+def _merge_on_off(rng, precision, per_layer, **options):
     n, depth = 256, 40
     net = random_network(rng, n, depth, density=0.08, values=(-0.1, 0.3), bias=rng.uniform(-0.2, 0.05, n))
     w0 = net.layers[0].tolil()
@@ -297,8 +306,8 @@ def test_merging_is_exact(rng, precision, per_layer):
     net = Network.from_layers([w0.tocsr(), *net.layers[1:]], net.bias)
     feats = planted_duplicates(rng, n, 400)
     cfg = KernelConfig(threads=256, opt=1, mb=2, chunk=n) if per_layer else None
-    on = get_engine("cuda", precision=precision, poison=POISON, merge=True, config=cfg)
-    off = get_engine("cuda", precision=precision, poison=POISON, merge=False, config=cfg)
+    on = get_engine("cuda", precision=precision, poison=POISON, merge=True, config=cfg, **options)
+    off = get_engine("cuda", precision=precision, poison=POISON, merge=False, config=cfg, **options)
     a = check_same(on, net, feats, precision) if precision == "fp64" else on.run(net, feats)
     b = off.run(net, feats)
     np.testing.assert_array_equal(a.categories, b.categories)
@@ -307,10 +316,14 @@ def test_merging_is_exact(rng, precision, per_layer):
     rows_b, vals_b = off.activations()
     np.testing.assert_array_equal(rows_a, rows_b)
     np.testing.assert_array_equal(vals_a.toarray(), vals_b.toarray())
-    assert a.extra["merged_samples"] >= 29 and b.extra["merged_samples"] == 0
+    assert b.extra["merged_samples"] == 0
     rc_a, rc_b = np.array(a.extra["rows_computed"]), np.array(b.extra["rows_computed"])
     assert rc_a[16] < rc_b[16] and (rc_a[16:] <= rc_b[16:]).all() and (rc_a[:16] == rc_b[:16]).all()
     assert rc_b[0] == 400 and (rc_b[1:] == b.survivors[:-1]).all()   # off: every alive row
+    if options:
+        assert a.extra["batches"] == b.extra["batches"] > 1
+    else:
+        assert a.extra["merged_samples"] >= 29
 
 
 def test_merging_radixnet_converges_to_one_row(rng):
