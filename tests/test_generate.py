@@ -1,10 +1,14 @@
 """spdnn.generate: RadiX-Net weights, MNIST features and truth against the official data."""
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 import time
 
@@ -16,11 +20,18 @@ import scipy.sparse as sp
 from spdnn.engines.reference import ReferenceEngine
 from spdnn.errors import DataNotFoundError, FormatError, OptionError
 from spdnn.network import LazyLayers, Network
-from spdnn.generate import (cached_challenge, challenge_features, default_bias, generate_challenge, image_shape,
-                            load_mnist, place_value, radixnet_base, radixnet_layer, radixnet_network,
-                            radixnet_permutations, write_challenge)
+from spdnn.generate import (cached_challenge, challenge_features, default_bias, features_device,
+                            generate_challenge, image_shape, load_mnist, place_value, radixnet_base,
+                            radixnet_layer, radixnet_network, radixnet_permutations, reference_features,
+                            write_challenge)
+from spdnn.generate import features as features_module
 from spdnn.generate import mnist as mnist_module
-from spdnn.generate.challenge import store_cached_features
+from spdnn.generate._features_array import ArrayShortAxis
+from spdnn.generate._features_cpu import CpuShortAxis
+from spdnn.engines import fastest_exact_engine
+from spdnn.errors import DiskFullError, SpdnnWarning
+from spdnn.generate import challenge as challenge_module
+from spdnn.generate.challenge import GENERATOR_VERSION, layer_file_bytes, store_cached_features
 
 from factories import random_features, same_csr
 
@@ -236,9 +247,16 @@ def direct_features(images: np.ndarray, s_r: int, s_c: int) -> sp.csr_matrix:
     return sp.csr_matrix(keep.astype(np.float64))
 
 
+def no_fallback(*args, **kwargs):
+    raise AssertionError("the fast path fell back to reference_features")
+
+
 @pytest.fixture(scope="module")
 def features_1024():
-    return challenge_features(1024)
+    """challenge_features(1024) on the CPU, which must not need the reference fallback."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(features_module, "reference_features", no_fallback)
+        return challenge_features(1024, device="cpu")
 
 
 def test_features_1024_equal_official_rows(official_dir, features_1024):
@@ -246,7 +264,7 @@ def test_features_1024_equal_official_rows(official_dir, features_1024):
     assert official.shape == (1200, 1024)
     x = features_1024
     assert x.shape == (60000, 1024) and x.dtype == np.float64 and x.has_sorted_indices
-    assert np.all(x.data == 1.0)
+    assert x.indices.dtype == np.int32 and np.all(x.data == 1.0)
     assert same_csr(x[:1200], official.astype(np.float64))
 
 
@@ -254,8 +272,9 @@ def test_features_1024_official_total(features_1024):
     assert features_1024.nnz == 6_374_505
 
 
-def test_features_samples_are_first_rows_of_the_whole_set(features_1024):
-    part = challenge_features(1024, samples=300)
+def test_features_samples_are_first_rows_of_the_whole_set(features_1024, monkeypatch):
+    monkeypatch.setattr(features_module, "reference_features", no_fallback)
+    part = challenge_features(1024, samples=300, device="cpu")
     assert same_csr(part, features_1024[:300])
 
 
@@ -264,21 +283,72 @@ def some_images():
     return np.asarray(load_mnist()[:1500])
 
 
-@pytest.mark.parametrize("neurons", [1024, 4096, 32, 64, 128, 512])
-def test_lean_features_equal_direct_fft(some_images, neurons):
+def fast_paths():
+    """The short-axis passes that run here: the CPU kernels, and the array code of the GPU
+    path with numpy arrays (the same code runs with CuPy on a GPU)."""
+    return {"cpu": CpuShortAxis, "array": ArrayShortAxis}
+
+
+@pytest.mark.parametrize("path", ["cpu", "array"])
+@pytest.mark.parametrize("neurons", [1024, 4096, 32, 64, 128, 512, 2048])
+def test_fast_features_equal_direct_fft(some_images, neurons, path, monkeypatch):
+    """Square and rectangular images, padded and cropped axes: the fast paths give the
+    straightforward fft2/ifft2 features, without the reference fallback."""
     s_r, s_c = image_shape(neurons)
-    lean = challenge_features(neurons, images=some_images)
-    assert lean.shape == (len(some_images), neurons)
-    assert lean.nnz > 0 and lean.indices.max() < neurons
-    assert same_csr(lean, direct_features(some_images, s_r, s_c))
+    monkeypatch.setattr(features_module, "reference_features", no_fallback)
+    fast = features_module._features(neurons, some_images, len(some_images), fast_paths()[path])
+    assert fast.shape == (len(some_images), neurons) and fast.has_canonical_format
+    assert fast.nnz > 0 and fast.indices.max() < neurons
+    assert same_csr(fast, direct_features(some_images, s_r, s_c))
 
 
-def test_features_do_not_depend_on_block_size(some_images):
-    a = challenge_features(4096, images=some_images, block_elements=1)
-    b = challenge_features(4096, images=some_images, block_elements=1 << 24)
-    assert same_csr(a, b)
-    c = challenge_features(4096, images=some_images, samples=77, block_elements=5 * 4096)
-    assert same_csr(c, a[:77])
+@pytest.mark.parametrize("neurons", [1024, 128])
+def test_reference_features_equal_direct_fft(some_images, neurons):
+    assert same_csr(reference_features(neurons, images=some_images),
+                    direct_features(some_images, *image_shape(neurons)))
+
+
+def test_ambiguous_pixels_fall_back_to_the_reference(some_images, monkeypatch):
+    """A pixel within AMBIGUITY of the threshold sends the features to reference_features
+    (here every pixel is, with AMBIGUITY = 1): same result, through the fallback."""
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("samples"))
+        return reference_features(*args, **kwargs)
+
+    monkeypatch.setattr(features_module, "AMBIGUITY", 1.0)
+    monkeypatch.setattr(features_module, "reference_features", spy)
+    images = some_images[:300]
+    got = challenge_features(256, images=images, samples=120, device="cpu")
+    assert calls == [120]
+    assert same_csr(got, direct_features(images, 16, 16)[:120])
+
+
+def test_features_do_not_depend_on_blocking(some_images, monkeypatch):
+    """Chunks of the CPU pass, blocks of the array pass, batches of long rows: same features."""
+    monkeypatch.setattr(features_module, "reference_features", no_fallback)
+    images, n = some_images[:700], 4096
+    a = features_module._features(n, images, len(images), CpuShortAxis, chunk_bytes=1)
+    b = features_module._features(n, images, len(images), CpuShortAxis, chunk_bytes=1 << 30)
+    c = features_module._features(n, images, 77, ArrayShortAxis, block_bytes=3 * 8 * n)
+    assert same_csr(a, b) and same_csr(c, a[:77])
+    plan_1 = features_module._plan(images, 64, 64, np, features_module.numpy_fft(), batch=1)
+    plan_5 = features_module._plan(images, 64, 64, np, features_module.numpy_fft(), batch=5)
+    assert np.array_equal(plan_1.g, plan_5.g) and np.array_equal(plan_1.g0, plan_5.g0)
+
+
+def test_features_device():
+    from spdnn.config import cupy_status
+    from spdnn.errors import EngineUnavailableError
+
+    assert features_device("cpu") == "cpu"
+    assert features_device("auto") == ("gpu" if cupy_status()[0] else "cpu")
+    with pytest.raises(OptionError, match="device"):
+        features_device("tpu")
+    if not cupy_status()[0]:
+        with pytest.raises(EngineUnavailableError, match="device='gpu'"):
+            challenge_features(64, device="gpu")
 
 
 def test_image_shapes():
@@ -295,20 +365,40 @@ def test_features_bad_arguments(some_images):
         challenge_features(64, images=np.zeros((3, 27, 28)))
     with pytest.raises(OptionError, match="zero"):
         challenge_features(64, images=np.zeros((3, 28, 28)))
+    with pytest.raises(OptionError, match="neurons"):
+        challenge_features(100, images=some_images)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("neurons", [1024, 4096, 65536])
+def test_gpu_features_equal_cpu_and_official(neurons, official_dir, monkeypatch):
+    """The GPU path (cuFFT, cuBLAS) gives the CPU path's features for all 60,000 images,
+    the official first 1,200 rows at N = 1024 and the official totals, without the
+    reference fallback."""
+    monkeypatch.setattr(features_module, "reference_features", no_fallback)
+    totals = {1024: 6_374_505, 4096: 25_019_051, 65536: 392_191_985}
+    gpu = challenge_features(neurons, device="gpu")
+    assert gpu.shape == (60000, neurons) and gpu.nnz == totals[neurons]
+    if neurons == 1024:
+        official = scipy.io.mmread(official_dir / "sparse-images-1024-first1200.mtx.gz").tocsr()
+        assert same_csr(gpu[:1200], official.astype(np.float64))
+    cpu = challenge_features(neurons, device="cpu")
+    assert same_csr(gpu, cpu)
 
 
 @pytest.mark.slow
-def test_lean_features_equal_direct_fft_all_images():
+def test_fast_features_equal_direct_fft_all_images():
     images = np.asarray(load_mnist())
     for neurons in (1024, 4096):
         s = image_shape(neurons)
-        assert same_csr(challenge_features(neurons), direct_features(images, *s))
+        assert same_csr(challenge_features(neurons, device="cpu"), direct_features(images, *s))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("neurons,total", [(4096, 25_019_051), (16384, 98_858_913), (65536, 392_191_985)])
-def test_features_official_totals(neurons, total):
-    x = challenge_features(neurons)
+def test_features_official_totals(neurons, total, monkeypatch):
+    monkeypatch.setattr(features_module, "reference_features", no_fallback)
+    x = challenge_features(neurons, device="cpu")
     assert x.shape == (60000, neurons) and x.nnz == total
 
 
@@ -348,9 +438,12 @@ def test_write_challenge_layout_and_round_trip(tmp_path, small_mnist):
     reference = get_engine("reference", precision="fp64").run(radixnet_network(n, depth, seed=7, bias=-0.2), feats)
     assert np.array_equal(truth, reference.categories)
     info = json.loads(files.info.read_text())
-    assert info["precision"] == "fp64" and info["engine"] in ("cpu", "reference")
+    assert info["precision"] == "fp64" and info["engine"] == fastest_exact_engine()
     assert (info["neurons"], info["layers"], info["seed"], info["samples"]) == (64, 8, 7, 300)
-    assert info["categories_count"] == len(truth)
+    assert info["categories_count"] == len(truth) and info["generator_version"] == GENERATOR_VERSION
+    assert "seconds" not in info
+    for path in files.layer_files:                 # the size the free-space check counts on
+        assert path.stat().st_size == layer_file_bytes(n)
 
 
 def test_write_challenge_same_seed_same_bytes(tmp_path, small_mnist):
@@ -424,3 +517,298 @@ def test_stored_features_serve_cached_challenge(tmp_path, monkeypatch, small_mni
         store_cached_features(stored[:10])
     with pytest.raises(OptionError, match="neurons=100"):
         store_cached_features(sp.csr_matrix((count, 100)))
+
+
+def test_layer_file_bytes_is_exact(tmp_path):
+    from spdnn.formats import write_layer_tsv
+
+    for n in (32, 1024, 4096):
+        path = tmp_path / f"l{n}.tsv"
+        write_layer_tsv(path, radixnet_layer(n, 3, seed=1))
+        assert path.stat().st_size == layer_file_bytes(n)
+    assert challenge_module._digits_total(9) == 9 and challenge_module._digits_total(100) == 9 + 180 + 3
+
+
+def test_generate_logs_each_step_and_times_it(small_mnist):
+    lines = []
+    _, _, truth, info = generate_challenge(64, 4, samples=100, log=lines.append)
+    assert [line.split(":")[0] for line in lines] == ["features N=64", "truth 64x4"]
+    assert fastest_exact_engine() in lines[1]
+    assert set(info["seconds"]) == {"features", "truth"} and min(info["seconds"].values()) > 0
+
+
+# --- writing the official layout: nothing partial, ever ------------------------------------
+
+def staging_folders(out) -> list:
+    return sorted(out.glob(".spdnn-generate-*"))
+
+
+def test_write_challenge_checks_everything_before_touching_out(tmp_path, small_mnist):
+    """Issue 12: OUT is not created for a bad N, L, samples, seed or truth engine."""
+    out = tmp_path / "out"
+    for kwargs in ({"neurons": 100}, {"layers": 0}, {"samples": 0}, {"seed": -1}, {"truth_engine": "nope"}):
+        args = {"neurons": 64, "layers": 4, **kwargs}
+        with pytest.raises(OptionError):
+            write_challenge(out, args.pop("neurons"), args.pop("layers"), **args)
+        assert not out.exists()
+
+
+def test_write_challenge_replaces_an_older_network_whole(tmp_path, small_mnist):
+    out = tmp_path / "out"
+    write_challenge(out, 64, 8, samples=100)
+    (out / "neuron64" / "mine.txt").write_text("x")
+    (out / "other.txt").write_text("kept")
+    write_challenge(out, 64, 4, samples=100)
+    assert sorted(p.name for p in (out / "neuron64").iterdir()) == [f"n64-l{k}.tsv" for k in range(1, 5)]
+    assert (out / "other.txt").read_text() == "kept" and (out / "neuron64-l8-categories.tsv").exists()
+    assert staging_folders(out) == []
+
+
+def test_write_challenge_disk_full_leaves_out_as_it_was(tmp_path, small_mnist, monkeypatch):
+    """Issue 12, item 1: ENOSPC while writing the third layer: DiskFullError naming that file
+    where it was to go, every file of the earlier write untouched, no staging folder left."""
+    import spdnn.formats as formats
+
+    out = tmp_path / "out"
+    write_challenge(out, 64, 4, seed=1, samples=100)
+    before = tree_bytes(out)
+    real = formats.write_layer_tsv
+
+    def full_on_third(path, w):
+        if path.name == "n64-l3.tsv":
+            with open(path, "wb") as fh:
+                fh.write(b"1\t2\t")
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, w)
+
+    monkeypatch.setattr(formats, "write_layer_tsv", full_on_third)
+    with pytest.raises(DiskFullError) as caught:
+        write_challenge(out, 64, 6, seed=2, samples=100)
+    assert caught.value.path == str(out / "neuron64" / "n64-l3.tsv")
+    assert "no space left on device" in str(caught.value)
+    assert tree_bytes(out) == before and staging_folders(out) == []
+
+
+def test_write_challenge_checks_free_space_first(tmp_path, small_mnist, monkeypatch):
+    """Not enough room for the layer files: DiskFullError with the bytes needed, nothing written."""
+    import collections
+    import shutil
+
+    Usage = collections.namedtuple("Usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10**9, 10**9 - 1000, 1000))
+    out = tmp_path / "out"
+    with pytest.raises(DiskFullError) as caught:
+        write_challenge(out, 64, 4, samples=100)
+    assert caught.value.needed >= 4 * layer_file_bytes(64) and caught.value.free == 1000
+    assert caught.value.path == str(out / "neuron64")
+    assert list(out.iterdir()) == []
+
+
+def test_stale_staging_folders_are_removed_live_ones_kept(tmp_path, small_mnist):
+    import fcntl
+
+    out = tmp_path / "out"
+    dead, live = out / ".spdnn-generate-dead.tmp", out / ".spdnn-generate-live.tmp"
+    for stage in (dead, live):
+        (stage / "neuron64").mkdir(parents=True)
+        (stage / "neuron64" / "n64-l1.tsv").write_bytes(b"x" * 1000)
+        (stage / ".lock").touch()
+    (out / ".sparse-images-64.tsv.gz.abc123.tmp").write_bytes(b"old")       # an atomic writer's, old
+    os.utime(out / ".sparse-images-64.tsv.gz.abc123.tmp", (1, 1))
+    with open(live / ".lock", "r+b") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)                            # its writer is alive
+        write_challenge(out, 64, 4, samples=100)
+        assert not dead.exists() and live.exists()
+    assert not (out / ".sparse-images-64.tsv.gz.abc123.tmp").exists()
+
+
+KILLED_WRITER = """
+import os, sys, time
+import numpy as np
+import spdnn.formats as formats
+from spdnn.generate import mnist, write_challenge
+
+images = np.asarray(mnist.load_mnist()[:600])
+mnist.load_mnist = lambda path=None: images
+real = formats.write_layer_tsv
+
+def slow(path, w):
+    real(path, w)
+    if path.name == "n64-l2.tsv":
+        print("WRITING", flush=True)
+        time.sleep(120)
+
+formats.write_layer_tsv = slow
+write_challenge(sys.argv[1], 64, 6, samples=100)
+"""
+
+
+def test_killed_generate_leaves_nothing_after_a_rerun(tmp_path, small_mnist):
+    """Issue 12, item 10: ``kill -9`` in the middle of writing leaves a staging folder, which
+    the next run removes (its lock died with its writer); the rerun's output is complete."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(out)], stdout=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        assert proc.stdout.readline().strip() == "WRITING"
+        assert len(staging_folders(out)) == 1 and not (out / "neuron64").exists()
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    assert len(staging_folders(out)) == 1                 # what a killed run leaves
+    files = write_challenge(out, 64, 4, samples=100)
+    assert staging_folders(out) == [] and sorted(p.name for p in out.iterdir()) == [
+        "neuron64", "neuron64-l4-categories.json", "neuron64-l4-categories.tsv", "sparse-images-64.tsv.gz"]
+    assert len(files.layer_files) == 4 and all(p.exists() for p in files.layer_files)
+
+
+# --- the generated-data cache: optional, shared, self-cleaning -----------------------------
+
+def test_unwritable_cache_warns_once_and_keeps_the_data(tmp_path, monkeypatch, small_mnist):
+    """Issue 12, item 2: a cache that cannot be created (here: below a file) gives one
+    warning naming it, and the data and truth all the same."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("SPDNN_CACHE_DIR", str(blocker / "cache"))
+    with pytest.warns(SpdnnWarning, match="cache .*file/cache/generated cannot be written") as seen:
+        _, feats, truth, info = cached_challenge(64, 4, samples=150)
+    assert len(seen) == 1 and info["cached"] is False
+    _, _, direct_truth, _ = generate_challenge(64, 4, samples=150)
+    assert np.array_equal(truth, direct_truth)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_cache_write_failure_warns_once_and_leaves_nothing(tmp_path, monkeypatch, small_mnist, code):
+    """A full (or read-only) file system under the cache: one warning (naming the space for a
+    full disk), no partial file, the run goes on; the next call, with room, caches."""
+    import spdnn.formats.npz as npz
+
+    monkeypatch.setenv("SPDNN_CACHE_DIR", str(tmp_path / "cache"))
+    real = np.savez
+
+    def failing(file, *args, **kwargs):
+        file.write(b"PK\x03\x04")
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(np, "savez", failing)
+    with pytest.warns(SpdnnWarning) as seen:
+        _, feats, truth, info = cached_challenge(64, 4, samples=150)
+    assert len(seen) == 1
+    message = str(seen[0].message)
+    assert str(tmp_path / "cache") in message
+    if code == errno.ENOSPC:
+        assert "no space left on device" in message and "free" in message
+    folder = tmp_path / "cache" / "generated"
+    assert sorted(p.name for p in folder.iterdir()) == [".lock"]          # nothing partial, no truth either
+    assert npz is not None
+    monkeypatch.setattr(np, "savez", real)
+    _, feats2, truth2, info2 = cached_challenge(64, 4, samples=150)
+    assert same_csr(feats, feats2) and np.array_equal(truth, truth2) and info2["cached"] is False
+    assert len(list(folder.glob("*.npz"))) == 1 and len(list(folder.glob("truth-*.json"))) == 1
+
+
+def test_cache_removes_temporaries_of_killed_writers(tmp_path, monkeypatch, small_mnist):
+    """No other process uses the cache: every temporary file is a killed writer's and goes.
+    Another process holds the cache: only temporaries over an hour old go."""
+    import fcntl
+
+    monkeypatch.setenv("SPDNN_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "cache" / "generated"
+    folder.mkdir(parents=True)
+    fresh, old = folder / ".features-n64-all-v2.npz.a1.tmp", folder / ".truth-x.json.b2.tmp"
+    for path in (fresh, old):
+        path.write_bytes(b"x" * 100)
+    os.utime(old, (1, 1))
+    (folder / ".lock").touch()
+    with open(folder / ".lock", "r+b") as other:
+        fcntl.flock(other.fileno(), fcntl.LOCK_SH)                    # a concurrent run
+        cached_challenge(64, 2, samples=50)
+        assert fresh.exists() and not old.exists()
+    cached_challenge(64, 2, samples=50)
+    assert not fresh.exists()
+
+
+CONCURRENT_RUN = """
+import json, sys
+import numpy as np
+from spdnn.generate import mnist, cached_challenge
+
+images = np.asarray(mnist.load_mnist()[:600])
+mnist.load_mnist = lambda path=None: images
+_, feats, truth, info = cached_challenge(64, 6, samples=400)
+print(json.dumps({"truth": truth.tolist(), "nnz": int(feats.nnz)}))
+"""
+
+
+def test_concurrent_runs_share_one_cache(tmp_path):
+    """Issue 12: three processes fill an empty cache at once: each gets the same data, the
+    cache ends with one features file and one truth, no temporary file, and serves a fourth."""
+    cache = tmp_path / "cache"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "SPDNN_CACHE_DIR": str(cache)}
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_RUN], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(3)]
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0
+        results.append(json.loads(out))
+    assert all(r == results[0] for r in results)
+    folder = cache / "generated"
+    assert sorted(p.suffix for p in folder.iterdir() if not p.name.startswith(".")) == [".json", ".npz"]
+    assert list(folder.glob(".*.tmp")) == []
+    fourth = subprocess.run([sys.executable, "-c", CONCURRENT_RUN], capture_output=True, text=True, env=env)
+    assert fourth.returncode == 0 and json.loads(fourth.stdout) == results[0]
+
+
+# --- what ``spdnn run`` and ``spdnn generate`` show of the generator -------------------------
+
+def cli_invoke(*args):
+    from click.testing import CliRunner
+
+    from spdnn.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_first_run_prints_status_without_a_terminal_and_times_the_truth_apart(tmp_path, monkeypatch,
+                                                                               small_mnist):
+    """Issue 12 (small ones): the first ``spdnn run`` says what it is making on stderr even
+    when stderr is not a terminal; the truth's seconds are reported apart from ``read``."""
+    monkeypatch.setenv("SPDNN_CACHE_DIR", str(tmp_path / "cache"))
+    real = challenge_module._truth_engine
+
+    class Slow:
+        def __init__(self, engine):
+            self.engine, self.name = engine, engine.name
+
+        def run(self, *args):
+            time.sleep(2.0)
+            return self.engine.run(*args)
+
+    monkeypatch.setattr(challenge_module, "_truth_engine", lambda name, progress: Slow(real(name, progress)))
+    result = cli_invoke("run", "-n", 64, "-l", 4, "--samples", 200, "--engine", "reference", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["passed"] is True and summary["truth_seconds"] >= 2.0
+    assert summary["read_seconds"] < summary["truth_seconds"]
+    status = result.stderr.splitlines()
+    assert status[0].startswith("generated data N=64: first use") and str(tmp_path / "cache") in status[0]
+    assert any(line.startswith("truth 64x4: computing it in float64") for line in status)
+    again = cli_invoke("run", "-n", 64, "-l", 4, "--samples", 200, "--engine", "reference")
+    assert again.exit_code == 0 and again.stderr == "" and "truth:" not in again.stdout
+    quiet = cli_invoke("run", "-n", 64, "-l", 5, "--samples", 200, "--engine", "reference", "--no-progress")
+    assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
+def test_run_with_an_unwritable_cache_warns_once_and_passes(tmp_path, monkeypatch, small_mnist):
+    """Issue 12, item 2, through the CLI: the default job's kind of run, no writable cache."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("SPDNN_CACHE_DIR", str(blocker / "cache"))
+    result = cli_invoke("run", "-n", 64, "-l", 4, "--samples", 200, "--engine", "reference", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.stdout
+    warnings_seen = [line for line in result.stderr.splitlines() if line.startswith("spdnn: warning:")]
+    assert len(warnings_seen) == 1 and "cannot be written" in warnings_seen[0]

@@ -144,7 +144,7 @@ def atomic_path(path: str | os.PathLike, *, size: int | None = None) -> Iterator
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", *, compress: bool | None = None,
-                encoding: str = "ascii", size: int | None = None) -> Iterator[IO]:
+                encoding: str = "ascii", size: int | None = None, compresslevel: int = 6) -> Iterator[IO]:
     """Open ``path`` for writing atomically; gzip when ``compress`` (default: name ends in .gz).
 
     Parameters
@@ -159,6 +159,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *, compress: bool | No
         Text encoding (text mode only).
     size : int, optional
         Bytes the complete file will take on disk, as in :func:`atomic_path`.
+    compresslevel : int
+        gzip level, 1 (fastest) to 9 (smallest).
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open mode must be 'w' or 'wb', got {mode!r}")
@@ -169,7 +171,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *, compress: bool | No
             # mtime=0 keeps the output byte-identical across runs.
             raw = open(tmp, "wb")
             try:
-                gz = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6)
+                gz = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=compresslevel)
                 try:
                     if mode == "w":
                         with io.TextIOWrapper(gz, encoding=encoding, newline="\n") as fh:

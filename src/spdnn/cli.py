@@ -342,12 +342,14 @@ class _Loaded:
         Where ``made_with`` comes from, or "unknown".
     same_data : bool
         The truth was computed from these very data in this process (or its cache).
+    truth_seconds : float
+        Seconds spent computing a generated truth while loading (not reading time).
     """
 
     def __init__(self, network, features, truth, source, text, made_with=None, origin_source="unknown",
-                 same_data=False):
+                 same_data=False, truth_seconds=0.0):
         self.network, self.features, self.truth = network, features, truth
-        self.source, self.text = source, text
+        self.source, self.text, self.truth_seconds = source, text, truth_seconds
         self.made_with = dict(made_with or {})
         self.origin_source, self.same_data = origin_source, same_data
 
@@ -391,25 +393,27 @@ def _read_truth(path, count: int, subset: bool):
     return truth[truth <= count] if subset else truth
 
 
-def _load_generated(neurons, layers, seed, samples, truth_file, bias, progress) -> _Loaded:
+def _load_generated(neurons, layers, seed, samples, truth_file, bias, progress, log=None) -> _Loaded:
     from .bench import materialized
     from .config import cache_dir
     from .generate import cached_challenge
 
     network, features, truth, info = cached_challenge(neurons, layers, seed=seed, samples=samples,
-                                                      progress=progress, bias=bias)
+                                                      progress=progress, bias=bias, log=log)
+    truth_seconds = info.get("seconds", {}).get("truth", 0.0)
     network = materialized(network)  # build the lazy layers now: reading time, not inference time
     source = {"kind": "generated", "neurons": neurons, "layers": layers, "seed": seed,
               "cache": str(cache_dir() / "generated"), "truth_from": info}
     text = f"generated offline (RadiX-Net + MNIST, seed {seed}), cached in {cache_dir() / 'generated'}"
     if truth_file is None:
         return _Loaded(network, features, truth, source, text, made_with=info, same_data=True,
-                       origin_source="computed from this run's generated data")
+                       origin_source="computed from this run's generated data", truth_seconds=truth_seconds)
     source["truth"] = str(truth_file)
     truth = _read_truth(truth_file, features.shape[0], samples is not None)
     made_with = _truth_info(truth_file)
     return _Loaded(network, features, truth, source, text, made_with=made_with,
-                   origin_source="unknown" if made_with is None else str(Path(truth_file).with_suffix(".json")))
+                   origin_source="unknown" if made_with is None else str(Path(truth_file).with_suffix(".json")),
+                   truth_seconds=truth_seconds)
 
 
 def _official_bias(paths) -> tuple[float, str]:
@@ -569,19 +573,20 @@ def run(neurons, layers, data, truth_file, samples, seed, bias, engine, precisio
     from .options import check_balance
     from .verify import compare_categories
 
+    log = None if progress is False else _status   # status lines unless --no-progress, terminal or not
     progress = _progress(progress)
     rank, size = _world()
     if rank != 0:
-        progress = False
+        progress, log = False, None
     precision = precision or _default_precision(engine)
     options = {"precision": precision, **_merge_options(engine, merge)}
     t0 = time.perf_counter()
     if data is None:
-        loaded = _load_generated(neurons or 1024, layers or 120, seed, samples, truth_file, bias, progress)
+        loaded = _load_generated(neurons or 1024, layers or 120, seed, samples, truth_file, bias, progress, log)
     else:
         loaded = _load_official(data, neurons, layers, samples, truth_file, bias, progress)
     network, features, truth = loaded.network, loaded.features, loaded.truth
-    read_seconds = time.perf_counter() - t0
+    read_seconds = time.perf_counter() - t0 - loaded.truth_seconds   # a generated truth is not reading
 
     if size > 1:
         from .distributed import run_distributed
@@ -599,7 +604,8 @@ def run(neurons, layers, data, truth_file, samples, seed, bias, engine, precisio
         "layers": result.layers, "samples": result.samples, "edges": result.edges,
         "categories_count": int(len(result.categories)), "passed": None,
         "inference_seconds": result.inference_seconds, "preprocess_seconds": result.preprocess_seconds,
-        "read_seconds": read_seconds, "teraedges_per_second": result.teraedges_per_second,
+        "read_seconds": read_seconds, "truth_seconds": loaded.truth_seconds,
+        "teraedges_per_second": result.teraedges_per_second,
         "survivors": result.survivors, "ranks": size, "merge": merge, "source": loaded.text,
         "data": loaded.source,
     }
@@ -670,7 +676,8 @@ def _print_paths(paths) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the permuted layers (L > S).")
 @click.option("--samples", type=click.IntRange(min=1), default=None, help="First S samples only [60,000].")
 @click.option("--truth-engine", type=click.Choice(["auto", "reference", "cpu", "cuda"]), default="auto",
-              show_default=True, help="Engine computing the float64 truth (auto: cpu fp64 if available).")
+              show_default=True, help="Engine computing the float64 truth (auto: the fastest exact one here, "
+                                      "cuda with a GPU, else cpu).")
 @progress_option
 def generate(neurons, layers, out_dir, seed, samples, truth_engine, progress):
     """Generate challenge data offline: RadiX-Net weights, MNIST inputs, fp64 truth.
@@ -682,7 +689,7 @@ def generate(neurons, layers, out_dir, seed, samples, truth_engine, progress):
     from .generate import write_challenge
 
     paths = write_challenge(out_dir, neurons, layers, seed=seed, samples=samples, truth_engine=truth_engine,
-                            progress=_progress(progress))
+                            progress=_progress(progress), log=None if progress is False else _status)
     _print_paths(paths)
 
 
@@ -891,7 +898,7 @@ def bench(cells, engine_names, repeats, samples, precision, seed, merge, json_ou
     report = benchmod.run_bench(cell_list, engines, repeats=repeats, samples=samples, precision=precision,
                                 seed=seed, merge=merge, bandwidth_gbs=bandwidth_gbs,
                                 launch_latency_s=None if launch_us is None else launch_us * 1e-6,
-                                progress=_progress(progress), log=_status)
+                                progress=_progress(progress), log=None if progress is False else _status)
     if as_json:
         _echo_json(report)
     else:

@@ -113,6 +113,8 @@ def format_run(summary: Mapping[str, Any]) -> str:
         format_comparison(summary.get("passed"), summary.get("missing", []), summary.get("extra", []),
                           found_count=summary["categories_count"], truth_count=summary.get("truth_count")),
         f"read:         {format_seconds(summary['read_seconds'])} (reading and conversion of the data)",
+        *([f"truth:        {format_seconds(summary['truth_seconds'])} (float64 truth of the generated data, "
+           "computed once and cached)"] if summary.get("truth_seconds") else []),
         f"preprocess:   {format_seconds(summary['preprocess_seconds'])} (engine: weights and features)",
         f"inference:    {format_seconds(summary['inference_seconds'])}",
         f"throughput:   {summary['teraedges_per_second']:.4g} TeraEdges/s "

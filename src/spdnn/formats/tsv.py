@@ -141,7 +141,7 @@ def _canonical(m):
 
 
 def _write_compressed(path, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, fmt: str, *,
-                      major_first: bool, entries_per_block: int = 1 << 21) -> None:
+                      major_first: bool, entries_per_block: int = 1 << 21, compresslevel: int = 6) -> None:
     """Write a canonical CSR/CSC matrix as 1-based text lines, atomically (gzip for ``.gz``).
 
     Lines follow the storage order (major index, then minor); ``major_first`` says whether
@@ -152,7 +152,7 @@ def _write_compressed(path, indptr: np.ndarray, indices: np.ndarray, data: np.nd
     texts, starts, uniq = _value_texts(data, fmt)
     width = int(np.diff(starts).max()) if starts.size > 1 else 0
     nmajor = indptr.size - 1
-    with atomic_open(path, "wb") as fh:
+    with atomic_open(path, "wb", compresslevel=compresslevel) as fh:
         m0 = 0
         while m0 < nmajor:
             m1 = int(np.searchsorted(indptr, indptr[m0] + entries_per_block, side="right")) - 1
@@ -188,19 +188,20 @@ def write_layer_tsv(path: str | os.PathLike, w) -> None:
     _write_compressed(path, m.indptr, m.indices, m.data, "%.6e", major_first=False)
 
 
-def write_features_tsv(path: str | os.PathLike, x) -> None:
+def write_features_tsv(path: str | os.PathLike, x, *, compresslevel: int = 6) -> None:
     """Write features ``sample \\t feature \\t value`` (1-based), sorted by sample then feature.
 
     Values use ``'%g'`` (``1``) when exact, else the shortest exact repr. Atomic; gzip
-    if the name ends in ``.gz``.
+    if the name ends in ``.gz``, at ``compresslevel`` (1 fastest .. 9 smallest).
 
     Parameters
     ----------
     path : str or os.PathLike
     x : scipy.sparse matrix, shape (samples, N)
+    compresslevel : int
     """
     m = _canonical(sp.csr_matrix(x))
-    _write_compressed(path, m.indptr, m.indices, m.data, "%g", major_first=True)
+    _write_compressed(path, m.indptr, m.indices, m.data, "%g", major_first=True, compresslevel=compresslevel)
 
 
 def write_categories(path: str | os.PathLike, ids) -> None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from .radixnet import (radixnet_layer, radixnet_network, radixnet_permutations, radixnet_base, place_value,
                        default_bias, check_neurons)
-from .mnist import load_mnist, challenge_features, image_shape
+from .mnist import load_mnist
+from .features import challenge_features, reference_features, image_shape, features_device
 from .challenge import generate_challenge, write_challenge, cached_challenge, compute_truth, ChallengeFiles
 
 __all__ = ["radixnet_layer", "radixnet_network", "radixnet_permutations", "radixnet_base", "place_value",
-           "default_bias", "check_neurons", "load_mnist", "challenge_features", "image_shape",
+           "default_bias", "check_neurons", "load_mnist", "challenge_features", "reference_features",
+           "image_shape", "features_device",
            "generate_challenge", "write_challenge", "cached_challenge", "compute_truth", "ChallengeFiles"]

@@ -13,24 +13,29 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 
-from .._atomic import atomic_path
+from .._atomic import atomic_write_bytes
 from .._progress import progress_bar
 from ..config import cache_dir
-from ..errors import EngineUnavailableError, FormatError, OptionError
+from ..errors import DISK_FULL_ERRNOS, DiskFullError, FormatError, OptionError, SpdnnWarning
 from ..formats.npz import read_features_npz, write_features_npz
 from ..network import Network
+from ..options import optional_positive_int, positive_int
 from . import mnist as _mnist
-from .mnist import challenge_features
-from .radixnet import check_neurons, default_bias, radixnet_network
+from ._files import Staging, cache_session
+from .features import challenge_features, features_device
+from .radixnet import FAN, check_neurons, default_bias, radixnet_network
 
 __all__ = ["generate_challenge", "write_challenge", "cached_challenge", "compute_truth", "ChallengeFiles",
-           "GENERATOR_VERSION", "store_cached_features"]
+           "GENERATOR_VERSION", "FEATURES_GZIP_LEVEL", "layer_file_bytes", "store_cached_features"]
 
 #: Bumped whenever generated data would change; part of every cache key and of ``info``.
 #: 1: later layers permuted rows and columns; 2: rows only, as the official layers.
@@ -43,16 +48,17 @@ def _version() -> str:
     return __version__
 
 
-def _truth_engine(name: str, progress: bool | None):
-    """An engine in fp64 mode: 'auto' is cpu if it can run here, else reference."""
-    from ..engines import get_engine
+def _quiet(message: str) -> None:
+    """The default ``log``: say nothing."""
 
-    if name == "auto":
-        try:
-            return get_engine("cpu", precision="fp64", progress=bool(progress))
-        except EngineUnavailableError:
-            return get_engine("reference", precision="fp64", progress=bool(progress))
-    return get_engine(name, precision="fp64", progress=bool(progress))
+
+def _truth_engine(name: str, progress: bool | None):
+    """An engine in fp64 mode; 'auto' is :func:`spdnn.engines.fastest_exact_engine` (cuda
+    where a GPU is usable, else cpu, else reference)."""
+    from ..engines import fastest_exact_engine, get_engine
+
+    return get_engine(fastest_exact_engine() if name == "auto" else name, precision="fp64",
+                      progress=bool(progress))
 
 
 def compute_truth(network: Network, features: sp.csr_matrix, *, engine: str = "auto",
@@ -64,8 +70,9 @@ def compute_truth(network: Network, features: sp.csr_matrix, *, engine: str = "a
     network : Network
     features : csr_matrix (samples, N)
     engine : str
-        An engine name run with ``precision='fp64'``; 'auto' means 'cpu' where it is
-        available, else 'reference'.
+        An engine name run with ``precision='fp64'``; 'auto' is the fastest engine here
+        whose fp64 mode is bit-identical to the reference
+        (:func:`spdnn.engines.fastest_exact_engine`).
     progress : bool, optional
 
     Returns
@@ -76,18 +83,6 @@ def compute_truth(network: Network, features: sp.csr_matrix, *, engine: str = "a
     runner = _truth_engine(engine, progress)
     result = runner.run(network, features)
     return np.asarray(result.categories, dtype=np.int64), runner.name
-
-
-def _check_samples(samples) -> None:
-    if samples is not None and (isinstance(samples, (bool, np.bool_))
-                                or not isinstance(samples, (int, np.integer)) or samples < 1):
-        raise OptionError(f"samples={samples!r}: expected None (all) or an integer >= 1")
-
-
-def _check_layers(layers) -> int:
-    if isinstance(layers, (bool, np.bool_)) or not isinstance(layers, (int, np.integer)) or layers < 1:
-        raise OptionError(f"layers={layers!r}: expected an integer >= 1")
-    return int(layers)
 
 
 def _info(neurons: int, layers: int, seed: int, samples: int, engine: str, network: Network,
@@ -108,9 +103,33 @@ def _info(neurons: int, layers: int, seed: int, samples: int, engine: str, netwo
     }
 
 
+def _network(neurons, layers, seed, samples, bias) -> Network:
+    """Validate the common arguments (before any work) and build the lazy network."""
+    n = check_neurons(neurons)
+    depth = positive_int(layers, "layers")
+    optional_positive_int(samples, "samples")
+    return radixnet_network(n, depth, seed=seed, bias=default_bias(n) if bias is None else bias)
+
+
+def _timed_truth(network, features, engine, progress, log) -> tuple[np.ndarray, str, float]:
+    runner = _truth_engine(engine, progress)
+    log(f"truth {network.neurons}x{network.depth}: computing it in float64 with the {runner.name} engine, "
+        f"{features.shape[0]:,} samples")
+    start = time.perf_counter()
+    result = runner.run(network, features)
+    return np.asarray(result.categories, dtype=np.int64), runner.name, time.perf_counter() - start
+
+
+def _timed_features(neurons, samples, device, progress, log) -> tuple[sp.csr_matrix, float]:
+    log(f"features N={neurons}: computing them from MNIST ({features_device(device)})")
+    start = time.perf_counter()
+    features = challenge_features(neurons, samples=samples, device=device, progress=progress)
+    return features, time.perf_counter() - start
+
+
 def generate_challenge(neurons: int, layers: int, *, seed: int = 0, samples: int | None = None,
-                       truth_engine: str = "auto", progress: bool | None = None, bias=None
-                       ) -> tuple[Network, sp.csr_matrix, np.ndarray, dict]:
+                       truth_engine: str = "auto", device: str = "auto", progress: bool | None = None,
+                       bias=None, log=None) -> tuple[Network, sp.csr_matrix, np.ndarray, dict]:
     """Generate a challenge instance in memory.
 
     Parameters
@@ -124,12 +143,17 @@ def generate_challenge(neurons: int, layers: int, *, seed: int = 0, samples: int
     samples : int, optional
         First ``samples`` MNIST images (default all 60,000).
     truth_engine : str
-        Engine for the truth, always in fp64 ('auto': cpu if available, else reference).
+        Engine for the truth, always in fp64 ('auto': the fastest exact one here,
+        :func:`spdnn.engines.fastest_exact_engine`).
+    device : {'auto', 'cpu', 'gpu'}
+        Where the features are computed (:func:`~spdnn.generate.features.challenge_features`).
     progress : bool, optional
         Progress bars (default: only on a terminal).
     bias : float or array (N,) or (L, N), optional
         Default :func:`~spdnn.generate.radixnet.default_bias` (the official bias for
         official N).
+    log : callable(str), optional
+        Receives one status line as each step starts (the CLI prints them on stderr).
 
     Returns
     -------
@@ -139,15 +163,17 @@ def generate_challenge(neurons: int, layers: int, *, seed: int = 0, samples: int
     truth : ndarray of int64
         Sorted 1-based ids of the samples alive after L layers, in float64.
     info : dict
-        JSON-serializable: engine, precision, seed, neurons, layers, samples, versions.
+        JSON-serializable: engine, precision, seed, neurons, layers, samples, versions;
+        ``info["seconds"]`` (not part of what is written to disk): the seconds spent on
+        the features and on the truth.
     """
-    n = check_neurons(neurons)
-    depth = _check_layers(layers)
-    _check_samples(samples)
-    network = radixnet_network(n, depth, seed=seed, bias=default_bias(n) if bias is None else bias)
-    features = challenge_features(n, samples=samples, progress=progress)
-    truth, engine = compute_truth(network, features, engine=truth_engine, progress=progress)
-    info = _info(n, depth, int(seed), features.shape[0], engine, network, features, truth)
+    log = log or _quiet
+    network = _network(neurons, layers, seed, samples, bias)
+    _truth_engine(truth_engine, False)                  # fails now, not after the features
+    features, feature_seconds = _timed_features(network.neurons, samples, device, progress, log)
+    truth, engine, truth_seconds = _timed_truth(network, features, truth_engine, progress, log)
+    info = _info(network.neurons, network.depth, int(seed), features.shape[0], engine, network, features, truth)
+    info["seconds"] = {"features": feature_seconds, "truth": truth_seconds}
     return network, features, truth, info
 
 
@@ -176,51 +202,134 @@ class ChallengeFiles:
     info: Path
 
 
+#: gzip level of the written features: 5x faster than level 6 for 20% more bytes (measured
+#: at N = 16384: 4.8 against 24.3 s a GB of text; 0.239 against 0.200 of its size).
+FEATURES_GZIP_LEVEL = 1
+
+
+def _digits_total(n: int) -> int:
+    """Decimal digits of 1, 2, ..., n together."""
+    total, width, low = 0, 1, 1
+    while low <= n:
+        high = min(n, 10 * low - 1)
+        total += (high - low + 1) * width
+        width, low = width + 1, 10 * low
+    return total
+
+
+def layer_file_bytes(neurons: int) -> int:
+    """Exact size of one ``n{N}-l{k}.tsv`` of a RadiX-Net layer: N * 32 lines
+    ``row \t col \t 6.250000e-02``, every row and every column 32 times."""
+    return FAN * (2 * _digits_total(neurons) + len("\t\t6.250000e-02\n") * neurons)
+
+
+def _json_text(obj: dict) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
 def write_challenge(out_dir: str | os.PathLike, neurons: int, layers: int, *, seed: int = 0,
-                    samples: int | None = None, truth_engine: str = "auto",
-                    progress: bool | None = None, bias=None) -> ChallengeFiles:
+                    samples: int | None = None, truth_engine: str = "auto", device: str = "auto",
+                    progress: bool | None = None, bias=None, log=None) -> ChallengeFiles:
     """Generate a challenge instance and write it in the official layout.
 
-    Files (each written atomically; the same seed gives the same bytes)::
+    Files (the same seed gives the same bytes)::
 
-        out_dir/neuron{N}/n{N}-l{k}.tsv           k = 1..L, `row \\t col \\t 6.250000e-02`
-        out_dir/sparse-images-{N}.tsv.gz          `sample \\t feature \\t 1`
+        out_dir/neuron{N}/n{N}-l{k}.tsv           k = 1..L, `row \t col \t 6.250000e-02`
+        out_dir/sparse-images-{N}.tsv.gz          `sample \t feature \t 1`
         out_dir/neuron{N}-l{L}-categories.tsv     the float64 truth, one id a line
         out_dir/neuron{N}-l{L}-categories.json    info: engine and precision of the truth, seed, ...
 
-    Parameters are those of :func:`generate_challenge`.
+    Every argument is checked before ``out_dir`` is touched. The features are made in
+    memory; then everything is written into a staging folder inside ``out_dir`` (the
+    layer files and the features by threads on all cores, while the truth is computed)
+    and renamed into place: a failure (a full disk, Ctrl-C, a kill) leaves ``out_dir`` as
+    it was (an existing ``neuron{N}`` folder is replaced whole, so no layer of an older,
+    deeper network stays beside the new ones). Staging folders and temporary files left
+    by killed runs are removed first. Before anything is written the exact size of the
+    layer files (:func:`layer_file_bytes`) is checked against the free space.
+
+    Parameters are those of :func:`generate_challenge` (``log`` also hears where the
+    files go).
 
     Returns
     -------
     ChallengeFiles
+
+    Raises
+    ------
+    DiskFullError
+        The disk cannot hold the files; names the file (in ``out_dir``) and the bytes
+        needed and free. Nothing is left behind.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from ..formats import write_categories, write_features_tsv, write_layer_tsv
+    from .features import _workers
 
-    network, features, truth, info = generate_challenge(neurons, layers, seed=seed, samples=samples,
-                                                        truth_engine=truth_engine, progress=progress,
-                                                        bias=bias)
+    log = log or _quiet
+    network = _network(neurons, layers, seed, samples, bias)
+    _truth_engine(truth_engine, False)                  # fails now, before anything is made or written
     n, depth = network.neurons, network.depth
+    features, _ = _timed_features(n, samples, device, progress, log)
     out = Path(out_dir)
-    net_dir = out / f"neuron{n}"
-    net_dir.mkdir(parents=True, exist_ok=True)
-    layer_files = []
-    for k in progress_bar(range(depth), enabled=progress, desc=f"writing neuron{n}"):
-        path = net_dir / f"n{n}-l{k + 1}.tsv"
-        write_layer_tsv(path, network.layers[k])
-        layer_files.append(path)
-    features_path = out / f"sparse-images-{n}.tsv.gz"
-    write_features_tsv(features_path, features)
-    truth_path = out / f"neuron{n}-l{depth}-categories.tsv"
-    write_categories(truth_path, truth)
-    info_path = out / f"neuron{n}-l{depth}-categories.json"
-    _write_json(info_path, info)
-    return ChallengeFiles(network=net_dir, layer_files=layer_files, features=features_path,
-                          truth=truth_path, info=info_path)
+    names = {"network": f"neuron{n}", "features": f"sparse-images-{n}.tsv.gz",
+             "truth": f"neuron{n}-l{depth}-categories.tsv", "info": f"neuron{n}-l{depth}-categories.json"}
+    with Staging(out) as stage:
+        try:
+            net_dir = stage.path / names["network"]
+            net_dir.mkdir()
+            # the truth and its info are at most a line of (digits + 1) a sample and a few KB
+            count = features.shape[0]
+            rest = depth * layer_file_bytes(n) + count * (len(str(count)) + 1) + 4096
+            free = shutil.disk_usage(stage.path).free
+            if free < rest:
+                raise DiskFullError(out / names["network"], needed=rest, free=free)
+
+            def layer(k: int) -> None:
+                write_layer_tsv(net_dir / f"n{n}-l{k + 1}.tsv", network.layers[k])
+
+            # the files that do not need the truth are written while it is computed
+            log(f"writing {out}: neuron{n} ({depth} layer files) and {names['features']}, in the background")
+            with ThreadPoolExecutor(max(1, min(_workers(), depth + 1))) as pool:
+                jobs = [pool.submit(write_features_tsv, stage.path / names["features"], features,
+                                    compresslevel=FEATURES_GZIP_LEVEL)]
+                jobs += [pool.submit(layer, k) for k in range(depth)]
+                try:
+                    truth, engine, _ = _timed_truth(network, features, truth_engine, progress, log)
+                    for job in progress_bar(jobs, enabled=progress, desc=f"writing {out.name or out}"):
+                        job.result()
+                except BaseException:
+                    for job in jobs:
+                        job.cancel()
+                    raise
+            info = _info(n, depth, int(seed), count, engine, network, features, truth)
+            write_categories(stage.path / names["truth"], truth)
+            atomic_write_bytes(stage.path / names["info"], _json_text(info).encode("utf-8"))
+            stage.commit(names.values())
+        except OSError as exc:
+            raise _about_out(exc, stage.path, out) from exc
+    return ChallengeFiles(network=out / names["network"],
+                          layer_files=[out / names["network"] / f"n{n}-l{k + 1}.tsv" for k in range(depth)],
+                          features=out / names["features"], truth=out / names["truth"], info=out / names["info"])
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+def _about_out(exc: OSError, stage: Path, out: Path) -> OSError:
+    """``exc`` restated about the final path in ``out`` where it names a staging path."""
+    name = getattr(exc, "filename", None)
+    if name is None:
+        return exc
+    try:
+        final = out / Path(os.fsdecode(name)).relative_to(stage)
+    except ValueError:
+        return exc
+    if isinstance(exc, DiskFullError):
+        return DiskFullError(final, needed=exc.needed, written=exc.written, free=exc.free, code=exc.errno)
+    if exc.errno in DISK_FULL_ERRNOS:
+        return DiskFullError(final, free=shutil.disk_usage(out).free, code=exc.errno)
+    try:
+        return type(exc)(exc.errno, exc.strerror or os.strerror(exc.errno or 0), os.fspath(final))
+    except TypeError:
+        return OSError(exc.errno, exc.strerror, os.fspath(final))
 
 
 # --- cache -------------------------------------------------------------------------------
@@ -234,6 +343,10 @@ def _features_file(neurons: int, samples: int | None) -> Path:
     return _generated_dir() / f"features-n{neurons}-{part}-v{GENERATOR_VERSION}.npz"
 
 
+def _truth_file(neurons: int, layers: int, seed: int, samples: int) -> Path:
+    return _generated_dir() / f"truth-n{neurons}-l{layers}-seed{seed}-samples{samples}-v{GENERATOR_VERSION}.json"
+
+
 def _save_features(path: Path, features: sp.csr_matrix) -> None:
     write_features_npz(path, features, values=False)
 
@@ -244,30 +357,80 @@ def _load_features(path: Path, neurons: int) -> sp.csr_matrix | None:
         return None
     try:
         return read_features_npz(path, neurons)
-    except FormatError:
+    except (FormatError, OSError):
         return None
 
 
-def _cached_features(neurons: int, samples: int | None, progress: bool | None) -> sp.csr_matrix:
+#: Cache folders already warned about in this process (one warning each).
+_WARNED: set[str] = set()
+
+
+class _CacheWriter:
+    """Writes into the generated-data cache, or, when it cannot, warns once and goes on:
+    the cache only saves time, so a read-only, unwritable or full cache never stops a run."""
+
+    def __init__(self, folder: Path, problem: OSError | None):
+        self.folder = folder
+        self.problem = problem
+
+    def write(self, what, *args) -> None:
+        """``what(*args)`` unless the cache is known unwritable; an OSError makes it so."""
+        if self.problem is None:
+            try:
+                what(*args)
+                return
+            except OSError as exc:             # DiskFullError included: the writer left nothing
+                self.problem = exc
+        key = os.fspath(self.folder)
+        if key not in _WARNED:
+            _WARNED.add(key)
+            warnings.warn(f"the generated-data cache {self.folder} cannot be written ({_reason(self.problem)}); "
+                          "the data are kept in memory for this run only", SpdnnWarning, stacklevel=4)
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, DiskFullError):
+        return str(exc)
+    where = f"{exc.filename}: " if exc.filename else ""
+    return where + (exc.strerror or str(exc)).rstrip(".").lower()
+
+
+class _FirstUse:
+    """A ``log`` that says ``first`` before its first line (nothing when nothing is made)."""
+
+    def __init__(self, log, first: str):
+        self.log, self.first = log, first
+
+    def __call__(self, line: str) -> None:
+        if self.first:
+            self.log(self.first)
+            self.first = ""
+        self.log(line)
+
+
+def _cached_features(neurons: int, samples: int | None, device: str, progress, log,
+                     cache: _CacheWriter) -> tuple[sp.csr_matrix, float]:
+    """The features from the cache, or made, cached and timed (seconds 0 from the cache)."""
     full = _load_features(_features_file(neurons, None), neurons)
     if full is not None:
         if samples is None or samples == full.shape[0]:
-            return full
+            return full, 0.0
         if 0 <= samples < full.shape[0]:
-            return full[:samples]
+            return full[:samples], 0.0
     if samples is not None:
         part = _load_features(_features_file(neurons, samples), neurons)
         if part is not None:
-            return part
-    features = challenge_features(neurons, samples=samples, progress=progress)
+            return part, 0.0
+    features, seconds = _timed_features(neurons, samples, device, progress, log)
     # every image asked for by count is the full set: cache it as such, for every later subset
     whole = samples is None or features.shape[0] == _mnist.load_mnist().shape[0]
-    _save_features(_features_file(neurons, None if whole else samples), features)
-    return features
+    cache.write(_save_features, _features_file(neurons, None if whole else samples), features)
+    return features, seconds
 
 
 def cached_challenge(neurons: int, layers: int, *, seed: int = 0, samples: int | None = None,
-                     progress: bool | None = None, bias=None) -> tuple[Network, sp.csr_matrix, np.ndarray, dict]:
+                     device: str = "auto", progress: bool | None = None, bias=None,
+                     log=None) -> tuple[Network, sp.csr_matrix, np.ndarray, dict]:
     """:func:`generate_challenge` with features and truth cached on disk.
 
     The features (``features-n{N}-...npz``) and the truth with its info
@@ -277,29 +440,43 @@ def cached_challenge(neurons: int, layers: int, *, seed: int = 0, samples: int |
     network is not cached: its layers are made on access from ``seed``. The truth is
     cached for the default bias only; with another ``bias`` it is recomputed.
 
+    The cache only saves time: when it cannot be written (read-only, no permission, a
+    full disk) one :class:`~spdnn.errors.SpdnnWarning` says so and the data are used from
+    memory. Concurrent calls share it safely (files are renamed into place whole), and
+    temporary files of killed writers are removed (see :mod:`spdnn.generate._files`).
+
+    Parameters are those of :func:`generate_challenge` (truth engine 'auto'); ``log``
+    receives a status line for each step that is not served from the cache.
+
     Returns
     -------
     (network, features, truth, info)
-        As :func:`generate_challenge` (truth engine 'auto'); ``info["cached"]`` tells
-        whether the truth came from the cache.
+        As :func:`generate_challenge`; ``info["cached"]`` tells whether the truth came
+        from the cache, ``info["seconds"]`` what this call spent making features and
+        truth (0 for what came from the cache).
     """
-    n = check_neurons(neurons)
-    depth = _check_layers(layers)
-    _check_samples(samples)
-    network = radixnet_network(n, depth, seed=seed, bias=default_bias(n) if bias is None else bias)
-    features = _cached_features(n, samples, progress)
-    count = features.shape[0]
-    truth_file = _generated_dir() / f"truth-n{n}-l{depth}-seed{int(seed)}-samples{count}-v{GENERATOR_VERSION}.json"
-    info = None if bias is not None else _load_truth(truth_file)
-    if info is None:
-        truth, engine = compute_truth(network, features, progress=progress)
-        info = _info(n, depth, int(seed), count, engine, network, features, truth)
-        if bias is None:
-            _write_json(truth_file, {**info, "categories": truth.tolist()})
-        info["cached"] = False
-    else:
-        truth = np.asarray(info.pop("categories"), dtype=np.int64)
-        info["cached"] = True
+    log = log or _quiet
+    network = _network(neurons, layers, seed, samples, bias)
+    n, depth = network.neurons, network.depth
+    folder = _generated_dir()
+    with cache_session(folder) as problem:
+        cache = _CacheWriter(folder, problem)
+        log = _FirstUse(log, f"generated data N={n}: first use of these data, made once and cached in {folder}")
+        features, feature_seconds = _cached_features(n, samples, device, progress, log, cache)
+        count = features.shape[0]
+        truth_file = _truth_file(n, depth, int(seed), count)
+        info = None if bias is not None else _load_truth(truth_file)
+        if info is None:
+            truth, engine, truth_seconds = _timed_truth(network, features, "auto", progress, log)
+            info = _info(n, depth, int(seed), count, engine, network, features, truth)
+            if bias is None:
+                text = _json_text({**info, "categories": truth.tolist()}).encode("utf-8")
+                cache.write(atomic_write_bytes, truth_file, text)
+            info["cached"] = False
+        else:
+            truth, truth_seconds = np.asarray(info.pop("categories"), dtype=np.int64), 0.0
+            info["cached"] = True
+    info["seconds"] = {"features": feature_seconds, "truth": truth_seconds}
     return network, features, truth, info
 
 
