@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 import pytest
-import scipy.io
 import scipy.sparse as sp
 
 from spdnn.engines.reference import ReferenceEngine
@@ -29,6 +28,7 @@ from spdnn.generate import mnist as mnist_module
 from spdnn.generate._features_array import ArrayShortAxis
 from spdnn.generate._features_cpu import CpuShortAxis
 from spdnn.engines import fastest_exact_engine
+from spdnn.formats import read_mtx
 from spdnn.errors import DiskFullError, SpdnnWarning
 from spdnn.generate import challenge as challenge_module
 from spdnn.generate.challenge import GENERATOR_VERSION, layer_file_bytes, store_cached_features
@@ -260,7 +260,7 @@ def features_1024():
 
 
 def test_features_1024_equal_official_rows(official_dir, features_1024):
-    official = scipy.io.mmread(official_dir / "sparse-images-1024-first1200.mtx.gz").tocsr()
+    official = read_mtx(official_dir / "sparse-images-1024-first1200.mtx.gz")
     assert official.shape == (1200, 1024)
     x = features_1024
     assert x.shape == (60000, 1024) and x.dtype == np.float64 and x.has_sorted_indices
@@ -371,16 +371,17 @@ def test_features_bad_arguments(some_images):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("neurons", [1024, 4096, 65536])
-def test_gpu_features_equal_cpu_and_official(neurons, official_dir, monkeypatch):
+def test_gpu_features_equal_cpu_and_official(neurons, request, monkeypatch):
     """The GPU path (cuFFT, cuBLAS) gives the CPU path's features for all 60,000 images,
-    the official first 1,200 rows at N = 1024 and the official totals, without the
-    reference fallback."""
+    the official first 1,200 rows at N = 1024 (where the official data is present) and
+    the official totals, without the reference fallback."""
     monkeypatch.setattr(features_module, "reference_features", no_fallback)
     totals = {1024: 6_374_505, 4096: 25_019_051, 65536: 392_191_985}
     gpu = challenge_features(neurons, device="gpu")
     assert gpu.shape == (60000, neurons) and gpu.nnz == totals[neurons]
     if neurons == 1024:
-        official = scipy.io.mmread(official_dir / "sparse-images-1024-first1200.mtx.gz").tocsr()
+        official_dir = request.getfixturevalue("official_dir")
+        official = read_mtx(official_dir / "sparse-images-1024-first1200.mtx.gz")
         assert same_csr(gpu[:1200], official.astype(np.float64))
     cpu = challenge_features(neurons, device="cpu")
     assert same_csr(gpu, cpu)
@@ -551,6 +552,8 @@ def test_write_challenge_checks_everything_before_touching_out(tmp_path, small_m
         with pytest.raises(OptionError):
             write_challenge(out, args.pop("neurons"), args.pop("layers"), **args)
         assert not out.exists()
+    result = cli_invoke("generate", "-n", 100, "-l", 4, "--out", out)
+    assert result.exit_code == 2 and "--neurons 100" in result.stderr and not out.exists()
 
 
 def test_write_challenge_replaces_an_older_network_whole(tmp_path, small_mnist):

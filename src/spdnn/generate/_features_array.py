@@ -31,6 +31,11 @@ class ArrayShortAxis:
 
         return numpy_fft()
 
+    @staticmethod
+    def long_batch() -> int:
+        """Long rows transformed per call (each call's FFT plan and work space scale with it)."""
+        return 2
+
     def __init__(self, plan, *, block_bytes: int = 1 << 28):
         self.plan = plan
         self.neurons = plan.s_r * plan.s_c

@@ -134,6 +134,13 @@ class CpuShortAxis:
 
         return numpy_fft()
 
+    @staticmethod
+    def long_batch() -> int:
+        """Long rows transformed per call: one a core (scipy.fft's workers split a batch)."""
+        from .features import _workers
+
+        return max(2, _workers())
+
     def __init__(self, plan, *, chunk_bytes: int = 1 << 27):
         self.plan = plan
         self.neurons = plan.s_r * plan.s_c

@@ -106,10 +106,12 @@ def features_device(device: str = "auto") -> str:
     from ..errors import EngineUnavailableError
 
     device = check_choice(device, "device", DEVICES)
+    if device == "cpu":
+        return device
     ok, why = cupy_status()
     if device == "auto":
         return "gpu" if ok and not env_flag("SPDNN_DISABLE_GPU") else "cpu"
-    if device == "gpu" and not ok:
+    if not ok:
         raise EngineUnavailableError(f"device='gpu': {why}")
     return device
 
@@ -182,7 +184,8 @@ def _features(neurons: int, imgs: np.ndarray, samples: int, backend, *, progress
     :mod:`._features_cpu` or :mod:`._features_array`, made with ``**options``)."""
     s_r, s_c = image_shape(neurons)
     desc = f"features N={neurons}"
-    plan = _plan(imgs, s_r, s_c, backend.xp(), backend.fft(), progress=progress, desc=desc)
+    plan = _plan(imgs, s_r, s_c, backend.xp(), backend.fft(), batch=backend.long_batch(), progress=progress,
+                 desc=desc)
     evaluator = backend(plan, **options)
     del plan
     try:
