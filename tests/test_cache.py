@@ -378,3 +378,51 @@ def test_official_archive_cached(official_dir, cache_root):
     second = read_network(official_dir / "neuron1024.tar.gz", layers=20)
     assert time.perf_counter() - t < 2.0
     assert_same_network(first, second)
+
+
+def test_cache_command(rng, tmp_path, cache_root):
+    from click.testing import CliRunner
+
+    from spdnn.cli import cli
+
+    small_network(rng, tmp_path / "neuron48")
+    read_network(tmp_path, bias=-0.3)
+    result = CliRunner().invoke(cli, ["cache", "info", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["network_entries"] == 1
+    text = CliRunner().invoke(cli, ["cache", "info"]).stdout
+    assert str(cache_root.parents[1]) in text and "1 networks" in text
+    result = CliRunner().invoke(cli, ["cache", "clear"])
+    assert result.exit_code == 0 and result.stdout.startswith("removed ")
+    assert cache_info()["network_entries"] == 0
+
+
+@pytest.mark.mpi
+def test_mpi_ranks_read_the_cache_once(rng, tmp_path, cache_root):
+    """Under mpiexec every rank calls read_network; one parses, the others map its files."""
+    import shutil
+
+    small_network(rng, tmp_path / "neuron48", depth=5)
+    script = textwrap.dedent("""
+        import sys
+        from mpi4py import MPI
+        from spdnn.formats import networks
+        parse = networks.parse_layer_stream
+        count = [0]
+        def counting(*a, **k):
+            count[0] += 1
+            return parse(*a, **k)
+        networks.parse_layer_stream = counting
+        net = networks.read_network(sys.argv[1], bias=-0.3, progress=False)
+        folder = str(net.layers._make.folder)
+        got = MPI.COMM_WORLD.gather((count[0], folder, net.edges), root=0)
+        if MPI.COMM_WORLD.rank == 0:
+            print(" ".join(f"{c},{f},{e}" for c, f, e in got))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    out = subprocess.run([shutil.which("mpiexec"), "-n", "3", sys.executable, "-c", script, str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    ranks = [r.split(",") for r in out.stdout.split()]
+    assert sorted(int(r[0]) for r in ranks) == [0, 0, 5]          # parsed once
+    assert len({r[1] for r in ranks}) == 1 and len({r[2] for r in ranks}) == 1  # the same mapped entry
+    assert [p.name for p in entries(cache_root)] == [Path(ranks[0][1]).name]

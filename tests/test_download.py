@@ -19,6 +19,8 @@ class FileServer:
         self.files = files
         self.honour_range = True
         self.truncate_at: int | None = None
+        self.send_length = True                 # False: no Content-Length (the body ends when the connection does)
+        self.range_shift = 0                    # a wrong 206: the range answered starts this many bytes off
         self.requests: list[tuple[str, str | None]] = []
         server = self
 
@@ -42,12 +44,14 @@ class FileServer:
                         self.send_header("Content-Length", "0")
                         self.end_headers()
                         return
+                    start += server.range_shift
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 else:
                     self.send_response(200)
                 part = body[start:]
-                self.send_header("Content-Length", str(len(part)))
+                if server.send_length:
+                    self.send_header("Content-Length", str(len(part)))
                 self.end_headers()
                 if server.truncate_at is not None:
                     part = part[: server.truncate_at]
@@ -179,3 +183,57 @@ def test_download_official_from_mirror(tmp_path):
         with pytest.raises(ChecksumError):
             download_official(4096, 480, tmp_path, base_url=srv.url + "/mirror", what="network")
         assert not (tmp_path / "neuron4096.tar.gz").exists()
+
+
+def test_unconfirmable_size_is_never_renamed(server, payload, tmp_path):
+    """No Content-Length and a dropped connection look alike: without an MD5 nothing is kept."""
+    server.send_length = False
+    server.truncate_at = 1_000_000
+    dest = tmp_path / "file.bin"
+    with pytest.raises(DownloadError, match="does not state the size and no MD5 is known"):
+        download_file(server.url + "/data/file.bin", dest)
+    assert list(tmp_path.iterdir()) == []
+    # With an MD5 the cut file is caught and removed; the whole one is kept.
+    with pytest.raises(ChecksumError):
+        download_file(server.url + "/data/file.bin", dest, md5=md5(payload))
+    assert list(tmp_path.iterdir()) == []
+    server.truncate_at = None
+    download_file(server.url + "/data/file.bin", dest, md5=md5(payload))
+    assert dest.read_bytes() == payload
+
+
+def test_resumed_size_confirmed_by_content_range(server, payload, tmp_path):
+    server.send_length = False
+    dest = tmp_path / "file.bin"
+    (tmp_path / "file.bin.part").write_bytes(payload[:500_000])
+    server.truncate_at = 1_000_000
+    with pytest.raises(DownloadError, match=f"truncated at 1500000 of {len(payload)} bytes; run again to resume"):
+        download_file(server.url + "/data/file.bin", dest)
+    assert not dest.exists() and (tmp_path / "file.bin.part").stat().st_size == 1_500_000
+    server.truncate_at = None
+    download_file(server.url + "/data/file.bin", dest)
+    assert dest.read_bytes() == payload
+
+
+def test_wrong_partial_answer_says_what_to_delete(server, payload, tmp_path):
+    server.range_shift = 1000
+    dest = tmp_path / "file.bin"
+    part = tmp_path / "file.bin.part"
+    part.write_bytes(payload[:1_234_567])
+    with pytest.raises(DownloadError, match=rf"request from byte 1234567; delete {part} to start over"):
+        download_file(server.url + "/data/file.bin", dest, md5=md5(payload))
+    assert not dest.exists() and part.read_bytes() == payload[:1_234_567]
+
+
+def test_one_md5_failure_does_not_stop_the_others(tmp_path):
+    files = {"/m/dnn/neuron4096.tar.gz": b"not the official archive",
+             "/m/mnist/sparse-images-4096.tsv.gz": b"features",
+             "/m/dnn/neuron4096-l120-categories.tsv": b"1\n2\n"}
+    with FileServer(files) as srv:
+        with pytest.raises(ChecksumError) as err:
+            download_official(4096, 120, tmp_path, base_url=srv.url + "/m")
+    message = str(err.value)
+    assert "neuron4096.tar.gz: MD5" in message and "the download was removed" in message
+    assert "fetched: sparse-images-4096.tsv.gz, neuron4096-l120-categories.tsv" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["neuron4096-l120-categories.tsv",
+                                                         "sparse-images-4096.tsv.gz"]

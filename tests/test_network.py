@@ -136,3 +136,15 @@ def test_lazy_edges_from_known_nnz_build_nothing(rng):
     net = Network.from_layers(lazy, 0.0)
     calls.clear()                                            # from_layers reads layer 0 for N
     assert net.edges == 56 and calls == []
+
+
+def test_lazy_edges_from_per_layer_counts_build_nothing(rng):
+    """The binary cache knows every layer's nnz: edges of a network and of a head without a build."""
+    lazy, made, calls = _lazy(rng)
+    counted = LazyLayers(lazy._make, 5, layer_nnz=[w.nnz for w in made])
+    assert counted.nnz_total == sum(w.nnz for w in made)
+    head = Network.from_layers(counted, -0.1).truncated(2)
+    calls.clear()
+    assert head.edges == made[0].nnz + made[1].nnz and calls == []
+    with pytest.raises(OptionError, match="layer_nnz: 2 counts for 5 layers"):
+        LazyLayers(lazy._make, 5, layer_nnz=[1, 2])

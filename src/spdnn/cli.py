@@ -469,6 +469,19 @@ def _load_official(data, neurons, layers, samples, truth_file, bias, progress) -
                    origin_source=origin_source if made_with is not None else "unknown")
 
 
+def _fit_memory(network, features, engine: str, precision: str) -> dict:
+    """Engine options that make the run fit the host memory (:func:`spdnn.memory.check_run`)."""
+    from .engines import resolve_engine_name
+    from .memory import check_run
+
+    data = features.data
+    values = bool(data.size) and data.strides != (0,) and not (data.min() == data.max() == 1.0)
+    _, options = check_run(network.neurons, network.depth, int(features.shape[0]), engine=resolve_engine_name(engine),
+                           precision=precision, nnz=int(features.nnz), values=values,
+                           layers_in_memory=isinstance(network.layers, list))
+    return options
+
+
 def _default_precision(engine: str) -> str:
     """The precision the engine's constructor defaults to (reference: fp64, the others fp32)."""
     from .engines import engine_class, resolve_engine_name
@@ -587,6 +600,8 @@ def run(neurons, layers, data, truth_file, samples, seed, bias, engine, precisio
         loaded = _load_official(data, neurons, layers, samples, truth_file, bias, progress)
     network, features, truth = loaded.network, loaded.features, loaded.truth
     read_seconds = time.perf_counter() - t0 - loaded.truth_seconds   # a generated truth is not reading
+    if size == 1:
+        options.update(_fit_memory(network, features, engine, precision))
 
     if size > 1:
         from .distributed import run_distributed
@@ -687,7 +702,9 @@ def generate(neurons, layers, out_dir, seed, samples, truth_engine, progress):
     Same seed, same bytes.
     """
     from .generate import write_challenge
+    from .memory import check_generate
 
+    check_generate(neurons, layers, samples)
     paths = write_challenge(out_dir, neurons, layers, seed=seed, samples=samples, truth_engine=truth_engine,
                             progress=_progress(progress), log=None if progress is False else _status)
     _print_paths(paths)
@@ -777,6 +794,8 @@ def collect_info() -> dict:
 
     from .config import cache_dir, mpi_status, numba_status
     from .engines import available_engines, resolve_engine_name
+    from .formats import cache_info
+    from .memory import host_available_bytes, memory_table
 
     engines = {name: {"available": bool(ok), "reason": why} for name, (ok, why) in available_engines().items()}
     devices, cuda_reason = _devices()
@@ -793,6 +812,8 @@ def collect_info() -> dict:
         "devices": devices, "cuda_reason": cuda_reason,
         "mpi": {"available": mpi_ok, "reason": mpi_why, "mpiexec": shutil.which("mpiexec")},
         "numba": numba_info, "cpu_count": os.cpu_count(), "cache_dir": str(cache_dir()),
+        "cache": cache_info(),
+        "memory": {"host_available_bytes": host_available_bytes(), "needs": memory_table()},
     }
 
 
@@ -800,13 +821,43 @@ def collect_info() -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def info(as_json):
     """Show the version, engines (available or why not), devices, MPI, numba threads, cache dir."""
-    data = collect_info()
+    _show(collect_info(), as_json, "format_info")
+
+
+def _show(data: dict, as_json: bool, formatter: str) -> None:
+    """Print ``data`` as one JSON object, or as text through ``report.<formatter>``."""
     if as_json:
         _echo_json(data)
     else:
-        from .report import format_info
+        from . import report
 
-        click.echo(format_info(data))
+        click.echo(getattr(report, formatter)(data))
+
+
+# -------------------------------------------------------------------------- cache
+
+
+@cli.group()
+def cache():
+    """The cache of parsed official data and of generated data (SPDNN_CACHE_DIR)."""
+
+
+@cache.command("info")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def cache_info_command(as_json):
+    """Show where the cache is and how much it holds."""
+    from .formats import cache_info
+
+    _show(cache_info(), as_json, "format_cache")
+
+
+@cache.command("clear")
+def cache_clear_command():
+    """Remove the cached data (parsed official files and generated data)."""
+    from .formats import clear_cache
+
+    freed = clear_cache()
+    click.echo(f"removed {format_bytes(freed)}")
 
 
 # -------------------------------------------------------------------------- bench

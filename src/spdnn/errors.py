@@ -20,6 +20,7 @@ __all__ = [
     "EngineUnavailableError",
     "OptionError",
     "DeviceMemoryError",
+    "MemoryLimitError",
     "DiskFullError",
     "DISK_FULL_ERRNOS",
     "SpdnnWarning",
@@ -108,6 +109,11 @@ class OptionError(SpdnnError, ValueError):
 
 class DeviceMemoryError(SpdnnError, MemoryError):
     """The device does not have the memory the run needs, even after batching."""
+
+
+class MemoryLimitError(SpdnnError, MemoryError):
+    """The host does not have the memory a job needs (checked before it starts, see
+    :mod:`spdnn.memory`); the message gives the need, what is available and what to change."""
 
 
 #: errno values that mean "the device (or the user's quota) is full".

@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from .errors import format_bytes
+
 __all__ = ["to_json", "jsonable", "format_ids", "format_seconds", "format_run", "format_comparison",
-           "format_info", "format_bench"]
+           "format_info", "format_cache", "format_bench"]
 
 
 def jsonable(obj: Any) -> Any:
@@ -146,7 +148,26 @@ def format_info(info: Mapping[str, Any]) -> str:
     lines.append(f"numba:        {info['numba']['reason']}; threads {info['numba'].get('threads', '-')}")
     lines.append(f"cpu cores:    {info['cpu_count']}")
     lines.append(f"cache dir:    {info['cache_dir']}")
+    if "cache" in info:
+        lines.append(f"cache size:   {format_bytes(info['cache']['total_bytes'])} (spdnn cache info)")
+    if "memory" in info:
+        mem = info["memory"]
+        lines.append(f"memory:       {format_bytes(mem['host_available_bytes'])} available here; "
+                     "peak needs of 60,000 samples (spdnn.memory):")
+        lines.append("  N x L          generate   read    run cpu   run cuda (device)")
+        for row in mem["needs"]:
+            lines.append(f"  {row['neurons']:>5} x {row['layers']:<5} "
+                         f"{format_bytes(row['generate_host_bytes']):>9} {format_bytes(row['read_host_bytes']):>8} "
+                         f"{format_bytes(row['run_cpu_host_bytes']):>9} {format_bytes(row['run_cuda_device_bytes']):>10}")
     return "\n".join(lines)
+
+
+def format_cache(cache: Mapping[str, Any]) -> str:
+    """Human-readable ``spdnn cache info``: where, how much, how many entries."""
+    return "\n".join([f"cache dir:  {cache['path']}",
+                      f"size:       {format_bytes(cache['total_bytes'])} (parsed official data "
+                      f"{format_bytes(cache['binary_bytes'])}: {cache['network_entries']} networks, "
+                      f"{cache['features_entries']} feature sets; generated data {format_bytes(cache['generated_bytes'])})"])
 
 
 def _count(n: int) -> str:

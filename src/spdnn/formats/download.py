@@ -1,8 +1,9 @@
-"""Downloading the official files: resumable, MD5-checked, atomic (urllib only).
+"""Downloading the official files: resumable, size- and MD5-checked, atomic (urllib only).
 
 A download goes to ``dest.part``; an interrupted one is resumed with an HTTP ``Range``
 request (a server that ignores it and answers 200 makes it restart from zero). Only a
-complete file whose MD5 matches is renamed to ``dest``.
+file whose size the server confirmed, and whose MD5 matches where one is known, is
+renamed to ``dest``; a file whose completeness cannot be told is never renamed.
 """
 from __future__ import annotations
 
@@ -63,16 +64,33 @@ def _open(url: str, start: int, timeout: float):
         raise DownloadError(f"{url}: cannot connect ({reason})") from None
 
 
+def _content_range(header: str) -> tuple[int, int, int | None] | None:
+    """(first, last, total or None) of a ``Content-Range: bytes a-b/total`` header, or None."""
+    try:
+        unit, spec = header.split(" ", 1)
+        span, total = spec.split("/", 1)
+        first, last = (int(v) for v in span.split("-", 1))
+    except ValueError:
+        return None
+    if unit != "bytes":
+        return None
+    return first, last, (None if total.strip() == "*" else int(total))
+
+
 def download_file(url: str, dest: str | os.PathLike, *, md5: str | None = None, progress: bool | None = None,
                   timeout: float = 60) -> Path:
-    """Download ``url`` to ``dest`` (resumable, atomic, optionally MD5-checked).
+    """Download ``url`` to ``dest`` (resumable, atomic, size- and optionally MD5-checked).
+
+    The transfer goes to ``dest + '.part'``, kept when interrupted so that the next call
+    resumes it with an HTTP ``Range`` request (a server answering 200 restarts it). The
+    file is renamed to ``dest`` only when its size is confirmed (the server's
+    ``Content-Length`` or ``Content-Range`` total) and, with ``md5``, its digest.
 
     Parameters
     ----------
     url : str
     dest : str or os.PathLike
-        Final path; the transfer goes to ``dest + '.part'``, kept when interrupted so that
-        the next call resumes it.
+        Final path.
     md5 : str, optional
         Expected hex digest of the complete file.
     progress : bool, optional
@@ -88,7 +106,9 @@ def download_file(url: str, dest: str | os.PathLike, *, md5: str | None = None, 
     Raises
     ------
     DownloadError
-        HTTP error status, connection failure or a short transfer (names the URL).
+        HTTP error status, connection failure, a short transfer (resumable: run again),
+        a size the server does not state and no MD5 to check instead, or a wrong
+        partial answer (the message names the ``.part`` file to delete).
     ChecksumError
         The complete file's MD5 differs from ``md5``; the bad file is removed.
     """
@@ -97,43 +117,34 @@ def download_file(url: str, dest: str | os.PathLike, *, md5: str | None = None, 
     part = dest.with_name(dest.name + ".part")
     start = part.stat().st_size if part.exists() else 0
     resp = _open(url, start, timeout)
-    if resp is None:  # 416: restart from zero
+    if resp is None:  # 416: the partial file is not a prefix we can extend
         part.unlink(missing_ok=True)
         start = 0
         resp = _open(url, 0, timeout)
     with resp:
-        status = resp.status
-        if start and status == 206:
-            crange = resp.headers.get("Content-Range", "")
-            if not crange.startswith(f"bytes {start}-"):
-                raise DownloadError(f"{url}: server answered range {crange!r} to a request from byte {start}")
+        length = resp.headers.get("Content-Length")
+        length = int(length) if length is not None and length.strip().isdigit() else None
+        if start and resp.status == 206:
+            crange = _content_range(resp.headers.get("Content-Range", ""))
+            if crange is None or crange[0] != start or (length is not None and crange[1] - crange[0] + 1 != length):
+                raise DownloadError(f"{url}: the server answered range {resp.headers.get('Content-Range')!r} to a "
+                                    f"request from byte {start}; delete {part} to start over")
+            total = crange[2] if crange[2] is not None else (None if length is None else start + length)
             mode = "ab"
         else:
-            mode = "wb"
-            start = 0
-        length = resp.headers.get("Content-Length")
-        expected = int(length) if length is not None and length.isdigit() else None
-        total = None if expected is None else start + expected
-        got = 0
-        bar = progress_bar(None, enabled=progress, desc=dest.name, total=total, unit="B")
-        bar.update(start)
-        try:
-            with open(part, mode) as out:
-                while True:
-                    try:
-                        block = resp.read(_BLOCK)
-                    except (OSError, http.client.HTTPException) as exc:
-                        raise DownloadError(f"{url}: transfer interrupted after {start + got} bytes ({exc}); "
-                                            f"run again to resume") from None
-                    if not block:
-                        break
-                    out.write(block)
-                    got += len(block)
-                    bar.update(len(block))
-        finally:
-            bar.close()
-    if expected is not None and got < expected:
-        raise DownloadError(f"{url}: transfer truncated at {start + got} of {total} bytes; run again to resume")
+            start, mode = 0, "wb"
+            total = length
+        if total is None and md5 is None:
+            raise DownloadError(f"{url}: the server does not state the size and no MD5 is known, so a complete "
+                                f"transfer cannot be told from a cut one; nothing was written")
+        got = _receive(resp, part, mode, url, start, total, dest.name, progress)
+    size = start + got
+    if total is not None and size != total:
+        if size < total:
+            raise DownloadError(f"{url}: transfer truncated at {size} of {total} bytes; run again to resume")
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"{url}: received {size} bytes, {total - size} more than the server announced; "
+                            f"the download was removed")
     if md5 is not None:
         digest = file_md5(part)
         if digest.lower() != md5.lower():
@@ -142,6 +153,28 @@ def download_file(url: str, dest: str | os.PathLike, *, md5: str | None = None, 
                                 f"the download was removed")
     os.replace(part, dest)
     return dest
+
+
+def _receive(resp, part: Path, mode: str, url: str, start: int, total: int | None, name: str, progress) -> int:
+    """Copy the response body to ``part`` (appending or from zero); returns the bytes received."""
+    got = 0
+    bar = progress_bar(None, enabled=progress, desc=name, total=total, unit="B")
+    bar.update(start)
+    try:
+        with open(part, mode) as out:
+            while True:
+                try:
+                    block = resp.read(_BLOCK)
+                except (OSError, http.client.HTTPException) as exc:
+                    raise DownloadError(f"{url}: transfer interrupted after {start + got} bytes ({exc}); "
+                                        f"run again to resume") from None
+                if not block:
+                    return got
+                out.write(block)
+                got += len(block)
+                bar.update(len(block))
+    finally:
+        bar.close()
 
 
 def official_files(neurons: int, layers: int, *, base_url: str = OFFICIAL_BASE_URL,
@@ -197,13 +230,27 @@ def download_official(neurons: int, layers: int, dest_dir: str | os.PathLike, *,
     -------
     list of pathlib.Path
         The downloaded (or already present) files, in the order of ``what``.
+
+    Raises
+    ------
+    ChecksumError
+        After every file was tried: the files whose MD5 did not match (removed), and
+        the ones fetched.
+    DownloadError
+        A transfer failed (see :func:`download_file`); the files after it are not tried.
     """
     out = Path(dest_dir)
-    paths = []
+    paths, failures = [], []
     for url, name, md5 in official_files(neurons, layers, base_url=base_url, what=what):
         dest = out / name
         if dest.is_file() and (md5 is None or file_md5(dest) == md5):
             paths.append(dest)
             continue
-        paths.append(download_file(url, dest, md5=md5, progress=progress))
+        try:
+            paths.append(download_file(url, dest, md5=md5, progress=progress))
+        except ChecksumError as exc:
+            failures.append(exc)   # the other files are still fetched
+    if failures:
+        fetched = f"; fetched: {', '.join(p.name for p in paths)}" if paths else ""
+        raise ChecksumError("; ".join(str(e) for e in failures) + fetched)
     return paths

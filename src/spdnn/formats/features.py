@@ -275,13 +275,16 @@ def read_features(path, neurons: int | None = None, *, samples: int | None = Non
     p = Path(path)
     if not p.is_file():
         raise DataNotFoundError(f"{p}: no such file")
+    told = samples
+    if samples is None and not is_mtx(p):
+        samples = OFFICIAL_SAMPLES  # one cache entry whether the default was asked for or spelt out
     steps = [("the binary cache", _into_cache)] if cache else []
     steps += [("a temporary folder", _into_private_folder), ("memory", _into_memory)]
     try:
         return _cache.fallback_chain([(where, functools.partial(step, p, neurons, samples, progress))
                                       for where, step in steps])
     except FormatError as exc:
-        if samples is None and not is_mtx(p) and exc.reason.startswith("sample ") and "out of range" in exc.reason:
+        if told is None and not is_mtx(p) and exc.reason.startswith("sample ") and "out of range" in exc.reason:
             raise FormatError(f"{exc.reason} (the official number of samples; pass samples= or --samples for a "
                               f"larger set)", path=exc.path, line=exc.line) from None
         raise
