@@ -327,7 +327,7 @@ class CudaEngine(Engine):
         self.padding_ratio = float(entry_off[-1] / max(sum(p.packed_nnz for p in packed), 1))
         self.distinct_columns = float(np.mean([p.virtual for p in packed]))
         if cfg.stationary and self.forced_config is None:
-            # Prefetch the next layer into shared memory when two stages fit beside the tile
+            # Prefetch the next layers into shared memory when the stages fit beside the tile
             # (out_map copies need 16-byte rows: N a multiple of 8).
             with_prefetch = KernelConfig(**{**cfg.__dict__, "prefetch": True})
             vbytes = 0 if self._vdtype is None else np.dtype(self._vdtype).itemsize
