@@ -314,24 +314,28 @@ def test_a_live_scratch_folder_is_kept(tmp_path, cache_root):
     assert not mine.exists()
 
 
+#: A process that reads the network in argv[1] and counts its layer parses (each slowed
+#: down by argv[2] seconds, so that concurrent readers overlap).
+COUNTING_READ = textwrap.dedent("""
+    import sys, time
+    from spdnn.formats import networks
+    parse = networks.parse_layer_stream
+    count = [0]
+    def counting(*a, **k):
+        count[0] += 1
+        time.sleep(float(sys.argv[2]) if len(sys.argv) > 2 else 0)
+        return parse(*a, **k)
+    networks.parse_layer_stream = counting
+    net = networks.read_network(sys.argv[1], bias=-0.3, progress=False)
+""")
+
+
 def test_concurrent_readers_parse_once(rng, tmp_path, cache_root):
     """Two processes (say, MPI ranks) ask for the same network: one parses, the other waits and maps."""
     small_network(rng, tmp_path / "neuron48", depth=4)
-    script = textwrap.dedent("""
-        import sys, time
-        from spdnn.formats import networks
-        parse = networks.parse_layer_stream
-        count = [0]
-        def counting(*a, **k):
-            count[0] += 1
-            time.sleep(0.3)
-            return parse(*a, **k)
-        networks.parse_layer_stream = counting
-        net = networks.read_network(sys.argv[1], bias=-0.3, progress=False)
-        print(count[0], net.edges, type(net.layers).__name__)
-    """)
+    script = COUNTING_READ + "print(count[0], net.edges, type(net.layers).__name__)\n"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], env=env, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), "0.3"], env=env, stdout=subprocess.PIPE,
                               text=True) for _ in range(2)]
     outs = [p.communicate(timeout=120)[0].split() for p in procs]
     assert all(p.returncode == 0 for p in procs)
@@ -402,17 +406,7 @@ def test_mpi_ranks_read_the_cache_once(rng, tmp_path, cache_root):
     import shutil
 
     small_network(rng, tmp_path / "neuron48", depth=5)
-    script = textwrap.dedent("""
-        import sys
-        from mpi4py import MPI
-        from spdnn.formats import networks
-        parse = networks.parse_layer_stream
-        count = [0]
-        def counting(*a, **k):
-            count[0] += 1
-            return parse(*a, **k)
-        networks.parse_layer_stream = counting
-        net = networks.read_network(sys.argv[1], bias=-0.3, progress=False)
+    script = "from mpi4py import MPI\n" + COUNTING_READ + textwrap.dedent("""
         folder = str(net.layers._make.folder)
         got = MPI.COMM_WORLD.gather((count[0], folder, net.edges), root=0)
         if MPI.COMM_WORLD.rank == 0:

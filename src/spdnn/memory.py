@@ -4,9 +4,9 @@ A model, part by part, of the peak bytes of the three jobs on a network of N neu
 L layers and S samples (each layer has 32 N edges; the official inputs have about 10%
 of their N features set, :func:`features_nnz`)::
 
-    generate   the generator's Fourier resampling (28 short-axis rows of s * S complex
-               numbers, s = sqrt(N)), the feature ids as they are collected, then the
-               float64 truth (a run in fp64)
+    generate   the generator's Fourier resampling (min(28, s) / 2 long rows of
+               s x 60,000 complex numbers, s = sqrt(N)) with the features it makes,
+               then the float64 truth (a cpu run in fp64 over those features)
     read       the streaming reader: a few 32 MB text blocks in flight, one layer
                parsed, one block of feature lines; nothing grows with L or S
     run        host: the features (int32 ids; values of 1 cost nothing), the engine's
@@ -229,8 +229,9 @@ def estimate_generate(neurons: int, layers: int, samples: int | None = None) -> 
     side = math.isqrt(n)
     images = OFFICIAL_SAMPLES           # the transform spans every MNIST image, whatever S
     f = features_nnz(n, s)
-    resample = {"baseline": _BASELINE, "resampled spectrum": 28 * side * images * 16,
-                "feature ids": 2 * f * 4}
+    # generate.features: hr = min(28, s) / 2 long rows of s * 60,000 complex numbers, and the result
+    resample = {"baseline": _BASELINE, "long rows": 16 * (min(28, side) // 2) * side * images,
+                "features": f * (4 + 8)}
     truth = estimate_run(n, depth, s, engine="cpu", precision="fp64", nnz=f)
     truth_host = {**truth.host, "features": f * (4 + 8) + (s + 1) * 8}
     host = resample if sum(resample.values()) >= sum(truth_host.values()) else truth_host
