@@ -38,7 +38,11 @@ def test_run_estimate_parts():
     batch = memory.cpu_batch_rows(n, "fp32")
     assert est.notes["batch_samples"] == batch and est.notes["layers_kept"]
     assert est.host["activations"] == 2 * batch * n * 4
-    assert est.host["weights"] == 32 * n * depth * 4 and est.host["features copy"] == 98_858_913 * 12
+    assert batch < s                       # several batches: Engine.run slices one out at a time
+    assert est.host["weights"] == 32 * n * depth * 4
+    assert est.host["features copy"] == batch * (98_858_913 // s + 1) * 12
+    small = memory.estimate_run(1024, 120, s)
+    assert small.notes["batches"] == 1 and "features copy" not in small.host   # one batch: no slice
     assert est.host["features"] == 98_858_913 * 4 + (s + 1) * 8
     deep = memory.estimate_run(65536, 1920)
     assert not deep.notes["layers_kept"] and deep.host["weights"] < 2**30  # converted per use

@@ -36,6 +36,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .engines import cpu as _cpu
 from .errors import MemoryLimitError, format_bytes
 from .network import OFFICIAL_SAMPLES
 from .options import check_precision, optional_positive_int, positive_int
@@ -64,12 +65,10 @@ _FEATURE_ENTRY_PEAK = 16 + 8
 # Interpreter, numpy/scipy/numba, compiled kernels.
 _BASELINE = 350 << 20
 
-# The cpu engine (engines/cpu.py): one activation buffer, kept layers, its load copies.
-_CPU_BUFFER = 1 << 30
-_CPU_KEPT_LAYERS = 4 << 30
-_CPU_EDGE_BYTES = 4                     # a kept layer: int32 ids (ELLPACK, one value for the layer)
-_CPU_MIN_BATCH = 64
-_CPU_LOAD_BYTES_PER_NNZ = 1 + 8 + 8  # isfinite check, then |f.data[f.data != 0]|: two float64 copies
+# The cpu engine's constants are its own (engines/cpu.py): one activation buffer, the
+# size under which converted layers are kept, a kept edge. Its load checks isfinite (one
+# byte a value); the magnitude range is taken in chunks.
+_CPU_LOAD_BYTES_PER_NNZ = 1
 #: Fraction of the samples alive after the last layer (official inputs: 1,812..1,994 of
 #: 60,000); the cpu engine keeps their rows from batch to batch.
 SURVIVING_FRACTION = 0.034
@@ -139,9 +138,11 @@ def _itemsize(precision: str) -> int:
     return 8 if check_precision(precision) == "fp64" else 4
 
 
-def cpu_batch_rows(neurons: int, precision: str = "fp32", *, buffer_bytes: int = _CPU_BUFFER) -> int:
-    """Rows of one cpu-engine batch: what fits ``buffer_bytes`` a buffer (at least 64)."""
-    return max(_CPU_MIN_BATCH, buffer_bytes // (positive_int(neurons, "neurons") * _itemsize(precision)))
+def cpu_batch_rows(neurons: int, precision: str = "fp32", *, buffer_bytes: int | None = None) -> int:
+    """Rows of one cpu-engine batch: what fits ``buffer_bytes`` a buffer (default the
+    engine's :data:`spdnn.engines.cpu.BUFFER_BYTES`; at least its ``MIN_BATCH``)."""
+    buffer_bytes = _cpu.BUFFER_BYTES if buffer_bytes is None else buffer_bytes
+    return max(_cpu.MIN_BATCH, buffer_bytes // (positive_int(neurons, "neurons") * _itemsize(precision)))
 
 
 def estimate_read(neurons: int, layers: int, samples: int | None = None) -> Estimate:
@@ -180,7 +181,7 @@ def estimate_run(neurons: int, layers: int, samples: int | None = None, *, engin
     values : bool
         Whether the features store values (not all 1).
     batch_samples : int, optional
-        The cpu engine's batch (default: its own, 1 GiB a buffer).
+        The cpu engine's batch (default: its own, :data:`spdnn.engines.cpu.BUFFER_BYTES` a buffer).
     layers_in_memory : bool
         The network's layers are a list of float64 CSR matrices (12 bytes an edge), not
         mapped from the cache or made on demand; the cpu engine then keeps every layer.
@@ -198,9 +199,10 @@ def estimate_run(neurons: int, layers: int, samples: int | None = None, *, engin
     notes: dict = {"samples": s, "features_nnz": f, "edges": edges}
     if engine == "cpu":
         batch = min(s, optional_positive_int(batch_samples, "batch_samples") or cpu_batch_rows(n, precision))
-        kept = layers_in_memory or edges * (4 + item) <= _CPU_KEPT_LAYERS
-        host["weights"] = edges * _CPU_EDGE_BYTES if kept else 2 * FAN * n * (4 + item)
-        host["features copy"] = f * (4 + 8)        # Engine.run slices the batch out of the features
+        kept = layers_in_memory or edges * (4 + item) <= _cpu.LAYER_CACHE_BYTES
+        host["weights"] = edges * _cpu.KEPT_EDGE_BYTES if kept else 2 * FAN * n * (4 + item)
+        if s > batch:
+            host["features copy"] = batch * (f // s + 1) * (4 + 8)   # Engine.run slices a batch out
         load, infer = f * _CPU_LOAD_BYTES_PER_NNZ, 2 * batch * n * item     # two phases, one after the other
         host["engine load" if load > infer else "activations"] = max(load, infer)
         if s > batch:
@@ -323,7 +325,7 @@ def check_run(neurons: int, layers: int, samples: int, *, engine: str, precision
     if est.host_bytes > available and engine == "cpu" and batch_samples is None and "activations" in est.host:
         fixed = est.host_bytes - est.host["activations"]
         rows = int(min((available - fixed) // (2 * neurons * _itemsize(precision)), est.notes["batch_samples"]))
-        if rows >= _CPU_MIN_BATCH:
+        if rows >= _cpu.MIN_BATCH:
             options["batch_samples"] = rows
             est = estimate_run(neurons, layers, samples, batch_samples=rows, **kwargs)
     check_fits(est, f"a run of N={neurons}, L={layers}, {samples:,} samples on the {engine} engine ({precision})",

@@ -249,7 +249,7 @@ class Engine(abc.ABC):
         batches = 0
         for b0 in range(0, max(total, 1), batch):
             t1 = time.perf_counter()
-            self.load(feats[b0:b0 + batch])
+            self.load(feats if batch >= total else feats[b0:b0 + batch])   # a slice would copy
             t2 = time.perf_counter()
             cats, surv, extra = self.infer()
             t3 = time.perf_counter()

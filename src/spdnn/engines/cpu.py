@@ -41,8 +41,8 @@ costs more than such a layer (and far more on a loaded machine).
 
 Memory: two dense buffers of ``batch x N`` activations, tiled neuron-major
 (``(tiles, N, T)``, see :mod:`spdnn.engines._cpu_kernels`); samples are processed in
-batches of at most ``batch_samples`` rows (default: what fits in 1 GiB a buffer, so
-all 60,000 samples of N=1024 in one batch). Compilation is cached on disk
+batches of at most ``batch_samples`` rows (default: what fits in :data:`BUFFER_BYTES` a
+buffer, so all 60,000 samples of N=1024 in one batch). Compilation is cached on disk
 (``cache=True``) and done in :meth:`prepare`, outside the inference time.
 """
 from __future__ import annotations
@@ -62,10 +62,15 @@ from .base import Engine, is_power_of_two, sum_then_scale_exact
 
 __all__ = ["CpuEngine"]
 
-#: Bytes of one activation buffer when ``batch_samples`` is not given.
-_BUFFER_BYTES = 1 << 30
+#: Bytes of one activation buffer when ``batch_samples`` is not given (two are held):
+#: all 60,000 samples of N = 1024 in one batch, and a run at N = 65536 within 4 GB.
+BUFFER_BYTES = 512 << 20
 #: Converted layers above this size are not kept; lazy layers are converted per use.
-_LAYER_CACHE_BYTES = 4 << 30
+LAYER_CACHE_BYTES = 4 << 30
+#: Bytes of a kept converted layer's edge (int32 output ids; one value a layer, ELLPACK).
+KEPT_EDGE_BYTES = 4
+#: Fewest samples of a batch.
+MIN_BATCH = 64
 #: Bytes of one tile of inputs (N x T values): a core's share of L2 cache.
 _TILE_BYTES = 1 << 18
 
@@ -111,6 +116,19 @@ class _Block:
             for rep, extra in self.members.items():
                 w[position[rep]] += len(extra)
         return w
+
+
+def _magnitude_range(values: np.ndarray, *, chunk: int = 1 << 22) -> tuple[float, float]:
+    """(smallest nonzero |v|, largest |v|) of ``values`` (inf, 0 when none is nonzero),
+    a chunk at a time: no copy of a whole features' values (3 GB at N = 65536)."""
+    smallest, largest = math.inf, 0.0
+    for i in range(0, values.size, chunk):
+        part = np.abs(values[i:i + chunk])
+        nonzero = part[part != 0]
+        if nonzero.size:
+            smallest = min(smallest, float(nonzero.min()))
+            largest = max(largest, float(nonzero.max()))
+    return smallest, largest
 
 
 @dataclass
@@ -202,7 +220,7 @@ class CpuEngine(Engine):
     progress : bool
         Progress bar over layers.
     batch_samples : int, optional
-        Most samples held densely at once (default: 1 GiB of activations).
+        Most samples held densely at once (default: :data:`BUFFER_BYTES` of activations).
     tile : int, optional
         Samples per tile of the kernel, T (default: ``N*T`` values in 256 KiB, 8..64).
     merge : {'auto', True, False}
@@ -234,7 +252,7 @@ class CpuEngine(Engine):
         self.network = network
         self._layers = None
         per_edge = 4 + np.dtype(self.dtype).itemsize
-        if not isinstance(network.layers, LazyLayers) or network.edges * per_edge <= _LAYER_CACHE_BYTES:
+        if not isinstance(network.layers, LazyLayers) or network.edges * per_edge <= LAYER_CACHE_BYTES:
             self._layers = [self._convert(k) for k in range(network.depth)]
         _warm_up(self.dtype)
         self.features = None
@@ -250,7 +268,7 @@ class CpuEngine(Engine):
     def _batch_rows(self) -> int:
         if self.batch_samples is not None:
             return self.batch_samples
-        return max(64, _BUFFER_BYTES // (self.network.neurons * np.dtype(self.dtype).itemsize))
+        return max(MIN_BATCH, BUFFER_BYTES // (self.network.neurons * np.dtype(self.dtype).itemsize))
 
     def load(self, features) -> None:
         """Take the features (or activations from :meth:`activations`), samples x N.
@@ -262,9 +280,7 @@ class CpuEngine(Engine):
         super().load(features)
         f = self.features
         rows = np.arange(f.shape[0], dtype=np.int64)
-        magnitudes = np.abs(f.data[f.data != 0])
-        smallest = float(magnitudes.min()) if magnitudes.size else math.inf
-        largest = float(magnitudes.max()) if magnitudes.size else 0.0
+        smallest, largest = _magnitude_range(f.data)
         self._spare = None
         if f.shape[0] <= self._batch_rows():
             values = self._densify(f, 0, f.shape[0])
@@ -383,7 +399,7 @@ class CpuEngine(Engine):
         need = max(1, -(-count // tile))
         if need < y.shape[0]:
             # keep only the survivors' tiles: a batch-sized buffer per finished batch would
-            # pile up (N=65536 fp64: 30 batches of 1 GiB)
+            # pile up (N=65536 fp64: dozens of batches of 512 MiB)
             y = y[:need].copy()
         return _Block(rows, y, smallest, largest, members)
 
