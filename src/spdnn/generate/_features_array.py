@@ -11,15 +11,11 @@ import numpy as np
 
 from .._progress import progress_bar
 
-__all__ = ["ArrayShortAxis", "GpuShortAxis"]
+__all__ = ["NumpyArrays", "ArrayShortAxis", "GpuShortAxis"]
 
 
-class ArrayShortAxis:
-    """The short-axis pass over a :class:`~spdnn.generate.features.FeaturePlan` of ``xp`` arrays.
-
-    ``block_bytes`` bounds one block's ``|X|^2`` (images x N float64); a block holds
-    about four arrays of that size.
-    """
+class NumpyArrays:
+    """The array module and FFT namespace of a short-axis pass on the host (numpy, scipy.fft)."""
 
     @staticmethod
     def xp():
@@ -30,6 +26,14 @@ class ArrayShortAxis:
         from .features import numpy_fft
 
         return numpy_fft()
+
+
+class ArrayShortAxis(NumpyArrays):
+    """The short-axis pass over a :class:`~spdnn.generate.features.FeaturePlan` of ``xp`` arrays.
+
+    ``block_bytes`` bounds one block's ``|X|^2`` (images x N float64); a block holds
+    about four arrays of that size.
+    """
 
     @staticmethod
     def long_batch() -> int:

@@ -16,6 +16,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._progress import progress_bar
+from ._features_array import NumpyArrays
 
 __all__ = ["CpuShortAxis", "spdnn_features_max", "spdnn_features_threshold"]
 
@@ -118,21 +119,11 @@ def _compact(out, counts, offsets, dest):
             dest[o + k] = out[i, k]
 
 
-class CpuShortAxis:
+class CpuShortAxis(NumpyArrays):
     """The short-axis pass over a :class:`~spdnn.generate.features.FeaturePlan` of numpy arrays.
 
     ``chunk_bytes`` bounds the feature buffer of one step (images x N int32).
     """
-
-    @staticmethod
-    def xp():
-        return np
-
-    @staticmethod
-    def fft():
-        from .features import numpy_fft
-
-        return numpy_fft()
 
     @staticmethod
     def long_batch() -> int:

@@ -88,15 +88,22 @@ __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_i
             // Sums of the distinct columns to shared memory; each output reads its own.
             spdnn::store_sums<T, MB, OPT, THREADS>(sums, acc);
             __syncthreads();
-            unsigned live = 0;
+            // visit(j, s, z) for this thread's outputs j = tid + r*THREADS of every row s of
+            // the tile, z the epilogue's value: run twice, to learn which rows live, then to
+            // write the survivors once their output rows are reserved.
+            auto expand = [&](auto&& visit) {
 #pragma unroll 4
-            for (int j = tid; j < n; j += THREADS) {
-                const TileT x = sums[out_map[j]];
-                const T b = bias[j];
+                for (int j = tid; j < n; j += THREADS) {
+                    const TileT x = sums[out_map[j]];
+                    const T b = bias[j];
 #pragma unroll
-                for (int s = 0; s < MB; ++s)
-                    if (spdnn::epilogue<T, VMODE>(x.v[s], scalar, b, ymax) > T(0)) live |= 1u << s;
-            }
+                    for (int s = 0; s < MB; ++s) visit(j, s, spdnn::epilogue<T, VMODE>(x.v[s], scalar, b, ymax));
+                }
+            };
+            unsigned live = 0;
+            expand([&](int, int s, T z) {
+                if (z > T(0)) live |= 1u << s;
+            });
             unsigned block_alive = 0;
 #pragma unroll
             for (int s = 0; s < MB; ++s)
@@ -105,14 +112,9 @@ __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_i
             int rows[MB];
 #pragma unroll
             for (int s = 0; s < MB; ++s) rows[s] = s_row[s];
-#pragma unroll 4
-            for (int j = tid; j < n; j += THREADS) {
-                const TileT x = sums[out_map[j]];
-                const T b = bias[j];
-#pragma unroll
-                for (int s = 0; s < MB; ++s)
-                    if (rows[s] >= 0) y_out[(size_t)rows[s] * n + j] = spdnn::epilogue<T, VMODE>(x.v[s], scalar, b, ymax);
-            }
+            expand([&](int j, int s, T z) {
+                if (rows[s] >= 0) y_out[(size_t)rows[s] * n + j] = z;
+            });
             continue;
         }
 
