@@ -191,7 +191,7 @@ def test_emulate_layer_fused_and_sliced_agree(rng):
 
 
 def test_unique_columns_finds_the_copies(rng):
-    from spdnn.engines.cuda.layout import unique_columns
+    from spdnn.engines.columns import unique_columns
 
     net = duplicate_column_network(rng, 80, 1, 13, density=0.15)
     w = sp.csc_matrix(net.layers[0])
@@ -221,7 +221,7 @@ def test_emulation_with_deduplication_equals_reference(rng, config, values):
 
 
 def test_radixnet_has_n_over_16_distinct_columns():
-    from spdnn.engines.cuda.layout import unique_columns
+    from spdnn.engines.columns import unique_columns
     from spdnn.generate import radixnet_layer
 
     for k in (1, 2, 7):

@@ -57,17 +57,20 @@ def test_fast_path_detection():
     radix = radixnet_network(n, 3, materialize=True, bias=-0.3)
     general = Network.from_layers([sp.random(n, n, density=0.2, random_state=1, format="csr")], np.linspace(-1, 0, n))
     third = Network.from_layers([radix.layers[0] * (0.3 / 0.0625)], -0.1)
-    for precision, net, mode, ell, uniform_bias in [
-        ("fp32", radix, MODE_SUM, 32, True),
-        ("fp64", radix, MODE_SUM, 32, True),      # 1/16 is a power of two
-        ("fp32", third, MODE_SUM, 32, True),      # fp32: sum then multiply for any value
-        ("fp64", third, MODE_UNIFORM, 32, True),  # 0.3 is not: multiply every term
-        ("fp64", general, MODE_VALUES, -1, False),
+    for precision, net, mode, ell, uniform_bias, dedupe, virtual in [
+        ("fp32", radix, MODE_SUM, 32, True, False, -1),
+        ("fp64", radix, MODE_SUM, 32, True, False, -1),      # 1/16 is a power of two
+        ("fp32", third, MODE_SUM, 32, True, False, -1),      # fp32: sum then multiply for any value
+        ("fp64", third, MODE_UNIFORM, 32, True, False, -1),  # 0.3 is not: multiply every term
+        ("fp64", general, MODE_VALUES, -1, False, "auto", -1),  # no repeated columns: nothing to gain
+        ("fp64", radix, MODE_SUM, 2, True, "auto", n // 16),   # N/16 distinct columns, 2 a row
+        ("fp32", third, MODE_SUM, 2, True, True, n // 16),
     ]:
-        engine = CpuEngine(precision=precision)
+        engine = CpuEngine(precision=precision, dedupe=dedupe)
         engine.prepare(net)
         layer = engine._layers[0]
         assert (layer.mode, layer.row_width, layer.uniform_bias) == (mode, ell, uniform_bias), (precision, mode)
+        assert layer.virtual == virtual and (virtual < 0 or layer.out_map.shape == (n,))
         if ell >= 0:
             assert layer.indptr.size == 1                     # ELLPACK reads no row pointers
 
@@ -190,3 +193,25 @@ def test_segments_carry_merged_samples():
     cats_same, s3, _ = engine.infer(12, 20)          # and within the engine that merged them
     np.testing.assert_array_equal(cats_same, full.categories)
     np.testing.assert_array_equal(s3, s2)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp64"])
+def test_distinct_columns_are_exact(rng, precision):
+    """Summing each distinct column once gives the bits of summing every column (and, in
+    fp64, the reference's), on networks with repeated columns and mixed-sign weights."""
+    from factories import duplicate_column_network
+
+    network = duplicate_column_network(rng, 96, 6, 20, bias="mixed")
+    features = general_features(rng, 150, 96)
+    a, b = CpuEngine(precision=precision, dedupe=True), CpuEngine(precision=precision, dedupe=False)
+    ra, rb = a.run(network, features), b.run(network, features)
+    assert a._layers[0].virtual <= 20 and b._layers[0].virtual == -1
+    np.testing.assert_array_equal(ra.categories, rb.categories)
+    np.testing.assert_array_equal(ra.survivors, rb.survivors)
+    assert ra.categories.size > 0
+    rows_a, values_a = a.activations()
+    rows_b, values_b = b.activations()
+    np.testing.assert_array_equal(rows_a, rows_b)
+    assert (values_a != values_b).nnz == 0
+    if precision == "fp64":
+        _same_as_reference(network, features, dedupe=True)

@@ -29,6 +29,11 @@ sample's largest, smallest and smallest nonzero value (alive, constant rows, and
 fp64 guard). :func:`spdnn_cpu_compact` then copies the alive samples, in order, into
 the other buffer (pruning).
 
+Deduplicated layers (``virtual >= 0``): a layer whose columns repeat (RadiX-Net's N/16
+distinct ones) is stored restricted to one column of each kind, so an input row feeds
+N/16 times fewer sums; the sums go to a scratch tile and the epilogue reads output ``j``'s
+through ``out_map[j]``. The terms and their order are those of every copy: exact.
+
 Accumulation modes (``mode``)
 -----------------------------
 ``MODE_VALUES``
@@ -63,7 +68,7 @@ MODE_SUM = 2
 
 @njit(parallel=True, cache=True, fastmath=False, nogil=True)
 def spdnn_cpu_layer(y, out, count, indptr, indices, values, row_width, weight, mode,
-                    bias, uniform_bias, ymax, row_max, row_min, tile_min):
+                    bias, uniform_bias, ymax, row_max, row_min, tile_min, virtual, out_map):
     """One layer over the first ``count`` samples of ``y``; results into ``out``.
 
     Parameters
@@ -77,7 +82,8 @@ def spdnn_cpu_layer(y, out, count, indptr, indices, values, row_width, weight, m
     indptr : (N+1,) int64 array
         Row pointers of ``W`` (CSR); ignored when ``row_width >= 0``.
     indices : int32 array
-        Output neuron of every weight, ascending within each input row.
+        Output neuron (or, deduplicated, distinct column) of every weight, ascending
+        within each input row.
     values : array of ``y.dtype``
         Weight values (read only in ``MODE_VALUES``).
     row_width : int
@@ -96,17 +102,26 @@ def spdnn_cpu_layer(y, out, count, indptr, indices, values, row_width, weight, m
         alive when ``row_max > 0``; its row is constant when ``row_min == row_max``).
     tile_min : (tiles,) array of ``y.dtype``
         Output: smallest nonzero output value of every tile used (``inf`` when none).
+    virtual : int
+        Deduplicated layer: the number of its distinct columns, which ``indices`` name;
+        their sums go to a scratch tile and output ``j`` takes distinct column
+        ``out_map[j]`` (identical columns give identical sums: exact). -1: ``indices``
+        name the N outputs and the sums are made in place.
+    out_map : (N,) int32 array
+        The distinct column of every output (read only when ``virtual >= 0``).
     """
     n = y.shape[1]
     tile = y.shape[2]
     zero = ymax - ymax
     tiles = (count + tile - 1) // tile
+    dedupe = virtual >= 0
     for it in prange(tiles):
         m = min(tile, count - it * tile)
         yt = y[it]
         zt = out[it]
-        for j in range(n):
-            zr = zt[j]
+        acc = np.empty((virtual, tile), dtype=y.dtype) if dedupe else zt
+        for j in range(acc.shape[0]):
+            zr = acc[j]
             for t in range(m):
                 zr[t] = zero
         # input neurons in ascending order: every output sums its terms in that order
@@ -125,18 +140,18 @@ def spdnn_cpu_layer(y, out, count, indptr, indices, values, row_width, weight, m
                 p1 = indptr[i + 1]
             if mode == MODE_VALUES:
                 for p in range(p0, p1):
-                    zr = zt[indices[p]]
+                    zr = acc[indices[p]]
                     v = values[p]
                     for t in range(m):
                         zr[t] += xr[t] * v
             elif mode == MODE_UNIFORM:
                 for p in range(p0, p1):
-                    zr = zt[indices[p]]
+                    zr = acc[indices[p]]
                     for t in range(m):
                         zr[t] += xr[t] * weight
             else:
                 for p in range(p0, p1):
-                    zr = zt[indices[p]]
+                    zr = acc[indices[p]]
                     for t in range(m):
                         zr[t] += xr[t]
         # epilogue: (uniform weight once,) bias only where the sum is nonzero, ReLU, cap
@@ -146,14 +161,12 @@ def spdnn_cpu_layer(y, out, count, indptr, indices, values, row_width, weight, m
         inf = smallest[0]
         b = bias[0]
         for j in range(n):
+            sr = acc[out_map[j]] if dedupe else acc[j]
             zr = zt[j]
             if not uniform_bias:
                 b = bias[j]
-            if mode == MODE_SUM:
-                for t in range(m):
-                    zr[t] *= weight
             for t in range(m):
-                v = zr[t]
+                v = sr[t] * weight if mode == MODE_SUM else sr[t]
                 v = v + b if v != zero else v
                 v = zero if v < zero else v
                 v = ymax if v > ymax else v

@@ -20,6 +20,9 @@ Fast paths, detected per layer in :meth:`CpuEngine.prepare`:
   nonzero and the largest input of the batch) that summing first and multiplying once
   gives the same bits.
 - *uniform bias*: one bias value read per layer instead of one per neuron.
+- *distinct columns* (``dedupe``): a layer whose columns repeat is summed one column of
+  each kind and the outputs copied from their column's sum (exact: the same terms in the
+  same order); RadiX-Net layers have N/16 distinct columns.
 
 Identical samples (``merge``, on by default): samples whose rows become the
 same constant vector (on RadiX-Net every survivor ends saturated at ``ymax``) are
@@ -56,9 +59,10 @@ import scipy.sparse as sp
 
 from ..errors import OptionError
 from ..network import LazyLayers, Network
-from ..options import check_merge, optional_positive_int
+from ..options import check_merge, check_tristate, optional_positive_int
 from .._progress import progress_bar
 from .base import Engine, is_power_of_two, sum_then_scale_exact
+from .columns import pays_to_dedupe, unique_columns
 
 __all__ = ["CpuEngine"]
 
@@ -144,21 +148,34 @@ class _LayerForm:
     max_terms: int              # largest column count: most terms summed into one output
     bias: np.ndarray            # (N,) dtype, contiguous
     uniform_bias: bool
+    virtual: int                # distinct columns the indices name (deduplicated), or -1
+    out_map: np.ndarray         # (N,) int32: each output's distinct column, or (1,) unused
 
 
-def _layer_form(w: sp.csr_matrix, bias: np.ndarray, dtype) -> _LayerForm:
-    """Convert layer ``w`` (CSR, rows = inputs) and its bias row for the kernel."""
+def _layer_form(w: sp.csr_matrix, bias: np.ndarray, dtype, *, dedupe="auto") -> _LayerForm:
+    """Convert layer ``w`` (CSR, rows = inputs) and its bias row for the kernel.
+
+    ``dedupe``: keep one column of each kind (see :mod:`spdnn.engines.columns`) when
+    True, or when 'auto' and that is at most half of them; False keeps every column.
+    """
     k = _kernels()
     n = w.shape[0]
     csr = sp.csr_matrix(w)
     if not csr.has_sorted_indices:
         csr = csr.copy()
         csr.sort_indices()
+    virtual, out_map = -1, np.zeros(1, np.int32)
+    if dedupe is not False:
+        reps, inverse = unique_columns(sp.csc_matrix(csr))
+        if dedupe is True or pays_to_dedupe(reps.size, n):
+            csr = csr[:, reps]            # columns renumbered 0..u-1, ascending rows kept
+            csr.sort_indices()
+            virtual, out_map = int(reps.size), inverse.astype(np.int32)
     counts = np.diff(csr.indptr)
     data = csr.data.astype(dtype)
     indices = csr.indices.astype(np.int32)
     ell = counts.size > 0 and bool(np.all(counts == counts[0]))
-    max_terms = int(np.bincount(indices, minlength=n).max()) if indices.size else 0
+    max_terms = int(np.bincount(indices).max()) if indices.size else 0
     uniform = data.size > 0 and bool(np.all(data == data[0]))
     weight = dtype(data[0]) if uniform else dtype(0)
     if not uniform:
@@ -181,6 +198,8 @@ def _layer_form(w: sp.csr_matrix, bias: np.ndarray, dtype) -> _LayerForm:
         max_terms=max_terms,
         bias=b,
         uniform_bias=uniform_bias,
+        virtual=virtual,
+        out_map=out_map,
     )
 
 
@@ -194,7 +213,7 @@ def _warm_up(dtype) -> None:
     k = _kernels()
     n = 4
     w = sp.csr_matrix(np.eye(n) * 0.5)
-    layer = _layer_form(w, np.full(n, -0.1), dtype)
+    layer = _layer_form(w, np.full(n, -0.1), dtype, dedupe=False)
     y = np.ones((1, n, 8), dtype)
     out = np.empty_like(y)
     row_max = np.empty(8, dtype)
@@ -203,7 +222,7 @@ def _warm_up(dtype) -> None:
     for mode in (k.MODE_VALUES, k.MODE_UNIFORM, k.MODE_SUM):
         k.spdnn_cpu_layer(y, out, 2, layer.indptr, layer.indices, np.full(n, 0.5, dtype), layer.row_width,
                           layer.weight, mode, layer.bias, layer.uniform_bias, dtype(32), row_max, row_min,
-                          tile_min)
+                          tile_min, layer.virtual, layer.out_map)
     k.spdnn_cpu_compact(out, y, np.arange(1, dtype=np.int64))
     f = sp.csr_matrix(np.ones((2, n)))
     k.spdnn_cpu_densify(f.indptr, f.indices, f.data, 0, 2, out)
@@ -227,14 +246,19 @@ class CpuEngine(Engine):
         Merge samples whose rows become the same constant vector (exact; see the module
         docstring): True or 'auto' (the same here: merging costs a min/max per row that
         the kernel computes anyway). False computes every sample separately.
+    dedupe : {'auto', True, False}
+        Sum each distinct weight column once per layer (exact: identical columns give
+        identical sums; RadiX-Net layers have N/16 of them). 'auto': in the layers where
+        at most half the columns are distinct.
     """
 
     name = "cpu"
 
     def __init__(self, *, precision: str = "fp32", progress: bool = False, batch_samples: int | None = None,
-                 tile: int | None = None, merge="auto"):
+                 tile: int | None = None, merge="auto", dedupe="auto"):
         super().__init__(precision=precision, progress=progress)
         self.merge = check_merge(merge)
+        self.dedupe = check_tristate(dedupe, "dedupe")
         self.batch_samples = optional_positive_int(batch_samples, "batch_samples")
         self.tile = optional_positive_int(tile, "tile")
         self._layers: list[_LayerForm] | None = None
@@ -260,7 +284,7 @@ class CpuEngine(Engine):
 
     def _convert(self, k: int) -> _LayerForm:
         net = self.network
-        return _layer_form(net.layers[k], net.bias[k], self.dtype)
+        return _layer_form(net.layers[k], net.bias[k], self.dtype, dedupe=self.dedupe)
 
     def _layer(self, k: int) -> _LayerForm:
         return self._layers[k] if self._layers is not None else self._convert(k)
@@ -380,7 +404,7 @@ class CpuEngine(Engine):
             with _threads(self._threads_for(count, tile)):
                 kern.spdnn_cpu_layer(y, out, count, layer.indptr, layer.indices, layer.values, layer.row_width,
                                      layer.weight, mode, layer.bias, layer.uniform_bias, ymax, row_max, row_min,
-                                     tile_min)
+                                     tile_min, layer.virtual, layer.out_map)
                 keep = row_max > 0
                 if self.merge:
                     self._merge(keep, row_max, row_min, rows, weights, members)

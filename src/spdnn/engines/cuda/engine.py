@@ -48,7 +48,8 @@ from ...options import check_merge, check_tristate, optional_index, optional_pos
 from .._cupy import cupy, device, device_name, free_device_bytes, pinned_empty
 from ..base import Engine
 from .layout import (VALUE_ARRAY, KernelConfig, PackedLayer, choose_config, entry_values, narrowest_exact_dtype,
-                     pack_layer, stationary_smem_bytes, unique_columns, value_plan)
+                     pack_layer, stationary_smem_bytes, value_plan)
+from ..columns import pays_to_dedupe, unique_columns
 
 __all__ = ["CudaEngine", "merge_points", "kernel_instances", "kernel_source"]
 
@@ -291,13 +292,13 @@ class CudaEngine(Engine):
         if self.dedupe is False and not force:
             return None
         n = network.neurons
-        pays = not force and self.dedupe == "auto"
+        judge = not force and self.dedupe == "auto"
         first = unique_columns(sp.csc_matrix(network.layers[0]))
-        if pays and first[0].size > n // 2:
+        if judge and not pays_to_dedupe(first[0].size, n):
             return None
         rest = _map_layers(lambda k: unique_columns(sp.csc_matrix(network.layers[k])), network.depth, start=1)
         out = [first, *rest]
-        if pays and any(r.size > n // 2 for r, _ in out):
+        if judge and not all(pays_to_dedupe(r.size, n) for r, _ in out):
             return None
         return out
 
