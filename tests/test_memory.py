@@ -39,7 +39,7 @@ def test_run_estimate_parts():
     assert est.notes["batch_samples"] == batch and est.notes["layers_kept"]
     assert est.host["activations"] == 2 * batch * n * 4
     assert batch < s                       # several batches: Engine.run slices one out at a time
-    assert est.host["weights"] == 32 * n * depth * 4
+    assert est.host["weights"] == depth * (2 * n * 4 + 4 * n)   # 2 distinct entries a row, the map
     assert est.host["features copy"] == batch * (98_858_913 // s + 1) * 12
     small = memory.estimate_run(1024, 120, s)
     assert small.notes["batches"] == 1 and "features copy" not in small.host   # one batch: no slice
@@ -48,7 +48,7 @@ def test_run_estimate_parts():
     assert not deep.notes["layers_kept"] and deep.host["weights"] < 2**30  # converted per use
     cuda = memory.estimate_run(n, depth, s, engine="cuda", precision="fp64")
     assert cuda.device["activations"] == s * (2 * n * 8 + memory._CUDA_ROW_EXTRA)
-    assert cuda.device["weights"] == 2 * 32 * n * depth
+    assert cuda.device["weights"] == depth * (2 * 2 * n + 2 * n)
     assert "device" in cuda.describe() and json.loads(json.dumps(cuda.to_dict()))["device_bytes"] == cuda.device_bytes
 
 

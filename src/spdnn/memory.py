@@ -43,11 +43,14 @@ from .options import check_precision, optional_positive_int, positive_int
 
 __all__ = ["Estimate", "features_nnz", "estimate_generate", "estimate_read", "estimate_run", "cpu_batch_rows",
            "host_available_bytes", "check_fits", "check_run", "check_generate", "memory_table", "TOLERANCE",
-           "SURVIVING_FRACTION", "FAN", "GIB"]
+           "SURVIVING_FRACTION", "FAN", "REPEATS", "GIB"]
 
 GIB = 1 << 30
 #: Edges per neuron of every RadiX-Net and official layer (nonzeros per row and column).
 FAN = 32
+#: Copies of each distinct column in a challenge layer (RadiX-Net: N/16 distinct columns,
+#: docs/challenge.md, Generator); both engines sum each distinct column once.
+REPEATS = 16
 #: Official total input nonzeros (60,000 samples), docs/challenge.md, Formats.
 OFFICIAL_FEATURES_NNZ = {1024: 6_374_505, 4096: 25_019_051, 16384: 98_858_913, 65536: 392_191_985}
 #: Fraction of features set in an input, other N (the official ones lie in 0.0997..0.1037).
@@ -200,7 +203,9 @@ def estimate_run(neurons: int, layers: int, samples: int | None = None, *, engin
     if engine == "cpu":
         batch = min(s, optional_positive_int(batch_samples, "batch_samples") or cpu_batch_rows(n, precision))
         kept = layers_in_memory or edges * (4 + item) <= _cpu.LAYER_CACHE_BYTES
-        host["weights"] = edges * _cpu.KEPT_EDGE_BYTES if kept else 2 * FAN * n * (4 + item)
+        # a kept layer: its distinct columns' entries (int32 ids) and the int32 map of outputs
+        distinct_layer = FAN * n // REPEATS * _cpu.KEPT_EDGE_BYTES + 4 * n
+        host["weights"] = depth * distinct_layer if kept else 2 * FAN * n * (4 + item)
         if s > batch:
             host["features copy"] = batch * (f // s + 1) * (4 + 8)   # Engine.run slices a batch out
         load, infer = f * _CPU_LOAD_BYTES_PER_NNZ, 2 * batch * n * item     # two phases, one after the other
@@ -211,7 +216,7 @@ def estimate_run(neurons: int, layers: int, samples: int | None = None, *, engin
                      peak="engine load" if load > infer else "layer loop")
     elif engine == "cuda":
         host["staging"] = f * (4 + item) + s * 8
-        device["weights"] = edges * _CUDA_EDGE_BYTES
+        device["weights"] = depth * (FAN * n // REPEATS * _CUDA_EDGE_BYTES + 2 * n)   # + 16-bit out_map
         device["activations"] = s * (2 * n * item + _CUDA_ROW_EXTRA)
     else:
         host["activations"] = 3 * s * n * (4 + item)
