@@ -212,7 +212,7 @@ def test_debug_mode_synchronizes_every_launch(rng, monkeypatch):
 
     monkeypatch.setattr(eng, "_launch", counting_launch)
     eng.load(feats)
-    res = eng.infer()
+    eng.infer()
     assert "find" in launches and "mcompact" in launches and "stationary" in launches   # merged at 16
     assert len(launches) > 3
     # a failing launch names its kernel and the layers it ran

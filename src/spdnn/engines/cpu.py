@@ -344,7 +344,6 @@ class CpuEngine(Engine):
                                     max_terms=layer.max_terms)
 
     def _infer(self, start: int, stop: int):
-        net = self.network
         survivors = np.zeros(stop - start, dtype=np.int64)
         computed = np.zeros(stop - start, dtype=np.int64)      # rows the kernel ran, per layer
         batch = self._batch_rows()
