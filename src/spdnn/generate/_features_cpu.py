@@ -60,6 +60,17 @@ def _columns(g0, gf, wr, wi, di, er, ei, x, c, re, im):
             iq[r] = ei[c + q, r] + a * di[0, r] + b * di[1, r]
 
 
+@njit(inline="always", **_FLAGS)
+def _squared_columns(g0, gf, wr, wi, di, er, ei, x, c, re, im):
+    """:func:`_columns`, then ``re[q][r]`` becomes ``|X|^2`` of that pixel."""
+    _columns(g0, gf, wr, wi, di, er, ei, x, c, re, im)
+    for q in range(4):
+        rq = re[q]
+        iq = im[q]
+        for r in range(rq.size):
+            rq[r] = rq[r] * rq[r] + iq[r] * iq[r]
+
+
 @njit(parallel=True, **_FLAGS)
 def spdnn_features_max(g0, gf, wr, wi, di, er, ei, first, stop, s_c):
     """Largest ``|X|^2`` over images ``first .. stop-1`` (float64)."""
@@ -70,14 +81,9 @@ def spdnn_features_max(g0, gf, wr, wi, di, er, ei, first, stop, s_c):
         im = (np.empty(s_r), np.empty(s_r), np.empty(s_r), np.empty(s_r))
         top = 0.0
         for c in range(0, s_c, 4):
-            _columns(g0, gf, wr, wi, di, er, ei, (first + i) * s_c + c, c, re, im)
+            _squared_columns(g0, gf, wr, wi, di, er, ei, (first + i) * s_c + c, c, re, im)
             for q in range(4):
-                rq = re[q]
-                iq = im[q]
-                for r in range(s_r):
-                    v = rq[r] * rq[r] + iq[r] * iq[r]
-                    if v > top:
-                        top = v
+                top = max(top, re[q].max())
         best[i] = top
     return best.max()
 
@@ -95,13 +101,12 @@ def spdnn_features_threshold(g0, gf, wr, wi, di, er, ei, first, stop, s_c, thr2,
         k = 0
         amb = 0
         for c in range(0, s_c, 4):
-            _columns(g0, gf, wr, wi, di, er, ei, (first + i) * s_c + c, c, re, im)
+            _squared_columns(g0, gf, wr, wi, di, er, ei, (first + i) * s_c + c, c, re, im)
             for q in range(4):
-                rq = re[q]
-                iq = im[q]
+                sq = re[q]
                 base = (c + q) * s_r
                 for r in range(s_r):
-                    v = rq[r] * rq[r] + iq[r] * iq[r]
+                    v = sq[r]
                     if v > thr2:
                         out[i, k] = base + r
                         k += 1
