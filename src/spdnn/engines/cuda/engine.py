@@ -708,7 +708,7 @@ class CudaEngine(Engine):
         first = self._stat_off["wdeaths"] + start + 1                 # wdeaths, ctr, tickets
         cp.cuda.runtime.memsetAsync(base + 4 * first, 0, 4 * (self._stat_off["cur"] - first), stream.ptr)
 
-    def _enqueue_run(self, start: int, stop: int, phases: list[_Phase]) -> None:
+    def _enqueue_run(self, start: int, phases: list[_Phase]) -> None:
         """Queue a whole run of ``phases`` on the current stream (capturable, no streaming)."""
         self._clear_counters(start)
         end = self._enqueue(phases, 0, self._count_cur)
@@ -723,14 +723,14 @@ class CudaEngine(Engine):
             stream = cp.cuda.Stream(non_blocking=True)
             with stream:
                 stream.begin_capture()
-                self._enqueue_run(start, stop, phases)
+                self._enqueue_run(start, phases)
                 graph = stream.end_capture()
             after = (self._cur, list(self._ids), list(self._wts))
             self._cur, self._ids, self._wts = before[0], list(before[1]), list(before[2])
             self._graphs[key] = (graph, stream, after)
         return self._graphs[key]
 
-    def _run_streaming(self, start: int, stop: int, phases: list[_Phase]) -> None:
+    def _run_streaming(self, start: int, phases: list[_Phase]) -> None:
         """Run ``phases`` with streamed chunks copied into two slots one chunk ahead.
 
         The copy of a chunk waits until the phases that read its slot two chunks earlier
@@ -793,9 +793,9 @@ class CudaEngine(Engine):
             if not phases:
                 pass
             elif self.streaming:
-                self._run_streaming(start, stop, phases)
+                self._run_streaming(start, phases)
             elif self.debug:
-                self._enqueue_run(start, stop, phases)
+                self._enqueue_run(start, phases)
             else:
                 graph, stream, after = self._graph(start, stop, phases)
                 graph.launch(stream)
@@ -818,7 +818,7 @@ class CudaEngine(Engine):
         survivors, entering = self._counts(start, stop, phases, stats)
         self._alive_rows, self._alive_ids = alive, ids
         self._alive_samples = int(survivors[-1]) if stop > start else self._alive_samples
-        categories = self._members(ids)
+        categories = self._members(ids, self._roots())
         cfg = self.config
         extra = {
             "device": self._device_label,
@@ -879,9 +879,9 @@ class CudaEngine(Engine):
                 return root
             root = nxt
 
-    def _members(self, ids: np.ndarray) -> np.ndarray:
-        """Sorted 0-based sample ids of the alive rows ``ids`` and of every sample merged into them."""
-        root = self._roots()
+    def _members(self, ids: np.ndarray, root: np.ndarray | None) -> np.ndarray:
+        """Sorted 0-based sample ids of the alive rows ``ids`` and of every sample merged into
+        them (``root``: :meth:`_roots`)."""
         if root is None:
             return np.sort(ids)
         alive = np.zeros(root.size, dtype=bool)
@@ -892,10 +892,9 @@ class CudaEngine(Engine):
         """Every alive sample's row (merged samples share their representative's), sorted by id."""
         with self._dev():
             y = self._y[self._cur][:self._alive_rows].get()
-        ids = self._alive_ids
-        members = self._members(ids)
+        ids, root = self._alive_ids, self._roots()
+        members = self._members(ids, root)
         position = np.full(max(self._loaded, 1), -1, dtype=np.int64)
         position[ids] = np.arange(ids.size)
-        root = self._roots()
         rows = position[members if root is None else root[members]]
         return members, sp.csr_matrix(y[rows].astype(np.float64))
