@@ -114,6 +114,37 @@ def test_stationary_blockings_fp64_exact(rng, mb, prefetch, dedupe):
     assert res.extra["config"]["stationary"] and res.extra["config"]["prefetch"] is prefetch
 
 
+@pytest.mark.parametrize("stages", [2, 4, 6])
+@pytest.mark.parametrize("mb", [1, 4])
+def test_prefetch_depths_fp64_exact(rng, stages, mb):
+    """Prefetch rings of 2..6 stages (1..5 layers in flight), segments shorter and longer
+    than the ring (depth 3 without merging; 40 with merge passes at 16 and 32)."""
+    n = 480
+    for depth, merge in ((3, False), (40, True)):
+        net = duplicate_column_network(rng, n, depth, 50, values="fp16")
+        feats = dying_features(rng, 150, n)
+        cfg = stationary(n, mb=mb, prefetch=True, stages=stages, dedupe=True, opt=1)
+        res = check_same(get_engine("cuda", precision="fp64", poison=POISON, config=cfg, merge=merge), net, feats)
+        assert res.extra["config"]["stages"] == stages
+
+
+@pytest.mark.parametrize("tail_rows_per_sm", [0, 1000])
+def test_tail_instance_fp64_exact(rng, monkeypatch, tail_rows_per_sm):
+    """Segments after a merge run the one-row tail instance when few rows are left: forced
+    on for every such segment (1000 rows a multiprocessor) and off (0), both equal the
+    reference bit for bit, on a network whose rows do not converge (many rows in the tail)."""
+    import spdnn.engines.cuda.engine as cuda_engine
+
+    monkeypatch.setattr(cuda_engine, "TAIL_ROWS_PER_SM", tail_rows_per_sm)
+    n = 1024
+    net = duplicate_column_network(rng, n, 40, 64, values="normal")      # ~480 distinct rows stay
+    feats = planted_duplicates(rng, n, 500)
+    res = check_same(get_engine("cuda", precision="fp64", poison=POISON), net, feats)
+    tail = res.extra["config"]["tail"]
+    assert tail is not None and tail["mb"] == 1 and res.extra["config"]["mb"] > 1
+    assert res.extra["merged_samples"] > 0 and res.survivors[-1] > 0
+
+
 def test_fp32_matches_reference_categories(rng):
     net = random_network(rng, 512, 6, values=0.0625, bias=-0.05)
     feats = dying_features(rng, 200, 512, density=0.5)

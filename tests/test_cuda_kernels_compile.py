@@ -14,10 +14,13 @@ import pytest
 from spdnn.engines.cuda.engine import kernel_instances, kernel_source
 from spdnn.engines.cuda.layout import VALUE_ARRAY, VALUE_SCALAR, VALUE_SUM_THEN_SCALE, KernelConfig, choose_config
 
-CASES = [  # (config, neurons, dtype, value dtype, value mode)
+_C1024 = choose_config(1024, 4, virtual=64).__dict__
+CASES = [  # (config, neurons, dtype, value dtype, value mode[, tail blocking])
     (choose_config(1024, 4, virtual=64), 1024, np.float32, None, VALUE_SUM_THEN_SCALE),
-    (KernelConfig(**{**choose_config(1024, 4, virtual=64).__dict__, "prefetch": True}), 1024, np.float32, None,
-     VALUE_SUM_THEN_SCALE),
+    (KernelConfig(**{**_C1024, "prefetch": True}), 1024, np.float32, None, VALUE_SUM_THEN_SCALE,
+     KernelConfig(**{**_C1024, "mb": 1, "prefetch": True, "stages": 5})),
+    (KernelConfig(**{**_C1024, "prefetch": True, "stages": 2}), 1024, np.float64, None, VALUE_SCALAR,
+     KernelConfig(**{**_C1024, "mb": 1})),
     (choose_config(16384, 8, virtual=1024), 16384, np.float64, None, VALUE_SCALAR),
     (choose_config(65536, 4, virtual=4096), 65536, np.float32, None, VALUE_SUM_THEN_SCALE),
     (choose_config(700, 8), 700, np.float64, np.float16, VALUE_ARRAY),
@@ -30,7 +33,9 @@ CASES = [  # (config, neurons, dtype, value dtype, value mode)
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
 @pytest.mark.parametrize("filename", ["stationary.cu", "layer.cu", "merge.cu"])
 def test_kernels_compile_for_sm90(tmp_path, filename):
-    names = sorted({name for case in CASES for name in kernel_instances(*case).get(filename, {}).values()})
+    names = sorted({name for case in CASES
+                    for name in kernel_instances(*case[:5], tail=case[5] if len(case) > 5 else None)
+                    .get(filename, {}).values()})
     assert names, filename
     code = kernel_source(filename) + "\n" + "\n".join(
         f"static const void* spdnn_instance_{i} = reinterpret_cast<const void*>(&{name});"

@@ -8,7 +8,10 @@ weight layout in :mod:`.layout`):
 * **stationary tiles** wherever a tile of whole rows fits a block's shared memory
   (``kernels/stationary.cu``): a block keeps a few rows in shared memory through a whole
   segment of layers, so activations cross device memory once per segment and a layer
-  costs a block a few barriers; rows are independent, so no block waits for another;
+  costs a block a few barriers; rows are independent, so no block waits for another.
+  A segment after a merge is queued twice, as tiles of ``mb`` rows and as one-row tiles
+  with a deeper prefetch (the **tail** instance); the row count on the device decides
+  which of the two runs (one-row tiles when at most one row per multiprocessor is left);
 * otherwise **one kernel per layer** (``kernels/layer.cu``): inputs staged in chunks, fused
   bias/ReLU/cap, dead rows dropped by the block that owns them (or by a compaction kernel
   when outputs are sliced over blocks);
@@ -51,7 +54,16 @@ from .layout import (VALUE_ARRAY, KernelConfig, PackedLayer, choose_config, entr
                      pack_layer, stationary_smem_bytes, value_plan)
 from ..columns import pays_to_dedupe, unique_columns
 
-__all__ = ["CudaEngine", "merge_points", "kernel_instances", "kernel_source"]
+__all__ = ["CudaEngine", "merge_points", "kernel_instances", "kernel_source", "PREFETCH_STAGES", "TAIL_STAGES"]
+
+#: Prefetch stages of the stationary kernel (the layer running and the next two in flight),
+#: and of its one-row tail instance.
+PREFETCH_STAGES = 3
+TAIL_STAGES = 4
+
+#: A segment after a merge runs one-row tiles (the tail instance) when at most this many
+#: rows a multiprocessor enter it: each row then has a block, and a multiprocessor, to itself.
+TAIL_ROWS_PER_SM = 1
 
 KERNEL_DIR = Path(__file__).parent / "kernels"
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
@@ -84,12 +96,14 @@ def _module(device_id: int, filename: str, names: tuple[str, ...]):
         return cp.RawModule(code=kernel_source(filename), options=("-std=c++17",), name_expressions=list(names))
 
 
-def kernel_instances(config: KernelConfig, neurons: int, dtype, value_dtype, value_mode: int) -> dict[str, dict[str, str]]:
+def kernel_instances(config: KernelConfig, neurons: int, dtype, value_dtype, value_mode: int, *,
+                     tail: KernelConfig | None = None) -> dict[str, dict[str, str]]:
     """The kernel template instances a run needs: {file: {role: instance}}.
 
-    Roles: 'stationary' or 'layer' (the layer kernel of ``config``), 'compact', 'densify',
-    'copy' (``layer.cu``), 'find' and 'mcompact' (``merge.cu``). ``value_dtype`` is the
-    stored weight type for :data:`.layout.VALUE_ARRAY` (else None).
+    Roles: 'stationary' or 'layer' (the layer kernel of ``config``), 'tail' (the stationary
+    kernel of ``tail``, if given), 'compact', 'densify', 'copy' (``layer.cu``), 'find' and
+    'mcompact' (``merge.cu``). ``value_dtype`` is the stored weight type for
+    :data:`.layout.VALUE_ARRAY` (else None).
     """
     cfg = config
     t = _CTYPES[np.dtype(dtype)]
@@ -97,9 +111,15 @@ def kernel_instances(config: KernelConfig, neurons: int, dtype, value_dtype, val
     flag = {True: "true", False: "false"}
     layer = {"compact": f"spdnn_compact<{t}>", "densify": f"spdnn_densify<{t}>", "copy": "spdnn_copy_count"}
     out = {}
+
+    def stationary(c: KernelConfig) -> str:
+        return (f"spdnn_stationary<{t}, {v}, {value_mode}, {c.threads}, {c.mb}, {c.opt}, {flag[c.dedupe]}, "
+                f"{c.stages if c.prefetch else 0}>")
+
     if cfg.stationary:
-        out["stationary.cu"] = {"stationary": f"spdnn_stationary<{t}, {v}, {value_mode}, {cfg.threads}, {cfg.mb}, "
-                                              f"{cfg.opt}, {flag[cfg.dedupe]}, {flag[cfg.prefetch]}>"}
+        out["stationary.cu"] = {"stationary": stationary(cfg)}
+        if tail is not None:
+            out["stationary.cu"]["tail"] = stationary(tail)
     else:
         fused = cfg.slices(neurons) == 1
         layer["layer"] = (f"spdnn_layer<{t}, {v}, {value_mode}, {cfg.threads}, {cfg.mb}, {cfg.opt}, "
@@ -153,12 +173,15 @@ def _blocks_per_sm(kernel: _Kernel, threads: int, smem: int, dev) -> int:
 @dataclass(frozen=True)
 class _Phase:
     """One step of a run: 'stationary' (layers a..b-1 in one launch), 'layer' (layer a) or
-    'merge' (before layer a). ``chunk``: the streamed weight chunk it reads (-1: resident)."""
+    'merge' (before layer a). ``chunk``: the streamed weight chunk it reads (-1: resident);
+    ``after_merge``: a stationary segment that follows a merge pass (queued with its tail
+    instance)."""
 
     kind: str
     a: int
     b: int
     chunk: int = -1
+    after_merge: bool = False
 
 
 @dataclass(frozen=True)
@@ -328,16 +351,32 @@ class CudaEngine(Engine):
         self.padding_ratio = float(entry_off[-1] / max(sum(p.packed_nnz for p in packed), 1))
         self.distinct_columns = float(np.mean([p.virtual for p in packed]))
         if cfg.stationary and self.forced_config is None:
-            # Prefetch the next layers into shared memory when the stages fit beside the tile
-            # (out_map copies need 16-byte rows: N a multiple of 8).
-            with_prefetch = KernelConfig(**{**cfg.__dict__, "prefetch": True})
-            vbytes = 0 if self._vdtype is None else np.dtype(self._vdtype).itemsize
-            need = stationary_smem_bytes(with_prefetch, np.dtype(self.dtype).itemsize,
-                                         max_entries=self._max_entries, value_bytes=vbytes)
-            if need <= self._smem_limit() and (not cfg.dedupe or n % 8 == 0):
-                cfg = with_prefetch
+            # Prefetch the next layers into shared memory when the stages fit beside the tile.
+            cfg = self._with_prefetch(cfg, PREFETCH_STAGES)
         self.config = cfg
+        self.tail_config = self._tail(cfg)
         return packed
+
+    def _stationary_smem(self, cfg: KernelConfig) -> int:
+        vbytes = 0 if self._vdtype is None else np.dtype(self._vdtype).itemsize
+        return stationary_smem_bytes(cfg, np.dtype(self.dtype).itemsize, max_entries=self._max_entries,
+                                     value_bytes=vbytes)
+
+    def _with_prefetch(self, cfg: KernelConfig, stages: int) -> KernelConfig:
+        """``cfg`` with ``stages`` prefetch stages if they fit shared memory beside the tile,
+        else ``cfg`` unchanged (out_map copies need 16-byte rows: N a multiple of 8)."""
+        staged = KernelConfig(**{**cfg.__dict__, "prefetch": True, "stages": stages})
+        if self._stationary_smem(staged) <= self._smem_limit() and (not cfg.dedupe or self.network.neurons % 8 == 0):
+            return staged
+        return cfg
+
+    def _tail(self, cfg: KernelConfig) -> KernelConfig | None:
+        """The blocking of the one-row tail instance of stationary segments (same packing:
+        threads, opt and chunk fix the layout; mb does not), or None when it would be ``cfg``."""
+        if not cfg.stationary or self.forced_config is not None:
+            return None
+        tail = self._with_prefetch(KernelConfig(**{**cfg.__dict__, "mb": 1, "prefetch": False}), TAIL_STAGES)
+        return None if tail == cfg else tail
 
     def _layer_bytes(self, p: PackedLayer) -> int:
         vbytes = 0 if self._vdtype is None else np.dtype(self._vdtype).itemsize
@@ -386,9 +425,9 @@ class CudaEngine(Engine):
         self._meta_off = np.concatenate(([0], np.cumsum([p.meta.shape[0] for p in packed]))).astype(np.int64)
         self._entry_off_dev = cp.asarray(off)
         self._scalars_dev = cp.asarray(self._scalars)
-        uniform_bias = network.uniform_bias()
-        if uniform_bias is not None:
-            self._bias = cp.full((1, n), uniform_bias, dtype=self.dtype)
+        self._one_bias = network.uniform_bias()
+        if self._one_bias is not None:
+            self._bias = cp.full((1, n), self._one_bias, dtype=self.dtype)
         else:
             self._bias = cp.asarray(np.ascontiguousarray(network.bias, dtype=self.dtype))
         self._bias_stride = 0 if self._bias.shape[0] == 1 else n
@@ -446,12 +485,16 @@ class CudaEngine(Engine):
         itemsize = np.dtype(self.dtype).itemsize
         self._fused = cfg.slices(n) == 1
         kernels = {}
-        for filename, names in kernel_instances(cfg, n, self.dtype, self._vdtype, self.plan.mode).items():
+        tail = self.tail_config
+        for filename, names in kernel_instances(cfg, n, self.dtype, self._vdtype, self.plan.mode, tail=tail).items():
             kernels.update(_kernels(dev.id, filename, names))
         if cfg.stationary:
             main = kernels["stationary"]
-            vbytes = 0 if self._vdtype is None else np.dtype(self._vdtype).itemsize
-            self._smem = stationary_smem_bytes(cfg, itemsize, max_entries=self._max_entries, value_bytes=vbytes)
+            self._smem = self._stationary_smem(cfg)
+            if tail is not None:
+                self._tail_smem = self._stationary_smem(tail)
+                if self._tail_smem > 48 * 1024:
+                    kernels["tail"].fn.max_dynamic_shared_size_bytes = self._tail_smem
         else:
             main = kernels["layer"]
             self._smem = cfg.smem_bytes(itemsize)
@@ -597,7 +640,7 @@ class CudaEngine(Engine):
             if a in merges:
                 phases.append(_Phase("merge", a, a, chunk))
             if self.config.stationary:
-                phases.append(_Phase("stationary", a, b, chunk))
+                phases.append(_Phase("stationary", a, b, chunk, after_merge=a in merges))
             else:
                 phases.extend(_Phase("layer", k, k + 1, chunk) for k in range(a, b))
         return phases
@@ -631,19 +674,29 @@ class CudaEngine(Engine):
         return src
 
     def _enqueue_stationary(self, ph: _Phase, i: int, src):
+        """Queue layers ph.a..ph.b-1 as one stationary launch, or, for a segment after a
+        merge, as the main and the tail instance, of which the row count in ``src`` runs one."""
         cfg, n, cur = self.config, self.network.neurons, self._cur
         view = self._view(ph.chunk)
         out = self._stat(("ctr", i))
+        one = self._one_bias is not None
         args = (self._y[cur], self._y[1 - cur], self._ids[cur], self._ids[1 - cur], self._wts[cur],
                 self._wts[1 - cur], src, out, self._stat(("tickets", i)),
                 self._stats[self._stat_off["deaths"]:], self._stats[self._stat_off["wdeaths"]:],
                 view.eidx, view.evals, self._meta, self._entry_off_dev, np.int64(view.ebase),
                 np.int32(self._max_entries), view.out_map, np.int32(view.kbase), self._bias,
-                np.int64(self._bias_stride), self._scalars_dev, self.dtype(self.network.ymax), np.int32(n),
-                np.int32(ph.a), np.int32(ph.b))
-        tiles = -(-self._capacity // cfg.mb)
-        grid = max(1, min(tiles, self._sms * self._blocks_per_sm))
-        self._launch("stationary", grid, cfg.threads, args, self._smem, what=f"layers {ph.a + 1}..{ph.b}")
+                np.int64(-1 if one else self._bias_stride), self.dtype(self._one_bias if one else 0),
+                self._scalars_dev, self.dtype(self.network.ymax), np.int32(n), np.int32(ph.a), np.int32(ph.b))
+        what = f"layers {ph.a + 1}..{ph.b}"
+        tail = self.tail_config if ph.after_merge else None
+        few = self._sms * TAIL_ROWS_PER_SM      # rows the tail instance takes
+        big = np.iinfo(np.int32).max
+        grid = max(1, min(-(-self._capacity // cfg.mb), self._sms * self._blocks_per_sm))
+        self._launch("stationary", grid, cfg.threads, args + (np.int32(0 if tail is None else few + 1),
+                                                                np.int32(big)), self._smem, what=what)
+        if tail is not None:
+            self._launch("tail", max(1, min(self._capacity, few)), tail.threads, args + (np.int32(0), np.int32(few)),
+                         self._tail_smem, what=what + " (tail)")
         self._cur = 1 - cur
         return out
 
@@ -824,6 +877,10 @@ class CudaEngine(Engine):
             "device": self._device_label,
             "config": {"threads": cfg.threads, "opt": cfg.opt, "mb": cfg.mb, "chunk": cfg.chunk,
                        "dedupe": cfg.dedupe, "stationary": cfg.stationary, "prefetch": cfg.prefetch,
+                       "stages": cfg.stages if cfg.prefetch else 0,
+                       "tail": None if self.tail_config is None else {
+                           "mb": self.tail_config.mb,
+                           "stages": self.tail_config.stages if self.tail_config.prefetch else 0},
                        "slices": cfg.slices(self.network.neurons), "nchunks": cfg.nchunks(self.network.neurons)},
             "value_mode": _VALUE_MODE_NAMES[self.plan.mode],
             "value_dtype": None if self.plan.value_dtype is None else str(self.plan.value_dtype),

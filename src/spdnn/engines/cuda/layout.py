@@ -76,8 +76,11 @@ class KernelConfig:
         Use ``kernels/stationary.cu``: a tile of ``mb`` rows stays in shared memory across
         the layers of a segment. Needs the whole row in one chunk and one slice.
     prefetch : bool
-        (stationary) Copy the next layer's indices, values and out_map into shared memory
-        while the current layer runs (cp.async, two stages).
+        (stationary) Copy the coming layers' warp-slice tables, indices, values and out_maps
+        into shared memory while the current layer runs (cp.async).
+    stages : int
+        (prefetch) Shared-memory stages: the layer running and the ``stages - 1`` after it
+        in flight (at least 2).
     """
 
     threads: int
@@ -87,6 +90,7 @@ class KernelConfig:
     dedupe: bool = False
     stationary: bool = False
     prefetch: bool = False
+    stages: int = 3
 
     def __post_init__(self):
         if not (32 <= self.threads <= 1024 and self.threads % 32 == 0):
@@ -99,6 +103,8 @@ class KernelConfig:
             raise OptionError(f"chunk={self.chunk}: expected 1..{_MAX_CHUNK} (16-bit buffer indices)")
         if self.prefetch and not self.stationary:
             raise OptionError("prefetch=True needs stationary=True")
+        if not 2 <= self.stages <= 16:
+            raise OptionError(f"stages={self.stages}: expected 2..16")
 
     @property
     def nwarps(self) -> int:
@@ -145,7 +151,7 @@ def stationary_smem_bytes(config: KernelConfig, itemsize: int, *, max_entries: i
     """Dynamic shared memory of one block of ``kernels/stationary.cu``.
 
     The tile's rows and zero slot, the distinct columns' sums (``dedupe``), and with
-    ``prefetch`` :data:`PREFETCH_STAGES` stages of a layer's warp-slice table (``opt *
+    ``prefetch`` ``config.stages`` stages of a layer's warp-slice table (``opt *
     nwarps`` pairs of int32), ``max_entries`` 16-bit indices, their values (``value_bytes``
     each; 0 when values are not loaded) and out_map (``dedupe``). The same arithmetic as
     the kernel's carving of its shared memory.
@@ -154,13 +160,8 @@ def stationary_smem_bytes(config: KernelConfig, itemsize: int, *, max_entries: i
     if config.prefetch:
         stage = (_align16(8 * config.opt * config.nwarps) + max_entries * (2 + value_bytes)
                  + (2 * config.chunk if config.dedupe else 0))
-        total += PREFETCH_STAGES * _align16(stage)
+        total += config.stages * _align16(stage)
     return total
-
-
-#: Layers staged ahead by ``kernels/stationary.cu`` with ``prefetch`` (``spdnn::kStages``):
-#: the layer running and the next two.
-PREFETCH_STAGES = 3
 
 
 def choose_config(neurons: int, itemsize: int, *, smem_limit: int = 227 * 1024,

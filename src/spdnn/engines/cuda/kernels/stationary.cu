@@ -4,7 +4,10 @@
 // costs a block two barriers instead of a launch. Rows are independent, so no block ever
 // waits for another: tiles are handed out by an atomic ticket (*ticket, zeroed before the
 // launch; the next ticket is taken while the current tile runs) and a block that finishes
-// one (all its rows dead, or k1 reached) takes the next.
+// one (all its rows dead, or k1 reached) takes the next. A launch does nothing unless the
+// rows entering it number rows_lo..rows_hi: the engine queues two instances of a segment
+// (tiles of MB rows for many rows, one-row tiles for the few left after merging) and the
+// row count on the device picks the one that runs.
 //
 // Layout (one slice, one input chunk: spdnn/engines/cuda/layout.py with chunk == n): layer
 // k's warp slices are meta[k*META + t*NWARPS + warp] = (offset, width), META = OPT*NWARPS,
@@ -15,25 +18,22 @@
 // Ownership. Thread tid owns the columns v = t*THREADS + tid, t < OPT (distinct columns when
 // DEDUP, outputs otherwise) for the MB rows of the tile: an OPT x MB register tile that reuses
 // each weight load MB times. Shared memory: row[0..n] (Tile of the MB rows' values of input i;
-// row[n] is the zero slot), then (DEDUP) sums[OPT*THREADS], then (PREFETCH) STAGES stages of
-// a layer's [meta | indices | values (kArray) | out_map (DEDUP)], filled with cp.async two
-// layers ahead. Each layer's scalar and the entry offsets of the layer being staged are
-// loaded into registers a layer ahead, so no layer waits on device memory.
+// row[n] is the zero slot), then (DEDUP) sums[OPT*THREADS], then (STAGES > 0) a ring of
+// STAGES stages of a layer's [meta | indices | values (kArray) | out_map (DEDUP)], filled
+// with cp.async D = STAGES - 1 layers ahead. Each layer's scalar and the entry offsets of
+// the layer being staged are loaded into registers a layer ahead, and a bias that is one
+// value (bias_stride < 0: ubias) is a register, so no layer waits on device memory.
 //
 // Per layer: sum phase over the row -> barrier -> the new values overwrite the row in place
 // (every read of the old values is done at the barrier): DEDUP, thread tid writes outputs
 // j = tid + r*THREADS from sums[out_map[j]]; otherwise each thread its own outputs -> the
-// next layer's stage is waited for -> barrier that also ORs which rows are alive. Counting
+// stage of layer k+1 is waited for -> barrier that also ORs which rows are alive. Counting
 // costs nothing while rows live: when rows of the tile die at layer k, thread 0 adds them to
 // deaths[k+1] and their weights to wdeaths[k+1] (the engine turns deaths into survivors).
 // Dead rows are all zero and stay zero (a zero sum gets no bias), riding along until the
 // tile is dead.
 
-namespace spdnn {
-constexpr int kStages = 3;  // prefetch distance: two layers
-}
-
-template <typename T, typename V, int VMODE, int THREADS, int MB, int OPT, bool DEDUP, bool PREFETCH>
+template <typename T, typename V, int VMODE, int THREADS, int MB, int OPT, bool DEDUP, int STAGES>
 __global__ void __launch_bounds__(THREADS) spdnn_stationary(
         const T* __restrict__ y_in, T* __restrict__ y_out,
         const int* __restrict__ ids_in, int* __restrict__ ids_out,
@@ -43,16 +43,20 @@ __global__ void __launch_bounds__(THREADS) spdnn_stationary(
         const unsigned short* __restrict__ eidx, const V* __restrict__ evals, const int2* __restrict__ meta,
         const long long* __restrict__ entry_off, long long ebase, int max_entries,
         const unsigned short* __restrict__ out_map, int kbase,
-        const T* __restrict__ bias, long long bias_stride, const T* __restrict__ scalars,
-        T ymax, int n, int k0, int k1) {
+        const T* __restrict__ bias, long long bias_stride, T ubias, const T* __restrict__ scalars,
+        T ymax, int n, int k0, int k1, int rows_lo, int rows_hi) {
+    static_assert(STAGES == 0 || STAGES >= 2, "a prefetch ring needs two stages or more");
     using TileT = spdnn::Tile<T, MB>;
     constexpr int NWARPS = THREADS / 32, META = OPT * NWARPS;
+    constexpr bool PREFETCH = STAGES > 0;
+    constexpr int D = PREFETCH ? STAGES - 1 : 0;  // prefetch distance, layers
+    constexpr int WAIT = D > 0 ? D - 1 : 0;      // groups left in flight when a stage is needed
     extern __shared__ __align__(16) unsigned char smem_raw[];
     TileT* row = reinterpret_cast<TileT*>(smem_raw);
     size_t off = (((size_t)(n + 1) * sizeof(TileT) + 15) / 16) * 16;
     TileT* sums = reinterpret_cast<TileT*>(smem_raw + off);
     if (DEDUP) off += (size_t)OPT * THREADS * sizeof(TileT);
-    // PREFETCH stage: [meta (META int2) | idx (max_entries) | values (kArray) | out_map (n, DEDUP)]
+    // A stage: [meta (META int2) | idx (max_entries) | values (kArray) | out_map (n, DEDUP)]
     const size_t meta_bytes = ((size_t)META * sizeof(int2) + 15) / 16 * 16;
     const size_t idx_bytes = (size_t)max_entries * sizeof(unsigned short);
     const size_t val_bytes = VMODE == spdnn::kArray ? (size_t)max_entries * sizeof(V) : 0;
@@ -64,11 +68,13 @@ __global__ void __launch_bounds__(THREADS) spdnn_stationary(
     __shared__ unsigned s_alive[2];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int count = *count_in;
+    if (count < rows_lo || count > rows_hi) return;  // the other instance of this segment runs
+    const bool one_bias = bias_stride < 0;
     const int ntiles = (count + MB - 1) / MB;
 
     // Layer k's weights (entries e0..e1 of eidx/evals) into its stage, asynchronously.
     auto stage_layer = [&](int k, long long e0, long long e1) {
-        unsigned char* dst = stages + ((k - k0) % spdnn::kStages) * stage_bytes;
+        unsigned char* dst = stages + ((k - k0) % (PREFETCH ? STAGES : 1)) * stage_bytes;
         spdnn::stage_async8(dst, meta + (size_t)k * META, META);
         spdnn::stage_async(dst + meta_bytes, eidx + e0, (e1 - e0) * (long long)sizeof(unsigned short));
         if (VMODE == spdnn::kArray)
@@ -99,19 +105,22 @@ __global__ void __launch_bounds__(THREADS) spdnn_stationary(
             s_alive[0] = s_alive[1] = 0;
         }
         if (tid < MB) s_w[tid] = (p0 + tid < count) ? wts_in[p0 + tid] : 0;
-        // Offsets of the layers being staged (k+2, k+3 at layer k), loaded a layer ahead.
-        long long off_a = 0, off_b = 0, off_c = 0;
+        // Entry offsets of the layer staged at layer k (k+D): off_a..off_b, and off_b's
+        // successor for the next layer loaded a layer ahead.
+        long long off_a = 0, off_b = 0;
         if (PREFETCH) {
-            const long long o0 = entry_off[k0] - ebase, o1 = entry_off[k0 + 1] - ebase;
-            stage_layer(k0, o0, o1);
-            spdnn::cp_async_commit();
-            if (k0 + 1 < k1) {
-                off_a = entry_off[k0 + 2] - ebase;
-                stage_layer(k0 + 1, o1, off_a);
+            long long o = entry_off[k0] - ebase;
+            for (int d = 0; d < D; ++d) {  // layers k0..k0+D-1, one commit group each
+                if (k0 + d < k1) {
+                    const long long o1 = entry_off[k0 + d + 1] - ebase;
+                    stage_layer(k0 + d, o, o1);
+                    o = o1;
+                }
+                spdnn::cp_async_commit();
             }
-            spdnn::cp_async_commit();
-            if (k0 + 2 < k1) off_b = entry_off[k0 + 3] - ebase;
-            spdnn::cp_async_wait<1>();  // layer k0's stage has landed (for this thread)
+            off_a = o;
+            if (k0 + D < k1) off_b = entry_off[k0 + D + 1] - ebase;
+            spdnn::cp_async_wait<WAIT>();  // layer k0's stage has landed (for this thread)
         }
         T scalar = VMODE == spdnn::kArray ? T(0) : scalars[k0];
         __syncthreads();
@@ -126,13 +135,14 @@ __global__ void __launch_bounds__(THREADS) spdnn_stationary(
             const V* lval;
             const unsigned short* lmap;
             const int2* lmeta;
+            long long off_c = 0;
             if (PREFETCH) {
-                if (k + 2 < k1) {
-                    stage_layer(k + 2, off_a, off_b);
-                    if (k + 3 < k1) off_c = entry_off[k + 4] - ebase;  // used at the next layer
+                if (k + D < k1) {
+                    stage_layer(k + D, off_a, off_b);
+                    if (k + D + 1 < k1) off_c = entry_off[k + D + 2] - ebase;  // used at the next layer
                 }
                 spdnn::cp_async_commit();
-                const unsigned char* st = stages + ((k - k0) % spdnn::kStages) * stage_bytes;
+                const unsigned char* st = stages + ((k - k0) % STAGES) * stage_bytes;
                 lmeta = reinterpret_cast<const int2*>(st);
                 lidx = reinterpret_cast<const unsigned short*>(st + meta_bytes);
                 lval = reinterpret_cast<const V*>(st + meta_bytes + idx_bytes);
@@ -145,7 +155,7 @@ __global__ void __launch_bounds__(THREADS) spdnn_stationary(
                 lmap = out_map + (size_t)(k - kbase) * n;
             }
             const T scalar_next = (VMODE != spdnn::kArray && k + 1 < k1) ? scalars[k + 1] : T(0);
-            const T* b = bias + (size_t)k * bias_stride;
+            const T* b = bias + (one_bias ? 0 : (size_t)k * bias_stride);
 
             T acc[OPT][MB];
 #pragma unroll
@@ -162,7 +172,7 @@ __global__ void __launch_bounds__(THREADS) spdnn_stationary(
 #pragma unroll 4
                 for (int j = tid; j < n; j += THREADS) {
                     const TileT x = sums[lmap[j]];
-                    const T bj = b[j];
+                    const T bj = one_bias ? ubias : b[j];
                     TileT z;
 #pragma unroll
                     for (int s = 0; s < MB; ++s) {
@@ -177,7 +187,7 @@ __global__ void __launch_bounds__(THREADS) spdnn_stationary(
                 for (int t = 0; t < OPT; ++t) {
                     const int j = t * THREADS + tid;
                     if (j < n) {
-                        const T bj = b[j];
+                        const T bj = one_bias ? ubias : b[j];
                         TileT z;
 #pragma unroll
                         for (int s = 0; s < MB; ++s) {
@@ -188,7 +198,7 @@ __global__ void __launch_bounds__(THREADS) spdnn_stationary(
                     }
                 }
             }
-            if (PREFETCH) spdnn::cp_async_wait<1>();  // layer k+1's stage has landed (for this thread)
+            if (PREFETCH) spdnn::cp_async_wait<WAIT>();  // layer k+1's stage has landed (for this thread)
             // Which rows live: OR over the block (slot q; thread 0 clears the other slot
             // for the next layer, whose ORs come after at least one more barrier). The
             // barrier also publishes the new row and layer k+1's stage to every thread.
