@@ -292,6 +292,25 @@ def test_deduplicated_chunked_per_layer_fp64_exact(rng):
     assert res.extra["config"]["nchunks"] == 3
 
 
+@pytest.mark.parametrize("wide_rows", [0, 100_000])
+@pytest.mark.parametrize("values", ["normal", 0.0625])
+def test_wide_path_fp64_exact(rng, monkeypatch, wide_rows, values):
+    """Per-layer deduplicated layers after the first merge take the wide path (rows spread
+    over the grid) when few rows are left: forced for every row count (100,000) and off (0);
+    three input chunks, values loaded or one per layer, ~200 distinct rows kept (normal) or
+    converging to one (0.0625): bit for bit the reference's, and merging still finds rows."""
+    import spdnn.engines.cuda.engine as cuda_engine
+
+    monkeypatch.setattr(cuda_engine, "WIDE_ROWS", wide_rows)
+    n = 600
+    net = duplicate_column_network(rng, n, 40, 90, values=values)
+    feats = planted_duplicates(rng, n, 230)
+    cfg = KernelConfig(threads=64, opt=2, mb=2, chunk=250, dedupe=True)
+    res = check_same(get_engine("cuda", precision="fp64", poison=POISON, config=cfg), net, feats)
+    assert res.extra["config"]["nchunks"] == 3 and res.extra["merged_samples"] > 0
+    assert res.survivors[-1] > 0
+
+
 def test_radixnet_lazy_network_fp32_and_fp64(rng):
     from spdnn.generate import radixnet_network
 

@@ -25,6 +25,7 @@ CASES = [  # (config, neurons, dtype, value dtype, value mode[, tail blocking])
     (choose_config(65536, 4, virtual=4096), 65536, np.float32, None, VALUE_SUM_THEN_SCALE),
     (choose_config(700, 8), 700, np.float64, np.float16, VALUE_ARRAY),
     (KernelConfig(threads=32, opt=4, mb=4, chunk=700), 700, np.float64, np.float32, VALUE_ARRAY),
+    (KernelConfig(threads=64, opt=2, mb=2, chunk=250, dedupe=True), 600, np.float64, np.float16, VALUE_ARRAY),
     (KernelConfig(threads=64, opt=2, mb=8, chunk=480, stationary=True, prefetch=True), 480, np.float32,
      np.float16, VALUE_ARRAY),
 ]

@@ -14,7 +14,10 @@ weight layout in :mod:`.layout`):
   which of the two runs (one-row tiles when at most one row per multiprocessor is left);
 * otherwise **one kernel per layer** (``kernels/layer.cu``): inputs staged in chunks, fused
   bias/ReLU/cap, dead rows dropped by the block that owns them (or by a compaction kernel
-  when outputs are sliced over blocks);
+  when outputs are sliced over blocks). After the first merge a layer is queued twice in
+  the same way: the per-layer kernel for many rows, and for a few rows (at most
+  :data:`WIDE_ROWS`) the **wide path**, which spreads each row over the whole grid (a block
+  a row would leave the rest of the device idle);
 * identical weight columns are summed once (``dedupe``; RadiX-Net layers have N/16 distinct
   ones) and expanded to the outputs through a map: exact, the same terms in the same order;
 * **merging** (``merge``): after layers 16, 32, 64, ... rows that have become identical are
@@ -54,7 +57,8 @@ from .layout import (VALUE_ARRAY, KernelConfig, PackedLayer, choose_config, entr
                      pack_layer, stationary_smem_bytes, value_plan)
 from ..columns import pays_to_dedupe, unique_columns
 
-__all__ = ["CudaEngine", "merge_points", "kernel_instances", "kernel_source", "PREFETCH_STAGES", "TAIL_STAGES"]
+__all__ = ["CudaEngine", "merge_points", "kernel_instances", "kernel_source", "PREFETCH_STAGES", "TAIL_STAGES",
+           "TAIL_ROWS_PER_SM", "WIDE_ROWS"]
 
 #: Prefetch stages of the stationary kernel (the layer running and the next two in flight),
 #: and of its one-row tail instance.
@@ -64,6 +68,10 @@ TAIL_STAGES = 4
 #: A segment after a merge runs one-row tiles (the tail instance) when at most this many
 #: rows a multiprocessor enter it: each row then has a block, and a multiprocessor, to itself.
 TAIL_ROWS_PER_SM = 1
+
+#: A per-layer (deduplicated) layer after the first merge takes the wide path when at most
+#: this many rows enter it.
+WIDE_ROWS = 16
 
 KERNEL_DIR = Path(__file__).parent / "kernels"
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
@@ -101,7 +109,8 @@ def kernel_instances(config: KernelConfig, neurons: int, dtype, value_dtype, val
     """The kernel template instances a run needs: {file: {role: instance}}.
 
     Roles: 'stationary' or 'layer' (the layer kernel of ``config``), 'tail' (the stationary
-    kernel of ``tail``, if given), 'compact', 'densify', 'copy' (``layer.cu``), 'find' and
+    kernel of ``tail``, if given), 'wide_sums' and 'wide_expand' (the wide path of per-layer
+    deduplicated blockings), 'compact', 'densify', 'copy' (``layer.cu``), 'find' and
     'mcompact' (``merge.cu``). ``value_dtype`` is the stored weight type for
     :data:`.layout.VALUE_ARRAY` (else None).
     """
@@ -124,6 +133,9 @@ def kernel_instances(config: KernelConfig, neurons: int, dtype, value_dtype, val
         fused = cfg.slices(neurons) == 1
         layer["layer"] = (f"spdnn_layer<{t}, {v}, {value_mode}, {cfg.threads}, {cfg.mb}, {cfg.opt}, "
                           f"{flag[fused]}, {flag[cfg.dedupe]}>")
+        if cfg.dedupe:
+            layer["wide_sums"] = f"spdnn_wide_sums<{t}, {v}, {value_mode}>"
+            layer["wide_expand"] = f"spdnn_wide_expand<{t}, {value_mode}>"
     out["layer.cu"] = layer
     out["merge.cu"] = {"find": f"spdnn_merge_find<{t}>", "mcompact": f"spdnn_merge_compact<{t}>"}
     return out
@@ -174,14 +186,14 @@ def _blocks_per_sm(kernel: _Kernel, threads: int, smem: int, dev) -> int:
 class _Phase:
     """One step of a run: 'stationary' (layers a..b-1 in one launch), 'layer' (layer a) or
     'merge' (before layer a). ``chunk``: the streamed weight chunk it reads (-1: resident);
-    ``after_merge``: a stationary segment that follows a merge pass (queued with its tail
-    instance)."""
+    ``few``: rows may be few (after a merge): a stationary segment is queued with its tail
+    instance, a deduplicated layer with the wide path."""
 
     kind: str
     a: int
     b: int
     chunk: int = -1
-    after_merge: bool = False
+    few: bool = False
 
 
 @dataclass(frozen=True)
@@ -608,6 +620,12 @@ class CudaEngine(Engine):
         self._parent_host = pinned_empty(self._parent_size, np.int32)
         self._count_cur = self._stat(("cur", 0))
         self._capacity = cap
+        cfg = self.config
+        self._wide_rows = min(WIDE_ROWS, cap) if "wide_sums" in self._k else 0
+        if self._wide_rows:                   # the wide path's sums and expanded rows
+            self._wide_vcols = cfg.opt * cfg.threads
+            self._wide_sums = cp.empty(self._wide_rows * self._wide_vcols, dtype=self.dtype)
+            self._wide_z = cp.empty((self._wide_rows, n), dtype=self.dtype)
 
     def _stat(self, where: tuple[str, int]):
         """One counter of ``_stats`` as a 1-element device array (a kernel argument)."""
@@ -628,7 +646,9 @@ class CudaEngine(Engine):
 
     def _phases(self, start: int, stop: int) -> list[_Phase]:
         """The steps of layers start..stop-1: cut at merge points and streamed chunks."""
-        merges = [k for k in merge_points(self.network.depth) if start < k < stop] if self.merging else []
+        points = merge_points(self.network.depth) if self.merging else []
+        merges = [k for k in points if start < k < stop]
+        first_merge = points[0] if points else self.network.depth
         edges = {start, stop, *merges}
         edges.update(a for a, _ in self._chunks if start < a < stop)
         if self._chunks and start < self._resident < stop:
@@ -640,9 +660,9 @@ class CudaEngine(Engine):
             if a in merges:
                 phases.append(_Phase("merge", a, a, chunk))
             if self.config.stationary:
-                phases.append(_Phase("stationary", a, b, chunk, after_merge=a in merges))
+                phases.append(_Phase("stationary", a, b, chunk, few=a in merges))
             else:
-                phases.extend(_Phase("layer", k, k + 1, chunk) for k in range(a, b))
+                phases.extend(_Phase("layer", k, k + 1, chunk, few=first_merge <= k) for k in range(a, b))
         return phases
 
     def _chunk_of(self, k: int) -> int:
@@ -688,7 +708,7 @@ class CudaEngine(Engine):
                 np.int64(-1 if one else self._bias_stride), self.dtype(self._one_bias if one else 0),
                 self._scalars_dev, self.dtype(self.network.ymax), np.int32(n), np.int32(ph.a), np.int32(ph.b))
         what = f"layers {ph.a + 1}..{ph.b}"
-        tail = self.tail_config if ph.after_merge else None
+        tail = self.tail_config if ph.few else None
         few = self._sms * TAIL_ROWS_PER_SM      # rows the tail instance takes
         big = np.iinfo(np.int32).max
         grid = max(1, min(-(-self._capacity // cfg.mb), self._sms * self._blocks_per_sm))
@@ -718,7 +738,12 @@ class CudaEngine(Engine):
                 np.int32(cfg.nchunks(n)), np.int32(cfg.slices(n)))
         items = -(-self._capacity // cfg.mb) * cfg.slices(n)
         grid = max(1, min(items, self._sms * self._blocks_per_sm))
-        self._launch("layer", grid, cfg.threads, args, self._smem, what=f"layer {k + 1}")
+        wide = self._wide_rows if ph.few else 0
+        big = np.int32(np.iinfo(np.int32).max)
+        self._launch("layer", grid, cfg.threads, args + (np.int32(wide + 1 if wide else 0), big), self._smem,
+                     what=f"layer {k + 1}")
+        if wide:
+            self._enqueue_wide(k, wide, src, count_out, wcount_out, view.eidx[a:b], evals, meta, bias, out_map)
         if self._fused:
             self._cur = nxt
             return count_out
@@ -727,10 +752,32 @@ class CudaEngine(Engine):
         # weight buffers swap roles.
         self._launch("compact", max(1, min(self._capacity, self._sms * 16)), 256,
                      (self._y[nxt], self._y[cur], self._ids[cur], self._ids[nxt], self._wts[cur], self._wts[nxt],
-                      self._flags, src, count_out, wcount_out, np.int32(n)), what=f"layer {k + 1}, compaction")
+                      self._flags, src, count_out, wcount_out, np.int32(n), np.int32(0), big),
+                     what=f"layer {k + 1}, compaction")
         self._ids[cur], self._ids[nxt] = self._ids[nxt], self._ids[cur]
         self._wts[cur], self._wts[nxt] = self._wts[nxt], self._wts[cur]
         return count_out
+
+    def _enqueue_wide(self, k: int, rows: int, src, count_out, wcount_out, eidx, evals, meta, bias, out_map):
+        """Queue layer k's wide path (``kernels/layer.cu``), run on the device when 1..rows rows
+        enter it: sums of the distinct columns over the grid, expansion, then compaction of
+        the live rows into the next buffer with their ids and weights (where the per-layer
+        kernel would have put them)."""
+        cfg, n, cur, nxt = self.config, self.network.neurons, self._cur, 1 - self._cur
+        lo, hi = np.int32(1), np.int32(rows)
+        warps = rows * cfg.opt * cfg.nwarps
+        self._launch("wide_sums", max(1, min(-(-warps // 8), self._sms * 8)), 256,
+                     (self._y[cur], src, lo, hi, eidx, evals, meta, self._scalars[k], self._wide_sums, np.int32(n),
+                      np.int32(cfg.chunk), np.int32(cfg.nchunks(n)), np.int32(cfg.opt), np.int32(cfg.nwarps)),
+                     what=f"layer {k + 1}, wide sums")
+        self._launch("wide_expand", max(1, min(-(-n // 256), self._sms * 4)), 256,
+                     (self._wide_sums, np.int32(self._wide_vcols), src, lo, hi, out_map, bias, self._scalars[k],
+                      self.dtype(self.network.ymax), self._wide_z, self._flags, np.int32(n)),
+                     what=f"layer {k + 1}, wide expansion")
+        self._launch("compact", max(1, min(rows, self._sms)), 256,
+                     (self._wide_z, self._y[nxt], self._ids[cur], self._ids[nxt], self._wts[cur], self._wts[nxt],
+                      self._flags, src, count_out, wcount_out, np.int32(n), lo, hi),
+                     what=f"layer {k + 1}, wide compaction")
 
     def _enqueue_merge(self, i: int, src):
         """Queue a merge pass over the current rows (see ``kernels/merge.cu``)."""

@@ -22,6 +22,9 @@
 // switches for the epilogue: thread tid expands outputs j = tid + r*THREADS through
 // out_map[j] (the block owns whole rows).
 //
+// The launch does nothing unless the rows entering it number rows_lo..rows_hi (the engine
+// may queue the wide path for few rows beside it; see spdnn_wide_sums).
+//
 // Each row carries a sample id and a weight (the samples it stands for, > 1 once identical
 // rows are merged: merge.cu); *wcount_out sums the survivors' weights.
 
@@ -34,7 +37,8 @@ __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_i
                             const unsigned short* __restrict__ eidx, const V* __restrict__ evals,
                             const int2* __restrict__ meta, const T* __restrict__ bias,
                             const unsigned short* __restrict__ out_map,
-                            T scalar, T ymax, int n, int chunk, int nchunks, int slices) {
+                            T scalar, T ymax, int n, int chunk, int nchunks, int slices, int rows_lo,
+                            int rows_hi) {
     using TileT = spdnn::Tile<T, MB>;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     TileT* buf = reinterpret_cast<TileT*>(smem_raw);  // chunk + 1 tiles; buf[chunk] == 0
@@ -45,6 +49,7 @@ __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_i
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     constexpr int nwarps = THREADS / 32, per_slice = THREADS * OPT;
     const int count = *count_in;
+    if (count < rows_lo || count > rows_hi) return;  // the wide path (below) runs this layer
     const int ntiles = (count + MB - 1) / MB;
     const int items = ntiles * slices;
     if (tid == 0) {
@@ -164,17 +169,88 @@ __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_i
     }
 }
 
-// Sliced layers, second step: move the flagged rows of src (positions 0..*count_in-1) to
-// the first rows of dst with their ids and weights, and clear the flags. One block per row
-// (grid-stride); thread 0 reserves the output row.
+// Few rows, wide layers (DEDUP layouts whose rows do not fit shared memory, N = 65536):
+// spdnn_layer gives a row one block, so a layer of one row is one multiprocessor's work. The
+// engine queues, beside spdnn_layer, this path that spreads the row over the grid:
+// spdnn_wide_sums, spdnn_wide_expand, then spdnn_compact (src = the expanded rows); each
+// launch reads the row count and runs only when it is rows_lo..rows_hi, so the count on the
+// device picks the path (spdnn_layer gets the complementary range).
+//
+// spdnn_wide_sums. Ownership: a warp of the grid takes items (row r, warp slice u) in a
+// grid-stride loop; u = t*layout_warps + w names the 32 distinct columns that warp w of the
+// layer kernel's blocking sums at t < opt (one slice), lane owns column u*32 + lane. The lane
+// adds its entries chunk by chunk straight from the row in device memory (padding, index
+// `chunk`, adds an exact zero): the terms and the order of spdnn_layer, so the same bits.
+// sums[r*vcols + column] receives the sum (vcols = opt*layout_warps*32).
+template <typename T, typename V, int VMODE>
+__global__ void spdnn_wide_sums(const T* __restrict__ y_in, const int* __restrict__ count_in, int rows_lo,
+                                int rows_hi, const unsigned short* __restrict__ eidx, const V* __restrict__ evals,
+                                const int2* __restrict__ meta, T scalar, T* __restrict__ sums, int n, int chunk,
+                                int nchunks, int opt, int layout_warps) {
+    const int count = *count_in;
+    if (count < rows_lo || count > rows_hi) return;
+    const int lane = threadIdx.x & 31;
+    const int units = opt * layout_warps, vcols = units * 32;
+    const int warps = (gridDim.x * blockDim.x) >> 5;
+    for (int item = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; item < count * units; item += warps) {
+        const int r = item / units, u = item - r * units;
+        const int t = u / layout_warps, w = u - t * layout_warps;
+        const T* row = y_in + (size_t)r * n;
+        T acc = T(0);
+        for (int c = 0; c < nchunks; ++c) {
+            const int base = c * chunk, len = min(chunk, n - base);
+            const int2 m = meta[(c * opt + t) * layout_warps + w];
+            const unsigned short* ip = eidx + m.x + lane;
+            const V* vp = evals + m.x + lane;
+#pragma unroll 8
+            for (int e = 0; e < m.y; ++e) {
+                const int i = ip[32 * e];
+                const T x = i < len ? row[base + i] : T(0);
+                const T wv = VMODE == spdnn::kArray ? spdnn::convert<T, V>(vp[32 * e]) : scalar;
+                acc = spdnn::accumulate<T, VMODE>(acc, wv, x);
+            }
+        }
+        sums[(size_t)r * vcols + u * 32 + lane] = acc;
+    }
+}
+
+// spdnn_wide_expand. Ownership: for each row r < count in turn, thread g of the grid owns
+// outputs j = g + s*(grid threads): z = epilogue(sums[r*vcols + out_map[j]]) goes to
+// z_out[r*n + j], and a block that saw a live output sets flags[r] (spdnn_compact then moves
+// the live rows and clears their flags).
+template <typename T, int VMODE>
+__global__ void spdnn_wide_expand(const T* __restrict__ sums, int vcols, const int* __restrict__ count_in,
+                                  int rows_lo, int rows_hi, const unsigned short* __restrict__ out_map,
+                                  const T* __restrict__ bias, T scalar, T ymax, T* __restrict__ z_out,
+                                  int* __restrict__ flags, int n) {
+    const int count = *count_in;
+    if (count < rows_lo || count > rows_hi) return;
+    const int stride = gridDim.x * blockDim.x;
+    for (int r = 0; r < count; ++r) {  // block-uniform
+        int live = 0;
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < n; j += stride) {
+            const T z = spdnn::epilogue<T, VMODE>(sums[(size_t)r * vcols + out_map[j]], scalar, bias[j], ymax);
+            z_out[(size_t)r * n + j] = z;
+            live |= z > T(0);
+        }
+        if (__syncthreads_or(live) && threadIdx.x == 0) flags[r] = 1;  // benign race: every writer stores 1
+    }
+}
+
+// Sliced layers and the wide path, last step: move the flagged rows of src (positions
+// 0..*count_in-1) to the first rows of dst with their ids and weights, and clear the flags.
+// One block per row (grid-stride); thread 0 reserves the output row. Runs only when the
+// count is rows_lo..rows_hi.
 template <typename T>
 __global__ void spdnn_compact(const T* __restrict__ src, T* __restrict__ dst,
                               const int* __restrict__ ids_in, int* __restrict__ ids_out,
                               const int* __restrict__ wts_in, int* __restrict__ wts_out,
                               int* __restrict__ flags, const int* __restrict__ count_in,
-                              int* __restrict__ count_out, int* __restrict__ wcount_out, int n) {
+                              int* __restrict__ count_out, int* __restrict__ wcount_out, int n,
+                              int rows_lo, int rows_hi) {
     __shared__ int s_row;
     const int count = *count_in;
+    if (count < rows_lo || count > rows_hi) return;
     for (int p = blockIdx.x; p < count; p += gridDim.x) {
         const int live = flags[p];
         __syncthreads();  // everyone has read the previous row's s_row
