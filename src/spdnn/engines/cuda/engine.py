@@ -109,7 +109,7 @@ def kernel_instances(config: KernelConfig, neurons: int, dtype, value_dtype, val
     """The kernel template instances a run needs: {file: {role: instance}}.
 
     Roles: 'stationary' or 'layer' (the layer kernel of ``config``), 'tail' (the stationary
-    kernel of ``tail``, if given), 'wide_sums' and 'wide_expand' (the wide path of per-layer
+    kernel of ``tail``, if given), 'wide_sums', 'wide_expand' and 'wide_place' (the wide path of per-layer
     deduplicated blockings), 'compact', 'densify', 'copy' (``layer.cu``), 'find' and
     'mcompact' (``merge.cu``). ``value_dtype`` is the stored weight type for
     :data:`.layout.VALUE_ARRAY` (else None).
@@ -136,6 +136,7 @@ def kernel_instances(config: KernelConfig, neurons: int, dtype, value_dtype, val
         if cfg.dedupe:
             layer["wide_sums"] = f"spdnn_wide_sums<{t}, {v}, {value_mode}>"
             layer["wide_expand"] = f"spdnn_wide_expand<{t}, {value_mode}>"
+            layer["wide_place"] = f"spdnn_wide_place<{t}>"
     out["layer.cu"] = layer
     out["merge.cu"] = {"find": f"spdnn_merge_find<{t}>", "mcompact": f"spdnn_merge_compact<{t}>"}
     return out
@@ -626,6 +627,7 @@ class CudaEngine(Engine):
             self._wide_vcols = cfg.opt * cfg.threads
             self._wide_sums = cp.empty(self._wide_rows * self._wide_vcols, dtype=self.dtype)
             self._wide_z = cp.empty((self._wide_rows, n), dtype=self.dtype)
+            self._wide_live = cp.zeros(self._wide_rows, dtype=np.int32)
 
     def _stat(self, where: tuple[str, int]):
         """One counter of ``_stats`` as a 1-element device array (a kernel argument)."""
@@ -760,24 +762,25 @@ class CudaEngine(Engine):
 
     def _enqueue_wide(self, k: int, rows: int, src, count_out, wcount_out, eidx, evals, meta, bias, out_map):
         """Queue layer k's wide path (``kernels/layer.cu``), run on the device when 1..rows rows
-        enter it: sums of the distinct columns over the grid, expansion, then compaction of
-        the live rows into the next buffer with their ids and weights (where the per-layer
-        kernel would have put them)."""
+        enter it: sums of the distinct columns over the grid, expansion, then the live rows
+        into the next buffer with their ids and weights (where the per-layer kernel would
+        have put them)."""
         cfg, n, cur, nxt = self.config, self.network.neurons, self._cur, 1 - self._cur
         lo, hi = np.int32(1), np.int32(rows)
         warps = rows * cfg.opt * cfg.nwarps
         self._launch("wide_sums", max(1, min(-(-warps // 8), self._sms * 8)), 256,
-                     (self._y[cur], src, lo, hi, eidx, evals, meta, self._scalars[k], self._wide_sums, np.int32(n),
+                     (self._y[cur], src, lo, hi, eidx, evals, meta, self._scalars[k], self._wide_sums,
+                      self._wide_live, np.int32(n),
                       np.int32(cfg.chunk), np.int32(cfg.nchunks(n)), np.int32(cfg.opt), np.int32(cfg.nwarps)),
                      what=f"layer {k + 1}, wide sums")
         self._launch("wide_expand", max(1, min(-(-n // 256), self._sms * 4)), 256,
                      (self._wide_sums, np.int32(self._wide_vcols), src, lo, hi, out_map, bias, self._scalars[k],
-                      self.dtype(self.network.ymax), self._wide_z, self._flags, np.int32(n)),
+                      self.dtype(self.network.ymax), self._wide_z, self._wide_live, np.int32(n)),
                      what=f"layer {k + 1}, wide expansion")
-        self._launch("compact", max(1, min(rows, self._sms)), 256,
+        self._launch("wide_place", max(1, min(-(-n // 256), self._sms * 4)), 256,
                      (self._wide_z, self._y[nxt], self._ids[cur], self._ids[nxt], self._wts[cur], self._wts[nxt],
-                      self._flags, src, count_out, wcount_out, np.int32(n), lo, hi),
-                     what=f"layer {k + 1}, wide compaction")
+                      self._wide_live, src, lo, hi, count_out, wcount_out, np.int32(n)),
+                     what=f"layer {k + 1}, wide placement")
 
     def _enqueue_merge(self, i: int, src):
         """Queue a merge pass over the current rows (see ``kernels/merge.cu``)."""

@@ -172,9 +172,10 @@ __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_i
 // Few rows, wide layers (DEDUP layouts whose rows do not fit shared memory, N = 65536):
 // spdnn_layer gives a row one block, so a layer of one row is one multiprocessor's work. The
 // engine queues, beside spdnn_layer, this path that spreads the row over the grid:
-// spdnn_wide_sums, spdnn_wide_expand, then spdnn_compact (src = the expanded rows); each
-// launch reads the row count and runs only when it is rows_lo..rows_hi, so the count on the
-// device picks the path (spdnn_layer gets the complementary range).
+// spdnn_wide_sums, spdnn_wide_expand, then spdnn_wide_place; each launch reads the row count
+// and runs only when it is rows_lo..rows_hi, so the count on the device picks the path
+// (spdnn_layer gets the complementary range). live[r] says whether row r still lives:
+// cleared by spdnn_wide_sums, set by spdnn_wide_expand, read by spdnn_wide_place.
 //
 // spdnn_wide_sums. Ownership: a warp of the grid takes items (row r, warp slice u) in a
 // grid-stride loop; u = t*layout_warps + w names the 32 distinct columns that warp w of the
@@ -185,10 +186,12 @@ __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_i
 template <typename T, typename V, int VMODE>
 __global__ void spdnn_wide_sums(const T* __restrict__ y_in, const int* __restrict__ count_in, int rows_lo,
                                 int rows_hi, const unsigned short* __restrict__ eidx, const V* __restrict__ evals,
-                                const int2* __restrict__ meta, T scalar, T* __restrict__ sums, int n, int chunk,
-                                int nchunks, int opt, int layout_warps) {
+                                const int2* __restrict__ meta, T scalar, T* __restrict__ sums, int* __restrict__ live,
+                                int n, int chunk, int nchunks, int opt, int layout_warps) {
     const int count = *count_in;
     if (count < rows_lo || count > rows_hi) return;
+    if (blockIdx.x == 0)
+        for (int r = threadIdx.x; r < count; r += blockDim.x) live[r] = 0;
     const int lane = threadIdx.x & 31;
     const int units = opt * layout_warps, vcols = units * 32;
     const int warps = (gridDim.x * blockDim.x) >> 5;
@@ -216,28 +219,61 @@ __global__ void spdnn_wide_sums(const T* __restrict__ y_in, const int* __restric
 
 // spdnn_wide_expand. Ownership: for each row r < count in turn, thread g of the grid owns
 // outputs j = g + s*(grid threads): z = epilogue(sums[r*vcols + out_map[j]]) goes to
-// z_out[r*n + j], and a block that saw a live output sets flags[r] (spdnn_compact then moves
-// the live rows and clears their flags).
+// z_out[r*n + j], and a block that saw a live output sets live[r].
 template <typename T, int VMODE>
 __global__ void spdnn_wide_expand(const T* __restrict__ sums, int vcols, const int* __restrict__ count_in,
                                   int rows_lo, int rows_hi, const unsigned short* __restrict__ out_map,
                                   const T* __restrict__ bias, T scalar, T ymax, T* __restrict__ z_out,
-                                  int* __restrict__ flags, int n) {
+                                  int* __restrict__ live, int n) {
     const int count = *count_in;
     if (count < rows_lo || count > rows_hi) return;
     const int stride = gridDim.x * blockDim.x;
     for (int r = 0; r < count; ++r) {  // block-uniform
-        int live = 0;
+        int any = 0;
         for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < n; j += stride) {
             const T z = spdnn::epilogue<T, VMODE>(sums[(size_t)r * vcols + out_map[j]], scalar, bias[j], ymax);
             z_out[(size_t)r * n + j] = z;
-            live |= z > T(0);
+            any |= z > T(0);
         }
-        if (__syncthreads_or(live) && threadIdx.x == 0) flags[r] = 1;  // benign race: every writer stores 1
+        if (__syncthreads_or(any) && threadIdx.x == 0) live[r] = 1;  // benign race: every writer stores 1
     }
 }
 
-// Sliced layers and the wide path, last step: move the flagged rows of src (positions
+// spdnn_wide_place: the live rows of z (r < count, in order) become the first rows of y_out,
+// with their ids and weights; *count_out and *wcount_out (zero before) count them and their
+// samples. Ownership: every thread walks the (few) rows and finds each destination itself;
+// thread g of the grid copies elements j = g + s*(grid threads) of each live row; thread 0
+// of block 0 writes the ids, weights and counts.
+template <typename T>
+__global__ void spdnn_wide_place(const T* __restrict__ z, T* __restrict__ y_out, const int* __restrict__ ids_in,
+                                 int* __restrict__ ids_out, const int* __restrict__ wts_in,
+                                 int* __restrict__ wts_out, const int* __restrict__ live,
+                                 const int* __restrict__ count_in, int rows_lo, int rows_hi,
+                                 int* __restrict__ count_out, int* __restrict__ wcount_out, int n) {
+    const int count = *count_in;
+    if (count < rows_lo || count > rows_hi) return;
+    const bool lead = blockIdx.x == 0 && threadIdx.x == 0;
+    const int stride = gridDim.x * blockDim.x;
+    int dst = 0, samples = 0;
+    for (int r = 0; r < count; ++r) {
+        if (!live[r]) continue;
+        if (lead) {
+            ids_out[dst] = ids_in[r];
+            wts_out[dst] = wts_in[r];
+            samples += wts_in[r];
+        }
+        const T* a = z + (size_t)r * n;
+        T* b = y_out + (size_t)dst * n;
+        for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < n; j += stride) b[j] = a[j];
+        ++dst;
+    }
+    if (lead) {
+        *count_out = dst;
+        *wcount_out = samples;
+    }
+}
+
+// Sliced layers, second step: move the flagged rows of src (positions
 // 0..*count_in-1) to the first rows of dst with their ids and weights, and clear the flags.
 // One block per row (grid-stride); thread 0 reserves the output row. Runs only when the
 // count is rows_lo..rows_hi.
