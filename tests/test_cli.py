@@ -472,12 +472,15 @@ def _full_disk_after(monkeypatch, module, *, files: int = 0, room: int = 2):
     from spdnn._atomic import atomic_open
 
     opened = []
+    lock = threading.Lock()          # writers may open files from several threads at once
 
     @contextlib.contextmanager
     def filling(path, *args, **kwargs):
-        opened.append(Path(path))
+        with lock:
+            opened.append(Path(path))
+            good = len(opened) <= files   # this file's place in the order, not a later one's
         with atomic_open(path, *args, **kwargs) as fh:
-            yield fh if len(opened) <= files else _FillingFile(fh, room)
+            yield fh if good else _FillingFile(fh, room)
 
     monkeypatch.setattr(module, "atomic_open", filling)
     return opened
