@@ -203,6 +203,41 @@ def test_unique_columns_finds_the_copies(rng):
     assert len({row.tobytes() for row in dense}) == reps.size
 
 
+@pytest.mark.parametrize("values", ["normal", "fp16", 0.0625])
+def test_unique_columns_csr_and_csc_agree(rng, values):
+    """CSR is read as it is (rows, binary search) and CSC column by column: same answer,
+    also for a matrix with duplicate entries and unsorted rows (summed and sorted first)."""
+    from spdnn.engines.columns import unique_columns
+
+    w = sp.csr_matrix(duplicate_column_network(rng, 300, 1, 40, values=values, density=0.1).layers[0])
+    by_rows, by_columns = unique_columns(w), unique_columns(sp.csc_matrix(w))
+    for a, b in zip(by_rows, by_columns):
+        np.testing.assert_array_equal(a, b)
+    assert by_rows[0].size <= 40 and (w[:, by_rows[0][by_rows[1]]] != w).nnz == 0
+    coo = w.tocoo()
+    half = coo.data / 2                                    # every entry as two halves, rows shuffled
+    messy = sp.csr_matrix((np.concatenate([half, half]), (np.concatenate([coo.row, coo.row]),
+                                                          np.concatenate([coo.col, coo.col]))), shape=w.shape)
+    messy.has_canonical_format = False
+    for a, b in zip(unique_columns(messy), by_rows):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_unique_columns_survive_hash_collisions(rng, fmt):
+    """Every key equal (all columns collide): only columns equal to the first one are merged
+    with it, the others stay their own; nothing is merged that differs."""
+    from spdnn.engines.columns import _column_keys, _group
+
+    w = duplicate_column_network(rng, 120, 1, 10, values="normal", density=0.2).layers[0].asformat(fmt)
+    _, counts = _column_keys(w.indptr, w.indices, w.data.view(np.uint64), w.shape[1], fmt == "csr")
+    reps, inverse = _group(w, np.zeros(w.shape[1], dtype=np.uint64), counts, fmt == "csr")
+    assert (w[:, reps[inverse]] != w).nnz == 0
+    dense = w.toarray()
+    copies_of_first = [j for j in range(w.shape[1]) if np.array_equal(dense[:, j], dense[:, 0])]
+    assert reps.size == w.shape[1] - len(copies_of_first) + 1 and len(copies_of_first) > 1
+
+
 @pytest.mark.parametrize("config", [KernelConfig(threads=32, opt=1, mb=4, chunk=1000, dedupe=True),
                                     KernelConfig(threads=64, opt=1, mb=2, chunk=30, dedupe=True),
                                     stationary(96, dedupe=True, threads=32, opt=1, mb=1)],

@@ -166,7 +166,7 @@ def _layer_form(w: sp.csr_matrix, bias: np.ndarray, dtype, *, dedupe="auto") -> 
         csr.sort_indices()
     virtual, out_map = -1, np.zeros(1, np.int32)
     if dedupe is not False:
-        reps, inverse = unique_columns(sp.csc_matrix(csr))
+        reps, inverse = unique_columns(csr)
         if dedupe is True or pays_to_dedupe(reps.size, n):
             csr = csr[:, reps]            # columns renumbered 0..u-1, ascending rows kept
             csr.sort_indices()

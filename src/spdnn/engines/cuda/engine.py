@@ -329,10 +329,10 @@ class CudaEngine(Engine):
             return None
         n = network.neurons
         judge = not force and self.dedupe == "auto"
-        first = unique_columns(sp.csc_matrix(network.layers[0]))
+        first = unique_columns(network.layers[0])
         if judge and not pays_to_dedupe(first[0].size, n):
             return None
-        rest = _map_layers(lambda k: unique_columns(sp.csc_matrix(network.layers[k])), network.depth, start=1)
+        rest = _map_layers(lambda k: unique_columns(network.layers[k]), network.depth, start=1)
         out = [first, *rest]
         if judge and not all(pays_to_dedupe(r.size, n) for r, _ in out):
             return None
