@@ -230,8 +230,9 @@ def test_unique_columns_survive_hash_collisions(rng, fmt):
     from spdnn.engines.columns import _column_keys, _group
 
     w = duplicate_column_network(rng, 120, 1, 10, values="normal", density=0.2).layers[0].asformat(fmt)
-    _, counts = _column_keys(w.indptr, w.indices, w.data.view(np.uint64), w.shape[1], fmt == "csr")
-    reps, inverse = _group(w, np.zeros(w.shape[1], dtype=np.uint64), counts, fmt == "csr")
+    bits = w.data.view(np.uint64)
+    _, counts = _column_keys(w.indptr, w.indices, bits, w.shape[1], fmt == "csr")
+    reps, inverse = _group(w, bits, np.zeros(w.shape[1], dtype=np.uint64), counts, fmt == "csr")
     assert (w[:, reps[inverse]] != w).nnz == 0
     dense = w.toarray()
     copies_of_first = [j for j in range(w.shape[1]) if np.array_equal(dense[:, j], dense[:, 0])]

@@ -117,20 +117,19 @@ def unique_columns(w: sp.csc_matrix | sp.csr_matrix) -> tuple[np.ndarray, np.nda
     if not w.has_canonical_format:
         w = w.copy()
         w.sum_duplicates()
-    keys, counts = _column_keys(w.indptr, w.indices, _bits(w.data), w.shape[1], by_rows)
-    return _group(w, keys, counts, by_rows)
+    bits = np.ascontiguousarray(w.data, dtype=np.float64).view(np.uint64)
+    keys, counts = _column_keys(w.indptr, w.indices, bits, w.shape[1], by_rows)
+    return _group(w, bits, keys, counts, by_rows)
 
 
-def _bits(data: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(data, dtype=np.float64).view(np.uint64)
-
-
-def _group(w, keys: np.ndarray, counts: np.ndarray, by_rows: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Columns grouped by ``keys``, each confirmed against its group's first column."""
+def _group(w, bits: np.ndarray, keys: np.ndarray, counts: np.ndarray,
+           by_rows: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Columns grouped by ``keys``, each confirmed against its group's first column
+    (``bits``: the values of ``w.data`` as float64 bit patterns)."""
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     rep_of = first[inverse.reshape(-1)]
     differs = _differs_csr if by_rows else _differs_csc
-    wrong = differs(w.indptr, w.indices, _bits(w.data), counts, rep_of)
+    wrong = differs(w.indptr, w.indices, bits, counts, rep_of)
     rep_of = np.where(wrong, np.arange(rep_of.size), rep_of)
     reps, inverse = np.unique(rep_of, return_inverse=True)
     return reps.astype(np.int64), inverse.reshape(-1).astype(np.int64)

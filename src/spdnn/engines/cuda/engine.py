@@ -73,6 +73,9 @@ TAIL_ROWS_PER_SM = 1
 #: this many rows enter it.
 WIDE_ROWS = 16
 
+#: Upper end of a launch's row range (rows_lo..rows_hi) when it runs for any count.
+_ANY_ROWS = np.int32(np.iinfo(np.int32).max)
+
 KERNEL_DIR = Path(__file__).parent / "kernels"
 _CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
            np.dtype(np.float16): "unsigned short"}
@@ -123,7 +126,7 @@ def kernel_instances(config: KernelConfig, neurons: int, dtype, value_dtype, val
 
     def stationary(c: KernelConfig) -> str:
         return (f"spdnn_stationary<{t}, {v}, {value_mode}, {c.threads}, {c.mb}, {c.opt}, {flag[c.dedupe]}, "
-                f"{c.stages if c.prefetch else 0}>")
+                f"{c.prefetch_stages}>")
 
     if cfg.stationary:
         out["stationary.cu"] = {"stationary": stationary(cfg)}
@@ -370,10 +373,14 @@ class CudaEngine(Engine):
         self.tail_config = self._tail(cfg)
         return packed
 
+    @property
+    def _value_bytes(self) -> int:
+        """Bytes of one stored weight value (0: values are not stored, one per layer)."""
+        return 0 if self._vdtype is None else np.dtype(self._vdtype).itemsize
+
     def _stationary_smem(self, cfg: KernelConfig) -> int:
-        vbytes = 0 if self._vdtype is None else np.dtype(self._vdtype).itemsize
         return stationary_smem_bytes(cfg, np.dtype(self.dtype).itemsize, max_entries=self._max_entries,
-                                     value_bytes=vbytes)
+                                     value_bytes=self._value_bytes)
 
     def _with_prefetch(self, cfg: KernelConfig, stages: int) -> KernelConfig:
         """``cfg`` with ``stages`` prefetch stages if they fit shared memory beside the tile,
@@ -392,8 +399,7 @@ class CudaEngine(Engine):
         return None if tail == cfg else tail
 
     def _layer_bytes(self, p: PackedLayer) -> int:
-        vbytes = 0 if self._vdtype is None else np.dtype(self._vdtype).itemsize
-        return p.entries * (2 + vbytes) + (2 * self.network.neurons if self.config.dedupe else 0)
+        return p.entries * (2 + self._value_bytes) + (2 * self.network.neurons if self.config.dedupe else 0)
 
     def _plan_memory(self, network: Network, packed: list[PackedLayer]) -> None:
         """Resident layers [0, R) and streamed chunks of layers [R, L) (see the module docstring)."""
@@ -621,11 +627,9 @@ class CudaEngine(Engine):
         self._parent_host = pinned_empty(self._parent_size, np.int32)
         self._count_cur = self._stat(("cur", 0))
         self._capacity = cap
-        cfg = self.config
         self._wide_rows = min(WIDE_ROWS, cap) if "wide_sums" in self._k else 0
         if self._wide_rows:                   # the wide path's sums and expanded rows
-            self._wide_vcols = cfg.opt * cfg.threads
-            self._wide_sums = cp.empty(self._wide_rows * self._wide_vcols, dtype=self.dtype)
+            self._wide_sums = cp.empty(self._wide_rows * self.config.outputs_per_block, dtype=self.dtype)
             self._wide_z = cp.empty((self._wide_rows, n), dtype=self.dtype)
             self._wide_live = cp.zeros(self._wide_rows, dtype=np.int32)
 
@@ -712,10 +716,9 @@ class CudaEngine(Engine):
         what = f"layers {ph.a + 1}..{ph.b}"
         tail = self.tail_config if ph.few else None
         few = self._sms * TAIL_ROWS_PER_SM      # rows the tail instance takes
-        big = np.iinfo(np.int32).max
         grid = max(1, min(-(-self._capacity // cfg.mb), self._sms * self._blocks_per_sm))
-        self._launch("stationary", grid, cfg.threads, args + (np.int32(0 if tail is None else few + 1),
-                                                                np.int32(big)), self._smem, what=what)
+        self._launch("stationary", grid, cfg.threads, args + (np.int32(0 if tail is None else few + 1), _ANY_ROWS),
+                     self._smem, what=what)
         if tail is not None:
             self._launch("tail", max(1, min(self._capacity, few)), tail.threads, args + (np.int32(0), np.int32(few)),
                          self._tail_smem, what=what + " (tail)")
@@ -741,8 +744,7 @@ class CudaEngine(Engine):
         items = -(-self._capacity // cfg.mb) * cfg.slices(n)
         grid = max(1, min(items, self._sms * self._blocks_per_sm))
         wide = self._wide_rows if ph.few else 0
-        big = np.int32(np.iinfo(np.int32).max)
-        self._launch("layer", grid, cfg.threads, args + (np.int32(wide + 1 if wide else 0), big), self._smem,
+        self._launch("layer", grid, cfg.threads, args + (np.int32(wide + 1 if wide else 0), _ANY_ROWS), self._smem,
                      what=f"layer {k + 1}")
         if wide:
             self._enqueue_wide(k, wide, src, count_out, wcount_out, view.eidx[a:b], evals, meta, bias, out_map)
@@ -754,7 +756,7 @@ class CudaEngine(Engine):
         # weight buffers swap roles.
         self._launch("compact", max(1, min(self._capacity, self._sms * 16)), 256,
                      (self._y[nxt], self._y[cur], self._ids[cur], self._ids[nxt], self._wts[cur], self._wts[nxt],
-                      self._flags, src, count_out, wcount_out, np.int32(n), np.int32(0), big),
+                      self._flags, src, count_out, wcount_out, np.int32(n), np.int32(0), _ANY_ROWS),
                      what=f"layer {k + 1}, compaction")
         self._ids[cur], self._ids[nxt] = self._ids[nxt], self._ids[cur]
         self._wts[cur], self._wts[nxt] = self._wts[nxt], self._wts[cur]
@@ -774,7 +776,7 @@ class CudaEngine(Engine):
                       np.int32(cfg.chunk), np.int32(cfg.nchunks(n)), np.int32(cfg.opt), np.int32(cfg.nwarps)),
                      what=f"layer {k + 1}, wide sums")
         self._launch("wide_expand", max(1, min(-(-n // 256), self._sms * 4)), 256,
-                     (self._wide_sums, np.int32(self._wide_vcols), src, lo, hi, out_map, bias, self._scalars[k],
+                     (self._wide_sums, np.int32(cfg.outputs_per_block), src, lo, hi, out_map, bias, self._scalars[k],
                       self.dtype(self.network.ymax), self._wide_z, self._wide_live, np.int32(n)),
                      what=f"layer {k + 1}, wide expansion")
         self._launch("wide_place", max(1, min(-(-n // 256), self._sms * 4)), 256,
@@ -847,7 +849,7 @@ class CudaEngine(Engine):
         for e in freed:
             e.record(compute)
         order = sorted({ph.chunk for ph in phases if ph.chunk >= 0})
-        vbytes = 0 if self._vdtype is None else np.dtype(self._vdtype).itemsize
+        vbytes = self._value_bytes
         n, r0 = self.network.neurons, int(self._entry_off[self._resident])
 
         def fetch(c):
@@ -927,10 +929,9 @@ class CudaEngine(Engine):
             "device": self._device_label,
             "config": {"threads": cfg.threads, "opt": cfg.opt, "mb": cfg.mb, "chunk": cfg.chunk,
                        "dedupe": cfg.dedupe, "stationary": cfg.stationary, "prefetch": cfg.prefetch,
-                       "stages": cfg.stages if cfg.prefetch else 0,
+                       "stages": cfg.prefetch_stages,
                        "tail": None if self.tail_config is None else {
-                           "mb": self.tail_config.mb,
-                           "stages": self.tail_config.stages if self.tail_config.prefetch else 0},
+                           "mb": self.tail_config.mb, "stages": self.tail_config.prefetch_stages},
                        "slices": cfg.slices(self.network.neurons), "nchunks": cfg.nchunks(self.network.neurons)},
             "value_mode": _VALUE_MODE_NAMES[self.plan.mode],
             "value_dtype": None if self.plan.value_dtype is None else str(self.plan.value_dtype),

@@ -107,6 +107,11 @@ class KernelConfig:
             raise OptionError(f"stages={self.stages}: expected 2..16")
 
     @property
+    def prefetch_stages(self) -> int:
+        """Stages of the prefetch ring (the kernel's STAGES): ``stages``, or 0 without prefetch."""
+        return self.stages if self.prefetch else 0
+
+    @property
     def nwarps(self) -> int:
         return self.threads // 32
 
@@ -160,7 +165,7 @@ def stationary_smem_bytes(config: KernelConfig, itemsize: int, *, max_entries: i
     if config.prefetch:
         stage = (_align16(8 * config.opt * config.nwarps) + max_entries * (2 + value_bytes)
                  + (2 * config.chunk if config.dedupe else 0))
-        total += config.stages * _align16(stage)
+        total += config.prefetch_stages * _align16(stage)
     return total
 
 
