@@ -11,7 +11,7 @@ import numpy as np
 
 from .._progress import progress_bar
 
-__all__ = ["NumpyArrays", "ArrayShortAxis", "GpuShortAxis"]
+__all__ = ["NumpyArrays", "ShortAxis", "ArrayShortAxis", "GpuShortAxis"]
 
 
 class NumpyArrays:
@@ -28,7 +28,39 @@ class NumpyArrays:
         return numpy_fft()
 
 
-class ArrayShortAxis(NumpyArrays):
+class ShortAxis(NumpyArrays):
+    """What every short-axis pass over a :class:`~spdnn.generate.features.FeaturePlan` shares:
+    images are taken ``step`` at a time (``step_bytes`` of ``value_bytes`` values an image
+    feature), the largest ``|X|^2`` is the largest of the steps' (:meth:`_step_max`), and
+    :meth:`close` drops the plan. Subclasses give ``_step_max`` and ``threshold``.
+    """
+
+    def __init__(self, plan, *, step_bytes: int, value_bytes: int):
+        self.plan = plan
+        self.neurons = plan.s_r * plan.s_c
+        self.step = max(1, step_bytes // (value_bytes * self.neurons))
+
+    def _steps(self, count: int, progress, desc: str):
+        """(first, stop) of images 0..count-1, ``step`` at a time, with a progress bar."""
+        for first in progress_bar(range(0, count, self.step), enabled=progress, desc=desc):
+            yield first, min(first + self.step, count)
+
+    def _step_max(self, first: int, stop: int) -> float:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Drop the plan's arrays."""
+        self.plan = None
+
+    def max_squared(self, *, progress=None, desc: str = "features") -> float:
+        """Largest ``|X|^2`` over every image."""
+        top = 0.0
+        for first, stop in self._steps(self.plan.count, progress, f"{desc}: maximum"):
+            top = max(top, self._step_max(first, stop))
+        return top
+
+
+class ArrayShortAxis(ShortAxis):
     """The short-axis pass over a :class:`~spdnn.generate.features.FeaturePlan` of ``xp`` arrays.
 
     ``block_bytes`` bounds one block's ``|X|^2`` (images x N float64); a block holds
@@ -41,9 +73,7 @@ class ArrayShortAxis(NumpyArrays):
         return 2
 
     def __init__(self, plan, *, block_bytes: int = 1 << 28):
-        self.plan = plan
-        self.neurons = plan.s_r * plan.s_c
-        self.block = max(1, block_bytes // (8 * self.neurons))
+        super().__init__(plan, step_bytes=block_bytes, value_bytes=8)
 
     def _squared(self, first: int, stop: int):
         """``|X|^2`` of images first..stop-1, shape (images, N), features ``c * s_r + r`` along axis 1."""
@@ -64,17 +94,8 @@ class ArrayShortAxis(NumpyArrays):
         re += im
         return re.reshape(k, self.neurons)
 
-    def close(self) -> None:
-        """Drop the plan's arrays (and, on a GPU, return their memory to the device)."""
-        self.plan = None
-
-    def max_squared(self, *, progress=None, desc: str = "features") -> float:
-        """Largest ``|X|^2`` over every image."""
-        count = self.plan.count
-        top = 0.0
-        for first in progress_bar(range(0, count, self.block), enabled=progress, desc=f"{desc}: maximum"):
-            top = max(top, float(self._squared(first, min(first + self.block, count)).max()))
-        return top
+    def _step_max(self, first: int, stop: int) -> float:
+        return float(self._squared(first, stop).max())
 
     def threshold(self, samples: int, thr2: float, lo2: float, hi2: float, *, progress=None,
                   desc: str = "features") -> tuple[np.ndarray, list, int]:
@@ -82,8 +103,7 @@ class ArrayShortAxis(NumpyArrays):
         counts = np.zeros(samples, dtype=np.int64)
         parts = []
         ambiguous = 0
-        for first in progress_bar(range(0, samples, self.block), enabled=progress, desc=f"{desc}: threshold"):
-            stop = min(first + self.block, samples)
+        for first, stop in self._steps(samples, progress, f"{desc}: threshold"):
             sq = self._squared(first, stop)
             keep = sq > thr2
             ambiguous += int(((sq > lo2) & (sq <= hi2)).sum())
@@ -116,6 +136,7 @@ class GpuShortAxis(ArrayShortAxis):
         super().__init__(plan, block_bytes=block_bytes)
 
     def close(self) -> None:
+        """Drop the plan's arrays and return their memory to the device."""
         import cupy
 
         super().close()

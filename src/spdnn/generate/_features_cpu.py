@@ -15,8 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .._progress import progress_bar
-from ._features_array import NumpyArrays
+from ._features_array import ShortAxis
 
 __all__ = ["CpuShortAxis", "spdnn_features_max", "spdnn_features_threshold"]
 
@@ -124,7 +123,7 @@ def _compact(out, counts, offsets, dest):
             dest[o + k] = out[i, k]
 
 
-class CpuShortAxis(NumpyArrays):
+class CpuShortAxis(ShortAxis):
     """The short-axis pass over a :class:`~spdnn.generate.features.FeaturePlan` of numpy arrays.
 
     ``chunk_bytes`` bounds the feature buffer of one step (images x N int32).
@@ -138,26 +137,14 @@ class CpuShortAxis(NumpyArrays):
         return max(2, _workers())
 
     def __init__(self, plan, *, chunk_bytes: int = 1 << 27):
-        self.plan = plan
-        self.neurons = plan.s_r * plan.s_c
-        self.chunk = max(1, chunk_bytes // (4 * self.neurons))
+        super().__init__(plan, step_bytes=chunk_bytes, value_bytes=4)
 
     def _args(self):
         p = self.plan
         return p.g0, p.g.view(np.float64), p.wr, p.wi, p.di, p.er, p.ei
 
-    def close(self) -> None:
-        """Drop the plan's arrays."""
-        self.plan = None
-
-    def max_squared(self, *, progress=None, desc: str = "features") -> float:
-        """Largest ``|X|^2`` over every image."""
-        count = self.plan.count
-        top = 0.0
-        for first in progress_bar(range(0, count, self.chunk), enabled=progress, desc=f"{desc}: maximum"):
-            stop = min(first + self.chunk, count)
-            top = max(top, float(spdnn_features_max(*self._args(), first, stop, self.plan.s_c)))
-        return top
+    def _step_max(self, first: int, stop: int) -> float:
+        return float(spdnn_features_max(*self._args(), first, stop, self.plan.s_c))
 
     def threshold(self, samples: int, thr2: float, lo2: float, hi2: float, *, progress=None,
                   desc: str = "features") -> tuple[np.ndarray, list, int]:
@@ -167,10 +154,9 @@ class CpuShortAxis(NumpyArrays):
         counts = np.zeros(samples, dtype=np.int64)
         parts = []
         ambiguous = 0
-        buf = np.empty((min(self.chunk, max(samples, 1)), self.neurons), dtype=np.int32)
+        buf = np.empty((min(self.step, max(samples, 1)), self.neurons), dtype=np.int32)
         amb = np.empty(buf.shape[0], dtype=np.int64)
-        for first in progress_bar(range(0, samples, self.chunk), enabled=progress, desc=f"{desc}: threshold"):
-            stop = min(first + self.chunk, samples)
+        for first, stop in self._steps(samples, progress, f"{desc}: threshold"):
             k = stop - first
             spdnn_features_threshold(*self._args(), first, stop, self.plan.s_c, thr2, lo2, hi2, buf[:k],
                                      counts[first:stop], amb[:k])
