@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from spdnn.engines import ENGINES, engine_class
+from spdnn.engines import ENGINES, engine_class, get_engine
+from spdnn.errors import OptionError, SpdnnError
 from spdnn.engines.reference import ReferenceEngine
 from spdnn.verify import explain_differences
 
@@ -171,3 +172,98 @@ def test_merge_on_and_off_agree(engine_name, precision):
     if precision == "fp64":
         ref = ReferenceEngine(precision="fp64").run(network, features)
         np.testing.assert_array_equal(a.survivors, ref.survivors)
+
+
+# -- general networks: the reference against a plain float64 numpy forward pass -----------
+
+def _numpy_forward(net, x):
+    """The semantics of spdnn.network written the plain way (dense float64)."""
+    y = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
+    for k in range(net.depth):
+        w = net.layers[k]
+        z = y @ (w.toarray() if sp.issparse(w) else w)
+        b = np.asarray(net.bias[k])
+        z = z + (b * (z != 0) if net.bias_rules[k] == "structural" else b)
+        y = np.clip(z, 0, net.caps[k]) if net.activations[k] == "relu" else z
+    return y
+
+
+@pytest.mark.parametrize("rule", ["structural", "dense"])
+@pytest.mark.parametrize("bias", [-0.2, 0.3])
+def test_reference_general_network_matches_numpy(rng, rule, bias):
+    from spdnn.network import Network
+    from factories import random_layer
+
+    layers = [rng.standard_normal((7, 9)), random_layer(rng, 9, 0.4), rng.standard_normal((9, 4))]
+    net = Network.from_layers(layers, [bias, rng.standard_normal(9), 0.1], bias_rule=rule,
+                              activation=["relu", "relu", "identity"], ymax=[1.0, None, None])
+    dense = sp.random(30, 7, density=0.4, random_state=1).toarray()
+    dense[3] = 0                                         # a zero input row
+    x = sp.csr_matrix(dense)
+    result = get_engine("reference").run(net, x, outputs="activations")
+    want = _numpy_forward(net, x)
+    np.testing.assert_allclose(result.outputs, want, rtol=1e-12, atol=1e-12)
+    assert result.outputs.shape == (30, 4) and result.outputs.dtype == np.float64
+    np.testing.assert_array_equal(result.predictions, np.argmax(want, axis=1))
+    np.testing.assert_array_equal(result.categories, np.flatnonzero(np.any(want != 0, axis=1)) + 1)
+    if rule == "dense":
+        assert 4 in result.categories                     # the zero input row is revived by the bias
+
+
+def test_positive_dense_bias_revives_zero_rows_in_the_reference():
+    from spdnn.network import Network
+
+    net = Network.from_layers([sp.eye(3) * -1.0, sp.eye(3)], [0.0, 0.5], bias_rule="dense")
+    x = sp.csr_matrix(np.array([[1.0, 0, 0], [0, 0, 0]]))
+    result = get_engine("reference").run(net, x, outputs="activations")
+    # layer 1 kills both rows (relu(-1) = 0); layer 2 adds 0.5 everywhere
+    np.testing.assert_array_equal(result.outputs, np.full((2, 3), 0.5))
+    assert result.categories.tolist() == [1, 2] and result.survivors.tolist() == [0, 2]
+
+
+def test_outputs_are_stitched_across_batches_in_sample_order(rng):
+    from spdnn.network import Network
+
+    net = Network.from_layers([rng.standard_normal((5, 6)), rng.standard_normal((6, 3))], 0.1,
+                              bias_rule="dense", activation=["relu", "identity"])
+    x = sp.csr_matrix(rng.standard_normal((100, 5)))
+    whole = get_engine("reference").run(net, x, outputs="activations")
+
+    class Batched(type(get_engine("reference"))):
+        def _batch_size(self, features):
+            return 20
+
+    engine = Batched()
+    batched = engine.run(net, x, outputs="activations")
+    np.testing.assert_array_equal(batched.outputs, whole.outputs)
+    assert batched.extra["batches"] == 5
+    with pytest.raises(SpdnnError, match="several batches"):
+        engine.activations()
+    top = Batched().run(net, x, outputs="topk", top_k=2)
+    np.testing.assert_array_equal(top.top_indices[:, 0], whole.predictions)
+    np.testing.assert_array_equal(top.top_values[:, 0], whole.outputs.max(axis=1))
+    assert top.outputs is None and top.accuracy(whole.predictions) == 1.0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"outputs": "logits"}, "outputs='logits': expected one of"),
+    ({"outputs": "topk"}, "top_k=None: expected a positive integer"),
+    ({"outputs": "predictions", "top_k": 3}, "top_k=3: only with outputs='topk'"),
+])
+def test_run_rejects_bad_outputs(kwargs, message):
+    from spdnn.network import Network
+
+    net = Network.from_layers([sp.eye(2)], 0.0)
+    with pytest.raises(OptionError, match=message):
+        get_engine("reference").run(net, sp.eye(2, format="csr"), **kwargs)
+
+
+def test_run_refuses_outputs_that_cannot_fit(monkeypatch):
+    from spdnn import memory
+    from spdnn.errors import MemoryLimitError
+    from spdnn.network import Network
+
+    monkeypatch.setattr(memory, "host_available_bytes", lambda: 1000)
+    net = Network.from_layers([sp.eye(64)], 0.0)
+    with pytest.raises(MemoryLimitError, match=r"outputs='activations': 100 samples x 64 outputs need about"):
+        get_engine("reference").run(net, sp.eye(100, 64, format="csr"), outputs="activations")

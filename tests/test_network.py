@@ -58,12 +58,17 @@ def test_from_layers_broadcasts_bias(bias, expect):
 
 @pytest.mark.parametrize("layers, bias, ymax, message", [
     ([], 0.0, 32.0, "at least one layer"),
-    ([sp.eye(4), sp.eye(3)], 0.0, 32.0, r"layer 2: shape \(3, 3\), expected \(4, 4\)"),
+    ([sp.eye(4), sp.eye(3)], 0.0, 32.0, r"layer 2: shape \(3, 3\) does not follow layer 1's \(4, 4\)"),
     ([sp.eye(4)], np.zeros(3), 32.0, r"bias: shape \(3,\)"),
     ([sp.eye(4)], np.zeros((2, 4)), 32.0, r"bias: shape \(2, 4\)"),
     ([sp.eye(4)], np.inf, 32.0, "bias: non-finite"),
-    ([sp.eye(4)], 0.0, 0.0, "ymax=0.0"),
-    ([sp.eye(4)], 0.0, np.inf, "ymax=inf"),
+    ([sp.eye(4)], 0.0, 0.0, "ymax of layer 1: 0.0: expected a positive cap"),
+    ([sp.eye(4)], 0.0, np.nan, "ymax of layer 1: nan"),
+    ([sp.eye(4)], 0.0, "x", "ymax of layer 1: 'x' is not a number"),
+    ([sp.eye(4), sp.eye(4)], 0.0, [1.0], "ymax: 1 values for 2 layers"),
+    ([sp.eye(4) * np.inf], 0.0, 32.0, "layer 1: non-finite weight inf"),
+    ([np.full((2, 2), np.nan)], 0.0, 32.0, "layer 1: non-finite weight nan"),
+    ([np.ones(3)], 0.0, 32.0, r"layer 1: a weight matrix needs 2 dimensions"),
 ])
 def test_from_layers_rejects_bad_input(layers, bias, ymax, message):
     with pytest.raises(OptionError, match=message):
@@ -148,3 +153,88 @@ def test_lazy_edges_from_per_layer_counts_build_nothing(rng):
     assert head.edges == made[0].nnz + made[1].nnz and calls == []
     with pytest.raises(OptionError, match="layer_nnz: 2 counts for 5 layers"):
         LazyLayers(lazy._make, 5, layer_nnz=[1, 2])
+
+
+# -- general networks ---------------------------------------------------------------------
+
+def _mlp(rng):
+    """784-like toy: dense 6->5 input layer, sparse 5->5, dense 5->3 linear output."""
+    return Network.from_layers(
+        [rng.standard_normal((6, 5)), random_layer(rng, 5, 0.5), rng.standard_normal((5, 3))],
+        [0.1, np.arange(5.0) - 2, np.zeros(3)],
+        bias_rule="dense", activation=["relu", "relu", "identity"], ymax=[1.0, None, None])
+
+
+def test_rectangular_dense_network_shapes(rng):
+    net = _mlp(rng)
+    assert net.widths == (6, 5, 5, 3) and (net.inputs, net.outputs, net.depth) == (6, 3, 3)
+    assert net.is_dense(0) and not net.is_dense(1) and net.is_dense(2)
+    assert isinstance(net.layers[0], np.ndarray) and net.layers[0].flags.c_contiguous
+    assert isinstance(net.bias, tuple) and [b.shape for b in net.bias] == [(5,), (5,), (3,)]
+    assert net.caps == (1.0, np.inf, np.inf) and net.activations == ("relu", "relu", "identity")
+    assert net.edges == sum(int(np.count_nonzero(w)) if isinstance(w, np.ndarray) else w.nnz for w in net.layers)
+    assert not net.challenge_form
+    with pytest.raises(OptionError, match="several widths"):
+        net.neurons
+    with pytest.raises(OptionError, match="cuda engine runs only networks of the challenge's form"):
+        net.require_challenge_form("cuda engine")
+    assert "widths 6->5->5->3" in net.describe() and "2 dense" in net.describe()
+    head = net.truncated(2)
+    assert head.widths == (6, 5, 5) and head.caps == (1.0, np.inf) and head.bias_rules == ("dense", "dense")
+
+
+def test_challenge_form_is_the_default():
+    net = Network.from_layers([sp.eye(4)] * 3, -0.3)
+    assert net.challenge_form and net.bias_rules == ("structural",) * 3 and net.caps == (32.0,) * 3
+    assert not Network.from_layers([sp.eye(4)] * 3, -0.3, ymax=None).challenge_form       # uncapped
+    assert not Network.from_layers([sp.eye(4)] * 3, -0.3, bias_rule="dense").challenge_form
+    assert not Network.from_layers([np.eye(4)] * 3, -0.3).challenge_form                   # dense layers
+
+
+@pytest.mark.parametrize("rule, activation, bias, keeps", [
+    ("structural", "relu", 0.5, True),        # no bias where Z == 0
+    ("structural", "identity", 0.5, True),
+    ("dense", "relu", -0.5, True),            # relu(0 - 0.5) == 0
+    ("dense", "relu", 0.0, True),
+    ("dense", "relu", 0.5, False),            # a positive dense bias revives a zero row
+    ("dense", "identity", -0.5, False),       # a linear layer keeps the negative bias
+    ("dense", "identity", 0.0, True),
+])
+def test_keeps_zero(rule, activation, bias, keeps):
+    net = Network.from_layers([sp.eye(3)], bias, bias_rule=rule, activation=activation)
+    assert net.keeps_zero(0) is keeps
+
+
+def test_prunes_after_needs_every_later_layer_to_keep_zeros():
+    net = Network.from_layers([sp.eye(3)] * 4, [-0.1, 0.2, -0.1, -0.1], bias_rule="dense")
+    assert [net.prunes_after(k) for k in range(5)] == [False, False, True, True, True]
+    mixed = Network.from_layers([sp.eye(3)] * 2, np.array([[-1.0, 0.0, 0.3], [-1, -1, -1]]), bias_rule="dense")
+    assert not mixed.keeps_zero(0) and mixed.keeps_zero(1)
+
+
+def test_bias_forms_of_rectangular_networks(rng):
+    layers = [np.ones((2, 3)), np.ones((3, 1))]
+    net = Network.from_layers(layers, 0.25)
+    assert [b.tolist() for b in net.bias] == [[0.25] * 3, [0.25]]
+    with pytest.raises(OptionError, match=r"bias of layer 2: shape \(3,\), expected \(\) or \(1,\)"):
+        Network.from_layers(layers, [np.zeros(3), np.zeros(3)])
+    with pytest.raises(OptionError, match="bias: 3 values for 2 layers"):
+        Network.from_layers(layers, [0.0, 0.0, 0.0])
+    same = Network.from_layers([sp.eye(3)] * 2, [0.5, -0.5])       # one scalar a layer
+    assert same.bias.shape == (2, 3) and same.bias[1].tolist() == [-0.5] * 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"bias_rule": "everywhere"}, r"bias_rule of layer 1: 'everywhere': expected one of \['structural', 'dense'\]"),
+    ({"activation": "tanh"}, r"activation of layer 1: 'tanh'"),
+    ({"activation": ["relu"] * 3}, "activation: 3 values for 2 layers"),
+])
+def test_from_layers_rejects_bad_rules(kwargs, message):
+    with pytest.raises(OptionError, match=message):
+        Network.from_layers([sp.eye(2)] * 2, 0.0, **kwargs)
+
+
+@pytest.mark.parametrize("layers", ["abc", 3, None])
+def test_from_layers_rejects_what_is_not_a_sequence_of_matrices(layers):
+    with pytest.raises(OptionError, match="layers"):
+        Network.from_layers(layers, 0.0)

@@ -16,6 +16,7 @@ from .errors import (SpdnnError, FormatError, DataNotFoundError, ChecksumError, 
                      EngineUnavailableError, OptionError, DeviceMemoryError, DiskFullError, SpdnnWarning)
 from .network import Network, LazyLayers, OFFICIAL_BIAS, YMAX
 from .engines import get_engine, available_engines, InferenceResult, Engine
+from .engines.base import accuracy
 from .formats import read_network, read_features, read_categories
 from .generate.challenge import generate_challenge, cached_challenge, write_challenge
 from .verify import compare_categories, explain_differences
@@ -23,7 +24,8 @@ from .verify import compare_categories, explain_differences
 __version__ = "0.1.0"
 
 
-def infer(network: Network, features, *, engine: str = "auto", precision: str = "fp32", **options) -> InferenceResult:
+def infer(network: Network, features, *, engine: str = "auto", precision: str = "fp32", outputs: str = "categories",
+          top_k: int | None = None, **options) -> InferenceResult:
     """Run inference with the named engine ('auto': best available).
 
     Parameters
@@ -33,6 +35,10 @@ def infer(network: Network, features, *, engine: str = "auto", precision: str = 
     engine : str
         'auto', 'reference', 'cpu', 'cuda', ...
     precision : {'fp32', 'fp64'}
+    outputs : {'categories', 'activations', 'predictions', 'topk'}
+        What the result holds besides the categories (:mod:`spdnn.engines.base`, Outputs).
+    top_k : int, optional
+        With ``outputs='topk'``: how many of each final row's largest values.
     **options
         Passed to the engine's constructor.
 
@@ -40,14 +46,14 @@ def infer(network: Network, features, *, engine: str = "auto", precision: str = 
     -------
     InferenceResult
     """
-    return get_engine(engine, precision=precision, **options).run(network, features)
+    return get_engine(engine, precision=precision, **options).run(network, features, outputs=outputs, top_k=top_k)
 
 
 __all__ = [
     "SpdnnError", "FormatError", "DataNotFoundError", "ChecksumError", "DownloadError",
     "EngineUnavailableError", "OptionError", "DeviceMemoryError", "DiskFullError", "SpdnnWarning",
     "Network", "LazyLayers", "OFFICIAL_BIAS", "YMAX",
-    "get_engine", "available_engines", "InferenceResult", "Engine", "infer",
+    "get_engine", "available_engines", "InferenceResult", "Engine", "infer", "accuracy",
     "read_network", "read_features", "read_categories",
     "generate_challenge", "cached_challenge", "write_challenge",
     "compare_categories", "explain_differences",

@@ -32,6 +32,13 @@ data, and any other difference is explained by :mod:`spdnn.verify`.
 
 Engines whose features may not fit at once (a device's memory) say how many samples
 to load at a time through :meth:`Engine._batch_size`; :meth:`Engine.run` batches.
+
+Outputs (``run(..., outputs=...)``, :data:`OUTPUTS`): ``'categories'`` (always computed),
+``'activations'`` (the final rows of every sample, dense ``(samples, n_L)`` in the
+engine's dtype, in sample order), ``'predictions'`` (argmax of each final row, int64,
+the lowest index on ties) and ``'topk'`` (the ``top_k`` largest values of each final row
+and their column indices, descending, ties to the lower index). They are assembled from
+:meth:`Engine.activations` after each batch, so every engine gets them the same way.
 """
 from __future__ import annotations
 
@@ -48,8 +55,11 @@ from ..errors import OptionError, SpdnnError
 from ..network import Network, as_features
 from ..options import PRECISIONS, check_precision
 
-__all__ = ["Engine", "InferenceResult", "PRECISIONS", "check_precision", "sum_then_scale_exact",
-           "is_power_of_two"]
+__all__ = ["Engine", "InferenceResult", "PRECISIONS", "OUTPUTS", "check_precision", "sum_then_scale_exact",
+           "is_power_of_two", "accuracy"]
+
+#: What :meth:`Engine.run` can return besides the categories.
+OUTPUTS = ("categories", "activations", "predictions", "topk")
 
 def is_power_of_two(value: float) -> bool:
     """Whether ``value`` is ±2^e (finite, nonzero)."""
@@ -85,6 +95,74 @@ def sum_then_scale_exact(weight: float, dtype, *, smallest: float | None = None,
     return smallest * w >= info.tiny and max_terms * largest * max(1.0, w) < info.max / 2
 
 
+def accuracy(predictions, labels) -> float:
+    """Fraction of ``predictions`` equal to ``labels`` (both (samples,) integers).
+
+    Raises :class:`OptionError` when the lengths differ."""
+    p = np.asarray(predictions)
+    y = np.asarray(labels)
+    if p.shape != y.shape:
+        raise OptionError(f"labels: {y.size} labels for {p.size} samples")
+    return float(np.mean(p == y)) if p.size else float("nan")
+
+
+def check_outputs(outputs: str, top_k) -> tuple[str, int | None]:
+    """Validate ``outputs`` (one of :data:`OUTPUTS`) and ``top_k`` (a positive int, only
+    with 'topk')."""
+    if outputs not in OUTPUTS:
+        raise OptionError(f"outputs={outputs!r}: expected one of {list(OUTPUTS)}")
+    if outputs == "topk":
+        if isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise OptionError(f"top_k={top_k!r}: expected a positive integer with outputs='topk'")
+        return outputs, int(top_k)
+    if top_k is not None:
+        raise OptionError(f"top_k={top_k!r}: only with outputs='topk'")
+    return outputs, None
+
+
+def _top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest of each row (descending; ties to the lower column) and their columns."""
+    k = min(k, values.shape[1])
+    order = np.argsort(-values, axis=1, kind="stable")[:, :k]
+    return order.astype(np.int64), np.take_along_axis(values, order, axis=1)
+
+
+class _Outputs:
+    """Collects a run's outputs batch by batch (see the module docstring, Outputs)."""
+
+    def __init__(self, kind: str, top_k: int | None, samples: int, width: int, dtype):
+        self.kind, self.top_k, self.width, self.dtype = kind, top_k, width, np.dtype(dtype)
+        self.dense = np.zeros((samples, width), self.dtype) if kind == "activations" else None
+        self.predictions = np.zeros(samples, np.int64) if kind != "categories" else None
+        k = min(top_k, width) if kind == "topk" else 0
+        self.top_indices = np.zeros((samples, k), np.int64) if kind == "topk" else None
+        self.top_values = np.zeros((samples, k), self.dtype) if kind == "topk" else None
+
+    @staticmethod
+    def bytes_needed(kind: str, top_k: int | None, samples: int, width: int, dtype) -> int:
+        """Host bytes the outputs take (the dense activations dominate)."""
+        item = np.dtype(dtype).itemsize
+        per_row = {"categories": 0, "predictions": 8, "activations": 8 + width * item,
+                   "topk": 8 + min(top_k or 0, width) * (8 + item)}[kind]
+        return samples * per_row
+
+    def add(self, first: int, count: int, rows: np.ndarray, values: sp.csr_matrix) -> None:
+        """Batch of ``count`` samples starting at sample ``first``; ``rows`` (batch-local)
+        are its nonzero final rows, ``values`` their activations (float64 CSR)."""
+        if self.kind == "categories":
+            return
+        batch = np.zeros((count, self.width), self.dtype)
+        if len(rows):
+            batch[rows] = values.toarray().astype(self.dtype, copy=False)
+        self.predictions[first:first + count] = np.argmax(batch, axis=1) if self.width else 0
+        if self.dense is not None:
+            self.dense[first:first + count] = batch
+        if self.top_indices is not None:
+            idx, vals = _top_k(batch, self.top_k)
+            self.top_indices[first:first + count] = idx
+            self.top_values[first:first + count] = vals
+
+
 @dataclass
 class InferenceResult:
     """What one inference run produced.
@@ -100,10 +178,18 @@ class InferenceResult:
         (weight and feature conversion, transfers, compilation).
     engine, precision : str
     samples, neurons, layers : int
+        ``neurons`` is the input width n_0 (N of the challenge's square layers).
     edges : int
         Sum over layers of nnz(W_k).
     extra : dict
         Engine-specific details (device name, batches, ...), JSON-serializable.
+    outputs : numpy.ndarray (samples, n_L) or None
+        Final activations of every sample in sample order (engine dtype), when asked for.
+    predictions : numpy.ndarray of int64 (samples,) or None
+        Argmax of each sample's final row, when predictions, activations or top-k were
+        asked for.
+    top_indices, top_values : numpy.ndarray (samples, k) or None
+        The k largest final values of each sample (descending) and their 0-based columns.
     """
 
     categories: np.ndarray
@@ -117,6 +203,16 @@ class InferenceResult:
     layers: int
     edges: int
     extra: dict = field(default_factory=dict)
+    outputs: np.ndarray | None = field(default=None, repr=False)
+    predictions: np.ndarray | None = field(default=None, repr=False)
+    top_indices: np.ndarray | None = field(default=None, repr=False)
+    top_values: np.ndarray | None = field(default=None, repr=False)
+
+    def accuracy(self, labels) -> float:
+        """Fraction of samples whose prediction equals ``labels`` (int array, (samples,))."""
+        if self.predictions is None:
+            raise OptionError("accuracy: this result has no predictions (run with outputs='predictions')")
+        return accuracy(self.predictions, labels)
 
     @property
     def teraedges_per_second(self) -> float:
@@ -127,7 +223,8 @@ class InferenceResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (categories as a list of ints)."""
-        d = asdict(self)
+        d = {k: v for k, v in asdict(self).items()
+             if k not in ("outputs", "predictions", "top_indices", "top_values")}
         d["categories"] = [int(c) for c in self.categories]
         d["survivors"] = [int(c) for c in self.survivors]
         d["categories_count"] = int(len(self.categories))
@@ -180,7 +277,8 @@ class Engine(abc.ABC):
         """Convert the features (samples x N CSR) into the engine's layout (timed)."""
         if self.network is None:
             raise SpdnnError(f"{self.name}: prepare(network) must come before load(features)")
-        self.features = as_features(features, self.network.neurons)
+        self.features = as_features(features, self.network.inputs)
+        self._batched = False
 
     def infer(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
         """Run layers ``start..stop-1`` (0-based; default all) over the loaded samples.
@@ -216,37 +314,38 @@ class Engine(abc.ABC):
         """:meth:`infer` once its arguments are checked (``0 <= start <= stop <= L``)."""
 
     @abc.abstractmethod
-    def activations(self) -> tuple[np.ndarray, sp.csr_matrix]:
-        """State after the last :meth:`infer`.
-
-        Returns
-        -------
-        rows : int64 array (alive,)
-            0-based rows of the loaded features still alive, ascending (every sample,
-            merged ones included).
-        values : csr_matrix (alive, N), float64
-            Their activations (exactly the engine's values, widened to float64).
-        """
+    def _activations(self) -> tuple[np.ndarray, sp.csr_matrix]:
+        """:meth:`activations` once the state is checked: the rows with a nonzero after
+        the last :meth:`infer` (ascending, batch-local) and their values (float64 CSR)."""
 
     def _batch_size(self, features: sp.csr_matrix) -> int:
         """Samples :meth:`run` loads at once (default: all). Engines with a memory budget override it."""
         return max(int(features.shape[0]), 1)
 
-    def run(self, network: Network, features) -> InferenceResult:
+    def run(self, network: Network, features, *, outputs: str = "categories", top_k: int | None = None,
+            ) -> InferenceResult:
         """prepare, then load + infer each batch of samples (see :meth:`_batch_size`).
 
         ``prepare`` and every ``load`` are timed as preprocessing, every ``infer`` as
         inference; survivors (and ``rows_computed``) are summed over the batches.
+        ``outputs`` (:data:`OUTPUTS`) and ``top_k`` choose what else the result holds
+        (module docstring); the host memory they need is checked before anything runs
+        (:class:`~spdnn.errors.MemoryLimitError`). After a run of several batches,
+        :meth:`activations` is refused: the result holds the outputs of every sample.
         """
+        kind, top_k = check_outputs(outputs, top_k)
+        feats = as_features(features, network.inputs)
+        total = feats.shape[0]
+        self._check_outputs_fit(kind, top_k, total, network.outputs, self.dtype)
         t0 = time.perf_counter()
         self.prepare(network)
-        feats = as_features(features, network.neurons)
-        total = feats.shape[0]
         batch = max(1, int(self._batch_size(feats)))
         preprocess, inference = time.perf_counter() - t0, 0.0
+        collected = _Outputs(kind, top_k, total, network.outputs, self.dtype)
         categories, survivors, rows_computed = [], np.zeros(network.depth, dtype=np.int64), None
         extra: dict = {}
         batches = 0
+        self._batched = False
         for b0 in range(0, max(total, 1), batch):
             t1 = time.perf_counter()
             self.load(feats if batch >= total else feats[b0:b0 + batch])   # a slice would copy
@@ -260,15 +359,60 @@ class Engine(abc.ABC):
             if "rows_computed" in extra:
                 rc = np.asarray(extra["rows_computed"], dtype=np.int64)
                 rows_computed = rc if rows_computed is None else rows_computed + rc
+            if kind != "categories":
+                rows, values = self._activations()
+                collected.add(b0, min(batch, total - b0), rows, values)
             batches += 1
         self.features = feats
+        self._batched = batches > 1
         extra = dict(extra)
         if rows_computed is not None:
             extra["rows_computed"] = [int(r) for r in rows_computed]
         if batches > 1:
             extra.update(batches=batches, batch_samples=batch)
         found = np.sort(np.concatenate(categories)) if categories else np.zeros(0, dtype=np.int64)
-        return self._result(found, survivors, extra, inference=inference, preprocess=preprocess)
+        result = self._result(found, survivors, extra, inference=inference, preprocess=preprocess)
+        result.outputs, result.predictions = collected.dense, collected.predictions
+        result.top_indices, result.top_values = collected.top_indices, collected.top_values
+        return result
+
+    @staticmethod
+    def _check_outputs_fit(kind: str, top_k, samples: int, width: int, dtype=np.float64) -> None:
+        """Refuse outputs that cannot fit the host memory available now."""
+        from ..memory import TOLERANCE, host_available_bytes
+        from ..errors import MemoryLimitError, format_bytes
+
+        need = _Outputs.bytes_needed(kind, top_k, samples, width, dtype)
+        if not need:
+            return
+        available = host_available_bytes()
+        if need * (1 - TOLERANCE) > available:
+            raise MemoryLimitError(
+                f"outputs={kind!r}: {samples:,} samples x {width:,} outputs need about {format_bytes(need)} of host "
+                f"memory and {format_bytes(available)} is available now; ask for predictions or outputs='topk' "
+                f"instead, or run fewer samples")
+
+    def activations(self) -> tuple[np.ndarray, sp.csr_matrix]:
+        """State after the last :meth:`infer`.
+
+        Returns
+        -------
+        rows : int64 array (alive,)
+            0-based rows of the loaded features whose rows are nonzero, ascending (every
+            sample, merged ones included).
+        values : csr_matrix (alive, n), float64
+            Their activations (exactly the engine's values, widened to float64).
+
+        Raises :class:`SpdnnError` after a :meth:`run` of several batches (the loaded
+        samples are then only the last batch's: use ``run(..., outputs='activations')``).
+        """
+        if getattr(self, "_batched", False):
+            raise SpdnnError(f"{self.name}: activations() after a run of several batches would hold only the last "
+                             f"batch; use run(..., outputs='activations') for every sample")
+        if self.network is None or self.features is None:
+            raise SpdnnError(f"{self.name}: prepare(network), load(features) and infer() must come before "
+                             f"activations()")
+        return self._activations()
 
     def _result(self, categories, survivors, extra, *, inference: float, preprocess: float) -> InferenceResult:
         net = self.network
@@ -281,7 +425,7 @@ class Engine(abc.ABC):
             engine=self.name,
             precision=self.precision,
             samples=int(self.features.shape[0]),
-            neurons=net.neurons,
+            neurons=net.inputs,
             layers=net.depth,
             edges=net.edges,
             extra=dict(extra),

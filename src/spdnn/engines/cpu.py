@@ -450,7 +450,7 @@ class CpuEngine(Engine):
         for rep_row, parts in joined.items():
             members[rep_row] = np.concatenate(parts)
 
-    def activations(self):
+    def _activations(self):
         n = self.network.neurons if self.network is not None else 0
         if not self._blocks:
             return np.zeros(0, np.int64), sp.csr_matrix((0, n))

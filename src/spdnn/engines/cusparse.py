@@ -113,7 +113,7 @@ class CusparseEngine(Engine):
         self._yt, self._ids = yt, ids
         return ids + 1, survivors, {"device": name}
 
-    def activations(self):
+    def _activations(self):
         cp = cupy(self.name)
         with self._dev():
             y = cp.asnumpy(self._yt.T)

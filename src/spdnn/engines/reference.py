@@ -1,12 +1,15 @@
 """The reference engine: scipy sparse products, the official semantics, nothing clever.
 
-Per layer (rows are samples; docs/challenge.md, Semantics)::
+Per layer (rows are samples; docs/challenge.md, Semantics; :mod:`spdnn.network` for the
+general rules)::
 
-    Z = Y @ W_k                        # scipy CSR x CSR
+    Z = Y @ W_k                        # scipy CSR x CSR (or CSR x dense for a dense layer)
     Z.eliminate_zeros()                # "structural" nonzero = numerically nonzero, as MATLAB's logical(Z)
-    Z.data += b_k[col]                 # bias only where Z != 0
-    Z.data = clip(Z.data, 0, ymax)     # ReLU and cap
-    drop rows that became all zero     # exact for any bias sign: a zero row gets no bias
+    Z.data += b_k[col]                 # structural bias: only where Z != 0
+      (or Z = Z + b_k, dense)          # dense bias: every output
+    Z.data = clip(Z.data, 0, cap)      # ReLU and cap (cap inf: none; identity: nothing)
+    drop rows that became all zero     # only where every later layer keeps zero rows zero
+                                       # (Network.prunes_after): always in the challenge
 
 In 'fp64' (its default) it is the truth for generated data. 'fp32' reproduces scipy's
 float32 summation order (which can differ from float64 on ill-conditioned samples:
@@ -24,29 +27,42 @@ from .._progress import progress_bar
 __all__ = ["ReferenceEngine", "reference_layer"]
 
 
-def reference_layer(y: sp.csr_matrix, w: sp.csr_matrix, bias: np.ndarray, ymax: float) -> sp.csr_matrix:
-    """One layer of the official semantics on CSR activations.
+def reference_layer(y: sp.csr_matrix, w, bias: np.ndarray, ymax: float, *, bias_rule: str = "structural",
+                    activation: str = "relu") -> sp.csr_matrix:
+    """One layer of the official semantics (and its generalization) on CSR activations.
 
     Parameters
     ----------
-    y : csr_matrix (samples, N), dtype float32 or float64
-    w : csr_matrix (N, N), same dtype as ``y``
-    bias : ndarray (N,), same dtype
+    y : csr_matrix (samples, n_in), dtype float32 or float64, sorted indices
+    w : csr_matrix or numpy.ndarray (n_in, n_out), same dtype as ``y``
+    bias : ndarray (n_out,), same dtype
     ymax : float
+        ReLU cap (``inf``: none); unused for ``activation='identity'``.
+    bias_rule : {'structural', 'dense'}
+    activation : {'relu', 'identity'}
 
     Returns
     -------
-    csr_matrix (samples, N): the next activations, explicit zeros removed.
+    csr_matrix (samples, n_out): the next activations, explicit zeros removed, sorted.
     """
-    z = (y @ w).tocsr()
+    # scipy accumulates each output over the nonzeros of y's row in stored order (for a
+    # sparse and for a dense W); keeping rows sorted makes that order "ascending input
+    # neuron", the contract of every fp64 engine (see engines.base). Zero weights of a
+    # dense W add exact zeros.
+    z = y @ w
+    if bias_rule == "dense":
+        z = np.asarray(z.toarray() if sp.issparse(z) else z)
+        z += bias
+        if activation == "relu":
+            np.clip(z, 0, ymax, out=z)
+        return sp.csr_matrix(z)
+    z = sp.csr_matrix(z)
     z.eliminate_zeros()
-    # scipy accumulates each output over the nonzeros of y's row in stored order;
-    # keeping rows sorted makes that order "ascending input neuron", the contract of
-    # every fp64 engine (see engines.base).
     z.sort_indices()
     if z.nnz:
         z.data += bias[z.indices]
-        np.clip(z.data, 0, ymax, out=z.data)
+        if activation == "relu":
+            np.clip(z.data, 0, ymax, out=z.data)
         z.eliminate_zeros()
     return z
 
@@ -72,27 +88,32 @@ class ReferenceEngine(Engine):
         super().load(features)
         y = self.features.astype(self.dtype)
         y.sort_indices()
-        alive = np.diff(y.indptr) > 0
-        self._rows = np.flatnonzero(alive).astype(np.int64)
-        self._y = y[alive] if not alive.all() else y
+        self._rows = np.arange(y.shape[0], dtype=np.int64)
+        self._y = y
+        if self.network.prunes_after(0):
+            self._drop_zero_rows()
+
+    def _drop_zero_rows(self) -> None:
+        alive = np.diff(self._y.indptr) > 0
+        if not alive.all():
+            self._y, self._rows = self._y[alive], self._rows[alive]
 
     def _infer(self, start: int, stop: int):
         net = self.network
-        y, ids = self._y, self._rows
         survivors = np.zeros(stop - start, dtype=np.int64)
-        ymax = self.dtype(net.ymax)
         for k in progress_bar(range(start, stop), enabled=self.progress, desc="reference layers"):
             w = self._weights[k] if self._weights is not None else net.layers[k].astype(self.dtype)
-            y = reference_layer(y, w, net.bias[k].astype(self.dtype), ymax)
-            alive = np.diff(y.indptr) > 0
-            if not alive.all():
-                y = y[alive]
-                ids = ids[alive]
-            survivors[k - start] = len(ids)
-            if len(ids) == 0:
+            rule = net.rule(k)
+            self._y = reference_layer(self._y, w, net.bias[k].astype(self.dtype), self.dtype(rule.cap),
+                                      bias_rule=rule.bias_rule, activation=rule.activation)
+            if net.prunes_after(k + 1):
+                self._drop_zero_rows()
+            survivors[k - start] = int(np.count_nonzero(np.diff(self._y.indptr)))
+            if len(self._rows) == 0:
                 break
-        self._y, self._rows = y, ids
-        return ids + 1, survivors, {}
+        alive = np.diff(self._y.indptr) > 0
+        return self._rows[alive] + 1, survivors, {}
 
-    def activations(self):
-        return self._rows.copy(), self._y.astype(np.float64)
+    def _activations(self):
+        alive = np.diff(self._y.indptr) > 0
+        return self._rows[alive].copy(), self._y[alive].astype(np.float64)

@@ -996,7 +996,7 @@ class CudaEngine(Engine):
         alive[ids] = True
         return np.flatnonzero(alive[root])
 
-    def activations(self):
+    def _activations(self):
         """Every alive sample's row (merged samples share their representative's), sorted by id."""
         with self._dev():
             y = self._y[self._cur][:self._alive_rows].get()
