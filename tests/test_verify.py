@@ -15,7 +15,7 @@ from spdnn.network import Network
 from spdnn.verify import (SPLIT_RTOL, TruthOrigin, compare_categories, explain_differences, trace_sample,
                           trace_sample_exact, truth_origin)
 
-from factories import general_features, general_network
+from factories import general_features, general_network, random_layer
 
 
 # -- compare_categories ------------------------------------------------------------------
@@ -269,3 +269,59 @@ def test_trace_limit_counts_the_rest(rng):
     text = explanation.to_text(limit=2)
     assert "- ... and 28 more differing sample(s) (26 not traced)" in text
     assert not explanation.explained
+
+
+# -- general networks ------------------------------------------------------------------------
+
+def _general(rng):
+    from spdnn.network import Network
+
+    layers = [rng.standard_normal((6, 8)), random_layer(rng, 8, 0.5), rng.standard_normal((8, 3))]
+    return Network.from_layers(layers, [0.3, rng.standard_normal(8), -0.1], bias_rule=["dense", "structural", "dense"],
+                               activation=["relu", "relu", "identity"], ymax=[1.0, None, None])
+
+
+def test_traces_of_a_general_network_equal_the_reference(rng):
+    from spdnn.engines.reference import ReferenceEngine
+    from spdnn.verify import trace_sample, trace_sample_exact
+
+    net = _general(rng)
+    x = sp.csr_matrix(rng.standard_normal((5, 6)) * (rng.random((5, 6)) < 0.6))
+    result = ReferenceEngine().run(net, x, outputs="activations")
+    for i in range(5):
+        trace = trace_sample(net, x[i])
+        assert len(trace) == 3 and trace[-1].shape == (3,)
+        np.testing.assert_array_equal(trace[-1], result.outputs[i])      # same order, same bits
+        exact = trace_sample_exact(net, x[i])
+        final = exact.values(2)
+        exact_row = np.array([float(final.get(j, 0)) for j in range(3)])
+        np.testing.assert_allclose(exact_row, result.outputs[i], rtol=1e-9, atol=1e-12)
+        assert exact.alive[-1] == bool(np.any(result.outputs[i]))
+
+
+def test_explain_predictions_finds_near_ties_decided_by_rounding():
+    from spdnn.network import Network
+    from spdnn.verify import explain_predictions
+
+    # output 0 = x, output 1 = x + tiny: float64 sees output 1 larger, float32 rounds it to a tie (-> 0)
+    tiny = 2.0 ** -30
+    w = np.array([[1.0, 1.0]])
+    net = Network.from_layers([w], [np.array([0.0, tiny])], bias_rule="dense", activation="identity")
+    x = sp.csr_matrix(np.array([[1.0], [2.0 ** -10]]))
+    f64 = spdnn_infer(net, x, "fp64")
+    f32 = spdnn_infer(net, x, "fp32")
+    assert f64.tolist() == [1, 1] and f32.tolist() == [0, 1]
+    e = explain_predictions(net, x, f32, f64, found_precision="fp32", exact_limit=2)
+    assert e.differing == 1 and e.verdict == "rounding"
+    r = e.records[0]
+    assert (r.sample, r.found, r.truth, r.fp32, r.fp64, r.exact) == (1, 0, 1, 0, 1, 1)
+    assert r.margin < 1e-8 and "near tie" in e.to_text()
+    wrong = explain_predictions(net, x, np.array([1, 0]), f64, found_precision="fp64")
+    assert wrong.verdict == "engine" and "NOT reproduced" in wrong.to_text()
+    assert explain_predictions(net, x, f64, f64).verdict == "match"
+
+
+def spdnn_infer(net, x, precision):
+    from spdnn.engines.reference import ReferenceEngine
+
+    return ReferenceEngine(precision=precision).run(net, x, outputs="predictions").predictions

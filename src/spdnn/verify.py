@@ -51,7 +51,7 @@ from ._progress import progress_bar
 
 __all__ = ["Comparison", "compare_categories", "trace_sample", "trace_sample_exact", "ExactTrace",
            "Fate", "SampleRecord", "TruthOrigin", "truth_origin", "Explanation", "explain_differences",
-           "SPLIT_RTOL"]
+           "SPLIT_RTOL", "PredictionRecord", "PredictionExplanation", "explain_predictions"]
 
 #: Relative tolerance of the split-layer rule (see the module docstring).
 SPLIT_RTOL = 1e-4
@@ -118,12 +118,16 @@ def compare_categories(found, truth) -> Comparison:
 
 # -- tracing in floating point -----------------------------------------------------------
 
-def _gather(w: sp.csr_matrix, dtype):
-    """Padded gather form of layer ``w``: (indices, values), each (N, Kmax).
+def _gather(w, dtype):
+    """Padded gather form of layer ``w`` (CSR or dense, (n_in, n_out)): (indices, values),
+    each (n_out, Kmax).
 
     Row j lists the inputs of output j in ascending order, then zeros (which add exact
-    zeros at the end of each sum, leaving it unchanged).
+    zeros at the end of each sum, leaving it unchanged). A dense layer lists every input.
     """
+    if isinstance(w, np.ndarray):
+        n_in, n_out = w.shape
+        return np.broadcast_to(np.arange(n_in), (n_out, n_in)), np.ascontiguousarray(w.T, dtype=dtype)
     csc = sp.csc_matrix(w)
     csc.sort_indices()
     n = csc.shape[1]
@@ -138,13 +142,26 @@ def _gather(w: sp.csr_matrix, dtype):
     return idx, val
 
 
-def _float_layer(x: np.ndarray, idx: np.ndarray, val: np.ndarray, bias: np.ndarray, ymax) -> np.ndarray:
-    """One layer for dense samples ``x`` (s, N) in ``x.dtype``, the reference's order."""
+def _float_layer(x: np.ndarray, idx: np.ndarray, val: np.ndarray, bias: np.ndarray, ymax, *,
+                 bias_rule: str = "structural", activation: str = "relu") -> np.ndarray:
+    """One layer for dense samples ``x`` (s, n_in) in ``x.dtype``, the reference's order
+    (:mod:`spdnn.network`: bias rule, then ReLU clamped to ``ymax`` or identity)."""
     z = np.zeros((x.shape[0], idx.shape[0]), dtype=x.dtype)
     for k in range(idx.shape[1]):
         z = z + x[:, idx[:, k]] * val[:, k]          # ((0 + t1) + t2) + ..., ascending inputs
-    z = np.where(z != 0, z + bias, z)
-    return np.minimum(np.maximum(z, x.dtype.type(0)), ymax)
+    z = np.where(z != 0, z + bias, z) if bias_rule == "structural" else z + bias
+    if activation == "identity":
+        return z
+    return np.minimum(np.maximum(z, x.dtype.type(0)), x.dtype.type(ymax))
+
+
+def _trace_layer(network: Network, k: int, x: np.ndarray) -> np.ndarray:
+    """Layer k of ``network`` for dense samples ``x`` in ``x.dtype`` (:func:`_float_layer`)."""
+    dtype = x.dtype.type
+    idx, val = _gather(network.layers[k], dtype)
+    rule = network.rule(k)
+    return _float_layer(x, idx, val, np.asarray(network.bias[k]).astype(dtype), rule.cap,
+                        bias_rule=rule.bias_rule, activation=rule.activation)
 
 
 def _dense_rows(features, rows, neurons: int) -> np.ndarray:
@@ -158,7 +175,7 @@ def trace_sample(network: Network, features_row, *, precision: str = "fp64") -> 
     Parameters
     ----------
     network : Network
-    features_row : sparse or dense, shape (1, N) or (N,)
+    features_row : sparse or dense, shape (1, n_0) or (n_0,)
         The sample's input row.
     precision : {'fp64', 'fp32'}
         Arithmetic of the whole computation (inputs, weights and bias rounded to it).
@@ -167,23 +184,22 @@ def trace_sample(network: Network, features_row, *, precision: str = "fp64") -> 
 
     Returns
     -------
-    list of numpy.ndarray, each (N,)
+    list of numpy.ndarray, ``out[k]`` of shape (n_{k+1},)
         ``out[k]`` is the activation after layer k+1. The list stops after the first
-        all-zero activation (the row is dead from there on), so it may be shorter than L.
+        all-zero activation from which every later layer keeps the row zero
+        (:meth:`Network.prunes_after`), so it may be shorter than L.
     """
     dtype = PRECISIONS[check_precision(precision)]
-    n = network.neurons
+    n = network.inputs
     row = sp.csr_matrix(features_row) if sp.issparse(features_row) else np.asarray(features_row).reshape(1, -1)
     if row.shape != (1, n):
         raise OptionError(f"features_row: shape {row.shape}, expected (1, {n})")
     x = (row.toarray() if sp.issparse(row) else np.array(row, dtype=np.float64)).astype(dtype)
-    ymax = dtype(network.ymax)
     out = []
     for k in range(network.depth):
-        idx, val = _gather(network.layers[k], dtype)
-        x = _float_layer(x, idx, val, network.bias[k].astype(dtype), ymax)
+        x = _trace_layer(network, k, x)
         out.append(x[0].copy())
-        if not np.any(x):
+        if not np.any(x) and network.prunes_after(k + 1):
             break
     return out
 
@@ -239,7 +255,7 @@ def trace_sample_exact(network: Network, features_row, *, max_layers: int | None
     -------
     ExactTrace
     """
-    n = network.neurons
+    n = network.inputs
     row = sp.csr_matrix(features_row if sp.issparse(features_row) else np.asarray(features_row).reshape(1, -1),
                         dtype=np.float64)
     if row.shape != (1, n):
@@ -248,14 +264,17 @@ def trace_sample_exact(network: Network, features_row, *, max_layers: int | None
     row.eliminate_zeros()
     idx = row.indices.astype(np.int64)
     num, ex = _dyadic(row.data)
-    ynum, yex = _dyadic(np.array([network.ymax]))
     trace = ExactTrace()
     depth = network.depth if max_layers is None else min(int(max_layers), network.depth)
     for k in range(depth):
-        w = sp.csr_matrix(network.layers[k])
+        w = sp.csr_matrix(network.layers[k])      # a dense layer's zeros add exact zeros: dropped
+        w.eliminate_zeros()
         w.sort_indices()
+        rule = network.rule(k)
         wnum, wex = _dyadic(w.data)
         bnum, bex = _dyadic(network.bias[k])
+        capped = rule.activation == "relu" and np.isfinite(rule.cap)
+        ynum, yex = _dyadic(np.array([rule.cap if capped else 1.0]))
         # z_j = sum_i x_i w_ij exactly, over the nonzero inputs only: numerators over 2**(ex+wex)
         z: dict[int, int] = {}
         for i, a in zip(idx.tolist(), num):
@@ -265,18 +284,23 @@ def trace_sample_exact(network: Network, features_row, *, max_layers: int | None
         e = max(ex + wex, bex, yex)
         zs, bs, ys = e - (ex + wex), e - bex, e - yex
         cap = ynum[0] << ys
+        outputs = sorted(z) if rule.bias_rule == "structural" else range(w.shape[1])
         out_idx, out_num = [], []
-        for j in sorted(z):
-            s = z[j] << zs
+        for j in outputs:
+            s = z.get(j, 0) << zs
+            if s != 0 or rule.bias_rule == "dense":
+                s += bnum[j] << bs          # structural: bias only where the sum is nonzero
+            if rule.activation == "relu":
+                if s <= 0:
+                    continue                # ReLU
+                if capped:
+                    s = min(s, cap)         # cap
             if s != 0:
-                s += bnum[j] << bs          # bias only where the sum is nonzero
-            if s <= 0:
-                continue                    # ReLU
-            out_idx.append(j)
-            out_num.append(min(s, cap))     # cap
+                out_idx.append(j)
+                out_num.append(s)
         # keep numbers small: divide out the common powers of two
         if out_num:
-            shift = min(min((a & -a).bit_length() - 1 for a in out_num), e)
+            shift = min(min((abs(a) & -abs(a)).bit_length() - 1 for a in out_num), e)
             if shift > 0:
                 out_num = [a >> shift for a in out_num]
                 e -= shift
@@ -284,7 +308,7 @@ def trace_sample_exact(network: Network, features_row, *, max_layers: int | None
         num, ex = out_num, e
         trace.layers.append((idx, list(num), ex))
         trace.alive.append(bool(num))
-        if not num:
+        if not num and network.prunes_after(k + 1):
             break
     return trace
 
@@ -587,12 +611,12 @@ def explain_differences(network: Network, features, found, truth, *, found_preci
                               origin=origin if origin is not None else TruthOrigin())
     if ids.size == 0:
         return explanation
-    f = as_features(features, network.neurons)
+    f = as_features(features, network.inputs)
     if ids.max() > f.shape[0]:
         raise OptionError(f"sample id {int(ids.max())} is beyond the {f.shape[0]} feature rows")
     explanation.untraced = max(0, ids.size - int(trace_limit))
     ids, sets = ids[:trace_limit], sets[:trace_limit]
-    x64 = _dense_rows(f, ids - 1, network.neurons)
+    x64 = _dense_rows(f, ids - 1, network.inputs)
     x32 = x64.astype(np.float32)
     count = ids.size
     alive64 = [[] for _ in range(count)]
@@ -600,11 +624,8 @@ def explain_differences(network: Network, features, found, truth, *, found_preci
     split = [None] * count
     reason = [None] * count
     for k in progress_bar(range(network.depth), enabled=progress, desc="explain: float32 and float64"):
-        w = network.layers[k]
-        idx, val = _gather(w, np.float64)
-        x64 = _float_layer(x64, idx, val, network.bias[k], np.float64(network.ymax))
-        x32 = _float_layer(x32, idx, val.astype(np.float32), network.bias[k].astype(np.float32),
-                           np.float32(network.ymax))
+        x64 = _trace_layer(network, k, x64)
+        x32 = _trace_layer(network, k, x32)
         a64 = np.any(x64 != 0, axis=1)
         a32 = np.any(x32 != 0, axis=1)
         gap = np.max(np.abs(x32.astype(np.float64) - x64), axis=1)
@@ -617,7 +638,7 @@ def explain_differences(network: Network, features, found, truth, *, found_preci
                     split[s], reason[s] = k + 1, "alive"
                 elif gap[s] > SPLIT_RTOL * scale[s]:
                     split[s], reason[s] = k + 1, "values"
-        if not (a64.any() or a32.any()):
+        if not (a64.any() or a32.any()) and network.prunes_after(k + 1):
             break
     max64 = np.max(x64, axis=1)
     max32 = np.max(x32, axis=1)
@@ -644,3 +665,141 @@ def explain_differences(network: Network, features, found, truth, *, found_preci
             sample=int(ids[s]), in_set=sets[s], fp64=fate64, fp32=fate32, exact=exact,
             split_layer=split[s], split_reason=reason[s], reproduced=reproduced, right=right))
     return explanation
+
+
+# -- predictions of general networks --------------------------------------------------------
+
+def _argmax_exact(values: dict[int, Fraction], width: int) -> int:
+    """Argmax of an exact row given by its nonzeros (zeros elsewhere); the lowest index on ties."""
+    best_j, best = 0, Fraction(0)
+    for j in range(width):
+        v = values.get(j, Fraction(0))
+        if v > best or j == 0:
+            best_j, best = j, v
+    return best_j
+
+
+@dataclass
+class PredictionRecord:
+    """One sample whose prediction differs from the truth's.
+
+    Attributes
+    ----------
+    sample : int
+        1-based sample id.
+    found, truth : int
+        The run's prediction and the truth's (0-based output index).
+    fp64, fp32 : int
+        The predictions of float64 and float32 traces in the reference's order.
+    exact : int or None
+        The prediction in exact arithmetic (for the first ``exact_limit`` samples).
+    margin : float
+        The float64 gap between the two largest outputs, relative to the largest
+        magnitude of the final row (a near tie is a small margin).
+    reproduced : bool
+        The trace in the found precision gives the found prediction.
+    """
+
+    sample: int
+    found: int
+    truth: int
+    fp64: int
+    fp32: int
+    exact: int | None
+    margin: float
+    reproduced: bool
+
+
+@dataclass
+class PredictionExplanation:
+    """Why predictions differ from the truth's; see :func:`explain_predictions`."""
+
+    samples: int
+    differing: int
+    found_precision: str
+    records: list = field(default_factory=list)
+    untraced: int = 0
+
+    @property
+    def verdict(self) -> str:
+        """'match'; 'rounding' (every difference traced, reproduced by a trace in the found
+        precision, and float32 and float64 disagree: a near tie decided by rounding);
+        'truth or data' (float64 itself disagrees with the truth); 'engine' (a difference
+        no trace in the found precision reproduces); 'unexplained' (untraced samples)."""
+        if self.differing == 0:
+            return "match"
+        if any(not r.reproduced for r in self.records):
+            return "engine"
+        if any(r.fp64 != r.truth for r in self.records):
+            return "truth or data"
+        return "rounding" if self.untraced == 0 else "unexplained"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"samples": self.samples, "differing": self.differing, "found_precision": self.found_precision,
+                "verdict": self.verdict, "untraced": self.untraced, "records": [asdict(r) for r in self.records]}
+
+    def to_text(self, *, limit: int = 20) -> str:
+        if self.differing == 0:
+            return f"predictions match the truth ({self.samples} samples)"
+        lines = [f"predictions differ from the truth on {self.differing} of {self.samples} samples "
+                 f"(found in {self.found_precision})"]
+        for r in self.records[:limit]:
+            exact = f", exact {r.exact}" if r.exact is not None else ""
+            lines.append(f"- sample {r.sample}: found {r.found}, truth {r.truth}; float64 {r.fp64}, float32 {r.fp32}"
+                         f"{exact}; top-2 margin {r.margin:.3g}"
+                         + ("" if r.reproduced else f"; NOT reproduced by a {self.found_precision} trace"))
+        if len(self.records) > limit or self.untraced:
+            lines.append(f"- ... and {len(self.records) - min(limit, len(self.records)) + self.untraced} more")
+        lines.append({"rounding": "Every difference is a near tie decided by rounding: float32 and float64 "
+                                  "traces in the reference's order disagree exactly as the run did.",
+                      "engine": "Some differences are not reproduced by a trace in the reference's order: the "
+                                "engine, not rounding, is the suspect.",
+                      "truth or data": "float64 itself disagrees with the truth on some samples: the truth was "
+                                       "made from other data, or is wrong.",
+                      "unexplained": "Some differing samples were not traced."}[self.verdict])
+        return "\n".join(lines)
+
+
+def explain_predictions(network: Network, features, found, truth, *, found_precision: str = "fp32",
+                        exact_limit: int = 3, trace_limit: int = 200) -> PredictionExplanation:
+    """Explain why predictions ``found`` differ from ``truth`` (both (samples,) ints,
+    0-based output indices; e.g. a float32 run against the float64 reference).
+
+    Every differing sample (the first ``trace_limit``) is traced in float64 and float32 in
+    the reference's order, the first ``exact_limit`` also exactly; a difference is
+    'rounding' when the trace in the found precision reproduces the found prediction and
+    float64's reproduces the truth's (:attr:`PredictionExplanation.verdict`).
+
+    Raises :class:`OptionError` when the lengths differ from the features' rows.
+    """
+    check_precision(found_precision)
+    f = as_features(features, network.inputs)
+    found = np.asarray(found, dtype=np.int64).reshape(-1)
+    truth = np.asarray(truth, dtype=np.int64).reshape(-1)
+    if found.shape != truth.shape or found.size != f.shape[0]:
+        raise OptionError(f"predictions: {found.size} found and {truth.size} true for {f.shape[0]} samples")
+    rows = np.flatnonzero(found != truth)
+    out = PredictionExplanation(samples=int(found.size), differing=int(rows.size), found_precision=found_precision,
+                                untraced=max(0, rows.size - int(trace_limit)))
+    rows = rows[:trace_limit]
+    if rows.size == 0:
+        return out
+    x64 = _dense_rows(f, rows, network.inputs)
+    x32 = x64.astype(np.float32)
+    for k in range(network.depth):
+        x64 = _trace_layer(network, k, x64)
+        x32 = _trace_layer(network, k, x32)
+    p64, p32 = np.argmax(x64, axis=1), np.argmax(x32, axis=1)
+    top2 = -np.sort(-x64, axis=1)[:, :2] if x64.shape[1] > 1 else np.concatenate([x64, x64], axis=1)
+    scale = np.maximum(np.max(np.abs(x64), axis=1), np.finfo(np.float64).tiny)
+    for s, r in enumerate(rows):
+        exact = None
+        if s < exact_limit:
+            t = trace_sample_exact(network, f[int(r)])
+            final = t.values(len(t.layers) - 1) if len(t.layers) == network.depth else {}
+            exact = _argmax_exact(final, network.outputs)
+        mine = p32[s] if found_precision == "fp32" else p64[s]
+        out.records.append(PredictionRecord(
+            sample=int(r) + 1, found=int(found[r]), truth=int(truth[r]), fp64=int(p64[s]), fp32=int(p32[s]),
+            exact=exact, margin=float((top2[s, 0] - top2[s, 1]) / scale[s]), reproduced=bool(mine == found[r])))
+    return out
