@@ -9,6 +9,10 @@ Public API (everything else is private)::
 
     # official files instead: spdnn.read_network(dir, neurons=1024, layers=120), spdnn.read_features(path, 1024),
     # spdnn.read_categories(path)
+
+    # any feed-forward network: net = spdnn.from_torch(model) (or read_model("m.onnx" / "m.pt" / "m.spdnn")),
+    # spdnn.save_model(net, "m.spdnn"), x = spdnn.read_inputs("images-idx3-ubyte.gz", net.inputs),
+    # spdnn.infer(net, x, outputs="predictions").accuracy(labels)
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ from .engines.base import accuracy
 from .formats import read_network, read_features, read_categories
 from .generate.challenge import generate_challenge, cached_challenge, write_challenge
 from .verify import compare_categories, explain_differences
+from .models import from_onnx, from_torch, load_model, read_model, save_model
+from .formats.inputs import read_inputs, read_labels
 
 __version__ = "0.1.0"
 
@@ -57,4 +63,5 @@ __all__ = [
     "read_network", "read_features", "read_categories",
     "generate_challenge", "cached_challenge", "write_challenge",
     "compare_categories", "explain_differences",
+    "from_torch", "from_onnx", "read_model", "save_model", "load_model", "read_inputs", "read_labels",
 ]

@@ -1,7 +1,8 @@
 """The ``spdnn`` command line (click).
 
 Commands: ``run`` (inference on generated or official data, checked against the
-truth), ``generate``, ``download``, ``verify``, ``info`` and ``bench``.
+truth), ``generate``, ``download``, ``verify``, ``info``, ``bench``, ``predict`` (any
+network on any inputs, scored against labels) and ``convert`` (a model to ``.spdnn``).
 
 Conventions: results go to stdout (``--json`` makes it one JSON object); progress
 bars and status lines go to stderr. Every failure is one line on stderr and an exit
@@ -962,6 +963,92 @@ def bench(cells, engine_names, repeats, samples, precision, seed, merge, json_ou
         _status(f"wrote {plot}")
     if not report["passed"]:
         sys.exit(ExitCode.FAIL)
+
+
+# --------------------------------------------------------------- predict, convert
+
+
+@cli.command()
+@click.argument("model", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("inputs", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="One label a row of INPUTS (*idx1-ubyte[.gz], .npy, .txt): prints the accuracy.")
+@click.option("--example", is_flag=True,
+              help="Use the example shipped in the package instead of MODEL INPUTS: the small sparse MNIST "
+                   "network, the MNIST training images and labels, scored on the 10,000 it was not trained on.")
+@click.option("--engine", type=click.Choice(ENGINE_CHOICES), default="auto", show_default=True,
+              help="Engine; auto picks cuda with a GPU, else cpu, else reference.")
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=None,
+              help="Precision [the engine's default: fp64 for reference, fp32 for the others].")
+@click.option("--samples", type=click.IntRange(min=1), default=None, help="Use at most S samples [all].")
+@click.option("--skip", type=click.IntRange(min=0), default=None,
+              help="Skip the first K rows of INPUTS [0; --example: 50,000, the rows used in training].")
+@click.option("--outputs", "outputs_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              callback=_writable_file, help="Write the predictions (int64 .npy) or activations here, atomically.")
+@click.option("--outputs-kind", type=click.Choice(["predictions", "activations"]), default="predictions",
+              show_default=True, help="What --outputs holds: the argmax of each sample, or its final row "
+                                      "(samples x outputs, the engine's float type).")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow a .pt/.pth holding a whole pickled module (unpickling runs code from the file).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@progress_option
+def predict(model, inputs, labels, example, engine, precision, samples, skip, outputs_file, outputs_kind,
+            trust_pickle, as_json, progress):
+    """Run a network (.spdnn, .onnx, .pt/.pth) on INPUTS and score its predictions.
+
+    INPUTS: .npy (dense, samples x inputs), .npz (CSR features), MNIST *idx3-ubyte[.gz]
+    (pixel / 255, flattened) or the official features (.tsv[.gz], .mtx[.gz]). Prints the
+    samples, the accuracy (with --labels), the inference seconds and the throughput
+    (samples x nonzero weights / seconds, TeraEdges/s); --json keys: samples, accuracy,
+    predictions ({count, file, kind}), inference_seconds, teraedges_per_second, engine,
+    precision, ... The prediction of a sample is the argmax of its final row.
+    """
+    from .predict import format_predict, load_predict_inputs, run_predict, write_array
+
+    if example:
+        if model is not None or inputs is not None:
+            raise click.UsageError("--example replaces MODEL and INPUTS: give one or the other")
+        from .models import example_files
+
+        files = example_files()
+        model, inputs = files.model, files.images
+        labels = labels or files.labels
+        skip = files.held_out[0] if skip is None else skip
+    elif model is None or inputs is None:
+        raise click.UsageError("give MODEL and INPUTS, or --example")
+    precision = precision or _default_precision(engine)
+    job = load_predict_inputs(model, inputs, labels, samples=samples, skip=skip or 0, trust_pickle=trust_pickle,
+                              progress=_progress(progress))
+    summary, result = run_predict(job, engine=engine, precision=precision, outputs_kind=outputs_kind,
+                                  progress=_progress(progress))
+    if outputs_file is not None:
+        write_array(outputs_file, result.predictions if outputs_kind == "predictions" else result.outputs)
+        summary["predictions"]["file"] = str(outputs_file)
+    if as_json:
+        _echo_json(summary)
+    else:
+        click.echo(format_predict(summary))
+        if outputs_file is not None:
+            click.echo(f"written:      {outputs_file} ({outputs_kind})")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path), callback=_writable_file)
+@click.option("--storage", type=click.Choice(["auto", "sparse", "dense"]), default="auto", show_default=True,
+              help="How each imported layer is held; auto: sparse when at most --sparse-threshold of its "
+                   "weights are nonzero.")
+@click.option("--sparse-threshold", type=click.FloatRange(0, 1), default=0.25, show_default=True,
+              help="Density at or under which --storage auto keeps a layer sparse.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow a .pt/.pth holding a whole pickled module (unpickling runs code from the file).")
+def convert(model, out, storage, sparse_threshold, trust_pickle):
+    """Convert MODEL (.pt/.pth, .onnx, .spdnn) to spdnn's model file OUT (.spdnn), atomically."""
+    from .models import read_model, save_model
+
+    network = read_model(model, trust_pickle=trust_pickle, storage=storage, sparse_threshold=sparse_threshold)
+    save_model(network, out, metadata={"converted_from": Path(model).name})
+    click.echo(f"{out}: {network.describe()}, {network.edges:,} edges")
 
 
 def main(argv: list[str] | None = None) -> None:
