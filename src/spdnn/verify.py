@@ -267,9 +267,11 @@ def trace_sample_exact(network: Network, features_row, *, max_layers: int | None
     trace = ExactTrace()
     depth = network.depth if max_layers is None else min(int(max_layers), network.depth)
     for k in range(depth):
-        w = sp.csr_matrix(network.layers[k])      # a dense layer's zeros add exact zeros: dropped
-        w.eliminate_zeros()
-        w.sort_indices()
+        layer = network.layers[k]
+        w = sp.csr_matrix(layer)                  # a dense layer's zeros add exact zeros: not stored
+        if not w.has_sorted_indices:              # (a mapped layer is read-only: sort a copy)
+            w = w.copy()
+            w.sort_indices()
         rule = network.rule(k)
         wnum, wex = _dyadic(w.data)
         bnum, bex = _dyadic(network.bias[k])
