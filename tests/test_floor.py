@@ -287,3 +287,19 @@ def test_cuda_engine_reports_its_schedule(rng, merge):
     assert rout[-1] <= res.survivors[-1] and extra["weight_bytes"] > 0
     assert len(extra["adds_per_row"]) == net.depth
     assert all(0 < a <= w.nnz for a, w in zip(extra["adds_per_row"], net.layers))
+
+
+def test_floor_constants_script_writes_the_host_constants(tmp_path):
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "floor_constants.py"
+    out = tmp_path / "host.json"
+    run = subprocess.run([sys.executable, str(script), "--device", "cpu", "--out", str(out)], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    c = read_constants(out)
+    assert c.device == "cpu" and c.bandwidth_gbs > 0 and f"{c.bandwidth_gbs:,.0f} GB/s" in run.stdout
+    usage = subprocess.run([sys.executable, str(script), "--repeats", "0", "--out", str(out)], capture_output=True,
+                           text=True, timeout=300)
+    assert usage.returncode == 2 and "--repeats" in usage.stderr
