@@ -91,14 +91,16 @@ extern "C" __global__ void probe_add_f64(int steps, double c, double* out) { pro
 // Copy `reps` times n4 float4 from src to dst, loads and stores bypassing L1 (.cg), each
 // repetition shifted by one grid's worth so no load repeats an address of its thread.
 // With a footprint within L2 this measures L2's bandwidth; far larger, device memory's.
+// (The shift is reduced once a repetition: no division in the copy loop.)
 extern "C" __global__ void probe_copy(const float4* __restrict__ src, float4* __restrict__ dst, long long n4,
                                       int reps) {
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     for (int r = 0; r < reps; ++r) {
-        const long long shift = (long long)r * stride;
+        const long long shift = ((long long)r * stride) % n4;
         for (long long i = first; i < n4; i += stride) {
-            const long long j = (i + shift) % n4;
+            long long j = i + shift;
+            if (j >= n4) j -= n4;
             __stcg(&dst[j], __ldcg(&src[j]));
         }
     }

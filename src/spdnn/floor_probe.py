@@ -38,11 +38,12 @@ __all__ = ["PROBE_SOURCE", "measure_gpu", "measure_host", "probe_source"]
 
 PROBE_SOURCE = Path(__file__).with_name("floor_probe.cu")
 
-#: Steps of each chain (long enough that a launch's own cost is under 1% of it).
+#: Steps of each chain (long enough, milliseconds, that a launch's own cost is under 1% of
+#: it: a constant measured too slow would raise the floor).
 BARRIER_STEPS = 100_000
 GRID_STEPS = 20_000
 GRAPH_STEPS = 2_000
-ADD_STEPS = 4_096
+ADD_STEPS = 16_384
 BLOCK_SIZES = (128, 256, 512, 1024)
 CLUSTER_SIZES = (2, 4, 8)
 
@@ -144,7 +145,7 @@ def measure_gpu(*, repeats: int = 5, log=None) -> FloorConstants:
     log(f"floor probe: device memory {bandwidth:.0f} GB/s")
     cache_gbs = None
     if l2 > 0:
-        within = {f"footprint_{l2 // d}": copy_gbs(l2 // d // 2, 50) for d in (4, 8)}
+        within = {f"footprint_{l2 // d}": copy_gbs(l2 // d // 2, 500) for d in (4, 8)}
         details["cache_bandwidth"] = within
         cache_gbs = max(within.values())
         log(f"floor probe: L2 ({l2 // 2**20} MiB) {cache_gbs:.0f} GB/s")
