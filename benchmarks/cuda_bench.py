@@ -11,8 +11,10 @@ engine (and the cuSPARSE baseline), each a *variant* of :data:`VARIANTS`. Everyt
 measures comes from :mod:`spdnn.bench`: data and float64 truth from
 :func:`spdnn.generate.cached_challenge`, the timing loop :func:`~spdnn.bench.time_engine`
 (median of ``--reps`` runs after a warm-up; inference only), the edge count
-``network.edges``, the floor :func:`~spdnn.bench.floor_estimate` at the measured copy
-bandwidth :func:`~spdnn.bench.gpu_copy_gbs`, and the published figures
+``network.edges``, the honest floor :func:`spdnn.floor.floor_of_run` at constants measured at
+the start (:func:`spdnn.floor_probe.measure_gpu`) and beside it the v1 floor
+:func:`spdnn.floor.floor_estimate` at the measured copy bandwidth
+:func:`~spdnn.bench.gpu_copy_gbs`, and the published figures
 :data:`~spdnn.bench.PUBLISHED`. Per cell it also checks the engine's fp64 mode against
 the scipy float64 reference bit for bit (categories, survivors, activations) on the first
 ``--ref-samples`` samples, and with ``--official DIR`` the official N=1024 subset first.
@@ -30,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spdnn.bench import (LAUNCH_LATENCY_S, PUBLISHED, floor_estimate, gpu_copy_gbs, materialized, parse_cells,
-                         time_engine, write_json)
+from spdnn.bench import LAUNCH_LATENCY_S, PUBLISHED, gpu_copy_gbs, materialized, parse_cells, time_engine, write_json
+from spdnn.floor import floor_estimate, floor_of_run
 from spdnn.engines import get_engine
 from spdnn.errors import SpdnnError
 from spdnn.generate import cached_challenge
@@ -117,7 +119,7 @@ def official_check(folder: Path) -> bool:
     return ok
 
 
-def run_cell(n: int, layers: int, args, bandwidth_gbs: float) -> dict:
+def run_cell(n: int, layers: int, args, bandwidth_gbs: float, constants) -> dict:
     """Every variant of one cell; the record says whether all of them matched the truth."""
     import cupy as cp
 
@@ -147,16 +149,19 @@ def run_cell(n: int, layers: int, args, bandwidth_gbs: float) -> dict:
                                edges=network.edges, bandwidth_gbs=bandwidth_gbs,
                                launch_latency_s=LAUNCH_LATENCY_S["gpu"], device="gpu",
                                rows_computed=result.extra.get("rows_computed"))
+        honest = floor_of_run(network, survivors=result.survivors, alive_inputs=alive_inputs, extra=result.extra,
+                              bytes_per_value=4, precision="fp32", constants=constants)
         cell["runs"][variant] = {
             "engine": name, "options": options, "median_seconds": median, "times": timing.seconds,
             "teraedges_per_second": result.samples * network.edges / median / 1e12, "passed": passed,
-            "preprocess_seconds": timing.warmup.preprocess_seconds, "floor": floor.to_dict(),
-            "floor_ratio": median / floor.seconds, "survivors": result.survivors,
+            "preprocess_seconds": timing.warmup.preprocess_seconds, "floor": honest.to_dict(),
+            "floor_ratio": median / honest.seconds, "floor_v1": floor.to_dict(),
+            "floor_ratio_v1": median / floor.seconds, "survivors": result.survivors,
             "rows_computed": result.extra.get("rows_computed"), "extra": result.extra}
         bad = next((c for c in compared if not c.passed), None)
         teps = cell["runs"][variant]["teraedges_per_second"]
-        print(f"  {n}x{layers} {variant:12s} {median * 1e3:9.3f} ms  {teps:7.2f} TE/s  x{median / floor.seconds:.2f} "
-              f"floor  "
+        print(f"  {n}x{layers} {variant:12s} {median * 1e3:9.3f} ms  {teps:7.2f} TE/s  x{median / honest.seconds:.2f} "
+              f"floor ({honest.bound}: {honest.limit})  x{median / floor.seconds:.2f} floor v1  "
               + ("PASS" if bad is None else f"FAIL ({bad.missing.size} missing, {bad.extra.size} extra)"),
               flush=True)
         del engine, timing
@@ -165,13 +170,13 @@ def run_cell(n: int, layers: int, args, bandwidth_gbs: float) -> dict:
 
 
 def print_table(results: dict) -> None:
-    print("\n| N x L | variant | ms | TeraEdges/s | x floor | best published TE/s | categories |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| N x L | variant | ms | TeraEdges/s | x floor | x floor (v1) | best published TE/s | categories |")
+    print("|---|---|---|---|---|---|---|---|")
     for cell in results["cells"]:
         published = max((cell.get("published") or {}).values(), default=None)
         for variant, run in cell.get("runs", {}).items():
             print(f"| {cell['neurons']}x{cell['layers']} | {variant} | {run['median_seconds'] * 1e3:.3f} | "
-                  f"{run['teraedges_per_second']:.1f} | {run['floor_ratio']:.2f} | "
+                  f"{run['teraedges_per_second']:.1f} | {run['floor_ratio']:.2f} | {run['floor_ratio_v1']:.2f} | "
                   f"{'-' if published is None else published} | {'PASS' if run['passed'] else 'FAIL'} |")
 
 
@@ -218,14 +223,17 @@ def main(argv=None) -> int:
 
     props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
     bandwidth = gpu_copy_gbs()
+    from spdnn.floor_probe import measure_gpu
+
+    constants = measure_gpu(log=lambda line: print(line, flush=True))
     results = {"device": props["name"].decode(), "cupy": cp.__version__, "copy_bandwidth_gbs": bandwidth,
-               "cells": []}
+               "floor_constants": constants.to_dict(), "cells": []}
     print(f"device {results['device']}, copy bandwidth {bandwidth:.0f} GB/s (read + write)", flush=True)
     ok = official_check(args.official) if args.official else True
     args.out.mkdir(parents=True, exist_ok=True)
     for n, layers in cells:
         try:
-            cell = run_cell(n, layers, args, bandwidth)
+            cell = run_cell(n, layers, args, bandwidth, constants)
         except Exception:  # a failed cell is reported and fails the run; the next cell still runs
             cell = {"neurons": n, "layers": layers, "passed": False, "error": traceback.format_exc()}
             print(f"{n}x{layers}: FAILED\n{cell['error']}", flush=True)

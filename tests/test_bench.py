@@ -17,6 +17,8 @@ import pytest
 from spdnn import bench
 from spdnn.bench import (GRID, PUBLISHED, bench_runs, floor_estimate, parse_cells, time_engine, time_runs,
                          write_json)
+from spdnn.floor import FloorConstants, floor_check, floor_of_run, write_constants
+from spdnn.generate import cached_challenge
 from spdnn.engines import engine_merges
 from spdnn.engines.reference import ReferenceEngine
 from spdnn.errors import OptionError, SpdnnError
@@ -204,6 +206,9 @@ def test_run_bench_every_engine_and_merge_setting(small_cache, monkeypatch):
     report = bench.run_bench([(N, L)], ["cpu", "reference"], repeats=2, samples=S, precision="fp64",
                              merge=["on", "off"], bandwidth_gbs=10.0)
     assert report["passed"] and report["merge"] == ["on", "off"]
+    constants = FloorConstants.from_dict(report["floor_constants"]["cpu"])
+    assert constants.bandwidth_gbs == 10.0                     # --bandwidth-gbs replaces the measured one
+    network, _, _, _ = cached_challenge(N, L, samples=S)
     assert report["engines"] == ["cpu merge=on", "cpu merge=off", "reference"]
     (cell,) = report["cells"]
     assert cell["published"]["SNICIT A6000"] == 4.5 and len(cell["survivors"]) == L
@@ -214,8 +219,13 @@ def test_run_bench_every_engine_and_merge_setting(small_cache, monkeypatch):
         expect = floor_estimate(entry["survivors"], alive_inputs=cell["alive_inputs"], neurons=N, bytes_per_value=8,
                                 edges=cell["edges"], bandwidth_gbs=10.0, launch_latency_s=bench.LAUNCH_LATENCY_S["cpu"],
                                 device="cpu", rows_computed=entry["rows_computed"])
-        assert entry["floor"] == expect.to_dict()
-        assert entry["floor_ratio"] == pytest.approx(entry["median_seconds"] / expect.seconds)
+        assert entry["floor_v1"] == expect.to_dict()
+        assert entry["floor_ratio_v1"] == pytest.approx(entry["median_seconds"] / expect.seconds)
+        honest = floor_of_run(network, survivors=entry["survivors"], alive_inputs=cell["alive_inputs"],
+                              extra=entry["extra_info"], bytes_per_value=8, precision="fp64", constants=constants)
+        assert entry["floor"] == {"device": "cpu", **honest.to_dict()}
+        assert entry["floor_ratio"] == pytest.approx(entry["median_seconds"] / honest.seconds)
+        assert entry["floor_check"] == floor_check(entry["median_seconds"], honest.seconds)
     on, off = cell["engines"]["cpu merge=on"], cell["engines"]["cpu merge=off"]
     assert (on["merge"], off["merge"], cell["engines"]["reference"]["merge"]) == (True, False, None)
     assert off["rows_computed"][1:] == list(off["survivors"][:-1])        # unmerged: every alive sample
@@ -223,6 +233,12 @@ def test_run_bench_every_engine_and_merge_setting(small_cache, monkeypatch):
     assert cell["engines"]["reference"]["rows_computed"] is None
     text = format_bench(report)
     assert "1/2/3/4.5" in text and "cpu merge=off" in text and text.count("PASS") == 3
+    assert "xfloor(v1)" in text and "model is wrong" not in text
+    # a run faster than its floor is flagged, never clipped
+    entry = cell["engines"]["reference"]
+    entry["floor_ratio"], entry["floor_check"] = 0.5, floor_check(0.5, 1.0)
+    flagged = format_bench(report)
+    assert "0.5!" in flagged and "reference: measured 0.5 s is below the floor" in flagged
 
 
 def test_bench_command_merge_grid_and_exit_status(small_cache, wrong_truth_cache, tmp_path):
@@ -247,6 +263,36 @@ def test_bench_command_merge_grid_and_exit_status(small_cache, wrong_truth_cache
     assert usage.exit_code == 2 and "--merge" in usage.output
     grid = CliRunner().invoke(cli, ["bench", "--cells", "grid,64x0"])
     assert grid.exit_code == 2 and "64x0" in grid.output       # 'grid' itself parsed, the bad item named
+
+
+def test_bench_command_reads_floor_constants(small_cache, tmp_path):
+    from click.testing import CliRunner
+
+    from spdnn.cli import cli
+
+    given = FloorConstants(device="cpu", name="made-up host", bandwidth_gbs=3.5, cache_bytes=2**20,
+                           cache_bandwidth_gbs=20.0, add_per_s={"fp32": 1e10}, launch_s=4e-6)
+    path = write_constants(given, tmp_path / "constants.json")
+
+    def spdnn_bench(*args):
+        return CliRunner().invoke(cli, ["bench", "--cells", f"{N}x{L}", "--samples", str(S), "--repeats", "1",
+                                        "--engines", "cpu", "--no-progress", *map(str, args)],
+                                  env={"SPDNN_CACHE_DIR": str(small_cache)})
+
+    out = tmp_path / "bench.json"
+    result = spdnn_bench("--floor-constants", path, "--json-out", out)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert FloorConstants.from_dict(doc["floor_constants"]["cpu"]) == given
+    entry = doc["cells"][0]["engines"]["cpu"]
+    assert entry["floor"]["launch_s"] == pytest.approx(4e-6)   # the file's launch, once (one batch)
+    assert entry["floor_ratio"] == pytest.approx(entry["median_seconds"] / entry["floor"]["seconds"])
+    missing = spdnn_bench("--floor-constants", tmp_path / "none.json")
+    assert missing.exit_code == 2 and "none.json" in missing.output
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    broken = spdnn_bench("--floor-constants", bad)
+    assert broken.exit_code == 2 and "bad.json, line 1" in broken.output and "Traceback" not in broken.output
 
 
 # ----------------------------------------------------------------------- benchmarks/*.py

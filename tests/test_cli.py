@@ -303,8 +303,10 @@ def test_bench_json_and_plot(spdnn_cli, cache, tmp_path):
     e = cell["engines"]["reference"]
     assert len(e["times"]) == 2 and e["median_seconds"] == pytest.approx(float(np.median(e["times"])))
     assert e["teraedges_per_second"] == pytest.approx(S * 32 * N * L / e["median_seconds"] / 1e12)
-    assert e["floor"]["bandwidth_gbs"] == 10 and e["floor"]["seconds"] > 0
+    assert e["floor_v1"]["bandwidth_gbs"] == 10 and e["floor"]["seconds"] > 0
+    assert doc["floor_constants"]["cpu"]["bandwidth_gbs"] == 10            # both floors take --bandwidth-gbs
     assert e["floor_ratio"] == pytest.approx(e["median_seconds"] / e["floor"]["seconds"])
+    assert e["floor_ratio_v1"] == pytest.approx(e["median_seconds"] / e["floor_v1"]["seconds"])
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -8,20 +8,13 @@ median reported together with TeraEdges/s (samples x edges / seconds / 1e12), as
 tables of the challenge papers, next to the published figures of that cell
 (:data:`PUBLISHED`). Every run's categories are checked against the truth.
 
-The floor of a cell on a device is the time to move the bytes any engine must move,
-at the device's memory bandwidth, plus one kernel launch (or parallel region) per
-layer (:func:`floor_estimate`)::
-
-    bytes   = sum_k (read_k + written_k) * N * bytes_per_value  +  weight_bytes
-    seconds = bytes / bandwidth + layers * launch_latency
-
-Layer k reads the rows it computes and writes those the next layer computes: without
-merging, the samples alive before it (``alive_inputs`` for layer 1: nonzero input rows)
-and after it (the survivors); for an engine that reports ``extra['rows_computed']``
-(fewer rows when it merges identical samples), those counts, so that merging cannot
-hide a slow kernel. ``weight_bytes`` counts a 16-bit index per edge (values are free:
-generated networks have one weight value per layer). ``xfloor`` is the measured median
-over that floor.
+Each run is set against two floors (:mod:`spdnn.floor`, docs/floor.md): the honest
+floor (:func:`spdnn.floor.cell_floor`: the bytes that must cross memory, the arithmetic
+and the dependence between layers of the engine's schedule, at constants measured on the
+card by :mod:`spdnn.floor_probe` at the start, or read from ``floor_constants``), whose
+ratio is ``xfloor``, and the first model (:func:`spdnn.floor.floor_estimate`: every
+layer's rows read and written at the bandwidth plus a launch a layer), ``xfloor(v1)``,
+kept beside it so that tables stay comparable with earlier results.
 """
 from __future__ import annotations
 
@@ -44,25 +37,23 @@ from ._progress import progress_bar
 from .engines import PRECISIONS, available_engines, engine_device, engine_merges, get_engine
 from .engines.base import Engine, InferenceResult
 from .errors import OptionError, SpdnnError
+from .floor import WEIGHT_INDEX_BYTES, Floor, FloorConstants, floor_check, floor_estimate, floor_of_run, read_constants
 from .network import LazyLayers, Network
 from .options import check_merge
 from .report import to_json
 
-__all__ = ["parse_cells", "default_engines", "Floor", "floor_estimate", "host_bandwidth_gbs",
+__all__ = ["parse_cells", "default_engines", "Floor", "floor_estimate", "floor_constants", "host_bandwidth_gbs",
            "gpu_copy_gbs", "gpu_bandwidth_gbs", "Timing", "time_runs", "time_engine", "BenchRun", "bench_runs",
            "run_bench",
            "write_json", "write_plot", "require_matplotlib", "materialized", "cpu_model", "PUBLISHED",
            "GRID", "LAUNCH_LATENCY_S", "MATERIALIZE_MAX_EDGES"]
 
-#: Per-layer launch cost assumed by the floor, seconds: a kernel node of a CUDA graph
+#: Per-layer launch cost assumed by the v1 floor, seconds: a kernel node of a CUDA graph
 #: on the GPU; a fork/join of a parallel region (numba/OpenMP) on the CPU.
 LAUNCH_LATENCY_S = {"gpu": 2e-6, "cpu": 5e-6}
 
 #: Default engines of ``spdnn bench``, those available here are used.
 DEFAULT_ENGINES = ("cuda", "cusparse", "cpu")
-
-#: Bytes of one weight index in the floor (the seed's 16-bit buffer-local indices).
-WEIGHT_INDEX_BYTES = 2
 
 
 #: Lazy (generated) networks up to this many edges are built into memory before timing
@@ -142,81 +133,6 @@ def default_engines() -> list[str]:
     avail = available_engines()
     names = [n for n in DEFAULT_ENGINES if avail.get(n, (False, ""))[0]]
     return names or ["reference"]
-
-
-@dataclass(frozen=True)
-class Floor:
-    """A cell's lower bound on one device (see the module docstring).
-
-    Attributes
-    ----------
-    device : str
-        'cpu' or 'gpu'.
-    bytes : int
-        Activation bytes read and written over all layers, plus weight bytes.
-    bandwidth_gbs : float
-        Memory bandwidth assumed, GB/s (1e9 bytes).
-    launches : int
-    launch_latency_s : float
-    seconds : float
-        bytes / bandwidth + launches * launch_latency.
-    """
-
-    device: str
-    bytes: int
-    bandwidth_gbs: float
-    launches: int
-    launch_latency_s: float
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def floor_estimate(survivors: Sequence[int], *, alive_inputs: int, neurons: int, bytes_per_value: int,
-                   edges: int, bandwidth_gbs: float, launch_latency_s: float, device: str,
-                   rows_computed: Sequence[int] | None = None) -> Floor:
-    """The floor of one cell (see the module docstring).
-
-    Parameters
-    ----------
-    survivors : sequence of int, length L
-        Samples alive after each layer.
-    alive_inputs : int
-        Samples alive before layer 1 (nonzero input rows).
-    neurons : int
-        N.
-    bytes_per_value : int
-        4 for fp32 activations, 8 for fp64.
-    edges : int
-        Sum of nnz over the layers (each costs :data:`WEIGHT_INDEX_BYTES`).
-    bandwidth_gbs : float
-        GB/s, > 0.
-    launch_latency_s : float
-        Seconds per layer launch.
-    device : str
-    rows_computed : sequence of int, length L, optional
-        Rows the engine computed at each layer (``InferenceResult.extra['rows_computed']``).
-        Given, layer k reads ``rows_computed[k]`` rows and writes ``rows_computed[k+1]``
-        (the last layer: ``min(rows_computed[L-1], survivors[L-1])``); else it reads the
-        samples alive before it and writes the survivors.
-    """
-    if not bandwidth_gbs > 0:
-        raise OptionError(f"bandwidth {bandwidth_gbs} GB/s: expected a positive number")
-    alive = np.asarray(survivors, dtype=np.int64)
-    if rows_computed is None:
-        read = np.concatenate([[int(alive_inputs)], alive[:-1]])
-    else:
-        read = np.asarray(rows_computed, dtype=np.int64)
-        if read.shape != alive.shape:
-            raise OptionError(f"rows_computed: {read.size} layers, survivors: {alive.size}")
-    written = np.concatenate([read[1:], [min(int(read[-1]), int(alive[-1]))]]) if read.size else read
-    act_bytes = int((read + written).sum()) * int(neurons) * int(bytes_per_value)
-    total = act_bytes + int(edges) * WEIGHT_INDEX_BYTES
-    launches = int(len(alive))
-    seconds = total / (bandwidth_gbs * 1e9) + launches * launch_latency_s
-    return Floor(device=device, bytes=total, bandwidth_gbs=float(bandwidth_gbs), launches=launches,
-                 launch_latency_s=float(launch_latency_s), seconds=float(seconds))
 
 
 def host_bandwidth_gbs(*, megabytes: int = 256, repeats: int = 5) -> float:
@@ -440,6 +356,37 @@ def _bandwidths(devices: set[str], bandwidth_gbs: float | str) -> dict[str, dict
     return out
 
 
+def floor_constants(devices: set[str], given=None, *, bandwidth_gbs: float | str = "auto",
+                    log: Callable[[str], None] | None = None) -> dict[str, FloorConstants]:
+    """{device: constants} of the honest floor for ``devices`` ('cpu', 'gpu').
+
+    ``given``: a :class:`~spdnn.floor.FloorConstants`, its dict, or a JSON file of
+    :func:`spdnn.floor.write_constants` (``benchmarks/floor_constants.py``), used for its
+    device; every other device is measured now (:mod:`spdnn.floor_probe`: a few seconds
+    on a GPU). ``bandwidth_gbs`` other than 'auto' replaces the device-memory bandwidth.
+    """
+    from . import floor_probe
+
+    log = log or (lambda line: None)
+    if isinstance(given, (str, os.PathLike)):
+        given = read_constants(given)
+    elif isinstance(given, dict):
+        given = FloorConstants.from_dict(given)
+    out = {}
+    for device in sorted(devices):
+        if given is not None and given.device == device:
+            constants = given
+        elif device == "gpu":
+            log("floor constants: measuring the GPU (spdnn.floor_probe)")
+            constants = floor_probe.measure_gpu(log=log)
+        else:
+            constants = floor_probe.measure_host(bandwidth_gbs=None if bandwidth_gbs == "auto" else bandwidth_gbs)
+        if bandwidth_gbs != "auto":
+            constants = dataclasses.replace(constants, bandwidth_gbs=float(bandwidth_gbs))
+        out[device] = constants
+    return out
+
+
 @dataclass(frozen=True)
 class BenchRun:
     """One engine configuration of a bench: engine name, ``merge`` option (None: the
@@ -479,7 +426,7 @@ def bench_runs(engines: Sequence[str], merge: Sequence = ("auto",)) -> list[Benc
 def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repeats: int = 5,
               samples: int | None = 60000, precision: str = "fp32", seed: int = 0, merge: Sequence = ("auto",),
               bandwidth_gbs: float | str = "auto", launch_latency_s: float | None = None,
-              progress: bool | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              floor_constants_from=None, progress: bool | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the benchmark and return its report (a JSON-ready dict).
 
     Parameters
@@ -499,9 +446,12 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
         Settings of the ``merge`` option; engines that merge run once per setting (see
         :func:`bench_runs`), the others once.
     bandwidth_gbs : float or 'auto'
-        Memory bandwidth for the floor; 'auto' measures the host and reads the GPU's peak.
+        Memory bandwidth of both floors; 'auto': the v1 floor measures the host and reads
+        the GPU's peak, the honest floor uses its measured constants.
     launch_latency_s : float, optional
-        Per-layer launch cost of the floor (default :data:`LAUNCH_LATENCY_S` per device).
+        Per-layer launch cost of the v1 floor (default :data:`LAUNCH_LATENCY_S` per device).
+    floor_constants_from : FloorConstants, dict, path or None
+        Constants of the honest floor (:func:`floor_constants`); None: measured at the start.
     progress : bool or None
         Progress bars on stderr (None: when stderr is a terminal).
     log : callable(str), optional
@@ -520,8 +470,10 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
         warm-up's: prepare and load), ``repeats`` (per timed run: seconds, passed,
         categories_count, rows_computed), passed, categories_count, missing and extra
         (ids against the truth, of the first failing run), survivors, rows_computed (or
-        None), floor (:meth:`Floor.to_dict`), floor_ratio, extra_info (the engine's
-        ``extra`` of the last run).
+        None), floor (the honest floor, :meth:`spdnn.floor.CellFloor.to_dict`), floor_ratio
+        (median / floor: ``xfloor``), floor_check (:func:`spdnn.floor.floor_check`),
+        floor_v1 (:meth:`Floor.to_dict`), floor_ratio_v1, extra_info (the engine's ``extra``
+        of the last run); and ``floor_constants`` ({device: the constants used}).
     """
     from .generate import cached_challenge
     from .verify import compare_categories
@@ -538,6 +490,8 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
     for run in runs:
         get_engine(run.engine, precision=precision, **run.options)
     bandwidths = _bandwidths({engine_device(run.engine) for run in runs}, bandwidth_gbs)
+    constants = floor_constants({engine_device(run.engine) for run in runs}, floor_constants_from,
+                                bandwidth_gbs=bandwidth_gbs, log=log)
     bytes_per_value = np.dtype(PRECISIONS[precision]).itemsize
 
     report: dict[str, Any] = {
@@ -545,7 +499,8 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
         "command": " ".join(["spdnn", *sys.argv[1:]]) if sys.argv and "spdnn" in sys.argv[0] else None,
         "machine": _machine(bandwidths), "precision": precision, "repeats": repeats, "seed": seed,
         "merge": [m if isinstance(m, str) else {True: "on", False: "off"}[m] for m in merge],
-        "engines": [run.label for run in runs], "cells": [],
+        "engines": [run.label for run in runs],
+        "floor_constants": {device: c.to_dict() for device, c in constants.items()}, "cells": [],
     }
     for neurons, layers in cells:
         log(f"cell {neurons}x{layers}: preparing data (generated, seed {seed}, cached)")
@@ -555,6 +510,7 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
         network = materialized(network)
         data_seconds = time.perf_counter() - t0
         alive_inputs = int(np.count_nonzero(np.diff(features.indptr)))
+        nonzeros = None                                     # the layers' nnz, for engines that do not report
         cell: dict[str, Any] = {
             "neurons": neurons, "layers": layers, "samples": int(features.shape[0]), "edges": network.edges,
             "data_seconds": data_seconds, "alive_inputs": alive_inputs, "categories_count": int(len(truth)),
@@ -577,6 +533,13 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
                                    launch_latency_s=(LAUNCH_LATENCY_S[device] if launch_latency_s is None
                                                      else launch_latency_s),
                                    device=device, rows_computed=rows_computed)
+            if nonzeros is None and not {"adds_per_row", "weight_bytes"} <= set(last.extra):
+                from .floor import layer_nonzeros
+
+                nonzeros = layer_nonzeros(network)
+            honest = floor_of_run(network, survivors=last.survivors, alive_inputs=alive_inputs, extra=last.extra,
+                                  bytes_per_value=bytes_per_value, precision=precision, constants=constants[device],
+                                  nonzeros=nonzeros)
             entry = {
                 "engine": run.engine, "merge": run.merge, "times": timing.seconds, "median_seconds": median,
                 "teraedges_per_second": last.samples * network.edges / median / 1e12 if median > 0 else None,
@@ -587,14 +550,21 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
                             for res, c in zip(timed, checks[1:])],
                 "passed": all(c.passed for c in checks), "categories_count": int(len(last.categories)),
                 "missing": bad.missing, "extra": bad.extra, "survivors": last.survivors,
-                "rows_computed": rows_computed, "floor": floor.to_dict(), "floor_ratio": median / floor.seconds,
+                "rows_computed": rows_computed, "floor": {"device": device, **honest.to_dict()},
+                "floor_ratio": median / honest.seconds if honest.seconds > 0 else None,
+                "floor_check": floor_check(median, honest.seconds),
+                "floor_v1": floor.to_dict(), "floor_ratio_v1": median / floor.seconds,
                 "extra_info": last.extra,
             }
             cell["engines"][run.label] = entry
             if cell["survivors"] is None and entry["passed"]:
                 cell["survivors"] = [int(s) for s in last.survivors]
-            log(f"cell {neurons}x{layers}: {run.label} median {median:.4g} s, x{entry['floor_ratio']:.2f} floor "
+            ratio = "-" if entry["floor_ratio"] is None else f"{entry['floor_ratio']:.2f}"
+            log(f"cell {neurons}x{layers}: {run.label} median {median:.4g} s, x{ratio} floor "
+                f"({honest.bound}: {honest.limit}), x{entry['floor_ratio_v1']:.2f} floor v1 "
                 f"({'PASS' if entry['passed'] else 'FAIL'})")
+            if entry["floor_check"] != "ok":
+                log(f"cell {neurons}x{layers}: {run.label}: {entry['floor_check']}")
         report["cells"].append(cell)
     report["passed"] = all(e["passed"] for c in report["cells"] for e in c["engines"].values())
     return report

@@ -925,18 +925,23 @@ def _bandwidth(ctx, param, value):
 @click.option("--bandwidth-gbs", default="auto", show_default=True, callback=_bandwidth,
               help="Memory bandwidth of the floor, GB/s; auto: measured host copy / GPU peak.")
 @click.option("--launch-us", type=click.FloatRange(min=0), default=None,
-              help="Per-layer launch latency of the floor, microseconds [GPU 2, CPU 5].")
+              help="Per-layer launch latency of the v1 floor, microseconds [GPU 2, CPU 5].")
+@click.option("--floor-constants", "floor_constants", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSON of the honest floor's constants (benchmarks/floor_constants.py); default: measured "
+                   "on the device at the start (a few seconds).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout instead of the table.")
 @progress_option
 def bench(cells, engine_names, repeats, samples, precision, seed, merge, json_out, plot, bandwidth_gbs, launch_us,
-          as_json, progress):
+          floor_constants, as_json, progress):
     """Time engines side by side on generated cells and compare with the floor.
 
     For each cell the data are prepared once (generated, cached); each engine runs
     once to warm up, then REPEATS times (once per --merge setting if it merges); the
     table shows the median inference time, TeraEdges/s and the ratio to the cell's floor
-    (bytes of the activation rows computed, read and written per layer, at the memory
-    bandwidth, plus one launch per layer), next to the published figures of the cell.
+    (docs/floor.md: the bytes the engine's schedule must move, its arithmetic and the
+    barriers between layers, at constants measured on the device), the ratio to the
+    first model's floor (xfloor(v1): every layer's rows read and written at the memory
+    bandwidth, plus a launch a layer), next to the published figures of the cell.
     Every run's categories are checked against the float64 truth: exit 1 after the
     table when any differs.
     """
@@ -950,7 +955,7 @@ def bench(cells, engine_names, repeats, samples, precision, seed, merge, json_ou
     report = benchmod.run_bench(cell_list, engines, repeats=repeats, samples=samples, precision=precision,
                                 seed=seed, merge=merge, bandwidth_gbs=bandwidth_gbs,
                                 launch_latency_s=None if launch_us is None else launch_us * 1e-6,
-                                progress=_progress(progress), log=None if progress is False else _status)
+                                floor_constants_from=floor_constants, progress=_progress(progress), log=None if progress is False else _status)
     if as_json:
         _echo_json(report)
     else:

@@ -178,19 +178,28 @@ def _count(n: int) -> str:
     return str(int(n))
 
 
+def _ratio(value) -> str:
+    """A measured/floor ratio in three digits, ``!`` appended below 1 (the floor model is wrong)."""
+    if value is None:
+        return "-"
+    return f"{value:.3g}" + ("!" if value < 1 else "")
+
+
 def format_bench(report: Mapping[str, Any]) -> str:
     """The benchmark table: one row per cell and engine run (see :func:`spdnn.bench.run_bench`).
 
-    Per row: median time, TeraEdges/s, the floor (:func:`spdnn.bench.floor_estimate`) and
-    ``xfloor`` (median / floor), ``rows``: activation rows the engine computed over all
+    Per row: median time, TeraEdges/s, the honest floor (:func:`spdnn.floor.cell_floor`),
+    ``xfloor`` (median / floor; marked ``!`` when below 1: the model is wrong), what bounds
+    the floor (``traffic`` or ``chain``, and its largest part), ``xfloor(v1)`` (median /
+    the first model's floor, :func:`spdnn.floor.floor_estimate`), ``rows``: activation rows the engine computed over all
     layers against the rows of the samples alive (fewer computed when it merges), and
     ``check`` (every run's categories equal the truth). The first row of a cell also
     shows the published figures of that N x L (seed V100 / seed A100 / XY-2021 / SNICIT,
     TeraEdges/s; docs/challenge.md, Published figures).
     """
-    header = ["N x L", "samples", "categories", "engine", "time", "TE/s", "floor", "xfloor", "rows",
-              "published TE/s", "check"]
-    right = [False, True, True, False, True, True, True, True, True, False, False]
+    header = ["N x L", "samples", "categories", "engine", "time", "TE/s", "floor", "xfloor", "bound", "xfloor(v1)",
+              "rows", "published TE/s", "check"]
+    right = [False, True, True, False, True, True, True, True, False, True, True, False, False]
     rows = []
     for cell in report["cells"]:
         published = cell.get("published")
@@ -203,16 +212,22 @@ def format_bench(report: Mapping[str, Any]) -> str:
                          f"{cell['samples']:,}" if i == 0 else "", str(cell["categories_count"]) if i == 0 else "",
                          label, format_seconds(e["median_seconds"]), f"{e['teraedges_per_second']:.3g}",
                          f"{format_seconds(e['floor']['seconds'])} ({e['floor']['device']})",
-                         f"{e['floor_ratio']:.3g}", f"{_count(computed)}/{_count(alive)}",
+                         _ratio(e.get("floor_ratio")), f"{e['floor']['bound']}: {e['floor']['limit']}",
+                         _ratio(e.get("floor_ratio_v1")), f"{_count(computed)}/{_count(alive)}",
                          shown if i == 0 else "", "PASS" if e["passed"] else "FAIL"])
     lines = [_table(header, rows, right=right)]
     for cell in report["cells"]:
         for label in report["engines"]:
             e = cell["engines"][label]
+            if e.get("floor_check", "ok") != "ok":
+                lines.append(f"{cell['neurons']}x{cell['layers']} {label}: {e['floor_check']}")
             if not e["passed"]:
                 lines.append(f"{cell['neurons']}x{cell['layers']} {label}: missing {format_ids(e['missing'])}; "
                              f"extra {format_ids(e['extra'])}")
     lines.append(f"median of {report['repeats']} runs after a warm-up; precision {report['precision']}; "
-                 "TE/s = samples x edges / inference seconds / 1e12; xfloor = median / floor; rows = computed / "
-                 "alive over all layers; published = seed V100/seed A100/XY-2021 A6000/SNICIT A6000")
+                 "TE/s = samples x edges / inference seconds / 1e12; xfloor = median / floor (docs/floor.md: "
+                 "max(traffic, chain of phases, barriers and launches) at constants measured on the card); "
+                 "xfloor(v1) = median / the first model's floor (rows read and written at the bandwidth + a launch "
+                 "a layer); rows = computed / alive over all layers; published = seed V100/seed A100/XY-2021 "
+                 "A6000/SNICIT A6000")
     return "\n".join(lines)

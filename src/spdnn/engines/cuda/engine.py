@@ -366,6 +366,7 @@ class CudaEngine(Engine):
         self._max_entries = int(max(p.entries for p in packed))
         self.padding_ratio = float(entry_off[-1] / max(sum(p.packed_nnz for p in packed), 1))
         self.distinct_columns = float(np.mean([p.virtual for p in packed]))
+        self.adds_per_row = [int(p.packed_nnz) for p in packed]     # the floor's arithmetic (spdnn.floor)
         if cfg.stationary and self.forced_config is None:
             # Prefetch the next layers into shared memory when the stages fit beside the tile.
             cfg = self._with_prefetch(cfg, PREFETCH_STAGES)
@@ -405,6 +406,7 @@ class CudaEngine(Engine):
         """Resident layers [0, R) and streamed chunks of layers [R, L) (see the module docstring)."""
         sizes = np.array([self._layer_bytes(p) for p in packed], dtype=np.int64)
         total = int(sizes.sum())
+        self.weight_bytes = total + int(sum(p.meta.nbytes for p in packed))     # read once a layer (spdnn.floor)
         small = self._entry_off.nbytes + sum(p.meta.nbytes for p in packed) + network.bias.nbytes
         budget = self._budget()
         per_sample = self._bytes_per_sample()
@@ -920,7 +922,7 @@ class CudaEngine(Engine):
         ids = self._ids_host[:alive].astype(np.int64)
         if merged:
             self._parents = self._parent_host[:self._loaded].copy()
-        survivors, entering = self._counts(start, stop, phases, stats)
+        survivors, entering, leaving = self._counts(start, stop, phases, stats)
         self._alive_rows, self._alive_ids = alive, ids
         self._alive_samples = int(survivors[-1]) if stop > start else self._alive_samples
         categories = self._members(ids, self._roots())
@@ -943,11 +945,17 @@ class CudaEngine(Engine):
             "merge": self.merging,
             "merged_samples": int(categories.size - ids.size),
             "rows_computed": entering.tolist(),
+            # the schedule, for spdnn.floor: [first, stop, scope] of each segment (layers from start)
+            "segments": [[ph.a - start, ph.b - start, "block" if ph.kind == "stationary" else "grid"]
+                         for ph in phases if ph.kind != "merge"],
+            "rows_left": leaving.tolist(), "adds_per_row": self.adds_per_row[start:stop],
+            "weight_bytes": self.weight_bytes,
         }
         return categories + 1, survivors, extra
 
     def _counts(self, start: int, stop: int, phases: list[_Phase], stats: np.ndarray):
-        """Samples alive after each layer run, and rows entering each (int64 arrays, stop - start).
+        """Samples alive after each layer run, rows entering each and rows left after each (before a
+        merge that follows; int64 arrays, stop - start).
 
         Per-layer kernels count survivors directly (counts, wcounts); stationary segments
         count deaths (deaths, wdeaths), subtracted here from what entered the segment;
@@ -956,6 +964,7 @@ class CudaEngine(Engine):
         off = self._stat_off
         survivors = np.zeros(stop - start, dtype=np.int64)
         entering = np.zeros(stop - start, dtype=np.int64)
+        leaving = np.zeros(stop - start, dtype=np.int64)
         rows, samples = self._alive_rows, self._alive_samples
         for i, ph in enumerate(phases):
             if ph.kind == "merge":
@@ -967,12 +976,13 @@ class CudaEngine(Engine):
                 lost = np.cumsum(stats[off["deaths"] + ph.a + 1:off["deaths"] + ph.b + 1])
                 lost_samples = np.cumsum(stats[off["wdeaths"] + ph.a + 1:off["wdeaths"] + ph.b + 1])
                 entering[a + 1:b] = rows - lost[:-1]
+                leaving[a:b] = rows - lost
                 survivors[a:b] = samples - lost_samples
                 rows, samples = rows - int(lost[-1]), int(survivors[b - 1])
             else:
-                rows = int(stats[off["counts"] + ph.a + 1])
+                rows = leaving[a] = int(stats[off["counts"] + ph.a + 1])
                 samples = survivors[a] = int(stats[off["wcounts"] + ph.a + 1])
-        return survivors, entering
+        return survivors, entering, leaving
 
     def _roots(self) -> np.ndarray | None:
         """Each loaded sample's representative after every merge so far (itself if never
