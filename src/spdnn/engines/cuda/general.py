@@ -203,7 +203,11 @@ class CupyKernels:
         self.dev = engine._device
         self.k = {}
         for filename, roles in names.items():
-            self.k.update(_kernels(self.dev.id, filename, roles))
+            if filename == "general.cu":      # one module an instance: networks share them
+                for role, name in roles.items():
+                    self.k.update(_kernels(self.dev.id, filename, {role: name}))
+            else:
+                self.k.update(_kernels(self.dev.id, filename, roles))
         self.sms = int(self.dev.attributes["MultiProcessorCount"])
         self._occupancy = lambda role, threads, smem: _blocks_per_sm(self.k[role], threads, smem, self.dev)
         self.graphs = not engine.debug
