@@ -11,7 +11,7 @@ from spdnn.errors import OptionError
 
 def test_cell_names():
     cells = bg.parse_general_cells(["general"])
-    assert cells[:2] == ["wide4096", "wide16384"] and cells[-1] == "mnistshape"
+    assert cells[:3] == ["wide4096", "wide16384", "mnistshape"]
     assert [c for c in cells if c.startswith("zeros")] == [f"zeros4096:{z:g}" for z in bg.SWEEP_ZEROS]
     assert bg.is_general_cell("zeros4096:97") and not bg.is_general_cell("1024x120")
     with pytest.raises(OptionError, match="zeros4096:P"):

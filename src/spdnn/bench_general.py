@@ -70,7 +70,7 @@ def parse_general_cells(items: Sequence[str]) -> list[str]:
             if not item:
                 continue
             if item == "general":
-                out += [*WIDE, *(f"zeros4096:{z:g}" for z in SWEEP_ZEROS), "mnistshape"]
+                out += [*WIDE, "mnistshape", *(f"zeros4096:{z:g}" for z in SWEEP_ZEROS)]
             elif item == "sweep4096":
                 out += [f"zeros4096:{z:g}" for z in SWEEP_ZEROS]
             elif item in WIDE or item == "mnistshape":
@@ -231,7 +231,8 @@ def run_general_bench(cells: Sequence[str], engines: Sequence[str] = ("cuda", "c
                       peers: Sequence[str] = PEERS, *, repeats: int = 3, samples: int = 60000,
                       precision: str = "fp32", seed: int = 0, bandwidth_gbs: float | str = "auto",
                       progress: bool | None = None, log: Callable[[str], None] | None = None,
-                      truth_engine: str = "cuda") -> dict[str, Any]:
+                      truth_engine: str = "cuda", checkpoint: Callable[[dict], None] | None = None
+                      ) -> dict[str, Any]:
     """Time ``engines`` (the CUDA engine with merging off) and ``peers`` on general cells.
 
     Returns a JSON-ready report: ``cells`` (name, description, widths, edges, samples,
@@ -239,7 +240,8 @@ def run_general_bench(cells: Sequence[str], engines: Sequence[str] = ("cuda", "c
     prediction_mismatches (against the CUDA engine's fp64 run), passed, rows_computed, error
     (a peer that could not run, e.g. out of memory)), ``passed`` (every spdnn engine's
     predictions within :data:`PREDICTION_TOLERANCE` of fp64's), ``machine``.
-    ``truth_engine`` computes the fp64 predictions (any exact engine: they are the reference's).
+    ``truth_engine`` computes the fp64 predictions (any exact engine: they are the reference's);
+    ``checkpoint(report)`` is called after every cell (the CLI writes ``--json-out`` there).
     """
     log = log or (lambda line: None)
     cell_names = parse_general_cells(cells)
@@ -306,6 +308,9 @@ def run_general_bench(cells: Sequence[str], engines: Sequence[str] = ("cuda", "c
                 _free_device_memory()
             cell["engines"][label] = entry
         report["cells"].append(cell)
+        report["passed"] = all(e.get("passed", False) for c in report["cells"] for e in c["engines"].values())
+        if checkpoint is not None:
+            checkpoint(report)
     report["passed"] = all(e.get("passed", False) for c in report["cells"] for e in c["engines"].values())
     return report
 

@@ -909,13 +909,14 @@ def _bench_general(items, engine_names, repeats, samples, precision, seed, json_
 
     report = general.run_general_bench(items, engine_names or ("cuda", "cusparse"), repeats=repeats,
                                        samples=samples, precision=precision, seed=seed, bandwidth_gbs=bandwidth_gbs,
-                                       progress=_progress(progress), log=None if progress is False else _status)
+                                       progress=_progress(progress), log=None if progress is False else _status,
+                                       checkpoint=None if json_out is None else
+                                       (lambda partial: benchmod.write_json(partial, json_out)))
     if as_json:
         _echo_json(report)
     else:
         click.echo(general.format_general(report))
     if json_out is not None:
-        benchmod.write_json(report, json_out)
         _status(f"wrote {json_out}")
     if not report["passed"]:
         sys.exit(ExitCode.FAIL)
