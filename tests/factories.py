@@ -31,7 +31,7 @@ from spdnn.engines.reference import ReferenceEngine
 from spdnn.network import Network
 
 __all__ = ["BIAS_KINDS", "GENERAL_WEIGHTS", "random_layer", "random_bias", "random_network",
-           "duplicate_column_network", "random_features", "general_network", "general_features", "reference_run",
+           "duplicate_column_network", "random_features", "general_network", "general_features", "GENERAL_CASES", "general_case", "reference_run",
            "engine_availability", "read_official_subset", "challenge_cache", "same_csr"]
 
 #: Per-neuron bias kinds of :func:`random_bias`: the sign pattern matters to the engines
@@ -175,6 +175,62 @@ def general_features(rng: np.random.Generator, samples: int, neurons: int) -> sp
     """Random inputs of a random density in [0.05, 0.5): binary or N(0, 1) (negative too), half and half."""
     density = rng.uniform(0.05, 0.5)
     return random_features(rng, samples, neurons, density, values="binary" if rng.random() < 0.5 else "normal")
+
+
+#: Named general networks (:func:`general_case`): every general path an engine must run.
+GENERAL_CASES = ("rectangular", "dense_and_sparse", "dense_bias_negative", "dense_bias_positive", "cap1",
+                 "uncapped", "identity_output", "revive", "one_value")
+
+
+def general_case(rng: np.random.Generator, name: str, samples: int = 120) -> tuple[Network, sp.csr_matrix]:
+    """(network, features) of the general case ``name`` of :data:`GENERAL_CASES`.
+
+    rectangular: sparse layers 50->90->70->130->12, structural bias (rows die), ReLU capped at 32;
+    dense_and_sparse: dense 40->64, three sparse 64x64, dense 64->10 identity, dense bias;
+    dense_bias_negative / dense_bias_positive: sparse 60x60 layers, a dense bias <= 0 (rows
+    may be pruned) or of both signs (they may not); cap1 / uncapped: ReLU capped at 1, or
+    not at all (a dense bias); identity_output: sparse layers ending in an identity layer
+    with negative outputs; revive: layer 1 zeroes most rows, layer 2's positive dense bias
+    revives them; one_value: one weight value a layer (0.0625, then 0.3) and half-precision
+    values. Features have some empty rows and values of both signs.
+    """
+    def sparse(n_in, n_out, density=0.15, values="normal"):
+        return random_layer(rng, n_in, density, values=values, columns=n_out)
+
+    def dense(n_in, n_out):
+        return rng.normal(0.0, 1.2 / np.sqrt(n_in), (n_in, n_out))
+
+    if name == "rectangular":
+        widths = (50, 90, 70, 130, 12)
+        layers = [sparse(a, b) for a, b in zip(widths, widths[1:])]
+        net = Network.from_layers(layers, [rng.uniform(low, 0.1, b) for low, b in zip((-0.3, -0.5, -1, -2), widths[1:])])
+    elif name == "dense_and_sparse":
+        layers = [dense(40, 64), sparse(64, 64), sparse(64, 64), sparse(64, 64), dense(64, 10)]
+        bias = [rng.normal(0, 0.2, w.shape[1]) for w in layers]
+        net = Network.from_layers(layers, bias, bias_rule="dense", activation=["relu"] * 4 + ["identity"],
+                                  ymax=None)
+    elif name in ("dense_bias_negative", "dense_bias_positive", "cap1", "uncapped"):
+        layers = [sparse(60, 60, 0.2) for _ in range(6)]
+        low, high = (-0.3, 0.0) if name == "dense_bias_negative" else (-0.2, 0.2)
+        ymax = {"cap1": 1.0, "uncapped": None}.get(name, 32.0)
+        net = Network.from_layers(layers, rng.uniform(low, high, (6, 60)), bias_rule="dense", ymax=ymax)
+    elif name == "identity_output":
+        layers = [sparse(48, 80), sparse(80, 80), sparse(80, 12, 0.3, "standard")]
+        net = Network.from_layers(layers, [-0.1, rng.normal(0, 0.1, 80), rng.normal(0, 0.5, 12)],
+                                  bias_rule=["structural", "dense", "dense"], activation=["relu", "relu", "identity"],
+                                  ymax=[4.0, None, None])
+    elif name == "revive":
+        kill = sparse(40, 40, 0.2, (-1.0, -0.1))             # every weight negative
+        net = Network.from_layers([kill, sparse(40, 40, 0.2), sparse(40, 40, 0.2)], [0.0, 0.4, -0.2],
+                                  bias_rule="dense")
+    elif name == "one_value":
+        layers = [sparse(70, 70, 0.2, 0.0625), sparse(70, 70, 0.2, 0.3), sparse(70, 70, 0.2, "fp16")]
+        net = Network.from_layers(layers, -0.05, bias_rule="dense", ymax=[32.0, 2.0, 32.0])
+    else:
+        raise ValueError(f"unknown general case {name!r}")
+    dead = [1, samples // 2] if samples > 2 else []
+    features = random_features(rng, samples, net.inputs, 0.3, values=(-0.5, 1.0), dead=dead)
+    return net, features
 
 
 def reference_run(network: Network, features, precision: str = "fp64"):

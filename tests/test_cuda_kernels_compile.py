@@ -51,3 +51,55 @@ def test_kernels_compile_for_sm90(tmp_path, filename):
         if "bytes spill stores" in line:
             stores = int(line.split("bytes spill stores")[0].split(",")[-1])
             assert stores <= 64, f"{filename}: register spills: {line.strip()}"
+
+
+def _general_names(filename):
+    """Every instance of ``filename`` the general path asks for on the general test cases
+    (fp32 and fp64; one value, per-entry values, half-precision values; compacting or not;
+    dense layers) and on a wide layer (N = 16384: 32 outputs a thread)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from factories import GENERAL_CASES, general_case
+    from spdnn.engines.cuda.general import general_instances, plan_general
+    from spdnn.network import Network
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(0)
+    nets = [general_case(rng, case, samples=4)[0] for case in GENERAL_CASES]
+    wide = sp.random(16384, 16384, density=2e-4, format="csr", random_state=1)
+    nets.append(Network.from_layers([wide], -0.1, bias_rule="dense"))
+    names = set()
+    for net in nets:
+        for dtype in (np.float32, np.float64):
+            names |= set(general_instances(plan_general(net, dtype), dtype).get(filename, {}).values())
+    # one instance of each (types, value mode, compacting) and every 32-outputs-a-thread one
+    # (about twenty in all would take two minutes)
+    kept = {}
+    for name in sorted(names):
+        args = name.partition("<")[2].rstrip(">").split(", ")
+        key = (name.partition("<")[0], *args[:3], args[-1]) if len(args) == 7 else (name,)
+        if len(args) == 7 and args[5] == "32":
+            key = (name,)
+        kept.setdefault(key, name)
+    return sorted(kept.values())
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+def test_general_kernels_compile_for_sm90(tmp_path):
+    names = _general_names("general.cu")
+    assert any("true>" in n for n in names) and any("false>" in n for n in names)
+    assert "spdnn_general_dense<double>" in names and "spdnn_general_count" in names
+    code = kernel_source("general.cu") + "\n" + "\n".join(
+        f"static const void* spdnn_instance_{i} = reinterpret_cast<const void*>(&{name});"
+        for i, name in enumerate(names))
+    src = tmp_path / "general.cu"
+    src.write_text(code)
+    run = subprocess.run(["nvcc", "-std=c++17", "-arch=sm_90", "-Xptxas", "-v", "-c", str(src),
+                          "-o", str(tmp_path / "out.o")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-4000:]
+    for line in run.stderr.splitlines():
+        if "bytes spill stores" in line:
+            stores = int(line.split("bytes spill stores")[0].split(",")[-1])
+            assert stores <= 64, f"general.cu: register spills: {line.strip()}"

@@ -902,10 +902,33 @@ def _bandwidth(ctx, param, value):
     return gbs
 
 
+def _bench_general(items, engine_names, repeats, samples, precision, seed, json_out, bandwidth_gbs, as_json,
+                   progress):
+    """``spdnn bench`` on general cells (spdnn.bench_general): cuda, cusparse and the PyTorch peers."""
+    from . import bench as benchmod
+    from . import bench_general as general
+
+    report = general.run_general_bench(items, engine_names or ("cuda", "cusparse"), repeats=repeats,
+                                       samples=samples, precision=precision, seed=seed, bandwidth_gbs=bandwidth_gbs,
+                                       progress=_progress(progress), log=None if progress is False else _status,
+                                       checkpoint=None if json_out is None else
+                                       (lambda partial: benchmod.write_json(partial, json_out)))
+    if as_json:
+        _echo_json(report)
+    else:
+        click.echo(general.format_general(report))
+    if json_out is not None:
+        _status(f"wrote {json_out}")
+    if not report["passed"]:
+        sys.exit(ExitCode.FAIL)
+
+
 @cli.command()
 @click.option("--cells", multiple=True, default=["1024x120"], show_default=True,
               help="Cells NxL, comma-separated or repeated (e.g. 1024x120,4096x120); 'grid': "
-                   "N in 1024,4096,16384,65536 x L in 120,480,1920.")
+                   "N in 1024,4096,16384,65536 x L in 120,480,1920. General networks (issue 17): "
+                   "'general', or wide4096, wide16384, sweep4096, zeros4096:P, mnistshape (cuda, "
+                   "cusparse and PyTorch peers; see spdnn.bench_general).")
 @click.option("--engines", "engine_names", default=None, callback=_split_engines,
               help="Engines, comma-separated [those of cuda,cusparse,cpu available here].")
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
@@ -948,6 +971,12 @@ def bench(cells, engine_names, repeats, samples, precision, seed, merge, json_ou
     from . import bench as benchmod
     from .report import format_bench
 
+    items = [item for chunk in cells for item in chunk.split(",") if item.strip()]
+    from .bench_general import is_general_cell
+
+    if items and all(is_general_cell(item) for item in items):
+        return _bench_general(items, engine_names, repeats, samples, precision, seed, json_out, bandwidth_gbs, as_json,
+                              progress)
     cell_list = benchmod.parse_cells(list(cells))
     if plot is not None:
         benchmod.require_matplotlib()

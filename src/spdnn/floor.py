@@ -102,7 +102,8 @@ class Floor:
 
 def floor_estimate(survivors: Sequence[int], *, alive_inputs: int, neurons: int, bytes_per_value: int,
                    edges: int, bandwidth_gbs: float, launch_latency_s: float, device: str,
-                   rows_computed: Sequence[int] | None = None) -> Floor:
+                   rows_computed: Sequence[int] | None = None, widths: Sequence[int] | None = None,
+                   weight_bytes: int | None = None) -> Floor:
     """The v1 floor: every layer's rows read and written, at the bandwidth, plus a launch a layer::
 
         bytes   = sum_k (read_k + written_k) * N * bytes_per_value  +  edges * WEIGHT_INDEX_BYTES
@@ -130,6 +131,11 @@ def floor_estimate(survivors: Sequence[int], *, alive_inputs: int, neurons: int,
         Given, layer k reads ``rows_computed[k]`` rows and writes ``rows_computed[k+1]``
         (the last layer: ``min(rows_computed[L-1], survivors[L-1])``); else it reads the
         samples alive before it and writes the survivors.
+    widths : sequence of int, length L + 1, optional
+        General networks: layer k reads rows of ``widths[k]`` values and writes rows of
+        ``widths[k+1]`` (default: ``neurons`` everywhere).
+    weight_bytes : int, optional
+        Bytes of the weights as they must be read once (default: a 16-bit index an edge).
     """
     if not bandwidth_gbs > 0:
         raise OptionError(f"bandwidth {bandwidth_gbs} GB/s: expected a positive number")
@@ -141,8 +147,12 @@ def floor_estimate(survivors: Sequence[int], *, alive_inputs: int, neurons: int,
         if read.shape != alive.shape:
             raise OptionError(f"rows_computed: {read.size} layers, survivors: {alive.size}")
     written = np.concatenate([read[1:], [min(int(read[-1]), int(alive[-1]))]]) if read.size else read
-    act_bytes = int((read + written).sum()) * int(neurons) * int(bytes_per_value)
-    total = act_bytes + int(edges) * WEIGHT_INDEX_BYTES
+    if widths is None:
+        act_bytes = int((read + written).sum()) * int(neurons) * int(bytes_per_value)
+    else:
+        w = np.asarray(widths, dtype=np.int64)
+        act_bytes = int((read * w[:-1] + written * w[1:]).sum()) * int(bytes_per_value)
+    total = act_bytes + (int(edges) * WEIGHT_INDEX_BYTES if weight_bytes is None else int(weight_bytes))
     launches = int(len(alive))
     seconds = total / (bandwidth_gbs * 1e9) + launches * launch_latency_s
     return Floor(device=device, bytes=total, bandwidth_gbs=float(bandwidth_gbs), launches=launches,

@@ -1,11 +1,16 @@
 """Library baseline: one cuSPARSE SpMM per layer through CuPy, with the same pruning.
 
-Per layer, activations kept transposed (N x alive, dense) so the sparse operand is on
+Per layer, activations kept transposed (n_k x samples held, dense) so the weights are on
 the left::
 
-    Z^T = W^T @ Y^T                   # cupyx CSR @ dense -> cuSPARSE SpMM
-    Z   = where(Z != 0, Z + b, 0), clipped to [0, ymax]
-    keep the columns (samples) with a nonzero   # one host round trip per layer
+    Z^T = W^T @ Y^T                   # cupyx CSR @ dense -> cuSPARSE SpMM (a dense layer: cuBLAS)
+    Z   = where(Z != 0, Z + b, 0)     # structural bias (the challenge); a dense bias: Z + b
+    Z   = clip(Z, 0, cap)             # ReLU and its cap (none: inf); identity: nothing
+    keep the columns (samples) with a nonzero   # one host round trip per layer, only where
+                                                # network.prunes_after(k + 1) allows it
+
+Every network runs: rectangular and dense layers, either bias rule, any cap, identity
+layers (:mod:`spdnn.network`).
 
 It is the "generic library" point of comparison for the cuda engine (same semantics,
 no fusion, no graph, a host synchronization per layer). Its fp64 mode sums in
@@ -64,60 +69,71 @@ class CusparseEngine(Engine):
     def _dev(self):
         return device(self.name, self.device_id)
 
+    def supports(self, network: Network) -> tuple[bool, str]:
+        """(True, why): every network runs (sparse layers on cuSPARSE, dense ones on cuBLAS)."""
+        return True, "sparse layers through cuSPARSE SpMM, dense layers through cuBLAS"
+
     def prepare(self, network: Network) -> None:
-        """Upload W^T of every layer as a CuPy CSR matrix, and the bias."""
+        """Upload W^T of every layer (CuPy CSR for a sparse layer, dense for a dense one), and the bias."""
         cp = cupy(self.name)
         import cupyx.scipy.sparse as csp
 
         self.network = network
         with self._dev():
-            self._wt = [csp.csr_matrix(sp.csr_matrix(network.layers[k].T, dtype=self.dtype))
+            self._wt = [cp.asarray(np.ascontiguousarray(network.layers[k].T, dtype=self.dtype))
+                        if network.is_dense(k) else csp.csr_matrix(sp.csr_matrix(network.layers[k].T, dtype=self.dtype))
                         for k in range(network.depth)]
-            self._bias = cp.asarray(np.ascontiguousarray(network.bias, dtype=self.dtype))
+            self._bias = [cp.asarray(np.ascontiguousarray(network.bias[k], dtype=self.dtype))
+                          for k in range(network.depth)]
             cp.cuda.get_current_stream().synchronize()
 
     def load(self, features) -> None:
-        """Upload the features' nonempty rows, transposed and dense (N x samples)."""
+        """Upload the features transposed and dense (n_0 x samples): the nonempty rows where the
+        network lets zero rows go (``prunes_after(0)``), else every row."""
         cp = cupy(self.name)
         super().load(features)
         f = self.features
-        rows = np.flatnonzero(np.diff(f.indptr) > 0)
+        nonempty = np.diff(f.indptr) > 0
+        rows = np.flatnonzero(nonempty) if self.network.prunes_after(0) else np.arange(f.shape[0])
         with self._dev():
             dense = cp.asarray(f[rows].toarray().astype(self.dtype))
             self._yt = cp.ascontiguousarray(dense.T)
             self._ids = rows.astype(np.int64)
+            self._alive = nonempty[rows]
             cp.cuda.get_current_stream().synchronize()
 
     def _infer(self, start: int, stop: int):
         cp = cupy(self.name)
         net = self.network
         survivors = np.zeros(stop - start, dtype=np.int64)
-        ymax = self.dtype(net.ymax)
         with self._dev() as dev:
-            yt, ids = self._yt, self._ids
+            yt, ids, live = self._yt, self._ids, self._alive
             for k in range(start, stop):
                 if ids.size == 0:
                     break
+                rule = net.rule(k)
                 z = self._wt[k] @ yt
-                z = cp.where(z != 0, z + self._bias[k][:, None], self.dtype(0))
-                cp.clip(z, 0, ymax, out=z)
-                alive = cp.asnumpy((z > 0).any(axis=0))          # host round trip per layer
-                if not alive.all():
-                    keep = np.flatnonzero(alive)
+                b = self._bias[k][:, None]
+                z = z + b if rule.bias_rule == "dense" else cp.where(z != 0, z + b, self.dtype(0))
+                if rule.activation == "relu":
+                    cp.clip(z, 0, self.dtype(rule.cap), out=z)
+                live = cp.asnumpy((z != 0).any(axis=0))          # host round trip per layer
+                if net.prunes_after(k + 1) and not live.all():
+                    keep = np.flatnonzero(live)
                     z = z[:, cp.asarray(keep)]
-                    ids = ids[keep]
+                    ids, live = ids[keep], live[keep]
                 yt = z
-                survivors[k - start] = ids.size
+                survivors[k - start] = int(live.sum())
             cp.cuda.get_current_stream().synchronize()
             name = device_name(dev)
-        self._yt, self._ids = yt, ids
-        return ids + 1, survivors, {"device": name}
+        self._yt, self._ids, self._alive = yt, ids, live
+        return ids[live] + 1, survivors, {"device": name}
 
     def _activations(self):
         cp = cupy(self.name)
         with self._dev():
             y = cp.asnumpy(self._yt.T)
-        return self._ids.copy(), sp.csr_matrix(y.astype(np.float64))
+        return self._ids[self._alive], sp.csr_matrix(y[self._alive].astype(np.float64))
 
     def _batch_size(self, features: sp.csr_matrix) -> int:
         """``batch_samples``, else the samples whose dense columns and temporaries fit 80% of
@@ -126,5 +142,5 @@ class CusparseEngine(Engine):
             return self.batch_samples
         with self._dev():
             free = free_device_bytes()
-        per = self._ACTIVATIONS_PER_SAMPLE * self.network.neurons * np.dtype(self.dtype).itemsize
+        per = self._ACTIVATIONS_PER_SAMPLE * max(self.network.widths) * np.dtype(self.dtype).itemsize
         return max(1, int(0.8 * free) // per)

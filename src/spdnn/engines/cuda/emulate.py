@@ -8,6 +8,8 @@ equal the reference bit for bit; the tests check that, which checks the layout.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -15,7 +17,59 @@ from ...network import Network
 from .layout import (VALUE_ARRAY, VALUE_SCALAR, VALUE_SUM_THEN_SCALE, KernelConfig, PackedLayer,
                      choose_config, entry_values, narrowest_exact_dtype, pack_layer, value_plan)
 
-__all__ = ["emulate_layer", "emulate_network"]
+__all__ = ["emulate_layer", "emulate_network", "packed_sums", "NumpyKernels"]
+
+
+def packed_sums(y: np.ndarray, idx: np.ndarray, values: np.ndarray | None, meta: np.ndarray,
+                config: KernelConfig, n_in: int, slices: int, *, mode: int, scalar=None) -> np.ndarray:
+    """The register tiles of the layer kernels over the packed layout: the sum of every
+    packed column of every row, as the kernel adds them (chunk by chunk, entry by entry,
+    padding included, one rounding per product and per sum).
+
+    Parameters
+    ----------
+    y : ndarray (samples, n_in), float32 or float64 (the arithmetic's type)
+    idx, values, meta : the packed layer (:class:`PackedLayer`); ``values`` (entries,) in
+        ``y``'s type for :data:`VALUE_ARRAY`, else unused
+    config : KernelConfig
+    n_in : int
+    slices : int
+        Output slices packed.
+    mode : int
+        Value mode; ``scalar`` (``y``'s type) is the weight of :data:`VALUE_SCALAR` and the
+        scale of :data:`VALUE_SUM_THEN_SCALE` (applied by the caller).
+
+    Returns
+    -------
+    ndarray (samples, slices * config.outputs_per_block)
+    """
+    cfg = config
+    samples = y.shape[0]
+    nchunks = cfg.nchunks(n_in)
+    ncols = slices * cfg.outputs_per_block
+    acc = np.zeros((samples, ncols), dtype=y.dtype)
+    meta = meta.reshape(slices, nchunks, cfg.opt, cfg.nwarps, 2)
+    lane = np.arange(32)
+    cols = (np.arange(slices)[:, None, None, None] * cfg.outputs_per_block
+            + np.arange(cfg.opt)[None, :, None, None] * cfg.threads
+            + np.arange(cfg.nwarps)[None, None, :, None] * 32 + lane)
+    for c in range(nchunks):
+        base = c * cfg.chunk
+        length = min(cfg.chunk, n_in - base)
+        buf = np.zeros((samples, cfg.chunk + 1), dtype=y.dtype)
+        buf[:, :length] = y[:, base:base + length]
+        offsets, widths = meta[:, c, ..., 0], meta[:, c, ..., 1]
+        for k in range(int(widths.max(initial=0))):
+            active = widths > k
+            pos = (offsets[..., None] + 32 * k + lane)[active].ravel()
+            jj = cols[active].ravel()
+            x = buf[:, idx[pos]]
+            if mode == VALUE_SUM_THEN_SCALE:
+                acc[:, jj] = acc[:, jj] + x
+            else:
+                w = scalar if mode == VALUE_SCALAR else values[pos]
+                acc[:, jj] = acc[:, jj] + w * x
+    return acc
 
 
 def emulate_layer(y: np.ndarray, layer: PackedLayer, config: KernelConfig, neurons: int,
@@ -43,35 +97,11 @@ def emulate_layer(y: np.ndarray, layer: PackedLayer, config: KernelConfig, neuro
     """
     t_ = y.dtype.type
     cfg, n = config, int(neurons)
-    samples = y.shape[0]
-    nchunks, slices = cfg.nchunks(n), cfg.slices(n)
-    ncols = slices * cfg.outputs_per_block
-    acc = np.zeros((samples, ncols), dtype=y.dtype)
-    meta = layer.meta.reshape(slices, nchunks, cfg.opt, cfg.nwarps, 2)
-    lane = np.arange(32)
-    cols = (np.arange(slices)[:, None, None, None] * cfg.outputs_per_block
-            + np.arange(cfg.opt)[None, :, None, None] * cfg.threads
-            + np.arange(cfg.nwarps)[None, None, :, None] * 32 + lane)
     scalar = t_(layer.uniform_value) if layer.uniform_value is not None else None
     values = None
     if mode == VALUE_ARRAY:
         values = entry_values(layer, cfg.chunk).astype(value_dtype).astype(y.dtype)
-    for c in range(nchunks):
-        base = c * cfg.chunk
-        length = min(cfg.chunk, n - base)
-        buf = np.zeros((samples, cfg.chunk + 1), dtype=y.dtype)
-        buf[:, :length] = y[:, base:base + length]
-        offsets, widths = meta[:, c, ..., 0], meta[:, c, ..., 1]
-        for k in range(int(widths.max(initial=0))):
-            active = widths > k
-            pos = (offsets[..., None] + 32 * k + lane)[active].ravel()
-            jj = cols[active].ravel()
-            x = buf[:, layer.idx[pos]]
-            if mode == VALUE_SUM_THEN_SCALE:
-                acc[:, jj] = acc[:, jj] + x
-            else:
-                w = scalar if mode == VALUE_SCALAR else values[pos]
-                acc[:, jj] = acc[:, jj] + w * x
+    acc = packed_sums(y, layer.idx, values, layer.meta, cfg, n, cfg.slices(n), mode=mode, scalar=scalar)
     z = acc[:, :n] if layer.out_map is None else acc[:, layer.out_map.astype(np.int64)]
     if mode == VALUE_SUM_THEN_SCALE:
         z = z * scalar
@@ -115,3 +145,149 @@ def emulate_network(network: Network, features, *, precision: str = "fp64",
         y, rows = z[alive], rows[alive]
         survivors[k] = rows.size
     return np.sort(rows) + 1, survivors, rows, y
+
+
+def _template(name: str) -> tuple[str, list[str]]:
+    """('spdnn_x', [args]) of a template instance name 'spdnn_x<a, b, c>'."""
+    if "<" not in name:
+        return name, []
+    base, rest = name.split("<", 1)
+    return base, [a.strip() for a in rest.rstrip(">").split(",")]
+
+
+_NUMPY_TYPES = {"float": np.float32, "double": np.float64, "unsigned short": np.float16}
+
+
+class NumpyKernels:
+    """A numpy replay of the general path's kernels: the backend of
+    :class:`spdnn.engines.cuda.general.GeneralPath` on the CPU (tests).
+
+    Each launch does what the kernel of that template instance does, on numpy arrays, with
+    the same arguments in the same order: ``spdnn_general_sparse`` (through
+    :func:`packed_sums`, its blocking read from the instance name), ``spdnn_general_dense``
+    (every output summed over its inputs in ascending order), ``spdnn_general_count``, and
+    ``layer.cu``'s ``spdnn_densify``, ``spdnn_compact`` and ``spdnn_copy_count``. Rows a
+    kernel compacts are placed in row order (the GPU's order depends on its atomics).
+    Buffers come uninitialized (NaN activations, -7 ids): a read of something nothing wrote
+    shows in the results.
+
+    Parameters
+    ----------
+    names : dict
+        :func:`spdnn.engines.cuda.general.general_instances`.
+    """
+
+    graphs = False
+    sms = 4
+
+    def __init__(self, names: dict[str, dict[str, str]]):
+        self.roles = {role: name for roles in names.values() for role, name in roles.items()}
+        self.launches: list[str] = []
+
+    def allow_smem(self, role: str, smem: int) -> None:
+        assert role in self.roles, role
+
+    def blocks_per_sm(self, role: str, threads: int, smem: int) -> int:
+        return 2
+
+    def asarray(self, a: np.ndarray) -> np.ndarray:
+        return np.array(a, copy=True)
+
+    def empty(self, size: int, dtype) -> np.ndarray:
+        dt = np.dtype(dtype)
+        return np.full(max(int(size), 1), np.nan if dt.kind == "f" else -7, dtype=dt)
+
+    def memset0(self, a: np.ndarray) -> None:
+        a[...] = 0
+
+    def ptr(self, a: np.ndarray) -> int:
+        return int(a.ctypes.data)
+
+    def context(self):
+        return contextlib.nullcontext()
+
+    def to_host(self, arrays: list) -> list[np.ndarray]:
+        return [np.array(a, copy=True) for a in arrays]
+
+    def synchronize(self) -> None:
+        pass
+
+    def launch(self, role: str, grid: int, block: int, args: tuple, smem: int = 0, *, what: str = "") -> None:
+        name = self.roles[role]
+        base, targs = _template(name)
+        self.launches.append(base)
+        getattr(self, "_" + base)(targs, *args)
+
+    # -- the kernels (arguments as the CUDA ones) ------------------------------------------
+    @staticmethod
+    def _finish(acc, bias, dense_bias, relu, cap):
+        """general_epilogue of every output, and which rows live."""
+        t_ = acc.dtype.type
+        z = acc + bias if dense_bias else np.where(acc != 0, acc + bias, acc)
+        if relu:
+            z = np.where(z > 0, np.minimum(z, t_(cap)), t_(0))
+        return z, (z != 0).any(axis=1)
+
+    def _spdnn_general_sparse(self, targs, y_in, y_out, ids_in, ids_out, wts_in, wts_out, count_in, count_out,
+                              wcount_out, flags, eidx, evals, meta, bias, scalar, dense_bias, relu, cap, n_in,
+                              n_out, chunk, nchunks, slices):
+        t = _NUMPY_TYPES[targs[0]]
+        mode, threads, mb, opt, compact = int(targs[2]), int(targs[3]), int(targs[4]), int(targs[5]), \
+            targs[6] == "true"
+        cfg = KernelConfig(threads=threads, opt=opt, mb=mb, chunk=int(chunk))
+        assert cfg.nchunks(int(n_in)) == nchunks and cfg.slices(int(n_out)) == slices
+        assert not compact or slices == 1
+        count = int(count_in[0])
+        y = y_in[:count * n_in].reshape(count, n_in)
+        values = evals.astype(t) if mode == VALUE_ARRAY else None
+        acc = packed_sums(y, eidx, values, meta, cfg, int(n_in), int(slices), mode=mode, scalar=t(scalar))
+        z, alive = self._finish(acc[:, :n_out], bias, dense_bias, relu, cap)
+        if compact:
+            live = np.flatnonzero(alive)
+            first = int(count_out[0])
+            dst = first + np.arange(live.size)
+            out = y_out[:(first + live.size) * n_out].reshape(-1, n_out)
+            out[dst] = z[live]
+            ids_out[dst] = ids_in[live]
+            wts_out[dst] = wts_in[live]
+            count_out[0] += live.size
+            wcount_out[0] += int(wts_in[live].sum())
+        else:
+            y_out[:count * n_out].reshape(count, n_out)[...] = z
+            flags[:count][alive] = 1
+
+    def _spdnn_general_dense(self, targs, y_in, y_out, count_in, flags, w, bias, dense_bias, relu, cap, n_in, n_out):
+        count = int(count_in[0])
+        y = y_in[:count * n_in].reshape(count, n_in)
+        acc = np.zeros((count, int(n_out)), dtype=y.dtype)
+        for i in range(int(n_in)):                           # ascending inputs, one rounding each step
+            acc = acc + y[:, i:i + 1] * w[i]
+        z, alive = self._finish(acc, bias, dense_bias, relu, cap)
+        y_out[:count * n_out].reshape(count, n_out)[...] = z
+        flags[:count][alive] = 1
+
+    def _spdnn_general_count(self, targs, flags, count_in, count_out):
+        count_out[0] += int(flags[:int(count_in[0])].sum())
+
+    def _spdnn_densify(self, targs, indptr, indices, data, y, rows, n):
+        y[:rows * n] = 0
+        r = np.repeat(np.arange(int(rows)), np.diff(indptr[:rows + 1]))
+        y[r * n + indices[:indptr[rows]]] = data[:indptr[rows]]
+
+    def _spdnn_compact(self, targs, src, dst, ids_in, ids_out, wts_in, wts_out, flags, count_in, count_out,
+                       wcount_out, n, rows_lo, rows_hi):
+        count = int(count_in[0])
+        if not rows_lo <= count <= rows_hi:
+            return
+        live = np.flatnonzero(flags[:count])
+        first = int(count_out[0])
+        to = first + np.arange(live.size)
+        dst[:(first + live.size) * n].reshape(-1, n)[to] = src[:count * n].reshape(count, n)[live]
+        ids_out[to] = ids_in[live]
+        wts_out[to] = wts_in[live]
+        count_out[0] += live.size
+        wcount_out[0] += int(wts_in[live].sum())
+        flags[live] = 0
+
+    def _spdnn_copy_count(self, targs, src, dst):
+        dst[0] = src[0]

@@ -246,6 +246,14 @@ class CudaEngine(Engine):
     merge : {'auto', True, False}
         Merge identical rows into one representative after layers 16, 32, 64, ...
         (exact). 'auto' is on: a pass costs a few launches (see benchmarks/RESULTS.md).
+    blocking : dict, optional
+        General networks: ``threads``, ``opt`` and ``mb`` forced on every sparse layer
+        (:func:`.layout.choose_general_config`; benchmarks).
+
+    Networks not of the challenge's form (``network.challenge_form`` False: several widths,
+    dense layers, a dense bias, other caps or none, identity layers) run on the general path
+    (:mod:`.general`): one launch a layer, exact in fp64, pruning only where the network
+    allows it, nothing merged (``merge`` and ``dedupe`` apply to the challenge's path).
     """
 
     name = "cuda"
@@ -254,7 +262,7 @@ class CudaEngine(Engine):
     def __init__(self, *, precision: str = "fp32", progress: bool = False, device: int | None = None,
                  memory_cap_bytes: int | None = None, batch_samples: int | None = None,
                  stream_weights="auto", config=None, debug: bool | None = None, poison: float | None = None,
-                 dedupe="auto", merge="auto"):
+                 dedupe="auto", merge="auto", blocking: dict | None = None):
         super().__init__(precision=precision, progress=progress)
         self.device_id = optional_index(device, "device")
         self.memory_cap_bytes = optional_positive_int(memory_cap_bytes, "memory_cap_bytes")
@@ -272,10 +280,18 @@ class CudaEngine(Engine):
         self._capacity = 0
         self._parent_size = 0
         self._graphs: dict = {}
+        if blocking is not None and (not isinstance(blocking, dict) or set(blocking) - {"threads", "opt", "mb"}):
+            raise OptionError(f"blocking={blocking!r}: expected a dict of 'threads', 'opt', 'mb'")
+        self.blocking = blocking
+        self._general = None
 
     @classmethod
     def availability(cls) -> tuple[bool, str]:
         return cupy_status()
+
+    def supports(self, network: Network) -> tuple[bool, str]:
+        """(True, why): every network runs, the challenge's on their own path, others on the general one."""
+        return True, "challenge networks on the stationary path, every other on the general path"
 
     def _dev(self):
         return device(self.name, self.device_id)
@@ -290,6 +306,10 @@ class CudaEngine(Engine):
         """Choose the blocking, pack every layer (host), plan the memory, upload, compile."""
         self.network = network
         self.features = None
+        self._general = None
+        if not network.challenge_form:
+            self._general = self._general_path(network)
+            return
         self._y = self._ids = self._wts = None        # release a previous run's buffers
         self._capacity = self._parent_size = 0
         self._graphs = {}
@@ -303,6 +323,21 @@ class CudaEngine(Engine):
             self._upload(network, packed)
             self._compile()
             dev.synchronize()
+
+    def _general_path(self, network: Network):
+        """The general path of ``network`` (:mod:`.general`): layers planned, uploaded, compiled."""
+        from .general import CupyKernels, GeneralPath, general_instances, plan_general
+
+        dev = self._dev()
+        self._device = dev
+        self._device_label = device_name(dev)
+        with dev:
+            layers = plan_general(network, self.dtype, smem_limit=self._smem_limit(), blocking=self.blocking)
+            backend = CupyKernels(self, general_instances(layers, self.dtype))
+            return GeneralPath(network, self.dtype, backend, layers, budget_bytes=self._budget,
+                               weights_count=self.memory_cap_bytes is not None,
+                               poison=self.poison if self.poison is not None else (np.nan if self.debug else None),
+                               batch_samples=self.batch_samples, label=self._device_label)
 
     def _smem_limit(self) -> int:
         return int(self._device.attributes.get("MaxSharedMemoryPerBlockOptin", 227 * 1024))
@@ -531,6 +566,8 @@ class CudaEngine(Engine):
     # ------------------------------------------------------------------ load
     def max_batch(self, features: sp.csr_matrix | None = None) -> int:
         """Most samples one batch may hold under the memory budget (and ``batch_samples``)."""
+        if self._general is not None:
+            return self._general.max_batch(features)
         with self._dev():
             budget = self._budget() - self._weights_resident_now()
         per = self._bytes_per_sample()
@@ -550,6 +587,8 @@ class CudaEngine(Engine):
         return -self._capacity * self._bytes_per_sample()
 
     def _batch_size(self, features: sp.csr_matrix) -> int:
+        if self._general is not None:
+            return self._general.batch_size(features)
         total = features.shape[0]
         batch = max(1, min(total, self.max_batch(features))) if total else 1
         if batch < min(total, self.config.mb):
@@ -558,6 +597,10 @@ class CudaEngine(Engine):
 
     def load(self, features) -> None:
         """Upload features (samples x N); rows with no nonzero are dead from the start."""
+        if self._general is not None:
+            super().load(features)
+            self._general.load(self.features)
+            return
         cp = cupy(self.name)
         super().load(features)
         f = self.features
@@ -891,6 +934,9 @@ class CudaEngine(Engine):
 
     # ------------------------------------------------------------------ infer
     def _infer(self, start: int, stop: int):
+        if self._general is not None:
+            ids, survivors, extra = self._general.infer(start, stop)
+            return ids + 1, survivors, extra
         cp = cupy(self.name)
         phases = self._phases(start, stop) if stop > start else []
         graphed = False
@@ -1008,6 +1054,8 @@ class CudaEngine(Engine):
 
     def _activations(self):
         """Every alive sample's row (merged samples share their representative's), sorted by id."""
+        if self._general is not None:
+            return self._general.activations()
         with self._dev():
             y = self._y[self._cur][:self._alive_rows].get()
         ids, root = self._alive_ids, self._roots()

@@ -38,7 +38,7 @@ from ..base import is_power_of_two, sum_then_scale_exact
 from ..columns import unique_columns
 
 __all__ = ["KernelConfig", "PackedLayer", "ValuePlan", "choose_config", "pack_layer", "value_plan",
-           "narrowest_exact_dtype", "entry_values", "stationary_smem_bytes",
+           "narrowest_exact_dtype", "entry_values", "stationary_smem_bytes", "choose_general_config",
            "VALUE_SUM_THEN_SCALE", "VALUE_SCALAR", "VALUE_ARRAY"]
 
 #: Value modes (the kernels' VMODE, ``spdnn::ValueMode`` in ``kernels/common.cuh``): every
@@ -236,6 +236,38 @@ def choose_config(neurons: int, itemsize: int, *, smem_limit: int = 227 * 1024,
     return KernelConfig(threads=threads, opt=opt, mb=mb, chunk=chunk)
 
 
+def choose_general_config(n_in: int, n_out: int, itemsize: int, *, smem_limit: int = 227 * 1024,
+                          max_accumulators: int = 64, threads: int | None = None, opt: int | None = None,
+                          mb: int | None = None) -> KernelConfig:
+    """A blocking of ``kernels/general.cu``'s sparse kernel for a layer of n_in inputs and
+    n_out outputs (activations of ``itemsize`` bytes).
+
+    The rules of :func:`choose_config`'s per-layer kernel with the two widths apart: 256
+    threads up to n_out = 2048, else 512 (fewer for narrow layers); each thread owns
+    ``ceil(n_out / threads)`` outputs, at most 32 (wider layers are sliced over blocks); the
+    tile has the most rows (8, 4, 2, 1) whose ``opt * mb`` accumulators fit
+    ``max_accumulators`` and whose n_in inputs fit the shared memory, else the rows are
+    staged in equal chunks. ``threads``, ``opt`` and ``mb`` force those (benchmarks).
+    """
+    n_in, n_out = int(n_in), int(n_out)
+    if n_in < 1 or n_out < 1:
+        raise OptionError(f"layer {n_in} x {n_out}: expected widths >= 1")
+    if threads is None:
+        threads = min(256 if n_out <= 2048 else 512, -(-n_out // 32) * 32)
+    if opt is None:
+        opt = min(-(-n_out // threads), 32)
+    if mb is None:
+        fits = [c for c in (8, 4, 2, 1) if c * opt <= max_accumulators]
+        mb = next((c for c in fits if (n_in + 1) * c * itemsize <= smem_limit), fits[0] if fits else 1)
+    chunk = min(n_in, smem_limit // (mb * itemsize) - 1, _MAX_CHUNK)
+    if chunk < 1:
+        raise OptionError(f"mb={mb}: no room in {smem_limit} bytes of shared memory")
+    if chunk < n_in:
+        parts = -(-n_in // chunk)           # equal chunks: less padding in the last one
+        chunk = -(-n_in // parts)
+    return KernelConfig(threads=threads, opt=opt, mb=mb, chunk=chunk)
+
+
 def _choose_stationary(n, itemsize, virtual, smem_limit, max_accumulators, threads, mb) -> KernelConfig | None:
     """The stationary blocking of :func:`choose_config`, or None when whole rows do not fit."""
     if n > _MAX_CHUNK:                      # the zero slot's index, n, must fit 16 bits
@@ -326,16 +358,19 @@ class PackedLayer:
         return self.entries / self.packed_nnz if self.packed_nnz else 1.0
 
 
-def pack_layer(w: sp.spmatrix, config: KernelConfig, neurons: int, *,
+def pack_layer(w: sp.spmatrix, config: KernelConfig, neurons: int | None = None, *,
                columns: tuple[np.ndarray, np.ndarray] | None = None) -> PackedLayer:
     """Pack one layer (rows = input neurons, columns = output neurons) for ``config``.
 
+    Chunks of ``config.chunk`` cut the n_in inputs, slices the n_out outputs (the
+    general path packs rectangular layers; the challenge's are square).
+
     Parameters
     ----------
-    w : scipy sparse matrix (N, N)
+    w : scipy sparse matrix (n_in, n_out)
     config : KernelConfig
-    neurons : int
-        N.
+    neurons : int, optional
+        N of a square layer: ``w`` must be (N, N).
     columns : (reps, inverse), optional
         :func:`unique_columns` of ``w`` when already known (``config.dedupe``).
 
@@ -343,9 +378,9 @@ def pack_layer(w: sp.spmatrix, config: KernelConfig, neurons: int, *,
     -------
     PackedLayer
     """
-    n = int(neurons)
-    if w.shape != (n, n):
-        raise OptionError(f"layer shape {w.shape}, expected ({n}, {n})")
+    if neurons is not None and w.shape != (int(neurons), int(neurons)):
+        raise OptionError(f"layer shape {w.shape}, expected ({neurons}, {neurons})")
+    n = int(w.shape[0])                                           # inputs, cut into chunks
     cfg = config
     csc = sp.csc_matrix(w)
     if not csc.has_sorted_indices:

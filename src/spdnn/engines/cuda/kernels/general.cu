@@ -1,0 +1,228 @@
+// spdnn CUDA engine, general networks (spdnn/engines/cuda/general.py runs them): one launch
+// per layer, any widths (layer k maps rows of n_in values to rows of n_out), sparse layers
+// with per-entry values or one value, dense layers, the bias rule, ReLU with any cap or none,
+// identity. The challenge's networks never come here (stationary.cu, layer.cu).
+//
+// Per layer, rows are samples (spdnn/network.py):
+//     z = sum over inputs i ascending of y[i] * w[i, j]          (T = double: no FMA)
+//     z = z + b[j]  if dense_bias or z != 0                     (the bias rule)
+//     z = clamp(z, 0, cap) if relu (cap = inf: none), else z    (identity)
+// A row lives when any of its outputs is nonzero (negative ones too: identity layers).
+//
+// Activations are dense rows in two device buffers used in turn (row p = the p-th row held,
+// n_in values in, n_out values out); each row carries a sample id and a weight (always 1
+// here: nothing is merged) that travel with it when rows are compacted. Kernels read the
+// row count from device memory (*count_in), so a whole run can be captured in one graph.
+//
+// Two ways a layer ends:
+//   COMPACT (the layer may drop dead rows and one block owns whole output rows): the block
+//   reserves output rows for its tile's live rows (spdnn::reserve_rows) and writes them there;
+//   *count_out and *wcount_out count them.
+//   in place (otherwise): row p of the output is written at row p, and flags[p] is set to 1
+//   when it lives (benign race: every writer stores 1); the engine then compacts the flagged
+//   rows (spdnn_compact, layer.cu) or only counts them (spdnn_general_count).
+
+namespace spdnn {
+
+// The end of a layer: the bias rule, then ReLU with its cap, or nothing (identity).
+template <typename T>
+__device__ __forceinline__ T general_epilogue(T sum, T b, int dense_bias, int relu, T cap) {
+    T z = sum;
+    if (dense_bias || z != T(0)) z = Arith<T>::add(z, b);
+    if (relu) z = z > T(0) ? (z < cap ? z : cap) : T(0);
+    return z;
+}
+
+}  // namespace spdnn
+
+// Sparse layers, layout of spdnn/engines/cuda/layout.py (warp-sliced ELLPACK per output slice
+// and input chunk, 16-bit chunk-local indices, lane-interleaved; chunks cut the n_in inputs,
+// slices the n_out outputs).
+//
+// Ownership. A block takes work items (tile of MB rows) x (slice of THREADS*OPT outputs) in a
+// grid-stride loop. Thread tid owns outputs j = slice*THREADS*OPT + t*THREADS + tid, t < OPT,
+// for the MB rows of the tile: an OPT x MB register tile that reuses every weight load MB
+// times. For each input chunk the block stages the tile's inputs in shared memory as buf[i]
+// (one Tile of MB values per input i, plus a zero slot buf[chunk] that padding reads).
+// COMPACT needs one slice (the block owns whole rows).
+template <typename T, typename V, int VMODE, int THREADS, int MB, int OPT, bool COMPACT>
+__global__ void __launch_bounds__(THREADS) spdnn_general_sparse(
+        const T* __restrict__ y_in, T* __restrict__ y_out, const int* __restrict__ ids_in, int* __restrict__ ids_out,
+        const int* __restrict__ wts_in, int* __restrict__ wts_out, const int* __restrict__ count_in,
+        int* __restrict__ count_out, int* __restrict__ wcount_out, int* __restrict__ flags,
+        const unsigned short* __restrict__ eidx, const V* __restrict__ evals, const int2* __restrict__ meta,
+        const T* __restrict__ bias, T scalar, int dense_bias, int relu, T cap, int n_in, int n_out, int chunk,
+        int nchunks, int slices) {
+    using TileT = spdnn::Tile<T, MB>;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    TileT* buf = reinterpret_cast<TileT*>(smem_raw);  // chunk + 1 tiles; buf[chunk] == 0
+    __shared__ int s_row[MB];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    constexpr int nwarps = THREADS / 32, per_slice = THREADS * OPT;
+    const int count = *count_in;
+    const int items = ((count + MB - 1) / MB) * slices;
+    if (tid == 0) {
+        TileT zero;
+#pragma unroll
+        for (int s = 0; s < MB; ++s) zero.v[s] = T(0);
+        buf[chunk] = zero;
+    }
+
+    for (int item = blockIdx.x; item < items; item += gridDim.x) {
+        const int tile = item / slices;
+        const int slice = item - tile * slices;
+        const int p0 = tile * MB;
+        T acc[OPT][MB];
+#pragma unroll
+        for (int t = 0; t < OPT; ++t)
+#pragma unroll
+            for (int s = 0; s < MB; ++s) acc[t][s] = T(0);
+
+        for (int c = 0; c < nchunks; ++c) {
+            const int base = c * chunk;
+            const int len = min(chunk, n_in - base);
+            __syncthreads();  // the previous chunk's (or item's) readers are done with buf
+#pragma unroll 4
+            for (int i = tid; i < len; i += THREADS) {
+                TileT x;
+#pragma unroll
+                for (int s = 0; s < MB; ++s)
+                    x.v[s] = (p0 + s < count) ? y_in[(size_t)(p0 + s) * n_in + base + i] : T(0);
+                buf[i] = x;
+            }
+            __syncthreads();
+#pragma unroll
+            for (int t = 0; t < OPT; ++t) {
+                const int2 m = meta[((slice * nchunks + c) * OPT + t) * nwarps + warp];
+                spdnn::sum_column<T, V, VMODE, MB>(acc[t], buf, eidx + m.x + lane, evals + m.x + lane, m.y, scalar);
+            }
+        }
+
+        unsigned alive = 0;
+#pragma unroll
+        for (int t = 0; t < OPT; ++t) {
+            const int j = slice * per_slice + t * THREADS + tid;
+            const T b = (j < n_out) ? bias[j] : T(0);
+#pragma unroll
+            for (int s = 0; s < MB; ++s) {
+                const T z = spdnn::general_epilogue<T>(acc[t][s], b, dense_bias, relu, cap);
+                acc[t][s] = z;
+                if (z != T(0) && j < n_out && p0 + s < count) alive |= 1u << s;  // a dense bias lives on padding rows
+            }
+        }
+
+        if (COMPACT) {
+            unsigned block_alive = 0;
+#pragma unroll
+            for (int s = 0; s < MB; ++s)
+                if (__syncthreads_or((alive >> s) & 1u)) block_alive |= 1u << s;
+            spdnn::reserve_rows<MB>(block_alive, p0, ids_in, ids_out, wts_in, wts_out, count_out, wcount_out, s_row);
+#pragma unroll
+            for (int s = 0; s < MB; ++s) {
+                const int row = s_row[s];
+                if (row < 0) continue;
+#pragma unroll
+                for (int t = 0; t < OPT; ++t) {
+                    const int j = slice * per_slice + t * THREADS + tid;
+                    if (j < n_out) y_out[(size_t)row * n_out + j] = acc[t][s];
+                }
+            }
+        } else {
+#pragma unroll
+            for (int s = 0; s < MB; ++s) {
+                const int p = p0 + s;
+                if (p >= count) continue;
+#pragma unroll
+                for (int t = 0; t < OPT; ++t) {
+                    const int j = slice * per_slice + t * THREADS + tid;
+                    if (j < n_out) y_out[(size_t)p * n_out + j] = acc[t][s];
+                }
+                if ((alive >> s) & 1u) flags[p] = 1;  // benign race: every writer stores 1
+            }
+        }
+    }
+}
+
+// Dense layers: w is the n_in x n_out weight matrix, row-major, in the activation type.
+// Ownership. A block of 256 threads takes output tiles of 64 rows x 64 outputs in a
+// grid-stride loop (consecutive items share their rows); thread (ty, tx) = (tid / 16, tid % 16)
+// owns rows ty + 16*a and outputs tx + 16*b of the tile, a, b < 4: a 4 x 4 register tile.
+// The inputs go by in chunks of 16: the block stages the tile's 64 rows x 16 inputs and the
+// 16 x 64 weights in shared memory, and every thread adds the 16 terms in input order, so each
+// output is summed over its inputs ascending (out-of-range inputs add exact zeros). Outputs
+// are written in place (row p at row p) and live rows flagged.
+template <typename T>
+__global__ void __launch_bounds__(256) spdnn_general_dense(
+        const T* __restrict__ y_in, T* __restrict__ y_out, const int* __restrict__ count_in, int* __restrict__ flags,
+        const T* __restrict__ w, const T* __restrict__ bias, int dense_bias, int relu, T cap, int n_in, int n_out) {
+    constexpr int BM = 64, BN = 64, BK = 16, TM = 4, TN = 4;
+    __shared__ T ys[BK][BM + 1];  // ys[k][r]: input k0 + k of row r0 + r (+1: no bank conflicts on stores)
+    __shared__ T ws[BK][BN];      // ws[k][c]: weight (k0 + k, c0 + c)
+    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+    const int count = *count_in;
+    const int col_tiles = (n_out + BN - 1) / BN;
+    const int items = ((count + BM - 1) / BM) * col_tiles;
+    for (int item = blockIdx.x; item < items; item += gridDim.x) {
+        const int r0 = (item / col_tiles) * BM, c0 = (item % col_tiles) * BN;
+        T acc[TM][TN];
+#pragma unroll
+        for (int a = 0; a < TM; ++a)
+#pragma unroll
+            for (int b = 0; b < TN; ++b) acc[a][b] = T(0);
+        for (int k0 = 0; k0 < n_in; k0 += BK) {
+            __syncthreads();  // the previous chunk's readers are done
+#pragma unroll
+            for (int q = 0; q < BM * BK / 256; ++q) {
+                const int e = tid + 256 * q, r = e / BK, k = e % BK;
+                ys[k][r] = (r0 + r < count && k0 + k < n_in) ? y_in[(size_t)(r0 + r) * n_in + k0 + k] : T(0);
+            }
+#pragma unroll
+            for (int q = 0; q < BK * BN / 256; ++q) {
+                const int e = tid + 256 * q, k = e / BN, c = e % BN;
+                ws[k][c] = (k0 + k < n_in && c0 + c < n_out) ? w[(size_t)(k0 + k) * n_out + c0 + c] : T(0);
+            }
+            __syncthreads();
+#pragma unroll
+            for (int k = 0; k < BK; ++k) {
+                T x[TM], v[TN];
+#pragma unroll
+                for (int a = 0; a < TM; ++a) x[a] = ys[k][ty + 16 * a];
+#pragma unroll
+                for (int b = 0; b < TN; ++b) v[b] = ws[k][tx + 16 * b];
+#pragma unroll
+                for (int a = 0; a < TM; ++a)
+#pragma unroll
+                    for (int b = 0; b < TN; ++b) acc[a][b] = spdnn::Arith<T>::madd(acc[a][b], v[b], x[a]);
+            }
+        }
+#pragma unroll
+        for (int a = 0; a < TM; ++a) {
+            const int p = r0 + ty + 16 * a;
+            if (p >= count) continue;
+            bool live = false;
+#pragma unroll
+            for (int b = 0; b < TN; ++b) {
+                const int j = c0 + tx + 16 * b;
+                if (j >= n_out) continue;
+                const T z = spdnn::general_epilogue<T>(acc[a][b], bias[j], dense_bias, relu, cap);
+                y_out[(size_t)p * n_out + j] = z;
+                live |= z != T(0);
+            }
+            if (live) flags[p] = 1;  // benign race: every writer stores 1
+        }
+    }
+}
+
+// Rows that live after an in-place layer that may not drop rows: *count_out += the flags of
+// rows 0..*count_in-1 (left set: the engine reads the last layer's back). Ownership: thread g
+// of the grid sums flags g, g + (grid threads), ...; a warp adds its sum with one atomicAdd.
+__global__ void spdnn_general_count(const int* __restrict__ flags, const int* __restrict__ count_in,
+                                    int* __restrict__ count_out) {
+    const int count = *count_in;
+    int live = 0;
+    for (int p = blockIdx.x * blockDim.x + threadIdx.x; p < count; p += gridDim.x * blockDim.x) live += flags[p];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) live += __shfl_xor_sync(0xffffffffu, live, o);
+    if ((threadIdx.x & 31) == 0 && live) atomicAdd(count_out, live);
+}

@@ -1,0 +1,40 @@
+"""spdnn.bench_general on the CPU: cell names, data, and the bench loop with CPU engines
+(the GPU engines and PyTorch peers run on the device: benchmarks/device_general.sh)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spdnn import bench_general as bg
+from spdnn.errors import OptionError
+
+
+def test_cell_names():
+    cells = bg.parse_general_cells(["general"])
+    assert cells[:3] == ["wide4096", "wide16384", "mnistshape"]
+    assert [c for c in cells if c.startswith("zeros")] == [f"zeros4096:{z:g}" for z in bg.SWEEP_ZEROS]
+    assert bg.is_general_cell("zeros4096:97") and not bg.is_general_cell("1024x120")
+    with pytest.raises(OptionError, match="zeros4096:P"):
+        bg.parse_general_cells(["zeros4096:100"])
+    with pytest.raises(OptionError, match="not a general cell"):
+        bg.parse_general_cells(["wide5"])
+
+
+def test_wide_data_have_the_stated_shape():
+    net = bg.wide_network(256, 3, 8, seed=1)
+    assert all(np.all(np.diff(w.tocsc().indptr) == 8) for w in net.layers)
+    assert not net.challenge_form and net.prunes_after(0)
+    f = bg.wide_features(300, 256)
+    assert f.shape == (300, 256) and 0.15 < f.nnz / (300 * 256) < 0.25 and f.data.min() >= 0
+
+
+def test_bench_loop_on_cpu_engines(monkeypatch):
+    monkeypatch.setitem(bg.WIDE, "wide4096", (128, 3, 8))
+    report = bg.run_general_bench(["wide4096"], engines=("cpu", "reference"), peers=(), repeats=2, samples=200,
+                                  precision="fp64", bandwidth_gbs=100.0, truth_engine="reference")
+    cell = report["cells"][0]
+    assert report["passed"] and cell["widths"] == [128] * 4
+    for e in cell["engines"].values():
+        assert e["prediction_mismatches"] == 0 and len(e["times"]) == 2 and e["floor_ratio"] > 0
+    text = bg.format_general(report)
+    assert "wide4096" in text and "PASS" in text
