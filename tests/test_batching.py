@@ -154,3 +154,53 @@ def test_batched_general_network_merges_where_it_prunes(rng):
     np.testing.assert_array_equal(result.categories, whole.categories)
     np.testing.assert_array_equal(result.survivors, whole.survivors)
     np.testing.assert_array_equal(result.outputs.view(np.int64), whole.outputs.view(np.int64))
+
+
+# -- the CUDA engine's batch size (host arithmetic, no device needed) --------------------------
+
+def test_cuda_batch_size_fits_every_batch_not_just_the_average():
+    """The first rows carry most nonzeros: a batch size from the average would not pass
+    the check of the load (the failure '41201 samples do not fit ... at most 41182')."""
+    from types import SimpleNamespace
+
+    from spdnn.engines.cuda.engine import CudaEngine
+
+    engine = CudaEngine()
+    engine._activation_budget = lambda: 1_000_000
+    engine._bytes_per_sample = lambda: 1000
+    engine.config = SimpleNamespace(mb=1)
+    dense = np.zeros((3000, 200))
+    dense[:600, :] = 1.0                                 # 200 nonzeros a row, then 5
+    dense[600:, :5] = 1.0
+    features = sp.csr_matrix(dense)
+    average = engine.max_batch(features)
+    batch = engine._batch_size(features)
+    assert batch < average
+    for b0 in range(0, 3000, batch):
+        part = features[b0:b0 + batch]
+        assert part.shape[0] <= engine.max_batch(part), f"batch at {b0} does not fit"
+
+
+def test_cuda_memory_cap_from_the_environment(monkeypatch):
+    from spdnn.engines.cuda.engine import CudaEngine
+    from spdnn.errors import OptionError
+
+    monkeypatch.setenv("SPDNN_CUDA_MEMORY_CAP", "71G")
+    assert CudaEngine().memory_cap_bytes == 71 << 30
+    assert CudaEngine(memory_cap_bytes=5000).memory_cap_bytes == 5000     # the option wins
+    monkeypatch.setenv("SPDNN_CUDA_MEMORY_CAP", "lots")
+    with pytest.raises(OptionError, match="SPDNN_CUDA_MEMORY_CAP='lots'"):
+        CudaEngine()
+
+
+@pytest.mark.gpu
+def test_cuda_batches_by_its_budget_and_merges_the_tail(radixnet_case):
+    """batch_samples=40 makes the engine's own _batch_size batch; the survivors then fit
+    and run together; the graph of the first segment is captured in warm_up."""
+    from spdnn.engines.cuda.engine import CudaEngine
+
+    network, features = radixnet_case
+    whole = CudaEngine(precision="fp64").run(network, features, outputs="activations")
+    result = CudaEngine(precision="fp64", batch_samples=40).run(network, features, outputs="activations")
+    assert result.extra["batches"] == 8 and "merged_batches" in result.extra and result.extra["graph"]
+    assert_same_run(result, whole, "fp64", rows_computed=False)
