@@ -9,7 +9,10 @@
 #     what the engine allows itself on an idle 80 GB H100 (90% of about 79 GiB free), and
 #     24G the budget the failing H100 run had (at most 41,182 samples at N = 65536): there
 #     every cell batches, the survivors of all batches merge before the tail, and every run
-#     must PASS (look for batches, batch_samples and merged_batches in extra_info).
+#     must PASS (look for batches, batch_samples and merged_batches in extra_info); then
+#     the same without merging batches (SPDNN_MERGE_BATCHES=0): the survivors' round trip
+#     through host float64 CSR (about 2,000 dense rows of 65536) may cost more than the
+#     tails it saves.
 #
 # Run from the repository root on the device machine, the official files carried to
 # .devdata/official/ (git-ignored): bash benchmarks/device_batch.sh
@@ -55,6 +58,10 @@ SPDNN_CUDA_MEMORY_CAP=71G timeout 240 spdnn bench --cells 65536x120,65536x480,65
 step "65536 cells, the failing H100 run's budget (SPDNN_CUDA_MEMORY_CAP=24G): batched, tail merged"
 SPDNN_CUDA_MEMORY_CAP=24G timeout 150 spdnn bench --cells 65536x120,65536x480,65536x1920 --engines cuda \
     --merge on --repeats 3 --no-progress --json-out "$OUT/b65536-24g.json"
+
+step "the same, every batch through all layers (SPDNN_MERGE_BATCHES=0): what merging the tail saves or costs"
+SPDNN_MERGE_BATCHES=0 SPDNN_CUDA_MEMORY_CAP=24G timeout 120 spdnn bench --cells 65536x120,65536x1920 \
+    --engines cuda --merge on --repeats 3 --no-progress --json-out "$OUT/b65536-24g-nomerge.json"
 
 step "batching in the reports"
 python - "$OUT" <<'EOF'

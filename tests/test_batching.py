@@ -94,6 +94,16 @@ def test_batched_challenge_run_equals_whole_run(engine_name, precision, merge, s
     assert_same_run(result, whole, precision, rows_computed=merge is False)
 
 
+def test_merging_batches_can_be_turned_off(radixnet_case, monkeypatch):
+    from spdnn.engines.reference import ReferenceEngine
+
+    network, features = radixnet_case
+    monkeypatch.setenv("SPDNN_MERGE_BATCHES", "0")
+    result = batched(ReferenceEngine, 40, samples=300)().run(network, features)
+    assert result.extra["batches"] == 8 and "merged_batches" not in result.extra
+    np.testing.assert_array_equal(result.survivors, ReferenceEngine().run(network, features).survivors)
+
+
 def test_batched_official_subset(engine_name, official_dir):
     network, features, truth = read_official_subset(official_dir)
     cls = engine_class(engine_name)

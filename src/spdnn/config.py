@@ -17,6 +17,10 @@ Documented environment overrides (validated once, here):
     its ``memory_cap_bytes`` is not given: an integer, or a number with the suffix K, M,
     G or T (powers of 1024), e.g. ``71G``. Default: 90% of the free device memory. Lets a
     larger card behave like a smaller one (the batching of ``spdnn bench`` at N = 65536).
+``SPDNN_MERGE_BATCHES``
+    ``0`` makes :meth:`spdnn.engines.base.Engine.run` run every batch through all layers
+    instead of merging the survivors of all batches before the tail (default ``1``; for
+    comparing the two on a device).
 ``SPDNN_DEBUG``
     ``1`` prints the traceback (with its causes) before the one-line error of a
     ``spdnn`` command (README, "Errors and exit status").
@@ -55,10 +59,12 @@ def env_bytes(name: str) -> int | None:
     return int(count)
 
 
-def env_flag(name: str) -> bool:
-    """Read a boolean environment override: unset/''/'0' is False, '1' is True."""
+def env_flag(name: str, default: bool = False) -> bool:
+    """Read a boolean environment override: unset or '' is ``default``, '0' False, '1' True."""
     value = os.environ.get(name, "").strip()
-    if value in ("", "0"):
+    if value == "":
+        return default
+    if value == "0":
         return False
     if value == "1":
         return True

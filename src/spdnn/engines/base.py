@@ -239,7 +239,10 @@ class _BatchedRun:
         def features(b0):
             return feats[b0:b0 + batch], np.arange(b0, min(total, b0 + batch), dtype=np.int64)
 
-        bounds = [c for c in _head_bounds(depth) if net.prunes_after(c)]
+        from ..config import env_flag
+
+        merging = env_flag("SPDNN_MERGE_BATCHES", True)
+        bounds = [c for c in _head_bounds(depth) if net.prunes_after(c)] if merging else []
         first, ids = features(0)
         self.load(first, ids)
         at, head = 0, None
