@@ -17,7 +17,7 @@ mkdir -p "$OUT"
 export SPDNN_CACHE_DIR=${SPDNN_CACHE_DIR:-/tmp/spdnn-cache}
 status=0
 
-pip install --no-deps --no-build-isolation -e . >"$OUT/pip.txt" 2>&1 || { tail -5 "$OUT/pip.txt"; exit 2; }
+python3 -m pip install --no-deps --no-build-isolation -e . >"$OUT/pip.txt" 2>&1 || { tail -5 "$OUT/pip.txt"; exit 2; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,memory.total,driver_version --format=csv,noheader || true
 
 echo "== constants (benchmarks/floor_constants.py)"

@@ -29,7 +29,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...
 }
 
 nvidia-smi --query-gpu=name,memory.total,clocks.max.memory --format=csv,noheader | tee "$OUT/gpu.txt"
-step install 120 pip install -q --no-deps --no-build-isolation -e .
+step install 120 python3 -m pip install -q --no-deps --no-build-isolation -e .
 
 step compile 100 python3 - <<'EOF'
 import sys, time
@@ -54,7 +54,7 @@ step challenge 60 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_cud
     -k "official_subset and auto or random_networks_fp64_exact"
 
 # the report is rewritten after every cell: a timeout keeps the cells done
-step bench 230 spdnn bench --cells general --repeats 3 --json-out "$OUT/general.json"
+step bench 230 python3 -m spdnn bench --cells general --repeats 3 --json-out "$OUT/general.json"
 
 echo
 echo "================ summary ================"

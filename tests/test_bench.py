@@ -372,3 +372,53 @@ def test_mpi_bench_one_and_two_ranks_then_refit(small_cache, tmp_path):
     assert "predictions" in cell["model"] and "off" in cell["model"]["check_P2"]
     refit = _script("mpi_bench.py", "fit", out, cache=small_cache)
     assert refit.returncode == 0 and "model: T(P)" in refit.stdout, refit.stdout + refit.stderr
+
+
+# ----------------------------------------------------------------------- bench --data
+
+
+def test_bench_command_on_official_files(official_dir, tmp_path):
+    """``spdnn bench --data DIR``: the official subset timed with repeats, floor and checks;
+    a folder without a truth file, a problem not in the folder (exit 2) and a wrong truth
+    (exit 1) are told."""
+    from click.testing import CliRunner
+
+    from spdnn.cli import cli
+
+    def spdnn_bench(data, *args):
+        return CliRunner().invoke(cli, ["bench", "--data", str(data), "--engines", "cpu", "--repeats", "2",
+                                        "--bandwidth-gbs", "10", "--no-progress", *map(str, args)],
+                                  env={"SPDNN_CACHE_DIR": str(tmp_path / "cache")})
+
+    out = tmp_path / "bench.json"
+    result = spdnn_bench(official_dir, "--merge", "on,off", "--json-out", out)
+    assert result.exit_code == 0, result.output
+    assert "1024x120 official" in result.output and result.output.count("PASS") == 2
+    doc = json.loads(out.read_text())
+    (cell,) = doc["cells"]
+    assert cell["source"]["kind"] == "official" and cell["source"]["features"].endswith("first1200.mtx.gz")
+    assert (cell["neurons"], cell["layers"], cell["samples"], cell["categories_count"]) == (1024, 120, 1200, 19)
+    for entry in cell["engines"].values():
+        assert entry["passed"] and len(entry["times"]) == 2 and entry["floor"]["seconds"] > 0
+        assert [r["passed"] for r in entry["repeats"]] == [True, True]
+    assert cell["survivors"][-1] == 19
+
+    named = spdnn_bench(official_dir, "--cells", "1024x120", "--samples", "600")
+    assert named.exit_code == 0 and "600" in named.output
+    missing = spdnn_bench(official_dir, "--cells", "4096x120")
+    assert missing.exit_code == 2 and "4096" in missing.output
+
+    no_truth = tmp_path / "no-truth"
+    no_truth.mkdir()
+    for name in ("neuron1024.tar.gz", "sparse-images-1024-first1200.mtx.gz"):
+        (no_truth / name).symlink_to(official_dir / name)
+    told = spdnn_bench(no_truth)
+    assert told.exit_code == 2 and "no truth file" in told.output
+
+    wrong = tmp_path / "wrong-truth"
+    wrong.mkdir()
+    for name in ("neuron1024.tar.gz", "sparse-images-1024-first1200.mtx.gz"):
+        (wrong / name).symlink_to(official_dir / name)
+    (wrong / "neuron1024-l120-categories.tsv").write_text("1\n2\n3\n")
+    failed = spdnn_bench(wrong)
+    assert failed.exit_code == 1 and "FAIL" in failed.output

@@ -1,7 +1,8 @@
-"""``spdnn bench``: time engines side by side on generated challenge cells, against a floor.
+"""``spdnn bench``: time engines side by side on challenge cells, against a floor.
 
-For every cell N x L the data is prepared once (:func:`spdnn.generate.cached_challenge`,
-60,000 samples by default, float64 truth); every engine (once per ``merge`` setting for
+For every cell N x L the data is prepared once: generated (:func:`spdnn.generate.cached_challenge`,
+60,000 samples by default, float64 truth), or given (:class:`BenchData`: the official
+files ``spdnn bench --data DIR`` reads, with their truth); every engine (once per ``merge`` setting for
 the engines that merge identical samples) then runs once as a warm-up and ``repeats``
 times (:func:`time_engine`); the engine's own ``inference_seconds`` are kept and their
 median reported together with TeraEdges/s (samples x edges / seconds / 1e12), as in the
@@ -45,7 +46,7 @@ from .report import to_json
 __all__ = ["parse_cells", "default_engines", "Floor", "floor_estimate", "floor_constants", "host_bandwidth_gbs",
            "gpu_copy_gbs", "gpu_bandwidth_gbs", "Timing", "time_runs", "time_engine", "BenchRun", "bench_runs",
            "run_bench",
-           "write_json", "write_plot", "require_matplotlib", "materialized", "cpu_model", "PUBLISHED",
+           "BenchData", "write_json", "write_plot", "require_matplotlib", "materialized", "cpu_model", "PUBLISHED",
            "GRID", "LAUNCH_LATENCY_S", "MATERIALIZE_MAX_EDGES"]
 
 #: Per-layer launch cost assumed by the v1 floor, seconds: a kernel node of a CUDA graph
@@ -423,15 +424,40 @@ def bench_runs(engines: Sequence[str], merge: Sequence = ("auto",)) -> list[Benc
     return runs
 
 
+@dataclass
+class BenchData:
+    """A cell whose data are given rather than generated (``spdnn bench --data``).
+
+    Attributes
+    ----------
+    network : Network
+    features : scipy.sparse.csr_matrix (samples, N), float64
+    truth : numpy.ndarray of int64
+        Sorted 1-based ids every run is checked against.
+    source : dict
+        Where the data come from (JSON-ready; the report's ``source`` of the cell).
+    seconds : float
+        Seconds spent reading them (the report's ``data_seconds``).
+    """
+
+    network: Network
+    features: Any
+    truth: np.ndarray
+    source: dict
+    seconds: float = 0.0
+
+
 def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repeats: int = 5,
               samples: int | None = 60000, precision: str = "fp32", seed: int = 0, merge: Sequence = ("auto",),
               bandwidth_gbs: float | str = "auto", launch_latency_s: float | None = None,
-              floor_constants_from=None, progress: bool | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              floor_constants_from=None, progress: bool | None = None, log: Callable[[str], None] | None = None,
+              data: Sequence[BenchData] = ()) -> dict[str, Any]:
     """Run the benchmark and return its report (a JSON-ready dict).
 
     Parameters
     ----------
     cells : sequence of (N, L)
+        Generated cells (after those of ``data``).
     engines : sequence of str
         Engine names (``spdnn.engines.ENGINES``); an unavailable one raises
         :class:`~spdnn.errors.EngineUnavailableError` before anything runs.
@@ -456,13 +482,16 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
         Progress bars on stderr (None: when stderr is a terminal).
     log : callable(str), optional
         Receives one status line per step (the CLI prints them to stderr).
+    data : sequence of BenchData
+        Cells whose data are given (timed first, with the same repeats, floor and checks).
 
     Returns
     -------
     dict
         ``engines`` (the labels of :func:`bench_runs`, in order), ``repeats``,
         ``precision``, ``merge``, ``machine``, ``passed`` (every run of every cell matched
-        the truth) and ``cells``: per cell neurons, layers, samples, edges,
+        the truth) and ``cells``: per cell ``source`` ('generated', or the given data's
+        source), neurons, layers, samples, edges,
         alive_inputs, categories_count (the truth's), truth_info, ``published``
         (:data:`PUBLISHED` figures of the cell, or None), ``survivors`` (of a run that
         matched the truth), and ``engines``: per label engine, merge, times (seconds of
@@ -502,19 +531,29 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
         "engines": [run.label for run in runs],
         "floor_constants": {device: c.to_dict() for device, c in constants.items()}, "cells": [],
     }
-    for neurons, layers in cells:
-        log(f"cell {neurons}x{layers}: preparing data (generated, seed {seed}, cached)")
-        t0 = time.perf_counter()
-        network, features, truth, info = cached_challenge(neurons, layers, seed=seed, samples=samples,
-                                                          progress=progress)
-        network = materialized(network)
-        data_seconds = time.perf_counter() - t0
+    def generated(neurons: int, layers: int) -> Callable[[], BenchData]:
+        def make() -> BenchData:
+            log(f"cell {neurons}x{layers}: preparing data (generated, seed {seed}, cached)")
+            t0 = time.perf_counter()
+            network, features, truth, info = cached_challenge(neurons, layers, seed=seed, samples=samples,
+                                                              progress=progress)
+            network = materialized(network)
+            return BenchData(network, features, truth, {"kind": "generated", "seed": seed, "truth_from": info},
+                             time.perf_counter() - t0)
+        return make
+
+    jobs = [(lambda given=given: given) for given in data] + [generated(n, layers) for n, layers in cells]
+    for job in jobs:
+        given = job()
+        network, features, truth = materialized(given.network), given.features, np.asarray(given.truth)
+        neurons, layers = network.inputs, network.depth
         alive_inputs = int(np.count_nonzero(np.diff(features.indptr)))
         nonzeros = None                                     # the layers' nnz, for engines that do not report
         cell: dict[str, Any] = {
-            "neurons": neurons, "layers": layers, "samples": int(features.shape[0]), "edges": network.edges,
-            "data_seconds": data_seconds, "alive_inputs": alive_inputs, "categories_count": int(len(truth)),
-            "truth_info": info, "published": PUBLISHED.get((neurons, layers)), "survivors": None, "engines": {},
+            "source": given.source, "neurons": neurons, "layers": layers, "samples": int(features.shape[0]),
+            "edges": network.edges, "data_seconds": given.seconds, "alive_inputs": alive_inputs,
+            "categories_count": int(len(truth)), "truth_info": given.source.get("truth_from"),
+            "published": PUBLISHED.get((neurons, layers)), "survivors": None, "engines": {},
         }
         for run in runs:
             engine = get_engine(run.engine, precision=precision, **run.options)

@@ -924,17 +924,21 @@ def _bench_general(items, engine_names, repeats, samples, precision, seed, json_
 
 
 @cli.command()
-@click.option("--cells", multiple=True, default=["1024x120"], show_default=True,
+@click.option("--cells", multiple=True, default=(),
               help="Cells NxL, comma-separated or repeated (e.g. 1024x120,4096x120); 'grid': "
                    "N in 1024,4096,16384,65536 x L in 120,480,1920. General networks (issue 17): "
                    "'general', or wide4096, wide16384, sweep4096, zeros4096:P, mnistshape (cuda, "
-                   "cusparse and PyTorch peers; see spdnn.bench_general).")
+                   "cusparse and PyTorch peers; see spdnn.bench_general) [1024x120; with --data: the problems "
+                   "of DIR to time, default the one found there].")
+@click.option("--data", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Time the official files of this directory (the layout spdnn run --data reads, with its "
+                   "truth file) instead of generated data.")
 @click.option("--engines", "engine_names", default=None, callback=_split_engines,
               help="Engines, comma-separated [those of cuda,cusparse,cpu available here].")
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
               help="Timed runs per engine and cell, after one warm-up run.")
-@click.option("--samples", type=click.IntRange(min=1), default=60000, show_default=True,
-              help="First S samples of the generated features.")
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="First S samples of the features [generated: 60,000; --data: all of the file].")
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="fp32", show_default=True,
               help="Precision of every engine (the truth is always float64).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Generator seed.")
@@ -954,11 +958,12 @@ def _bench_general(items, engine_names, repeats, samples, precision, seed, json_
                    "on the device at the start (a few seconds).")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout instead of the table.")
 @progress_option
-def bench(cells, engine_names, repeats, samples, precision, seed, merge, json_out, plot, bandwidth_gbs, launch_us,
-          floor_constants, as_json, progress):
-    """Time engines side by side on generated cells and compare with the floor.
+def bench(cells, data, engine_names, repeats, samples, precision, seed, merge, json_out, plot, bandwidth_gbs,
+          launch_us, floor_constants, as_json, progress):
+    """Time engines side by side on generated cells (or official files) and compare with the floor.
 
-    For each cell the data are prepared once (generated, cached); each engine runs
+    For each cell the data are prepared once (generated and cached, or read from
+    --data DIR with its truth); each engine runs
     once to warm up, then REPEATS times (once per --merge setting if it merges); the
     table shows the median inference time, TeraEdges/s and the ratio to the cell's floor
     (docs/floor.md: the bytes the engine's schedule must move, its arithmetic and the
@@ -977,14 +982,18 @@ def bench(cells, engine_names, repeats, samples, precision, seed, merge, json_ou
     if items and all(is_general_cell(item) for item in items):
         return _bench_general(items, engine_names, repeats, samples, precision, seed, json_out, bandwidth_gbs, as_json,
                               progress)
-    cell_list = benchmod.parse_cells(list(cells))
+    cell_list = benchmod.parse_cells(list(cells) or ["1024x120"])
     if plot is not None:
         benchmod.require_matplotlib()
     engines = engine_names or benchmod.default_engines()
-    report = benchmod.run_bench(cell_list, engines, repeats=repeats, samples=samples, precision=precision,
+    given = [] if data is None else [_bench_data(data, cell, samples, _progress(progress))
+                                     for cell in (cell_list if cells else [(None, None)])]
+    report = benchmod.run_bench([] if data is not None else cell_list, engines, repeats=repeats,
+                                samples=samples or 60000, precision=precision,
                                 seed=seed, merge=merge, bandwidth_gbs=bandwidth_gbs,
                                 launch_latency_s=None if launch_us is None else launch_us * 1e-6,
-                                floor_constants_from=floor_constants, progress=_progress(progress), log=None if progress is False else _status)
+                                floor_constants_from=floor_constants, progress=_progress(progress),
+                                log=None if progress is False else _status, data=given)
     if as_json:
         _echo_json(report)
     else:
@@ -997,6 +1006,20 @@ def bench(cells, engine_names, repeats, samples, precision, seed, merge, json_ou
         _status(f"wrote {plot}")
     if not report["passed"]:
         sys.exit(ExitCode.FAIL)
+
+
+def _bench_data(data: Path, cell, samples, progress):
+    """The official problem ``cell`` ((N, L), or (None, None): the one found) of ``data``
+    for ``spdnn bench``, read as ``spdnn run --data`` reads it; its truth is required."""
+    from .bench import BenchData
+
+    neurons, layers = cell
+    t0 = time.perf_counter()
+    loaded = _load_official(data, neurons, layers, samples, None, None, progress)
+    if loaded.truth is None:
+        raise DataNotFoundError(f"--data {data}: no truth file (neuron{loaded.network.inputs}-l{loaded.network.depth}"
+                                f"-categories.tsv or .mtx) found: spdnn bench checks every run against it")
+    return BenchData(loaded.network, loaded.features, loaded.truth, loaded.source, time.perf_counter() - t0)
 
 
 # --------------------------------------------------------------- predict, convert

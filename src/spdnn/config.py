@@ -12,6 +12,15 @@ Documented environment overrides (validated once, here):
     ``1`` hides CUDA from engine auto-selection (the ``cuda`` engine can still be named).
 ``SPDNN_CUDA_DEBUG``
     ``1`` synchronizes and checks every kernel launch of the CUDA engine.
+``SPDNN_CUDA_MEMORY_CAP``
+    Device bytes the CUDA engine may use in all (weights, activations, run arrays) when
+    its ``memory_cap_bytes`` is not given: an integer, or a number with the suffix K, M,
+    G or T (powers of 1024), e.g. ``71G``. Default: 90% of the free device memory. Lets a
+    larger card behave like a smaller one (the batching of ``spdnn bench`` at N = 65536).
+``SPDNN_MERGE_BATCHES``
+    ``0`` makes :meth:`spdnn.engines.base.Engine.run` run every batch through all layers
+    instead of merging the survivors of all batches before the tail (default ``1``; for
+    comparing the two on a device).
 ``SPDNN_DEBUG``
     ``1`` prints the traceback (with its causes) before the one-line error of a
     ``spdnn`` command (README, "Errors and exit status").
@@ -25,13 +34,37 @@ from pathlib import Path
 
 from .errors import OptionError
 
-__all__ = ["cache_dir", "cupy_status", "mpi_status", "numba_status", "env_flag"]
+__all__ = ["cache_dir", "cupy_status", "mpi_status", "numba_status", "env_flag", "env_bytes"]
 
 
-def env_flag(name: str) -> bool:
-    """Read a boolean environment override: unset/''/'0' is False, '1' is True."""
+_BYTE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def env_bytes(name: str) -> int | None:
+    """Read a byte count from the environment: unset or '' is None; an integer, or a
+    number with the suffix K, M, G or T (powers of 1024, 'GiB' and 'GB' read as 'G');
+    anything else, or not positive, is an :class:`OptionError` naming the variable."""
     value = os.environ.get(name, "").strip()
-    if value in ("", "0"):
+    if not value:
+        return None
+    text = value.upper().removesuffix("IB").removesuffix("B")
+    unit = text[-1:] if text[-1:] in _BYTE_UNITS and text[-1:] else ""
+    try:
+        count = float(text[:len(text) - len(unit)]) * _BYTE_UNITS[unit]
+    except ValueError:
+        count = float("nan")
+    if not 1 <= count < float(1 << 62):
+        raise OptionError(f"environment variable {name}={value!r}: expected a positive number of bytes "
+                          f"(e.g. 76000000000 or 71G)")
+    return int(count)
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    """Read a boolean environment override: unset or '' is ``default``, '0' False, '1' True."""
+    value = os.environ.get(name, "").strip()
+    if value == "":
+        return default
+    if value == "0":
         return False
     if value == "1":
         return True

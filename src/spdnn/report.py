@@ -208,7 +208,9 @@ def format_bench(report: Mapping[str, Any]) -> str:
             e = cell["engines"][label]
             alive = int(cell["alive_inputs"]) + int(sum(e["survivors"][:-1]))
             computed = alive if e.get("rows_computed") is None else int(sum(e["rows_computed"]))
-            rows.append([f"{cell['neurons']}x{cell['layers']}" if i == 0 else "",
+            kind = (cell.get("source") or {}).get("kind", "generated")
+            name = f"{cell['neurons']}x{cell['layers']}" + ("" if kind == "generated" else f" {kind}")
+            rows.append([name if i == 0 else "",
                          f"{cell['samples']:,}" if i == 0 else "", str(cell["categories_count"]) if i == 0 else "",
                          label, format_seconds(e["median_seconds"]), f"{e['teraedges_per_second']:.3g}",
                          f"{format_seconds(e['floor']['seconds'])} ({e['floor']['device']})",

@@ -128,14 +128,15 @@ def _top_k(values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Outputs:
-    """Collects a run's outputs batch by batch (see the module docstring, Outputs)."""
+    """Collects a run's outputs part by part (see the module docstring, Outputs). Rows
+    never added are zero rows: prediction 0, top-k columns 0..k-1 with values 0."""
 
     def __init__(self, kind: str, top_k: int | None, samples: int, width: int, dtype):
         self.kind, self.top_k, self.width, self.dtype = kind, top_k, width, np.dtype(dtype)
         self.dense = np.zeros((samples, width), self.dtype) if kind == "activations" else None
         self.predictions = np.zeros(samples, np.int64) if kind != "categories" else None
         k = min(top_k, width) if kind == "topk" else 0
-        self.top_indices = np.zeros((samples, k), np.int64) if kind == "topk" else None
+        self.top_indices = np.tile(np.arange(k, dtype=np.int64), (samples, 1)) if kind == "topk" else None
         self.top_values = np.zeros((samples, k), self.dtype) if kind == "topk" else None
 
     @staticmethod
@@ -146,21 +147,150 @@ class _Outputs:
                    "topk": 8 + min(top_k or 0, width) * (8 + item)}[kind]
         return samples * per_row
 
-    def add(self, first: int, count: int, rows: np.ndarray, values: sp.csr_matrix) -> None:
-        """Batch of ``count`` samples starting at sample ``first``; ``rows`` (batch-local)
-        are its nonzero final rows, ``values`` their activations (float64 CSR)."""
-        if self.kind == "categories":
+    def add(self, samples: np.ndarray, values: sp.csr_matrix) -> None:
+        """The final rows of ``samples`` (0-based sample ids, int64) and their activations
+        (float64 CSR, one row each)."""
+        if self.kind == "categories" or not len(samples):
             return
-        batch = np.zeros((count, self.width), self.dtype)
-        if len(rows):
-            batch[rows] = values.toarray().astype(self.dtype, copy=False)
-        self.predictions[first:first + count] = np.argmax(batch, axis=1) if self.width else 0
+        rows = values.toarray().astype(self.dtype, copy=False)
+        self.predictions[samples] = np.argmax(rows, axis=1) if self.width else 0
         if self.dense is not None:
-            self.dense[first:first + count] = batch
+            self.dense[samples] = rows
         if self.top_indices is not None:
-            idx, vals = _top_k(batch, self.top_k)
-            self.top_indices[first:first + count] = idx
-            self.top_values[first:first + count] = vals
+            idx, vals = _top_k(rows, self.top_k)
+            self.top_indices[samples] = idx
+            self.top_values[samples] = vals
+
+
+def _head_bounds(depth: int) -> list[int]:
+    """Layer boundaries 1, 3, 7, 15, ... below ``depth``: segments of 1, 2, 4, 8, ... layers."""
+    bounds, k = [], 1
+    while k < depth:
+        bounds.append(k)
+        k = 2 * k + 1
+    return bounds
+
+
+class _BatchedRun:
+    """The bookkeeping of one :meth:`Engine.run`: its loads and segments of layers, their
+    times, survivors, rows computed, categories and outputs, over batches of samples."""
+
+    def __init__(self, engine: "Engine", outputs: _Outputs, *, depth: int):
+        self.engine, self.outputs, self.depth = engine, outputs, depth
+        self.preprocess = self.inference = 0.0
+        self.survivors = np.zeros(depth, dtype=np.int64)
+        self.rows_computed: np.ndarray | None = None
+        self.categories: list[np.ndarray] = []
+        self.extra: dict = {}
+        self.loads = 0
+        self.merged: dict | None = None
+        self.ids = np.zeros(0, dtype=np.int64)    # 0-based sample id of each loaded row
+
+    def load(self, matrix, ids: np.ndarray, *, inference: bool = False) -> None:
+        """Load ``matrix`` whose rows are the samples ``ids``; timed as preprocessing
+        (features) or as inference (survivors handed over between segments)."""
+        t0 = time.perf_counter()
+        self.engine.load(matrix)
+        seconds = time.perf_counter() - t0
+        if inference:
+            self.inference += seconds
+        else:
+            self.preprocess += seconds
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.loads += 1
+
+    def segment(self, start: int, stop: int, *, final: bool) -> int:
+        """Run layers ``start..stop-1`` over the loaded rows; returns the samples alive
+        after them. ``final`` (``stop`` is the last layer): keep categories and outputs."""
+        t0 = time.perf_counter()
+        self.engine.warm_up(start, stop)
+        t1 = time.perf_counter()
+        cats, surv, extra = self.engine.infer(start, stop)
+        t2 = time.perf_counter()
+        self.preprocess += t1 - t0
+        self.inference += t2 - t1
+        surv = np.asarray(surv, dtype=np.int64)
+        self.survivors[start:stop] += surv
+        if "rows_computed" in extra:
+            if self.rows_computed is None:
+                self.rows_computed = np.zeros(self.depth, dtype=np.int64)
+            self.rows_computed[start:stop] += np.asarray(extra["rows_computed"], dtype=np.int64)
+        self.extra = extra
+        if final:
+            self.categories.append(self.ids[np.asarray(cats, dtype=np.int64) - 1] + 1)
+            if self.outputs.kind != "categories":
+                rows, values = self.engine._activations()
+                self.outputs.add(self.ids[rows], values)
+        return int(surv[-1]) if surv.size else len(self.ids)
+
+    def take(self) -> tuple[np.ndarray, sp.csr_matrix]:
+        """The loaded samples alive now: (sample ids, activations), timed as inference."""
+        t0 = time.perf_counter()
+        rows, values = self.engine._activations()
+        self.inference += time.perf_counter() - t0
+        return self.ids[np.asarray(rows, dtype=np.int64)], values
+
+    def batched(self, feats: sp.csr_matrix, batch: int) -> None:
+        """Every sample of ``feats`` through every layer, ``batch`` samples a load (see
+        :meth:`Engine.run`)."""
+        net, depth, total = self.engine.network, self.depth, feats.shape[0]
+        starts = list(range(0, total, batch))
+
+        def features(b0):
+            return feats[b0:b0 + batch], np.arange(b0, min(total, b0 + batch), dtype=np.int64)
+
+        from ..config import env_flag
+
+        merging = env_flag("SPDNN_MERGE_BATCHES", True)
+        bounds = [c for c in _head_bounds(depth) if net.prunes_after(c)] if merging else []
+        first, ids = features(0)
+        self.load(first, ids)
+        at, head = 0, None
+        for c in bounds:        # the first batch finds where the survivors would fit at once
+            alive = self.segment(at, c, final=False)
+            at = c
+            if alive * total <= batch * first.shape[0]:
+                head = c
+                break
+        if head is None:        # never prunes, or too many survive: every batch runs whole
+            self.segment(at, depth, final=True)
+            for b0 in starts[1:]:
+                self.load(*features(b0))
+                self.segment(0, depth, final=True)
+            return
+        parts = [self.take()]
+        for b0 in starts[1:]:
+            self.load(*features(b0))
+            self.segment(0, head, final=False)
+            parts.append(self.take())
+        self._merge_and_continue(head, parts, [c for c in bounds if c > head])
+
+    def _merge_and_continue(self, at: int, parts: list, bounds: list[int]) -> None:
+        """The survivors ``parts`` ((ids, activations) before layer ``at``): all at once
+        when they fit, else by batches up to the next boundary, and again."""
+        while True:
+            t0 = time.perf_counter()
+            ids = np.concatenate([p[0] for p in parts])
+            values = parts[0][1] if len(parts) == 1 else sp.vstack([p[1] for p in parts], format="csr")
+            parts = []
+            fit = max(1, int(self.engine._batch_size(values))) if len(ids) else 1
+            self.inference += time.perf_counter() - t0
+            if not len(ids):
+                return                                  # nothing alive: later survivors are 0
+            if fit >= len(ids):
+                self.load(values, ids, inference=True)
+                self.merged = {"layer": at, "samples": int(len(ids))}
+                self.segment(at, self.depth, final=True)
+                return
+            stop = bounds.pop(0) if bounds else self.depth
+            for r0 in range(0, len(ids), fit):
+                self.load(values[r0:r0 + fit], ids[r0:r0 + fit], inference=True)
+                self.segment(at, stop, final=stop == self.depth)
+                if stop < self.depth:
+                    parts.append(self.take())
+            if stop == self.depth:
+                return
+            at = stop
 
 
 @dataclass
@@ -274,10 +404,13 @@ class Engine(abc.ABC):
         """Convert the network into the engine's layout (preprocessing, timed)."""
 
     def load(self, features) -> None:
-        """Convert the features (samples x N CSR) into the engine's layout (timed)."""
+        """Convert the features (samples x n_0 CSR), or activations of a layer's input
+        width from :meth:`activations`, into the engine's layout (timed)."""
         if self.network is None:
             raise SpdnnError(f"{self.name}: prepare(network) must come before load(features)")
-        self.features = as_features(features, self.network.inputs)
+        widths = self.network.widths[:-1]
+        width = sp.csr_matrix(features).shape[1] if sp.issparse(features) else np.shape(features)[-1]
+        self.features = as_features(features, width if width in widths else self.network.inputs)
         self._batched = False
 
     def infer(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -322,16 +455,39 @@ class Engine(abc.ABC):
         """Samples :meth:`run` loads at once (default: all). Engines with a memory budget override it."""
         return max(int(features.shape[0]), 1)
 
+    def warm_up(self, start: int, stop: int) -> None:
+        """Make ready what running layers ``start..stop-1`` over the loaded samples needs
+        (e.g. capture a CUDA graph), without running them. :meth:`run` calls it before
+        every :meth:`infer` and times it as preprocessing: a one-off cost (cached for the
+        next run) that would otherwise be counted in a single run's inference time.
+        Default: nothing."""
+
     def run(self, network: Network, features, *, outputs: str = "categories", top_k: int | None = None,
             ) -> InferenceResult:
-        """prepare, then load + infer each batch of samples (see :meth:`_batch_size`).
+        """prepare, then load + infer the samples, in batches where they do not fit at once.
 
-        ``prepare`` and every ``load`` are timed as preprocessing, every ``infer`` as
-        inference; survivors (and ``rows_computed``) are summed over the batches.
-        ``outputs`` (:data:`OUTPUTS`) and ``top_k`` choose what else the result holds
-        (module docstring); the host memory they need is checked before anything runs
-        (:class:`~spdnn.errors.MemoryLimitError`). After a run of several batches,
-        :meth:`activations` is refused: the result holds the outputs of every sample.
+        Batches (:meth:`_batch_size` smaller than the samples): where the network allows
+        dropping dead rows (:meth:`Network.prunes_after`), every batch runs a *head* of
+        layers, the survivors of all batches (rows and activations, with their sample ids)
+        are collected and, when they fit at once, loaded together and the remaining layers
+        run once (an engine that merges identical rows then merges them across batches);
+        otherwise they continue by batches segment by segment (see :class:`_BatchedRun`).
+        The head ends at the first boundary 1, 3, 7, 15, ... (segments doubling in length,
+        where the network prunes) at which the first batch's survivors, scaled to all the
+        samples, fit one batch. A network that never prunes runs every batch through all
+        layers. Results are those of one unbatched run (the round trip through float64
+        activations is exact in fp32 too).
+
+        Timing: ``prepare``, loading the features and :meth:`warm_up` count as
+        preprocessing; ``infer`` and the hand-over of survivors between segments
+        (:meth:`activations`, loading them again) as inference. Survivors (and
+        ``rows_computed``) are summed over the batches. ``outputs`` (:data:`OUTPUTS`) and
+        ``top_k`` choose what else the result holds (module docstring); the host memory
+        they need is checked before anything runs (:class:`~spdnn.errors.MemoryLimitError`).
+        After a run of several batches, :meth:`activations` is refused: the result holds
+        the outputs of every sample. ``extra`` gains ``batches`` and ``batch_samples``, and
+        ``merged_batches`` (``layer``: the 0-based layer from which the survivors ran
+        together, ``samples``: how many) when that happened.
         """
         kind, top_k = check_outputs(outputs, top_k)
         feats = as_features(features, network.inputs)
@@ -340,38 +496,26 @@ class Engine(abc.ABC):
         t0 = time.perf_counter()
         self.prepare(network)
         batch = max(1, int(self._batch_size(feats)))
-        preprocess, inference = time.perf_counter() - t0, 0.0
-        collected = _Outputs(kind, top_k, total, network.outputs, self.dtype)
-        categories, survivors, rows_computed = [], np.zeros(network.depth, dtype=np.int64), None
-        extra: dict = {}
-        batches = 0
+        state = _BatchedRun(self, _Outputs(kind, top_k, total, network.outputs, self.dtype), depth=network.depth)
+        state.preprocess += time.perf_counter() - t0
         self._batched = False
-        for b0 in range(0, max(total, 1), batch):
-            t1 = time.perf_counter()
-            self.load(feats if batch >= total else feats[b0:b0 + batch])   # a slice would copy
-            t2 = time.perf_counter()
-            cats, surv, extra = self.infer()
-            t3 = time.perf_counter()
-            preprocess += t2 - t1
-            inference += t3 - t2
-            categories.append(np.asarray(cats, dtype=np.int64) + b0)
-            survivors += np.asarray(surv, dtype=np.int64)
-            if "rows_computed" in extra:
-                rc = np.asarray(extra["rows_computed"], dtype=np.int64)
-                rows_computed = rc if rows_computed is None else rows_computed + rc
-            if kind != "categories":
-                rows, values = self._activations()
-                collected.add(b0, min(batch, total - b0), rows, values)
-            batches += 1
+        if batch >= total:
+            state.load(feats, np.arange(total, dtype=np.int64))
+            state.segment(0, network.depth, final=True)
+        else:
+            state.batched(feats, batch)
         self.features = feats
-        self._batched = batches > 1
-        extra = dict(extra)
-        if rows_computed is not None:
-            extra["rows_computed"] = [int(r) for r in rows_computed]
-        if batches > 1:
-            extra.update(batches=batches, batch_samples=batch)
-        found = np.sort(np.concatenate(categories)) if categories else np.zeros(0, dtype=np.int64)
-        result = self._result(found, survivors, extra, inference=inference, preprocess=preprocess)
+        self._batched = state.loads > 1
+        extra = dict(state.extra)
+        if state.rows_computed is not None:
+            extra["rows_computed"] = [int(r) for r in state.rows_computed]
+        if state.loads > 1:
+            extra.update(batches=-(-total // batch), batch_samples=batch)
+        if state.merged is not None:
+            extra["merged_batches"] = state.merged
+        found = np.sort(np.concatenate(state.categories)) if state.categories else np.zeros(0, dtype=np.int64)
+        result = self._result(found, state.survivors, extra, inference=state.inference, preprocess=state.preprocess)
+        collected = state.outputs
         result.outputs, result.predictions = collected.dense, collected.predictions
         result.top_indices, result.top_values = collected.top_indices, collected.top_values
         return result

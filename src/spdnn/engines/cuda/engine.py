@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from ...config import cupy_status, env_flag
+from ...config import cupy_status, env_bytes, env_flag
 from ...errors import DeviceMemoryError, OptionError, SpdnnError
 from ...network import Network
 from ...options import check_merge, check_tristate, optional_index, optional_positive_int
@@ -72,6 +72,11 @@ TAIL_ROWS_PER_SM = 1
 #: A per-layer (deduplicated) layer after the first merge takes the wide path when at most
 #: this many rows enter it.
 WIDE_ROWS = 16
+
+#: The arrays :meth:`CudaEngine._allocate` makes beside the activation buffers (released
+#: with them).
+_RUN_ARRAYS = ("_flags", "_rep", "_wadd", "_parent", "_keys", "_vals", "_stats", "_wide_sums", "_wide_z",
+               "_wide_live")
 
 #: Upper end of a launch's row range (rows_lo..rows_hi) when it runs for any count.
 _ANY_ROWS = np.int32(np.iinfo(np.int32).max)
@@ -224,7 +229,8 @@ class CudaEngine(Engine):
     device : int, optional
         CUDA device id (default: the current device).
     memory_cap_bytes : int, optional
-        Device memory the engine may use (default: 90% of what is free).
+        Device memory the engine may use (default: ``SPDNN_CUDA_MEMORY_CAP`` if set, else 90%
+        of what is free, counting the buffers of its previous batch as free).
     batch_samples : int, optional
         Most samples on the device at once (default: as many as fit).
     stream_weights : {'auto', True, False}
@@ -266,6 +272,8 @@ class CudaEngine(Engine):
         super().__init__(precision=precision, progress=progress)
         self.device_id = optional_index(device, "device")
         self.memory_cap_bytes = optional_positive_int(memory_cap_bytes, "memory_cap_bytes")
+        if self.memory_cap_bytes is None:
+            self.memory_cap_bytes = env_bytes("SPDNN_CUDA_MEMORY_CAP")
         self.batch_samples = optional_positive_int(batch_samples, "batch_samples")
         self.stream_weights = check_tristate("auto" if stream_weights is None else stream_weights, "stream_weights")
         if isinstance(config, dict):
@@ -307,12 +315,10 @@ class CudaEngine(Engine):
         self.network = network
         self.features = None
         self._general = None
+        self._release_run()                           # release a previous run's buffers
         if not network.challenge_form:
             self._general = self._general_path(network)
             return
-        self._y = self._ids = self._wts = None        # release a previous run's buffers
-        self._capacity = self._parent_size = 0
-        self._graphs = {}
         dev = self._dev()
         self._device = dev
         self._device_label = device_name(dev)           # a properties query costs milliseconds
@@ -523,11 +529,13 @@ class CudaEngine(Engine):
                             cp.empty(max(most_layers * n, 8), dtype=np.uint16) if cfg.dedupe else self._dummy_map)
                            for _ in range(2)]
 
-    def _budget(self) -> int:
-        """Device bytes the engine may use in all."""
+    def _budget(self, reclaimable: int = 0) -> int:
+        """Device bytes the engine may use in all: ``memory_cap_bytes`` (or
+        ``SPDNN_CUDA_MEMORY_CAP``), else 90% of the free memory and of ``reclaimable``
+        (bytes this engine holds now and would free first)."""
         if self.memory_cap_bytes is not None:
             return self.memory_cap_bytes
-        return int(0.9 * free_device_bytes())
+        return int(0.9 * (free_device_bytes() + reclaimable))
 
     def _bytes_per_sample(self) -> int:
         """Device bytes of one alive sample: two activation rows, ids, weights, flags, merge
@@ -565,32 +573,70 @@ class CudaEngine(Engine):
 
     # ------------------------------------------------------------------ load
     def max_batch(self, features: sp.csr_matrix | None = None) -> int:
-        """Most samples one batch may hold under the memory budget (and ``batch_samples``)."""
+        """Most samples one batch may hold under the memory budget (and ``batch_samples``),
+        for features like ``features`` (their nonzeros a live row are uploaded too)."""
         if self._general is not None:
             return self._general.max_batch(features)
-        with self._dev():
-            budget = self._budget() - self._weights_resident_now()
-        per = self._bytes_per_sample()
-        if features is not None and features.shape[0]:
-            per += int(np.ceil(features.nnz / features.shape[0])) * (4 + np.dtype(self.dtype).itemsize) + 8
-        most = max(budget // per, 0)
-        if self.batch_samples is not None:
-            most = min(most, self.batch_samples)
-        return int(most)
+        if features is None or not features.shape[0]:
+            return self._most(self._activation_budget(), 0, 0)
+        live = int(np.count_nonzero(np.diff(features.indptr)))
+        return self._most(self._activation_budget(), live, int(features.nnz))
 
-    def _weights_resident_now(self) -> int:
-        # With a cap, the weights on the device count against it; without, they are already
-        # out of the free memory, and the activation buffers held now would be freed first.
-        if self.memory_cap_bytes is not None:
-            slots = 2 * self._slot_bytes if self.streaming else 0
-            return int(self._eidx.nbytes + self._evals.nbytes + self._out_map.nbytes + self._meta.nbytes + slots)
-        return -self._capacity * self._bytes_per_sample()
+    def _activation_budget(self) -> int:
+        """Device bytes left for a batch's buffers: the budget less the weights (with a cap;
+        without, they are already out of the free memory), counting the run arrays held
+        now as free (:meth:`_allocate` releases them before allocating)."""
+        with self._dev():
+            if self.memory_cap_bytes is not None:
+                slots = 2 * self._slot_bytes if self.streaming else 0
+                return self._budget() - int(self._eidx.nbytes + self._evals.nbytes + self._out_map.nbytes
+                                            + self._meta.nbytes + slots)
+            return self._budget(self._run_bytes())
+
+    def _most(self, budget: int, live: int, nnz: int) -> int:
+        """Samples that fit ``budget`` when ``live`` rows carry ``nnz`` nonzeros."""
+        per = self._bytes_per_sample()
+        if live:
+            per += -(-nnz // live) * (4 + np.dtype(self.dtype).itemsize) + 8
+        most = max(budget // per, 0)
+        return int(most if self.batch_samples is None else min(most, self.batch_samples))
+
+    def _run_bytes(self) -> int:
+        """Device bytes of the run arrays held now (activation buffers and their companions)."""
+        held = [*(self._y or ()), *(self._ids or ()), *(self._wts or ())]
+        held += [getattr(self, name, None) for name in _RUN_ARRAYS]
+        return int(sum(a.nbytes for a in held if a is not None))
+
+    def _release_run(self) -> None:
+        """Drop the run arrays (before allocating others: the pool then reuses their memory)."""
+        self._y = self._ids = self._wts = None
+        for name in _RUN_ARRAYS:
+            setattr(self, name, None)
+        self._graphs = {}
+        self._capacity = self._parent_size = 0
 
     def _batch_size(self, features: sp.csr_matrix) -> int:
+        """The most samples a load may hold such that every batch of that many consecutive
+        samples passes :meth:`_allocate`'s check (a batch's live rows may carry more
+        nonzeros than the average)."""
         if self._general is not None:
             return self._general.batch_size(features)
         total = features.shape[0]
-        batch = max(1, min(total, self.max_batch(features))) if total else 1
+        if not total:
+            return 1
+        budget = self._activation_budget()
+        live_before = np.concatenate(([0], np.cumsum(np.diff(features.indptr) > 0)))
+        indptr = features.indptr
+        batch = max(1, min(total, self.max_batch(features)))
+        while batch > 1:
+            excess = 0
+            for b0 in range(0, total, batch):
+                b1 = min(total, b0 + batch)
+                live = int(live_before[b1] - live_before[b0])
+                excess = max(excess, live - self._most(budget, live, int(indptr[b1] - indptr[b0])))
+            if excess <= 0:
+                break
+            batch = max(1, batch - excess)
         if batch < min(total, self.config.mb):
             raise DeviceMemoryError(f"cuda engine: not even {self.config.mb} samples fit the device memory budget")
         return batch
@@ -638,9 +684,7 @@ class CudaEngine(Engine):
     def _allocate(self, m: int, loaded: int, live: sp.csr_matrix) -> None:
         """(Re)allocate the activation buffers and the run's arrays for ``m`` alive rows."""
         cp = cupy(self.name)
-        self._y = self._ids = self._wts = None      # free the old buffers before asking
-        self._graphs = {}
-        self._capacity = 0
+        self._release_run()                          # free the old buffers before asking
         fit = self.max_batch(live)
         if m > fit:
             raise DeviceMemoryError(f"cuda engine: {m} samples do not fit the device memory budget (at most "
@@ -933,6 +977,20 @@ class CudaEngine(Engine):
         self._launch("copy", 1, 32, (src, self._count_cur), what="count")
 
     # ------------------------------------------------------------------ infer
+    def warm_up(self, start: int, stop: int) -> None:
+        """Capture and upload the CUDA graph of layers ``start..stop-1`` for the samples
+        loaded, so that :meth:`infer` launches a ready graph: capturing and instantiating
+        (with the kernels' lazy loading) cost milliseconds once per range and buffer
+        arrangement, which a single run would otherwise count as inference. Nothing to do
+        when the weights stream or in debug mode (no graph)."""
+        if (self.network is None or self.features is None or stop <= start or self.streaming or self.debug
+                or self._general is not None):
+            return
+        with self._dev():
+            graph, stream, _ = self._graph(start, stop, self._phases(start, stop))
+            graph.upload(stream)
+            stream.synchronize()
+
     def _infer(self, start: int, stop: int):
         if self._general is not None:
             ids, survivors, extra = self._general.infer(start, stop)
