@@ -983,8 +983,8 @@ class CudaEngine(Engine):
         (with the kernels' lazy loading) cost milliseconds once per range and buffer
         arrangement, which a single run would otherwise count as inference. Nothing to do
         when the weights stream or in debug mode (no graph)."""
-        if (self.network is None or self.features is None or stop <= start or self.streaming or self.debug
-                or self._general is not None):
+        if (self._general is not None or self.network is None or self.features is None or stop <= start
+                or self.streaming or self.debug):
             return
         with self._dev():
             graph, stream, _ = self._graph(start, stop, self._phases(start, stop))
