@@ -21,7 +21,7 @@ from ..config import cupy_status
 from ..network import Network
 from ..options import optional_index, optional_positive_int
 from ._cupy import cupy, device, device_name, free_device_bytes
-from .base import Engine
+from .base import Engine, challenge_form_support
 
 __all__ = ["CusparseEngine"]
 
@@ -61,11 +61,17 @@ class CusparseEngine(Engine):
     def availability(cls) -> tuple[bool, str]:
         return cupy_status()
 
+    @classmethod
+    def supports(cls, network: Network) -> tuple[bool, str]:
+        """Only networks of the challenge's form, for now (:func:`~spdnn.engines.base.challenge_form_support`)."""
+        return challenge_form_support(network, f"engine {cls.name!r}")
+
     def _dev(self):
         return device(self.name, self.device_id)
 
     def prepare(self, network: Network) -> None:
         """Upload W^T of every layer as a CuPy CSR matrix, and the bias."""
+        network.require_challenge_form(f"engine {self.name!r}")
         cp = cupy(self.name)
         import cupyx.scipy.sparse as csp
 

@@ -52,7 +52,7 @@ from ...errors import DeviceMemoryError, OptionError, SpdnnError
 from ...network import Network
 from ...options import check_merge, check_tristate, optional_index, optional_positive_int
 from .._cupy import cupy, device, device_name, free_device_bytes, pinned_empty
-from ..base import Engine
+from ..base import Engine, challenge_form_support
 from .layout import (VALUE_ARRAY, KernelConfig, PackedLayer, choose_config, entry_values, narrowest_exact_dtype,
                      pack_layer, stationary_smem_bytes, value_plan)
 from ..columns import pays_to_dedupe, unique_columns
@@ -277,6 +277,11 @@ class CudaEngine(Engine):
     def availability(cls) -> tuple[bool, str]:
         return cupy_status()
 
+    @classmethod
+    def supports(cls, network: Network) -> tuple[bool, str]:
+        """Only networks of the challenge's form, for now (:func:`~spdnn.engines.base.challenge_form_support`)."""
+        return challenge_form_support(network, f"engine {cls.name!r}")
+
     def _dev(self):
         return device(self.name, self.device_id)
 
@@ -288,6 +293,7 @@ class CudaEngine(Engine):
     # ------------------------------------------------------------------ prepare
     def prepare(self, network: Network) -> None:
         """Choose the blocking, pack every layer (host), plan the memory, upload, compile."""
+        network.require_challenge_form(f"engine {self.name!r}")
         self.network = network
         self.features = None
         self._y = self._ids = self._wts = None        # release a previous run's buffers
