@@ -31,7 +31,8 @@ from spdnn.engines.reference import ReferenceEngine
 from spdnn.network import Network
 
 __all__ = ["BIAS_KINDS", "GENERAL_WEIGHTS", "random_layer", "random_bias", "random_network",
-           "duplicate_column_network", "random_features", "general_network", "general_features", "GENERAL_CASES", "general_case", "reference_run",
+           "duplicate_column_network", "random_features", "general_network", "general_features", "reference_run",
+           "GENERAL_CAPS", "feedforward_network", "general_cases", "GENERAL_CASES", "general_case",
            "engine_availability", "read_official_subset", "challenge_cache", "same_csr"]
 
 #: Per-neuron bias kinds of :func:`random_bias`: the sign pattern matters to the engines
@@ -169,6 +170,92 @@ def general_network(rng: np.random.Generator, *, neurons: int | None = None, dep
     kind = str(rng.choice(BIAS_KINDS)) if bias_kind is None else bias_kind
     ymax = float(rng.choice([32.0, 1.0, 4.5]))
     return Network.from_layers(layers, random_bias(rng, depth, n, kind), ymax=ymax)
+
+
+#: Caps of :func:`feedforward_network`'s ReLU layers (None: uncapped).
+GENERAL_CAPS = (1.0, 32.0, None)
+
+
+def _general_layer(rng: np.random.Generator, n_in: int, n_out: int, dense: bool):
+    """One layer of :func:`feedforward_network`: sparse CSR, or a dense array with about a
+    quarter of its entries zero; weights N(0, 1.2 / sqrt(expected terms per output))."""
+    density = 0.75 if dense else rng.uniform(0.08, 0.5)
+    sigma = 1.2 / np.sqrt(max(1.0, n_in * density))
+    if dense:
+        w = rng.normal(0.0, sigma, (n_in, n_out))
+        w[rng.random((n_in, n_out)) >= density] = 0.0
+        return w
+    w = sp.random(n_in, n_out, density=density, format="csr", random_state=rng)
+    w.data = rng.normal(0.0, sigma, w.nnz)
+    w.sort_indices()
+    return w
+
+
+def feedforward_network(rng: np.random.Generator, *, widths=None, dense=None, bias_rules=None, activations=None,
+                        caps=None, bias=None) -> Network:
+    """A random network of the general form (:mod:`spdnn.network`); each argument not given
+    is drawn per layer.
+
+    ``widths`` (n_0, ..., n_L): 2 to 5 layers of widths in [3, 40); ``dense``: whether each
+    layer is a dense array (one in three); ``bias_rules``: 'structural' or 'dense';
+    ``activations``: 'relu', and the last layer 'identity' half the time; ``caps``: from
+    :data:`GENERAL_CAPS`; ``bias``: per layer a negative or positive scalar, or a vector of
+    both signs.
+    """
+    if widths is None:
+        widths = [int(v) for v in rng.integers(3, 40, int(rng.integers(3, 7)))]
+    depth = len(widths) - 1
+    dense = [bool(rng.random() < 1 / 3) for _ in range(depth)] if dense is None else list(dense)
+    if bias_rules is None:
+        bias_rules = [str(rng.choice(["structural", "dense"])) for _ in range(depth)]
+    if activations is None:
+        activations = ["relu"] * (depth - 1) + [str(rng.choice(["relu", "identity"]))]
+    if caps is None:
+        caps = [GENERAL_CAPS[int(rng.integers(len(GENERAL_CAPS)))] for _ in range(depth)]
+    if bias is None:
+        kinds = rng.integers(0, 3, depth)
+        bias = [float(rng.uniform(-0.3, 0.0)) if kind == 0 else float(rng.uniform(0.0, 0.2)) if kind == 1
+                else rng.uniform(-0.3, 0.3, widths[k + 1]) for k, kind in enumerate(kinds)]
+    layers = [_general_layer(rng, widths[k], widths[k + 1], dense[k]) for k in range(depth)]
+    return Network.from_layers(layers, bias, ymax=caps, bias_rule=bias_rules, activation=activations)
+
+
+def general_cases(rng: np.random.Generator) -> dict:
+    """{name: (network, features)}: planted general networks where a shortcut would be wrong.
+
+    - 'revive': ReLU kills every row in layer 1, then a positive dense bias revives them
+      (dropping zero rows would be wrong); inputs with zero rows.
+    - 'negative_constant': a middle identity layer of equal weights makes each row one
+      negative constant (rows with the same input sum are equal: merged), then ReLU
+      layers with a dense bias of both signs; uncapped.
+    - 'rectangular_mixed': widths 23 -> 41 -> 9 -> 30 -> 5, dense and sparse, both rules,
+      caps 1, none and 32, a linear output layer.
+    - 'zero_rows_kept': structural layers, then a dense layer with a positive dense bias:
+      zero input rows may not be dropped before it.
+    """
+    cases = {}
+    x = random_features(rng, 90, 16, 0.3, dead=[0, 7, 50])
+    cases["revive"] = (Network.from_layers([-abs(_general_layer(rng, 16, 16, False)),
+                                            _general_layer(rng, 16, 12, True)],
+                                           [0.0, rng.permutation(np.linspace(0.05, 0.4, 12))],
+                                           bias_rule=["structural", "dense"],
+                                           ymax=[1.0, None]), x)
+    x = random_features(rng, 120, 10, 0.4, dead=[3, 4])
+    cases["negative_constant"] = (Network.from_layers(
+        [sp.csr_matrix(np.full((10, 14), -0.5)),
+         _general_layer(rng, 14, 20, False), _general_layer(rng, 20, 6, True)],
+        [-0.25, rng.uniform(-0.2, 0.3, 20), 0.1], bias_rule=["structural", "dense", "dense"],
+        activation=["identity", "relu", "relu"], ymax=None), x)
+    x = random_features(rng, 150, 23, 0.3, values="normal", dead=[10])
+    cases["rectangular_mixed"] = (feedforward_network(
+        rng, widths=[23, 41, 9, 30, 5], dense=[True, False, True, False],
+        bias_rules=["dense", "structural", "dense", "dense"], activations=["relu", "relu", "relu", "identity"],
+        caps=[1.0, None, 32.0, None], bias=[rng.uniform(-0.3, 0.3, 41), -0.1, 0.2, rng.uniform(-1, 1, 5)]), x)
+    x = random_features(rng, 100, 30, 0.2, dead=range(0, 100, 9))
+    cases["zero_rows_kept"] = (feedforward_network(
+        rng, widths=[30, 30, 25, 8], dense=[False, False, True], bias_rules=["structural", "structural", "dense"],
+        activations=["relu", "relu", "relu"], caps=[32.0, 32.0, None], bias=[-0.1, 0.05, 0.3]), x)
+    return cases
 
 
 def general_features(rng: np.random.Generator, samples: int, neurons: int) -> sp.csr_matrix:

@@ -26,7 +26,8 @@ from spdnn.errors import DeviceMemoryError, FormatError, OptionError
 from spdnn.network import Network
 
 from _mpi_worker import save_network
-from factories import engine_availability, random_features, random_network, read_official_subset
+from factories import (engine_availability, feedforward_network, general_cases, random_features, random_network,
+                       read_official_subset)
 
 WORKER = Path(__file__).with_name("_mpi_worker.py")
 MPI_TIMEOUT = 300
@@ -285,6 +286,51 @@ def test_single_process_accepts_prepared_engine_and_source(rng, tmp_path):
         run_distributed(net, feats, engine="reference", segment_layers=[0, 5])
 
 
+def _same_outputs(got, want, label="") -> None:
+    """The outputs, predictions and top-k of two results (or a dict of arrays) are equal, bit for bit."""
+    for name in ("outputs", "predictions", "top_indices", "top_values"):
+        a = got.get(name) if isinstance(got, dict) else getattr(got, name)
+        b = getattr(want, name)
+        assert (a is None) == (b is None), f"{label}: {name}"
+        if b is not None:
+            assert a.shape == b.shape and a.dtype == b.dtype, f"{label}: {name} {a.shape} {b.shape}"
+            assert np.array_equal(np.ascontiguousarray(a).view(np.uint8), np.ascontiguousarray(b).view(np.uint8)), \
+                f"{label}: {name} differ"
+
+
+@pytest.mark.parametrize("engine", ["reference", "cpu"])
+@pytest.mark.parametrize("precision", ["fp32", "fp64"])
+def test_single_process_general_network_outputs(rng, engine, precision):
+    """A general network's outputs come back in sample order, as the engine's own run gives them."""
+    if engine not in _engines():
+        pytest.skip(f"engine {engine!r} not available: {engine_availability(engine)[1]}")
+    cases = general_cases(rng)
+    net = feedforward_network(rng, widths=[12, 30, 20, 7])
+    cases["random"] = (net, random_features(rng, 70, 12, 0.3, dead=[2, 5]))
+    for name, (net, feats) in cases.items():
+        for outputs, top_k in [("activations", None), ("predictions", None), ("topk", 3)]:
+            want = get_engine(engine, precision=precision).run(net, feats, outputs=outputs, top_k=top_k)
+            for balance, segments in [(False, None), (True, [1])]:
+                got = run_distributed(net, feats, engine=engine, precision=precision, balance=balance,
+                                      segment_layers=segments if net.depth > 1 else None, outputs=outputs,
+                                      top_k=top_k)
+                label = f"{name} {outputs} balance={balance}"
+                assert got.categories.tolist() == want.categories.tolist(), label
+                assert got.survivors.tolist() == want.survivors.tolist(), label
+                assert got.neurons == net.inputs
+                _same_outputs(got, want, label)
+
+
+def test_distributed_refuses_outputs_that_cannot_fit(monkeypatch, rng):
+    from spdnn import memory
+    from spdnn.errors import MemoryLimitError
+
+    net, feats = general_cases(rng)["revive"]
+    monkeypatch.setattr(memory, "host_available_bytes", lambda: 100)
+    with pytest.raises(MemoryLimitError, match="outputs='activations'.*on rank 0"):
+        run_distributed(net, feats, engine="reference", outputs="activations")
+
+
 class _SmallDeviceEngine(ReferenceEngine):
     """A reference engine whose 'device' holds at most ``cap`` samples; run() batches."""
 
@@ -441,6 +487,38 @@ def test_mpi_two_ranks_official_subset(tmp_path, official_dir):
     results = _launch(case, runs, 2)
     _check_against_one_rank(results, net, feats, 2, truth=truth)
     assert {r["run"]["engine"] for r in results} == set(engines)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("case", ["revive", "zero_rows_kept", "random"])
+def test_mpi_two_ranks_general_network_outputs(tmp_path, rng, case):
+    """Any network over 2 ranks: outputs stitched on rank 0 in sample order, equal bit for bit
+    to one process's. 'revive': every row is zero after layer 1 and revived by layer 2's
+    dense bias, so the rows a forced rebalance moves after layer 1 are zero rows that may
+    not be dropped."""
+    if case == "random":
+        net = feedforward_network(rng, widths=[15, 33, 9, 21, 6])
+        feats = random_features(rng, 203, 15, 0.3, dead=[0, 9, 100])
+    else:
+        net, feats = general_cases(rng)[case]
+    cdir = _write_case(tmp_path / "case", net, feats)
+    runs = [{"engine": e, "precision": p, "balance": b, "layout": layout, "segments": [1], "outputs": o, "top_k": k}
+            for e in _engines() for p in ("fp32", "fp64")
+            for b, layout, o, k in [("force", "shuffled", "activations", None), ("off", "block", "predictions", None),
+                                    ("force", "block", "topk", 2)]]
+    results = _launch(cdir, runs, 2)
+    moved = 0
+    for item in results:
+        run, got = item["run"], item["result"]
+        label = f"{case}: {run}"
+        want = get_engine(run["engine"], precision=run["precision"]).run(net, feats, outputs=run["outputs"],
+                                                                         top_k=run["top_k"])
+        assert got["categories"] == want.categories.tolist(), label
+        assert got["survivors"] == want.survivors.tolist(), label
+        with np.load(item["outputs_file"]) as saved:
+            _same_outputs(dict(saved), want, label)
+        moved += got["extra"]["rows_moved"]
+    assert moved > 0                   # some forced rebalance moved rows (held zero rows included)
 
 
 def test_auto_balance_is_on_for_host_engines_and_off_for_device_engines():

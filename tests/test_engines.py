@@ -5,7 +5,11 @@ with the reason: the CUDA engines run the same body on a GPU machine) and both
 precisions. Cases: (a) the official N=1024 subset, 1,200 rows, 120 layers -> exactly the
 truth ids; (b) random general networks -> fp64 categories, survivors and activations
 equal to the reference bit for bit, fp32 categories equal unless explained by
-:mod:`spdnn.verify`; (c) segments: infer(0, k) + activations() + load() + infer(k, L)
+:mod:`spdnn.verify`; (b') general networks (rectangular, dense and sparse layers, both
+bias rules, any cap, identity layers, planted cases where pruning would be wrong) -> fp64
+outputs and activations equal to the reference bit for bit, fp32 predictions equal to
+fp64's where the top two differ clearly, or a clear refusal by an engine that does not
+support the network; (c) segments: infer(0, k) + activations() + load() + infer(k, L)
 equals a full run; (d) inputs on which summing first and scaling once would change the
 bits (subnormal products, overflowing sums); (e) engines that merge identical samples:
 merge on and off agree bit for bit.
@@ -23,8 +27,8 @@ from spdnn.errors import OptionError, SpdnnError
 from spdnn.engines.reference import ReferenceEngine
 from spdnn.verify import explain_differences
 
-from factories import (engine_availability, general_features, general_network, read_official_subset,
-                       sum_then_scale_traps)
+from factories import (engine_availability, feedforward_network, general_cases, general_features, general_network,
+                       random_features, read_official_subset, sum_then_scale_traps)
 
 PRECISIONS = ["fp32", "fp64"]
 
@@ -95,6 +99,147 @@ def test_random_networks(engine_name, precision, rng, case):
                                           found_precision=precision, exact_limit=1)
         text = explanation.to_text()
         assert all(r.split_layer is not None for r in explanation.records), text
+
+
+# -- (b') general networks --------------------------------------------------------------------
+
+GENERAL_CASES = ["revive", "negative_constant", "rectangular_mixed", "zero_rows_kept", "random1", "random2",
+                 "random3", "random4"]
+
+
+def _general_case(rng, case):
+    if case.startswith("random"):
+        network = feedforward_network(rng)
+        samples = int(rng.integers(1, 160))
+        dead = rng.choice(samples, size=samples // 10, replace=False)
+        values = "binary" if rng.random() < 0.5 else "normal"
+        return network, random_features(rng, samples, network.inputs, rng.uniform(0.1, 0.5), values=values,
+                                        dead=dead)
+    return general_cases(rng)[case]
+
+
+def _clear_margin(outputs: np.ndarray) -> np.ndarray:
+    """Rows whose two largest values differ by more than fp32 rounding could move them."""
+    if outputs.shape[1] < 2:
+        return np.ones(outputs.shape[0], dtype=bool)
+    top = np.sort(outputs, axis=1)[:, -2:]
+    return top[:, 1] - top[:, 0] > 1e-3 * (1.0 + np.abs(top[:, 1]))
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["one_batch", "small_batches"])
+@pytest.mark.parametrize("case", GENERAL_CASES)
+def test_general_networks(engine_name, precision, rng, case, batched):
+    network, features = _general_case(rng, case)
+    cls = engine_class(engine_name)
+    options = {"precision": precision}
+    if batched:
+        if "batch_samples" not in inspect.signature(cls).parameters:
+            pytest.skip(f"engine {engine_name!r} has no batch_samples")
+        options["batch_samples"] = 16
+    engine = cls(**options)
+    ok, why = cls.supports(network)
+    if not ok:
+        assert why
+        with pytest.raises(OptionError, match="cannot run this network"):
+            engine.run(network, features)
+        return
+    reference = ReferenceEngine(precision="fp64")
+    ref = reference.run(network, features, outputs="activations")
+    result = engine.run(network, features, outputs="activations")
+    assert result.outputs.shape == (features.shape[0], network.outputs)
+    assert result.neurons == network.inputs
+    if precision == "fp64" and engine.exact_fp64:
+        assert result.outputs.dtype == np.float64
+        assert np.array_equal(result.outputs.view(np.int64), ref.outputs.view(np.int64)), \
+            f"fp64 outputs differ from the reference ({network.describe()})"
+        np.testing.assert_array_equal(result.predictions, ref.predictions)
+        np.testing.assert_array_equal(result.categories, ref.categories)
+        np.testing.assert_array_equal(result.survivors, ref.survivors)
+        rows, values = engine.activations()
+        ref_rows, ref_values = reference.activations()
+        np.testing.assert_array_equal(rows, ref_rows)
+        assert values.shape == ref_values.shape and (values != ref_values).nnz == 0
+    else:
+        clear = _clear_margin(ref.outputs)
+        assert clear.any() or not ref.outputs.any(), "no well-conditioned sample to compare"
+        np.testing.assert_array_equal(result.predictions[clear], ref.predictions[clear])
+
+
+def test_planted_cases_exercise_what_they_plant(rng):
+    """The planted general cases do what their names say, on the reference."""
+    cases = general_cases(rng)
+    net, x = cases["revive"]
+    ref = ReferenceEngine().run(net, x)
+    assert ref.survivors[0] == 0 and ref.survivors[1] == x.shape[0] and not net.prunes_after(0)
+    net, x = cases["negative_constant"]
+    engine = ReferenceEngine()
+    engine.run(net.truncated(1), x)
+    rows, values = engine.activations()
+    dense = values.toarray()
+    assert (dense < 0).all() and (dense.min(axis=1) == dense.max(axis=1)).all()
+    assert len(np.unique(dense[:, 0])) < len(rows)                  # equal rows to merge
+    net, x = cases["zero_rows_kept"]
+    assert not net.prunes_after(1) and (np.diff(x.indptr) == 0).any()
+    assert 1 in ReferenceEngine().run(net, x).categories             # sample 1 is a zero input row
+
+
+def test_cpu_merges_negative_constant_rows_exactly(rng):
+    """Rows that became one negative constant are merged, and the results keep the bits."""
+    if not engine_availability("cpu")[0]:
+        pytest.skip("cpu engine not available")
+    net, x = general_cases(rng)["negative_constant"]
+    merged, plain = engine_class("cpu")(precision="fp64"), engine_class("cpu")(precision="fp64", merge=False)
+    a = merged.run(net, x, outputs="activations")
+    b = plain.run(net, x, outputs="activations")
+    assert a.extra["merged_samples"] > 0 and b.extra["merged_samples"] == 0
+    assert np.array_equal(a.outputs.view(np.int64), b.outputs.view(np.int64))
+    np.testing.assert_array_equal(a.survivors, b.survivors)
+
+
+def test_segments_of_a_rectangular_network(engine_name, precision, rng):
+    """infer(0, k) + activations() (n_k wide) + load() + infer(k, L) equals a full run; a
+    segment refuses samples of the wrong width."""
+    network = feedforward_network(rng, widths=[20, 31, 12, 17, 6], bias_rules=["structural"] * 4,
+                                  activations=["relu"] * 4)
+    if not engine_class(engine_name).supports(network)[0]:
+        pytest.skip(f"engine {engine_name!r} does not run this network")
+    features = random_features(rng, 80, 20, 0.3)
+    full = make_engine(engine_name, precision).run(network, features)
+    first = make_engine(engine_name, precision)
+    first.prepare(network)
+    first.load(features)
+    first.infer(0, 2)
+    rows, values = first.activations()
+    assert values.shape == (len(rows), 12)
+    second = make_engine(engine_name, precision)
+    second.prepare(network)
+    second.load(values)
+    with pytest.raises(OptionError, match="layer 1 takes 20 values a sample and the samples held have 12"):
+        second.infer(0, 2)
+    cats, _, _ = second.infer(2, network.depth)
+    np.testing.assert_array_equal(np.sort(rows[cats - 1] + 1), full.categories)
+
+
+def test_auto_picks_an_engine_that_supports_the_network(monkeypatch, rng):
+    import spdnn.engines as engines
+    from spdnn.network import Network
+
+    general = feedforward_network(rng, widths=[5, 7, 3])
+    challenge = Network.from_layers([sp.random(8, 8, density=0.5, random_state=1, format="csr")] * 2, -0.3)
+    for name in ("cuda", "cusparse"):
+        ok, why = engine_class(name).supports(general)
+        assert not ok and "challenge's form" in why and name in why
+        assert engine_class(name).supports(challenge) == (True, "a network of the challenge's form")
+    assert engine_class("cpu").supports(general)[0] and engine_class("reference").supports(general)[0]
+    # pretend a GPU is usable: auto takes cuda only for a network it runs
+    monkeypatch.setattr(engines, "cupy_status", lambda: (True, "pretend"))
+    monkeypatch.setattr(engine_class("cuda"), "availability", classmethod(lambda cls: (True, "pretend")))
+    monkeypatch.delenv("SPDNN_DISABLE_GPU", raising=False)
+    assert engines.resolve_engine_name("auto", challenge) == "cuda"
+    assert engines.resolve_engine_name("auto") == "cuda"
+    assert engines.resolve_engine_name("auto", general) == "cpu"
+    with pytest.raises(OptionError, match="engine 'cuda' cannot run this network: .*challenge's form"):
+        engines.get_engine("cuda", general)
 
 
 # -- (c) segments -----------------------------------------------------------------------------

@@ -141,3 +141,25 @@ def test_info_states_memory_and_cache(monkeypatch, tmp_path):
     assert doc["cache"]["total_bytes"] == 0 and doc["memory"]["host_available_bytes"] > 0
     text = CliRunner().invoke(cli, ["info"]).stdout
     assert "65536 x 1920" in text and "cache size:" in text
+
+
+def test_general_network_estimates_use_the_widest_layer(rng):
+    """The cpu engine's buffers hold the widest layer's values a row; the challenge's numbers do not move."""
+    from spdnn.engines import get_engine
+
+    net = Network.from_layers([random_layer(rng, 20, 0.2, columns=3000), rng.standard_normal((3000, 10))],
+                              [0.1, 0.0], bias_rule="dense", activation=["relu", "identity"])
+    engine = get_engine("cpu", precision="fp64")
+    engine.prepare(net)
+    assert engine._batch_rows() == memory.cpu_batch_rows(3000, "fp64")
+    est = memory.estimate_network_run(net, 60000, precision="fp64", nnz=60000 * 5)
+    batch = memory.cpu_batch_rows(3000, "fp64")
+    assert est.notes["widest"] == 3000 and est.notes["batch_samples"] == batch
+    assert est.host["activations"] == 2 * batch * 3000 * 8
+    assert est.host["weights"] == memory.network_weight_bytes(net) == net.layers[0].nnz * 12 + 21 * 8 + 3000 * 10 * 8
+    assert memory.estimate_run(20, 2, 60000, precision="fp64", nnz=60000 * 5).host["activations"] < \
+        est.host["activations"] / 10                               # what assuming N = n_0 would have said
+    challenge = Network.from_layers([random_layer(rng, 256, 32 / 256, values=1 / 16) for _ in range(3)], -0.3)
+    for engine_name in ("cpu", "cuda", "reference"):
+        assert memory.estimate_network_run(challenge, 5000, engine=engine_name, nnz=1000, values=False) == \
+            memory.estimate_run(256, 3, 5000, engine=engine_name, nnz=1000, layers_in_memory=True)

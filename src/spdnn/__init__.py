@@ -39,7 +39,7 @@ def infer(network: Network, features, *, engine: str = "auto", precision: str = 
     network : Network
     features : scipy.sparse matrix (samples, N)
     engine : str
-        'auto', 'reference', 'cpu', 'cuda', ...
+        'auto' (the best engine here that supports ``network``), 'reference', 'cpu', 'cuda', ...
     precision : {'fp32', 'fp64'}
     outputs : {'categories', 'activations', 'predictions', 'topk'}
         What the result holds besides the categories (:mod:`spdnn.engines.base`, Outputs).
@@ -52,7 +52,8 @@ def infer(network: Network, features, *, engine: str = "auto", precision: str = 
     -------
     InferenceResult
     """
-    return get_engine(engine, precision=precision, **options).run(network, features, outputs=outputs, top_k=top_k)
+    return get_engine(engine, network, precision=precision, **options).run(network, features, outputs=outputs,
+                                                                           top_k=top_k)
 
 
 __all__ = [

@@ -611,7 +611,7 @@ def run(neurons, layers, data, truth_file, samples, seed, bias, engine, precisio
                                  balance=check_balance(balance), progress=progress,
                                  engine_options={k: v for k, v in options.items() if k != "precision"})
     else:
-        result = get_engine(engine, progress=progress, **options).run(network, features)
+        result = get_engine(engine, network, progress=progress, **options).run(network, features)
     if rank != 0:
         return
 

@@ -2,7 +2,9 @@
 
 A model, part by part, of the peak bytes of the three jobs on a network of N neurons,
 L layers and S samples (each layer has 32 N edges; the official inputs have about 10%
-of their N features set, :func:`features_nnz`)::
+of their N features set, :func:`features_nnz`); for a general network
+(:func:`estimate_network_run`) the activations use its widest layer and the weights its
+own size::
 
     generate   the generator's Fourier resampling (min(28, s) / 2 long rows of
                s x 60,000 complex numbers, s = sqrt(N)) with the features it makes,
@@ -42,6 +44,7 @@ from .network import OFFICIAL_SAMPLES
 from .options import check_precision, optional_positive_int, positive_int
 
 __all__ = ["Estimate", "features_nnz", "estimate_generate", "estimate_read", "estimate_run", "cpu_batch_rows",
+           "estimate_network_run", "network_weight_bytes",
            "host_available_bytes", "check_fits", "check_run", "check_generate", "memory_table", "TOLERANCE",
            "SURVIVING_FRACTION", "FAN", "REPEATS", "GIB"]
 
@@ -143,7 +146,8 @@ def _itemsize(precision: str) -> int:
 
 def cpu_batch_rows(neurons: int, precision: str = "fp32", *, buffer_bytes: int | None = None) -> int:
     """Rows of one cpu-engine batch: what fits ``buffer_bytes`` a buffer (default the
-    engine's :data:`spdnn.engines.cpu.BUFFER_BYTES`; at least its ``MIN_BATCH``)."""
+    engine's :data:`spdnn.engines.cpu.BUFFER_BYTES`; at least its ``MIN_BATCH``).
+    ``neurons``: the widest of the network's widths (N of the challenge)."""
     buffer_bytes = _cpu.BUFFER_BYTES if buffer_bytes is None else buffer_bytes
     return max(_cpu.MIN_BATCH, buffer_bytes // (positive_int(neurons, "neurons") * _itemsize(precision)))
 
@@ -166,8 +170,12 @@ def estimate_read(neurons: int, layers: int, samples: int | None = None) -> Esti
 
 def estimate_run(neurons: int, layers: int, samples: int | None = None, *, engine: str = "cpu",
                  precision: str = "fp32", nnz: int | None = None, values: bool = False,
-                 batch_samples: int | None = None, layers_in_memory: bool = False) -> Estimate:
+                 batch_samples: int | None = None, layers_in_memory: bool = False, widest: int | None = None,
+                 weight_bytes: int | None = None) -> Estimate:
     """Peak bytes of ``spdnn run`` once the data are read (features mapped from the cache).
+
+    The challenge's square layers by default; a general network (:func:`estimate_network_run`)
+    gives its ``widest`` layer and the bytes of its weights.
 
     Parameters
     ----------
@@ -188,39 +196,50 @@ def estimate_run(neurons: int, layers: int, samples: int | None = None, *, engin
     layers_in_memory : bool
         The network's layers are a list of float64 CSR matrices (12 bytes an edge), not
         mapped from the cache or made on demand; the cpu engine then keeps every layer.
+    widest : int, optional
+        The widest of the network's widths (default N): a row of activations holds this
+        many values in the engines' buffers.
+    weight_bytes : int, optional
+        Bytes of the network's weights as held in float64 (default: the challenge's
+        32 N L edges at 12 bytes) and, converted, by the engine (the cpu engine keeps
+        them at about the same size; default: RadiX-Net's N/16 distinct columns).
     """
     n = positive_int(neurons, "neurons")
     depth = positive_int(layers, "layers")
+    wide = n if widest is None else positive_int(widest, "widest")
     s = _samples(samples)
     f = features_nnz(n, s) if nnz is None else int(nnz)
     item = _itemsize(precision)
     edges = FAN * n * depth
     host = {"baseline": _BASELINE, "features": f * (4 + (8 if values else 0)) + (s + 1) * 8}
     if layers_in_memory:
-        host["network"] = edges * 12
+        host["network"] = edges * 12 if weight_bytes is None else int(weight_bytes)
     device: dict = {}
-    notes: dict = {"samples": s, "features_nnz": f, "edges": edges}
+    notes: dict = {"samples": s, "features_nnz": f, "edges": edges, "widest": wide}
     if engine == "cpu":
-        batch = min(s, optional_positive_int(batch_samples, "batch_samples") or cpu_batch_rows(n, precision))
+        batch = min(s, optional_positive_int(batch_samples, "batch_samples") or cpu_batch_rows(wide, precision))
         kept = layers_in_memory or edges * (4 + item) <= _cpu.LAYER_CACHE_BYTES
         # a kept layer: its distinct columns' entries (int32 ids) and the int32 map of outputs
         distinct_layer = FAN * n // REPEATS * _cpu.KEPT_EDGE_BYTES + 4 * n
-        host["weights"] = depth * distinct_layer if kept else 2 * FAN * n * (4 + item)
+        if weight_bytes is not None:
+            host["weights"] = int(weight_bytes)          # converted to the engine's dtype: at most as large
+        else:
+            host["weights"] = depth * distinct_layer if kept else 2 * FAN * n * (4 + item)
         if s > batch:
             host["features copy"] = batch * (f // s + 1) * (4 + 8)   # Engine.run slices a batch out
-        load, infer = f * _CPU_LOAD_BYTES_PER_NNZ, 2 * batch * n * item     # two phases, one after the other
+        load, infer = f * _CPU_LOAD_BYTES_PER_NNZ, 2 * batch * wide * item     # two phases, one after the other
         host["engine load" if load > infer else "activations"] = max(load, infer)
         if s > batch:
-            host["survivors"] = math.ceil(s * SURVIVING_FRACTION) * n * item
+            host["survivors"] = math.ceil(s * SURVIVING_FRACTION) * wide * item
         notes.update(batch_samples=batch, batches=-(-s // batch), layers_kept=kept,
                      peak="engine load" if load > infer else "layer loop")
     elif engine == "cuda":
         host["staging"] = f * (4 + item) + s * 8
         device["weights"] = depth * (FAN * n // REPEATS * _CUDA_EDGE_BYTES + 2 * n)   # + 16-bit out_map
-        device["activations"] = s * (2 * n * item + _CUDA_ROW_EXTRA)
+        device["activations"] = s * (2 * wide * item + _CUDA_ROW_EXTRA)
     else:
-        host["activations"] = 3 * s * n * (4 + item)
-        host["weights"] = edges * (4 + item) * 2
+        host["activations"] = 3 * s * wide * (4 + item)
+        host["weights"] = edges * (4 + item) * 2 if weight_bytes is None else 2 * int(weight_bytes)
     return Estimate("run", host, device, notes)
 
 
@@ -301,15 +320,41 @@ def check_fits(estimate: Estimate, what: str, *, available: int | None = None, a
         warnings.warn(text + "; it may not fit", SpdnnWarning, stacklevel=2)
 
 
+def network_weight_bytes(network) -> int:
+    """Bytes of a network's weights as held (float64 CSR: 12 bytes an entry and 8 a row
+    pointer; a dense layer 8 bytes an entry)."""
+    total = 0
+    for k in range(network.depth):
+        w = network.layers[k]
+        total += w.size * 8 if network.is_dense(k) else w.nnz * 12 + (w.shape[0] + 1) * 8
+    return int(total)
+
+
+def estimate_network_run(network, samples: int, *, engine: str = "cpu", precision: str = "fp32",
+                         nnz: int | None = None, values: bool = True,
+                         batch_samples: int | None = None) -> Estimate:
+    """:func:`estimate_run` of ``network`` (any :class:`~spdnn.network.Network`): the
+    challenge's model for a network of its form, else the widest layer's buffers and the
+    network's own weights (:func:`network_weight_bytes`)."""
+    if network.challenge_form:
+        return estimate_run(network.neurons, network.depth, samples, engine=engine, precision=precision, nnz=nnz,
+                            values=values, batch_samples=batch_samples,
+                            layers_in_memory=isinstance(network.layers, list))
+    return estimate_run(network.inputs, network.depth, samples, engine=engine, precision=precision, nnz=nnz,
+                        values=values, batch_samples=batch_samples, layers_in_memory=True,
+                        widest=max(network.widths), weight_bytes=network_weight_bytes(network))
+
+
 def check_run(neurons: int, layers: int, samples: int, *, engine: str, precision: str, nnz: int,
               values: bool = False, layers_in_memory: bool = False, available: int | None = None,
-              batch_samples: int | None = None) -> tuple[Estimate, dict]:
+              batch_samples: int | None = None, widest: int | None = None,
+              weight_bytes: int | None = None) -> tuple[Estimate, dict]:
     """Whether a run fits the host memory available now; the engine options that make it fit.
 
     For the cpu engine the batch is made as large as fits (at most its default); other
     engines are checked as they are (the cuda engine plans its own device memory).
-    Parameters are those of :func:`estimate_run`; ``available`` defaults to
-    :func:`host_available_bytes`.
+    Parameters are those of :func:`estimate_run` (``widest`` and ``weight_bytes`` for a
+    general network); ``available`` defaults to :func:`host_available_bytes`.
 
     Returns
     -------
@@ -324,12 +369,13 @@ def check_run(neurons: int, layers: int, samples: int, *, engine: str, precision
     """
     available = host_available_bytes() if available is None else int(available)
     kwargs = {"engine": engine, "precision": precision, "nnz": nnz, "values": values,
-              "layers_in_memory": layers_in_memory}
+              "layers_in_memory": layers_in_memory, "widest": widest, "weight_bytes": weight_bytes}
     est = estimate_run(neurons, layers, samples, batch_samples=batch_samples, **kwargs)
     options: dict = {}
     if est.host_bytes > available and engine == "cpu" and batch_samples is None and "activations" in est.host:
         fixed = est.host_bytes - est.host["activations"]
-        rows = int(min((available - fixed) // (2 * neurons * _itemsize(precision)), est.notes["batch_samples"]))
+        rows = int(min((available - fixed) // (2 * est.notes["widest"] * _itemsize(precision)),
+                       est.notes["batch_samples"]))
         if rows >= _cpu.MIN_BATCH:
             options["batch_samples"] = rows
             est = estimate_run(neurons, layers, samples, batch_samples=rows, **kwargs)

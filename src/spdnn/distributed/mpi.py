@@ -11,7 +11,8 @@ How a run maps onto ranks (``mpiexec -n P``)::
                 counts and, when BalancePolicy says it pays, move surviving rows
                 (activations + global ids) from loaded to idle ranks
     end         categories (global 1-based ids) and survivors per layer are combined on
-                every rank; the time reported is the slowest rank's
+                every rank; the time reported is the slowest rank's; outputs asked for
+                (activations, predictions, top-k) are gathered on rank 0 in sample order
 
 mpi4py is imported only when the process was started by an MPI launcher (the launcher's
 environment variables are present): a plain ``python`` run never initialises MPI.
@@ -35,7 +36,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..engines import Engine, InferenceResult, get_engine, resolve_engine_name
-from ..errors import DeviceMemoryError, OptionError, SpdnnError
+from ..engines.base import _Outputs, check_outputs
+from ..errors import DeviceMemoryError, MemoryLimitError, OptionError, SpdnnError
 from ..formats.sources import (CsrSource, FeatureSource, HeadSource, NpzSource, as_source, read_ranges,
                                save_npz_source)
 from ..network import Network
@@ -132,6 +134,10 @@ class _Collectives:
     def allgather(self, obj) -> list:
         return [obj] if self.comm is None else self.comm.allgather(obj)
 
+    def gather(self, obj) -> list | None:
+        """Every rank's ``obj`` on rank 0 (rank order), None elsewhere; no size limit (pickle 5)."""
+        return [obj] if self.comm is None else self.p2p.gather(obj, root=0)
+
     def allreduce_sum(self, array: np.ndarray) -> np.ndarray:
         if self.comm is None:
             return array
@@ -216,14 +222,21 @@ def _payload_bytes(piece: tuple) -> int:
 
 
 class _RankRun:
-    """One rank's state through the layer loop (engine, global ids, timings)."""
+    """One rank's state through the layer loop (engine, global ids, timings).
 
-    def __init__(self, engine: Engine, ids: np.ndarray, alive: int, coll: _Collectives, here: World,
-                 batch_features: sp.csr_matrix | None = None):
+    ``held`` counts the rows the engine holds: those with a nonzero, and where zero rows
+    may not be dropped (``network.prunes_after``) every row; rebalancing moves held rows.
+    """
+
+    def __init__(self, engine: Engine, ids: np.ndarray, held: int, coll: _Collectives, here: World,
+                 batch_features: sp.csr_matrix | None = None, outputs: tuple = ("categories", None)):
         self.engine = engine
+        self.network = engine.network
         self.batch_features = batch_features   # set when load() did not fit: one engine.run instead
+        self.outputs = outputs                  # (kind, top_k) of the run
+        self.batch_result = None                # engine.run's result when batched
         self.ids = ids            # global 0-based sample ids of the engine's loaded rows
-        self.alive = alive        # rows alive now on this rank
+        self.held = held          # rows the engine holds now on this rank
         self.coll = coll
         self.here = here
         self.busy = 0.0           # seconds inside engine.infer
@@ -236,12 +249,15 @@ class _RankRun:
 
     def segment(self, start: int, stop: int, survivors: np.ndarray) -> tuple[float, int]:
         """Run layers start..stop-1; returns (busy seconds, rows x layers computed)."""
-        if self.alive == 0:
+        if self.held == 0:
             self.categories = np.zeros(0, dtype=np.int64)
             self.log.append((start, stop, 0.0, 0))
             return 0.0, 0
         if self.batch_features is not None:
-            result = self.engine.run(self.engine.network, self.batch_features)
+            kind, top_k = self.outputs
+            wanted = {} if kind == "categories" else {"outputs": kind, "top_k": top_k}
+            result = self.engine.run(self.network, self.batch_features, **wanted)
+            self.batch_result = result
             cats, surv, extra, busy = result.categories, result.survivors, result.extra, result.inference_seconds
         else:
             t = time.perf_counter()
@@ -250,28 +266,62 @@ class _RankRun:
         self.busy += busy
         surv = np.asarray(surv, dtype=np.int64)
         survivors[start:stop] = surv
-        row_layers = self.alive + int(surv[:-1].sum())
-        self.alive = int(surv[-1])
+        held = [self._held_after(k, int(n)) for k, n in zip(range(start + 1, stop + 1), surv)]
+        row_layers = self.held + int(sum(held[:-1]))
+        self.held = held[-1]
         self.categories = self.ids[np.asarray(cats, dtype=np.int64) - 1] + 1
         self.extra = dict(extra)
         self.log.append((start, stop, busy, row_layers))
         return busy, row_layers
 
-    def exchange(self, plan) -> tuple[float, int]:
-        """Carry out this rank's part of ``plan``; returns (seconds, rows it held before)."""
+    def _held_after(self, k: int, nonzero: int) -> int:
+        """Rows held after layer k-1 when ``nonzero`` of them have a nonzero: those, or every
+        row loaded where zero rows may not be dropped (then none was ever dropped)."""
+        return nonzero if self.network.prunes_after(k) else len(self.ids)
+
+    def held_rows(self, layer: int) -> tuple[np.ndarray, sp.csr_matrix]:
+        """(global 0-based ids, activations CSR (rows, n_layer)) of the rows held after
+        ``layer`` layers, in the engine's order; zero rows included where they may not be dropped."""
+        width = self.network.widths[layer]
+        if not self.held:
+            return np.zeros(0, dtype=np.int64), sp.csr_matrix((0, width))
+        rows0, acts = self.engine.activations()
+        rows0 = np.asarray(rows0, dtype=np.int64)
+        acts = sp.csr_matrix(acts)
+        if self.network.prunes_after(layer):
+            return self.ids[rows0], acts
+        # every loaded row is still held (nothing was dropped): the zero ones too
+        counts = np.zeros(len(self.ids), dtype=np.int64)
+        counts[rows0] = np.diff(acts.indptr)
+        indptr = np.concatenate([[0], np.cumsum(counts)])
+        return self.ids.copy(), sp.csr_matrix((acts.data, acts.indices, indptr), shape=(len(self.ids), width))
+
+    def local_outputs(self, dtype) -> tuple[np.ndarray, _Outputs]:
+        """(global 0-based ids, their outputs) of the samples this rank finished with."""
+        kind, top_k = self.outputs
+        width = self.network.outputs
+        r = self.batch_result
+        if r is not None:                       # engine.run over this rank's share, in self.ids order
+            part = _Outputs(kind, top_k, len(self.ids), width, dtype)
+            part.predictions, part.dense = r.predictions, r.outputs
+            part.top_indices, part.top_values = r.top_indices, r.top_values
+            return self.ids, part
+        ids, acts = self.held_rows(self.network.depth)
+        part = _Outputs(kind, top_k, len(ids), width, dtype)
+        part.add(0, len(ids), np.arange(len(ids)), acts)
+        return ids, part
+
+    def exchange(self, plan, layer: int) -> tuple[float, int]:
+        """Carry out this rank's part of ``plan`` after ``layer`` layers; returns (seconds,
+        rows it held before)."""
         rank = self.here.rank
         sends = [t for t in plan if t.source == rank]
         recvs = [t for t in plan if t.dest == rank]
         if not sends and not recvs:
             return 0.0, 0
         t0 = time.perf_counter()
-        held = self.alive
-        if held:
-            rows0, acts = self.engine.activations()
-            ids = self.ids[np.asarray(rows0, dtype=np.int64)]
-            acts = sp.csr_matrix(acts)
-        else:
-            ids, acts = np.zeros(0, dtype=np.int64), sp.csr_matrix((0, self.engine.network.neurons))
+        held = self.held
+        ids, acts = self.held_rows(layer)
         if len(ids) != held or acts.shape[0] != held:
             raise SpdnnError(f"rank {rank}: engine {self.engine.name!r} returned {len(ids)} rows of activations, "
                              f"its last infer reported {held} survivors")
@@ -296,7 +346,7 @@ class _RankRun:
             acts = sp.vstack(parts, format="csr")
         self.engine.load(acts)
         self.ids = ids
-        self.alive = len(ids)
+        self.held = len(ids)
         seconds = time.perf_counter() - t0
         self.reload += seconds
         return seconds, held
@@ -308,10 +358,10 @@ def _make_engine(engine, network: Network, precision: str, options: dict, here: 
         if engine.network is not network:
             engine.prepare(network)
         return engine, engine.name, bound
-    name = resolve_engine_name(engine)
+    name = resolve_engine_name(engine, network)
     bound = bind_resources(name, here)
     opts = {"precision": precision, "progress": bool(progress) and here.rank == 0, **options}
-    eng = get_engine(name, **opts)
+    eng = get_engine(name, network, **opts)
     eng.prepare(network)
     return eng, name, bound
 
@@ -319,7 +369,7 @@ def _make_engine(engine, network: Network, precision: str, options: dict, here: 
 def run_distributed(network: Network, features, *, engine="auto", precision: str = "fp32", balance="auto",
                     segment_layers=None, comm=None, engine_options: dict | None = None,
                     progress: bool | None = None, layout: str = "shuffled",
-                    chunk_rows: int = 8) -> InferenceResult:
+                    chunk_rows: int = 8, outputs: str = "categories", top_k: int | None = None) -> InferenceResult:
     """Inference with the samples partitioned over MPI ranks (a collective call).
 
     Every rank of ``comm`` calls it with the same network and features; every rank gets
@@ -328,8 +378,9 @@ def run_distributed(network: Network, features, *, engine="auto", precision: str
     Parameters
     ----------
     network : Network
-        Replicated: every rank prepares all layers.
-    features : sparse matrix (samples, N) or FeatureSource
+        Replicated: every rank prepares all layers. Any network of :mod:`spdnn.network`
+        (rows that may not be dropped, ``network.prunes_after``, are held and moved too).
+    features : sparse matrix (samples, n_0) or FeatureSource
         A matrix is sliced by each rank; a :class:`FeatureSource` lets each rank read only
         its own row ranges (``rank_ranges(samples, size, layout=...)[rank]``).
     engine : str or Engine
@@ -363,6 +414,14 @@ def run_distributed(network: Network, features, *, engine="auto", precision: str
         contiguous block per rank.
     chunk_rows : int
         Rows per chunk of the 'shuffled' layout.
+    outputs : {'categories', 'activations', 'predictions', 'topk'}
+        What the result holds besides the categories (:meth:`spdnn.engines.Engine.run`):
+        every rank sends the outputs of the samples it finished with to rank 0, which
+        puts them in sample order; on the other ranks they are None. Rank 0's host memory
+        for them is checked before anything runs (every rank raises
+        :class:`~spdnn.errors.MemoryLimitError` when it cannot fit).
+    top_k : int, optional
+        With ``outputs='topk'``.
 
     Returns
     -------
@@ -385,20 +444,22 @@ def run_distributed(network: Network, features, *, engine="auto", precision: str
     coll = _Collectives(here.comm)
     if not (balance in (True, False, None, "auto") or isinstance(balance, BalancePolicy)):
         raise OptionError(f"balance={balance!r}: expected 'auto', True, False or a BalancePolicy")
+    kind, top_k = check_outputs(outputs, top_k)
     depth = network.depth
-    source = as_source(features, network.neurons)
+    source = as_source(features, network.inputs)
     ranges = rank_ranges(int(source.samples), here.size, layout=layout, chunk_rows=chunk_rows)[here.rank]
 
     t0 = time.perf_counter()
     eng, name, bound = _make_engine(engine, network, precision, dict(engine_options or {}), here, progress)
     policy = _policy(balance, name)
-    local = read_ranges(source, ranges, network.neurons)
+    _check_outputs_fit(coll, here, kind, top_k, int(source.samples), network.outputs, eng.dtype)
+    local = read_ranges(source, ranges, network.inputs)
     try:
         eng.load(local)
         fits = True
     except DeviceMemoryError:
         fits = False        # this rank's share does not fit its device: engine.run batches it
-    alive = int(np.count_nonzero(np.diff(local.indptr)))
+    held = int(np.count_nonzero(np.diff(local.indptr))) if network.prunes_after(0) else local.shape[0]
     preprocess = time.perf_counter() - t0
     batched = not all(coll.allgather(fits))
 
@@ -413,7 +474,7 @@ def run_distributed(network: Network, features, *, engine="auto", precision: str
 
     ids = (np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in ranges]) if ranges
            else np.zeros(0, dtype=np.int64))
-    run = _RankRun(eng, ids, alive, coll, here, batch_features=None if fits else local)
+    run = _RankRun(eng, ids, held, coll, here, batch_features=None if fits else local, outputs=(kind, top_k))
     del local
     survivors = np.zeros(depth, dtype=np.int64)
     boundaries = []
@@ -429,7 +490,7 @@ def run_distributed(network: Network, features, *, engine="auto", precision: str
         busy, row_layers = run.segment(seg_start, seg_stop, survivors)
         last = seg_stop >= depth
         if not last and policy is not None:
-            gathered = coll.allgather((run.alive, busy, row_layers))
+            gathered = coll.allgather((run.held, busy, row_layers))
             counts = np.array([g[0] for g in gathered], dtype=np.int64)
             total_rl = sum(g[2] for g in gathered)
             per_row_layer = sum(g[1] for g in gathered) / total_rl if total_rl else None
@@ -439,7 +500,7 @@ def run_distributed(network: Network, features, *, engine="auto", precision: str
                       "action": "rebalance" if decision.rebalance else "keep", "reason": decision.reason,
                       "gain_seconds": decision.gain_seconds, "cost_seconds": decision.cost_seconds}
             if decision.rebalance and here.size > 1:
-                seconds, held = run.exchange(decision.plan)
+                seconds, held = run.exchange(decision.plan, seg_stop)
                 rebalances += 1
                 timing = coll.allgather((seconds, held))
                 worst = max(timing)
@@ -462,8 +523,15 @@ def run_distributed(network: Network, features, *, engine="auto", precision: str
     parts = coll.allgather(run.categories)
     categories = np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
     survivors = coll.allreduce_sum(survivors)
+    collected = None
+    if kind != "categories":
+        pieces = coll.gather(run.local_outputs(eng.dtype))
+        if pieces is not None:
+            collected = _Outputs(kind, top_k, int(source.samples), network.outputs, eng.dtype)
+            for piece_ids, part in pieces:
+                collected.place(piece_ids, part)
     stats = coll.allgather({"loop": t_loop, "busy": run.busy, "reload": run.reload, "pre": preprocess,
-                            "bytes": run.bytes_sent, "rows": run.rows_sent, "alive": run.alive,
+                            "bytes": run.bytes_sent, "rows": run.rows_sent, "alive": run.held,
                             "resources": bound, "samples": len(ids), "log": run.log})
     t_end = time.perf_counter()
     gather_seconds = t_end - t_gather
@@ -493,9 +561,26 @@ def run_distributed(network: Network, features, *, engine="auto", precision: str
         "rank_resources": [s["resources"] for s in stats],
         "engine_extra": run.extra,
     }
-    return InferenceResult(categories=categories.astype(np.int64), survivors=survivors.astype(np.int64),
-                           inference_seconds=float(inference),
-                           preprocess_seconds=float(max(s["pre"] for s in stats)), engine=name,
-                           precision=eng.precision, samples=int(source.samples), neurons=network.neurons,
-                           layers=depth, edges=network.edges, extra=extra)
+    result = InferenceResult(categories=categories.astype(np.int64), survivors=survivors.astype(np.int64),
+                             inference_seconds=float(inference),
+                             preprocess_seconds=float(max(s["pre"] for s in stats)), engine=name,
+                             precision=eng.precision, samples=int(source.samples), neurons=network.inputs,
+                             layers=depth, edges=network.edges, extra=extra)
+    if collected is not None:
+        result.outputs, result.predictions = collected.dense, collected.predictions
+        result.top_indices, result.top_values = collected.top_indices, collected.top_values
+    return result
+
+
+def _check_outputs_fit(coll: _Collectives, here: World, kind: str, top_k, samples: int, width: int, dtype) -> None:
+    """Rank 0 checks that the outputs fit its host memory; every rank raises its refusal."""
+    refusal = None
+    if here.rank == 0:
+        try:
+            Engine._check_outputs_fit(kind, top_k, samples, width, dtype)
+        except MemoryLimitError as exc:
+            refusal = str(exc)
+    refusals = [r for r in coll.allgather(refusal) if r is not None]
+    if refusals:
+        raise MemoryLimitError(refusals[0] + " (on rank 0, which gathers them)")
 

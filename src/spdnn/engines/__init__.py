@@ -9,7 +9,8 @@ cuda          CuPy + CUDA C++ kernels compiled at run time    a GPU, ``spdnn[gpu
 cusparse      library baseline: CuPy cuSPARSE SpMM per layer  a GPU, ``spdnn[gpu]``
 ============  ==============================================  =====================
 
-``auto`` picks cuda where a GPU is usable, else cpu, else reference.
+``auto`` picks cuda where a GPU is usable, else cpu, else reference; given a network, the
+first of them that supports it (:meth:`Engine.supports`).
 """
 from __future__ import annotations
 
@@ -55,22 +56,29 @@ def available_engines() -> dict[str, tuple[bool, str]]:
     return out
 
 
-def resolve_engine_name(name: str) -> str:
-    """Turn 'auto' into the best engine available here; check any other name exists."""
+def resolve_engine_name(name: str, network=None) -> str:
+    """Turn 'auto' into the best engine available here; check any other name exists.
+
+    With ``network`` (a :class:`~spdnn.network.Network`), 'auto' picks the best engine
+    that also supports it (:meth:`Engine.supports`): cuda, cpu, reference in that order.
+    A named engine is returned as it is (:func:`get_engine` and :meth:`Engine.run` refuse
+    a network it does not support, with the reason).
+    """
     if name != "auto":
         engine_class(name)
         return name
-    if not env_flag("SPDNN_DISABLE_GPU") and cupy_status()[0]:
+
+    def usable(candidate: str) -> bool:
         try:
-            if engine_class("cuda").availability()[0]:
-                return "cuda"
+            cls = engine_class(candidate)
         except EngineUnavailableError:
-            pass
-    try:
-        if engine_class("cpu").availability()[0]:
-            return "cpu"
-    except EngineUnavailableError:
-        pass
+            return False
+        return cls.availability()[0] and (network is None or cls.supports(network)[0])
+
+    if not env_flag("SPDNN_DISABLE_GPU") and cupy_status()[0] and usable("cuda"):
+        return "cuda"
+    if usable("cpu"):
+        return "cpu"
     return "reference"
 
 
@@ -85,26 +93,33 @@ def engine_merges(name: str) -> bool:
     return "merge" in inspect.signature(engine_class(name)).parameters
 
 
-def fastest_exact_engine() -> str:
+def fastest_exact_engine(network=None) -> str:
     """Name of the fastest engine here whose fp64 mode is bit-identical to the reference.
 
     The order is cuda (where a GPU is usable and ``SPDNN_DISABLE_GPU`` is unset), cpu,
-    reference; every engine tried must have ``exact_fp64`` (the cuSPARSE baseline has not).
+    reference; every engine tried must have ``exact_fp64`` (the cuSPARSE baseline has not)
+    and, with ``network``, support it.
     """
-    name = resolve_engine_name("auto")
+    name = resolve_engine_name("auto", network)
     if not engine_class(name).exact_fp64:  # pragma: no cover - auto never picks a baseline
         name = "cpu" if engine_class("cpu").availability()[0] else "reference"
     return name
 
 
-def get_engine(name: str = "auto", **options) -> Engine:
-    """Instantiate an engine by name ('auto' picks the best available).
+def get_engine(name: str = "auto", network=None, **options) -> Engine:
+    """Instantiate an engine by name ('auto' picks the best available, and with
+    ``network`` the best that supports it: :func:`resolve_engine_name`).
 
-    Raises :class:`EngineUnavailableError` with the reason when it cannot run here.
+    Raises :class:`EngineUnavailableError` with the reason when it cannot run here, and
+    :class:`OptionError` with the reason when a named engine cannot run ``network``.
     """
-    name = resolve_engine_name(name)
+    name = resolve_engine_name(name, network)
     cls = engine_class(name)
     ok, why = cls.availability()
     if not ok:
         raise EngineUnavailableError(f"engine {name!r} is not available: {why}")
+    if network is not None:
+        ok, why = cls.supports(network)
+        if not ok:
+            raise OptionError(f"engine {name!r} cannot run this network: {why}")
     return cls(**options)

@@ -29,6 +29,14 @@ sample's largest, smallest and smallest nonzero value (alive, constant rows, and
 fp64 guard). :func:`spdnn_cpu_compact` then copies the alive samples, in order, into
 the other buffer (pruning).
 
+Layers of any widths: the input tiles are ``(tiles, n_in, T)`` and the output tiles
+``(tiles, n_out, T)`` (the engine views one flat buffer a side with each layer's width).
+A *dense* layer (``dense``) reads its weights from an ``(n_in, n_out)`` array instead of
+the row form, the same loop (inputs ascending, each output's terms in that order), zero
+weights skipped as they add exact zeros. The epilogue applies the layer's rule: the bias
+only where the sum is nonzero (structural) or everywhere (``dense_bias``), then ReLU and
+the cap (``relu``; cap ``inf``: none) or nothing (identity, negative values kept).
+
 Deduplicated layers (``virtual >= 0``): a layer whose columns repeat (RadiX-Net's N/16
 distinct ones) is stored restricted to one column of each kind, so an input row feeds
 N/16 times fewer sums; the sums go to a scratch tile and the epilogue reads output ``j``'s
@@ -68,19 +76,20 @@ MODE_SUM = 2
 
 @njit(parallel=True, cache=True, fastmath=False, nogil=True)
 def spdnn_cpu_layer(y, out, count, indptr, indices, values, row_width, weight, mode,
-                    bias, uniform_bias, ymax, row_max, row_min, tile_min, virtual, out_map):
+                    bias, uniform_bias, ymax, row_max, row_min, tile_min, virtual, out_map,
+                    dense, dense_w, dense_bias, relu):
     """One layer over the first ``count`` samples of ``y``; results into ``out``.
 
     Parameters
     ----------
-    y : (tiles, N, T) float32/float64 C array
+    y : (tiles, n_in, T) float32/float64 C array
         Input activations, tiled neuron-major (module docstring); samples
         ``0..count-1`` are used.
-    out : same shape and dtype as ``y``
+    out : (tiles, n_out, T) C array of ``y.dtype``
         Output activations (the tiles holding samples ``0..count-1`` are written).
     count : int
-    indptr : (N+1,) int64 array
-        Row pointers of ``W`` (CSR); ignored when ``row_width >= 0``.
+    indptr : (n_in+1,) int64 array
+        Row pointers of ``W`` (CSR); ignored when ``row_width >= 0`` or ``dense``.
     indices : int32 array
         Output neuron (or, deduplicated, distinct column) of every weight, ascending
         within each input row.
@@ -91,28 +100,38 @@ def spdnn_cpu_layer(y, out, count, indptr, indices, values, row_width, weight, m
     weight : scalar of ``y.dtype``
         The one weight value (``MODE_UNIFORM``/``MODE_SUM``).
     mode : int
-        ``MODE_VALUES``, ``MODE_UNIFORM`` or ``MODE_SUM``.
-    bias : (N,) array of ``y.dtype``
+        ``MODE_VALUES``, ``MODE_UNIFORM`` or ``MODE_SUM`` (sparse layers).
+    bias : (n_out,) array of ``y.dtype``
         Bias of every output neuron; only ``bias[0]`` is read when ``uniform_bias``.
     uniform_bias : bool
     ymax : scalar of ``y.dtype``
-        Cap of the activations.
+        Cap of the activations (``inf``: none); unused when not ``relu``.
     row_max, row_min : (>= count,) arrays of ``y.dtype``
-        Output: largest and smallest value of each output sample's row (the sample is
-        alive when ``row_max > 0``; its row is constant when ``row_min == row_max``).
+        Output: largest and smallest value of each output sample's row (the sample's row
+        is nonzero when either is; it is constant when ``row_min == row_max``).
     tile_min : (tiles,) array of ``y.dtype``
-        Output: smallest nonzero output value of every tile used (``inf`` when none).
+        Output: smallest nonzero magnitude of the output values of every tile used
+        (``inf`` when none).
     virtual : int
         Deduplicated layer: the number of its distinct columns, which ``indices`` name;
         their sums go to a scratch tile and output ``j`` takes distinct column
         ``out_map[j]`` (identical columns give identical sums: exact). -1: ``indices``
-        name the N outputs and the sums are made in place.
-    out_map : (N,) int32 array
+        name the outputs and the sums are made in place.
+    out_map : (n_out,) int32 array
         The distinct column of every output (read only when ``virtual >= 0``).
+    dense : bool
+        The weights are ``dense_w`` (a dense layer), not the row form.
+    dense_w : (n_in, n_out) C array of ``y.dtype``
+        A dense layer's weights (read only when ``dense``).
+    dense_bias : bool
+        Add the bias to every output (the 'dense' rule), not only where the sum is nonzero.
+    relu : bool
+        Clamp to ``[0, ymax]``; False: identity.
     """
     n = y.shape[1]
+    n_out = out.shape[1]
     tile = y.shape[2]
-    zero = ymax - ymax
+    zero = np.zeros(1, dtype=y.dtype)[0]
     tiles = (count + tile - 1) // tile
     dedupe = virtual >= 0
     for it in prange(tiles):
@@ -132,6 +151,16 @@ def spdnn_cpu_layer(y, out, count, indptr, indices, values, row_width, weight, m
                 nonzero |= xr[t] != zero
             if not nonzero:
                 continue                    # all-zero input row of this tile: exact zeros only
+            if dense:
+                wr = dense_w[i]
+                for j in range(n_out):
+                    v = wr[j]
+                    if v == zero:
+                        continue            # a zero weight adds exact zeros
+                    zr = acc[j]
+                    for t in range(m):
+                        zr[t] += xr[t] * v
+                continue
             if row_width >= 0:
                 p0 = i * row_width
                 p1 = p0 + row_width
@@ -154,26 +183,53 @@ def spdnn_cpu_layer(y, out, count, indptr, indices, values, row_width, weight, m
                     zr = acc[indices[p]]
                     for t in range(m):
                         zr[t] += xr[t]
-        # epilogue: (uniform weight once,) bias only where the sum is nonzero, ReLU, cap
-        largest = np.zeros(m, dtype=y.dtype)             # per sample: max output (>= 0)
-        lowest = np.full(m, ymax, dtype=y.dtype)         # per sample: min output
-        smallest = np.full(m, np.inf, dtype=y.dtype)     # per sample: min nonzero output
-        inf = smallest[0]
+        # epilogue: (uniform weight once,) bias (where the sum is nonzero, or everywhere),
+        # ReLU and cap (or identity); per sample the largest, smallest and smallest nonzero
+        # magnitude. The challenge's rule (structural, ReLU) has its own loop, as fast as
+        # before the general rules existed (values >= 0: magnitudes are the values).
+        scale = mode == MODE_SUM and not dense
+        smallest = np.full(m, np.inf, dtype=y.dtype)     # per sample: min nonzero |output|
+        inf = smallest[0]                                # m >= 1: this tile holds samples
         b = bias[0]
-        for j in range(n):
-            sr = acc[out_map[j]] if dedupe else acc[j]
-            zr = zt[j]
-            if not uniform_bias:
-                b = bias[j]
-            for t in range(m):
-                v = sr[t] * weight if mode == MODE_SUM else sr[t]
-                v = v + b if v != zero else v
-                v = zero if v < zero else v
-                v = ymax if v > ymax else v
-                zr[t] = v
-                largest[t] = max(largest[t], v)
-                lowest[t] = min(lowest[t], v)
-                smallest[t] = min(smallest[t], v if v > zero else inf)
+        if relu and not dense_bias:
+            largest = np.zeros(m, dtype=y.dtype)         # per sample: max output (>= 0)
+            lowest = np.full(m, ymax, dtype=y.dtype)     # per sample: min output
+            for j in range(n_out):
+                sr = acc[out_map[j]] if dedupe else acc[j]
+                zr = zt[j]
+                if not uniform_bias:
+                    b = bias[j]
+                for t in range(m):
+                    v = sr[t] * weight if scale else sr[t]
+                    v = v + b if v != zero else v
+                    v = zero if v < zero else v
+                    v = ymax if v > ymax else v
+                    zr[t] = v
+                    largest[t] = max(largest[t], v)
+                    lowest[t] = min(lowest[t], v)
+                    smallest[t] = min(smallest[t], v if v > zero else inf)
+        else:
+            largest = np.full(m, -np.inf, dtype=y.dtype)     # per sample: max output
+            lowest = np.full(m, np.inf, dtype=y.dtype)       # per sample: min output
+            for j in range(n_out):
+                sr = acc[out_map[j]] if dedupe else acc[j]
+                zr = zt[j]
+                if not uniform_bias:
+                    b = bias[j]
+                for t in range(m):
+                    v = sr[t] * weight if scale else sr[t]
+                    if dense_bias:
+                        v = v + b
+                    else:
+                        v = v + b if v != zero else v
+                    if relu:
+                        v = zero if v < zero else v
+                        v = ymax if v > ymax else v
+                    zr[t] = v
+                    largest[t] = max(largest[t], v)
+                    lowest[t] = min(lowest[t], v)
+                    a = abs(v)
+                    smallest[t] = min(smallest[t], a if a != zero else inf)
         low = inf
         for t in range(m):
             row_max[it * tile + t] = largest[t]
@@ -185,7 +241,7 @@ def spdnn_cpu_layer(y, out, count, indptr, indices, values, row_width, weight, m
 @njit(parallel=True, cache=True, nogil=True)
 def spdnn_cpu_compact(src, dst, keep):
     """Copy samples ``keep`` (ascending positions) of tiled ``src`` to positions
-    ``0..len(keep)-1`` of tiled ``dst`` (same shape), in order."""
+    ``0..len(keep)-1`` of tiled ``dst`` (same width and tile), in order."""
     n = src.shape[1]
     tile = src.shape[2]
     k = keep.size

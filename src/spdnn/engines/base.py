@@ -136,6 +136,7 @@ class _Outputs:
         self.dense = np.zeros((samples, width), self.dtype) if kind == "activations" else None
         self.predictions = np.zeros(samples, np.int64) if kind != "categories" else None
         k = min(top_k, width) if kind == "topk" else 0
+        # every row starts as a zero row's outputs (argmax 0; top-k columns 0..k-1, values 0)
         self.top_indices = np.tile(np.arange(k, dtype=np.int64), (samples, 1)) if kind == "topk" else None
         self.top_values = np.zeros((samples, k), self.dtype) if kind == "topk" else None
 
@@ -292,6 +293,18 @@ class _BatchedRun:
                 return
             at = stop
 
+    def place(self, ids: np.ndarray, part: "_Outputs") -> None:
+        """Copy the outputs of ``part`` (one row a sample of ``ids``, in that order) to the
+        samples ``ids`` (0-based, any order): how MPI ranks' outputs are stitched together."""
+        if self.kind == "categories" or not len(ids):
+            return
+        self.predictions[ids] = part.predictions
+        if self.dense is not None:
+            self.dense[ids] = part.dense
+        if self.top_indices is not None:
+            self.top_indices[ids] = part.top_indices
+            self.top_values[ids] = part.top_values
+
 
 @dataclass
 class InferenceResult:
@@ -399,18 +412,37 @@ class Engine(abc.ABC):
         """(available, reason): whether this engine can run on this machine, and why not."""
         return True, "always available"
 
+    @classmethod
+    def supports(cls, network: Network) -> tuple[bool, str]:
+        """(supported, reason): whether this engine can run ``network`` (every network of
+        :mod:`spdnn.network` by default), and why not. :meth:`run` and
+        :func:`spdnn.engines.get_engine` refuse a network it does not support; 'auto'
+        picks an engine that does."""
+        return True, "runs every network"
+
+    def check_supports(self, network: Network) -> None:
+        """Raise :class:`OptionError` with the reason unless :meth:`supports` ``network``."""
+        ok, why = self.supports(network)
+        if not ok:
+            raise OptionError(f"engine {self.name!r} cannot run this network: {why}")
+
     @abc.abstractmethod
     def prepare(self, network: Network) -> None:
         """Convert the network into the engine's layout (preprocessing, timed)."""
 
     def load(self, features) -> None:
-        """Convert the features (samples x n_0 CSR), or activations of a layer's input
-        width from :meth:`activations`, into the engine's layout (timed)."""
+        """Convert the features (samples x n_0 CSR) into the engine's layout (timed).
+
+        Activations of a later layer k (``n_k`` columns, from :meth:`activations`) may be
+        loaded too, for a segment ``infer(k, ...)`` that starts there; :meth:`infer`
+        checks that the width held is the one its first layer takes.
+        """
         if self.network is None:
             raise SpdnnError(f"{self.name}: prepare(network) must come before load(features)")
-        widths = self.network.widths[:-1]
-        width = sp.csr_matrix(features).shape[1] if sp.issparse(features) else np.shape(features)[-1]
-        self.features = as_features(features, width if width in widths else self.network.inputs)
+        widths = self.network.widths
+        width = np.shape(features)[1] if len(np.shape(features)) == 2 else None
+        self.features = as_features(features, None if width in widths[1:] else self.network.inputs)
+        self._held_width = int(self.features.shape[1])
         self._batched = False
 
     def infer(self, start: int = 0, stop: int | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -440,7 +472,13 @@ class Engine(abc.ABC):
                 raise OptionError(f"infer({label}={value!r}): expected an integer")
         if not 0 <= start <= stop <= net.depth:
             raise OptionError(f"infer(start={start}, stop={stop}): expected 0 <= start <= stop <= {net.depth}")
-        return self._infer(int(start), int(stop))
+        held = getattr(self, "_held_width", net.widths[start])
+        if held != net.widths[start]:
+            raise OptionError(f"infer(start={start}): layer {start + 1} takes {net.widths[start]} values a sample "
+                              f"and the samples held have {held}")
+        out = self._infer(int(start), int(stop))
+        self._held_width = net.widths[stop]
+        return out
 
     @abc.abstractmethod
     def _infer(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -490,6 +528,7 @@ class Engine(abc.ABC):
         together, ``samples``: how many) when that happened.
         """
         kind, top_k = check_outputs(outputs, top_k)
+        self.check_supports(network)
         feats = as_features(features, network.inputs)
         total = feats.shape[0]
         self._check_outputs_fit(kind, top_k, total, network.outputs, self.dtype)

@@ -69,7 +69,8 @@ class CusparseEngine(Engine):
     def _dev(self):
         return device(self.name, self.device_id)
 
-    def supports(self, network: Network) -> tuple[bool, str]:
+    @classmethod
+    def supports(cls, network: Network) -> tuple[bool, str]:
         """(True, why): every network runs (sparse layers on cuSPARSE, dense ones on cuBLAS)."""
         return True, "sparse layers through cuSPARSE SpMM, dense layers through cuBLAS"
 

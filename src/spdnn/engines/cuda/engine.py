@@ -297,7 +297,8 @@ class CudaEngine(Engine):
     def availability(cls) -> tuple[bool, str]:
         return cupy_status()
 
-    def supports(self, network: Network) -> tuple[bool, str]:
+    @classmethod
+    def supports(cls, network: Network) -> tuple[bool, str]:
         """(True, why): every network runs, the challenge's on their own path, others on the general one."""
         return True, "challenge networks on the stationary path, every other on the general path"
 
