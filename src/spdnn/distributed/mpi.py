@@ -308,7 +308,7 @@ class _RankRun:
             return self.ids, part
         ids, acts = self.held_rows(self.network.depth)
         part = _Outputs(kind, top_k, len(ids), width, dtype)
-        part.add(0, len(ids), np.arange(len(ids)), acts)
+        part.add(np.arange(len(ids)), acts)
         return ids, part
 
     def exchange(self, plan, layer: int) -> tuple[float, int]:

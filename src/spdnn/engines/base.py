@@ -162,6 +162,18 @@ class _Outputs:
             self.top_indices[samples] = idx
             self.top_values[samples] = vals
 
+    def place(self, ids: np.ndarray, part: "_Outputs") -> None:
+        """Copy the outputs of ``part`` (one row a sample of ``ids``, in that order) to the
+        samples ``ids`` (0-based, any order): how MPI ranks' outputs are stitched together."""
+        if self.kind == "categories" or not len(ids):
+            return
+        self.predictions[ids] = part.predictions
+        if self.dense is not None:
+            self.dense[ids] = part.dense
+        if self.top_indices is not None:
+            self.top_indices[ids] = part.top_indices
+            self.top_values[ids] = part.top_values
+
 
 def _head_bounds(depth: int) -> list[int]:
     """Layer boundaries 1, 3, 7, 15, ... below ``depth``: segments of 1, 2, 4, 8, ... layers."""
@@ -292,18 +304,6 @@ class _BatchedRun:
             if stop == self.depth:
                 return
             at = stop
-
-    def place(self, ids: np.ndarray, part: "_Outputs") -> None:
-        """Copy the outputs of ``part`` (one row a sample of ``ids``, in that order) to the
-        samples ``ids`` (0-based, any order): how MPI ranks' outputs are stitched together."""
-        if self.kind == "categories" or not len(ids):
-            return
-        self.predictions[ids] = part.predictions
-        if self.dense is not None:
-            self.dense[ids] = part.dense
-        if self.top_indices is not None:
-            self.top_indices[ids] = part.top_indices
-            self.top_values[ids] = part.top_values
 
 
 @dataclass
