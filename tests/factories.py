@@ -316,7 +316,9 @@ def general_case(rng: np.random.Generator, name: str, samples: int = 120) -> tup
     else:
         raise ValueError(f"unknown general case {name!r}")
     dead = [1, samples // 2] if samples > 2 else []
-    features = random_features(rng, samples, net.inputs, 0.3, values=(-0.5, 1.0), dead=dead)
+    # revive: positive inputs, so that layer 1's negative weights zero every row
+    values = (0.1, 1.0) if name == "revive" else (-0.5, 1.0)
+    features = random_features(rng, samples, net.inputs, 0.3, values=values, dead=dead)
     return net, features
 
 
