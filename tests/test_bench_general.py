@@ -38,3 +38,43 @@ def test_bench_loop_on_cpu_engines(monkeypatch):
         assert e["prediction_mismatches"] == 0 and len(e["times"]) == 2 and e["floor_ratio"] > 0
     text = bg.format_general(report)
     assert "wide4096" in text and "PASS" in text
+
+
+def test_model_cell_runs_a_model_file_on_mnist():
+    from spdnn.models.example import example_files
+
+    path = example_files().model
+    assert bg.parse_general_cells([f"model:{path}"]) == [f"model:{path}"]
+    with pytest.raises(OptionError, match="expected model:PATH"):
+        bg.parse_general_cells(["model:"])
+    report = bg.run_general_bench([f"model:{path}"], engines=("cpu",), peers=(), repeats=1, samples=300,
+                                  precision="fp32", bandwidth_gbs=100.0, truth_engine="reference")
+    cell = report["cells"][0]
+    assert cell["widths"][0] == 784 and cell["samples"] == 300
+    entry = cell["engines"]["cpu"]
+    # fp32 against the fp64 reference: equal, or differing only on near ties the verification explains
+    assert entry["verdict"] in ("match", "rounding") and report["passed"]
+
+
+def test_a_mismatch_the_verification_cannot_explain_fails_the_cell(monkeypatch):
+    monkeypatch.setitem(bg.WIDE, "wide4096", (64, 2, 8))
+    real = bg.get_engine
+
+    def lying(name, *args, **kwargs):
+        engine = real(name, *args, **kwargs)
+        if name == "cpu":
+            run = engine.run
+
+            def wrong(*a, **k):
+                result = run(*a, **k)
+                if result.predictions is not None:
+                    result.predictions = (result.predictions + 1) % a[0].outputs
+                return result
+            engine.run = wrong
+        return engine
+
+    monkeypatch.setattr(bg, "get_engine", lying)
+    report = bg.run_general_bench(["wide4096"], engines=("cpu",), peers=(), repeats=1, samples=100,
+                                  precision="fp64", bandwidth_gbs=100.0, truth_engine="reference")
+    entry = report["cells"][0]["engines"]["cpu"]
+    assert entry["prediction_mismatches"] > 0 and entry["verdict"] == "engine" and not report["passed"]
