@@ -28,6 +28,7 @@ from __future__ import annotations
 import errno
 import inspect
 import json
+import math
 import os
 import platform
 import re
@@ -266,14 +267,24 @@ def _echo_json(obj) -> None:
 
 
 def _writable_file(ctx, param, value: Path | None) -> Path | None:
-    """Click callback: ``value`` can be created (its nearest existing folder is a writable
-    directory) and is not a directory; checked before the work, so a long run is not lost
-    to a typo. The write itself is atomic and still reports its own failure."""
+    """Click callback: ``value`` can be written, checked before the work, so a long run is
+    not lost to a typo. A regular file (or a symlink to one, or a new name) must be
+    creatable in its folder (the write replaces it atomically); a device or FIFO must be
+    writable (it is written in place); a directory or a symlink loop is refused
+    (:func:`spdnn._atomic.output_target`). The write itself still reports its own failure."""
+    from ._atomic import output_target
+
     if value is None:
         return None
-    if value.is_dir():
-        raise click.BadParameter(f"{value} is a directory")
-    folder = value.parent
+    try:
+        target = output_target(value)
+    except OSError as exc:
+        raise click.BadParameter(f"{value}: {exc.strerror or exc}") from None
+    if target.in_place:
+        if not os.access(target.path, os.W_OK):
+            raise click.BadParameter(f"{value}: not writable")
+        return value
+    folder = target.path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
@@ -901,6 +912,13 @@ def _bandwidth(ctx, param, value):
     return gbs
 
 
+def _finite(ctx, param, value):
+    """Click callback: a number option must be finite (FloatRange lets nan and inf through)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value!r} is not a finite number")
+    return value
+
+
 @cli.command()
 @click.option("--cells", multiple=True, default=["1024x120"], show_default=True,
               help="Cells NxL, comma-separated or repeated (e.g. 1024x120,4096x120); 'grid': "
@@ -923,7 +941,7 @@ def _bandwidth(ctx, param, value):
               help="Write a PNG plot (needs matplotlib).")
 @click.option("--bandwidth-gbs", default="auto", show_default=True, callback=_bandwidth,
               help="Memory bandwidth of the floor, GB/s; auto: measured host copy / GPU peak.")
-@click.option("--launch-us", type=click.FloatRange(min=0), default=None,
+@click.option("--launch-us", type=click.FloatRange(min=0), default=None, callback=_finite,
               help="Per-layer launch latency of the floor, microseconds [GPU 2, CPU 5].")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout instead of the table.")
 @progress_option
@@ -944,7 +962,7 @@ def bench(cells, engine_names, repeats, samples, precision, seed, merge, json_ou
 
     cell_list = benchmod.parse_cells(list(cells))
     if plot is not None:
-        benchmod.require_matplotlib()
+        benchmod.plot_format(plot)  # a missing matplotlib or an unknown extension fails before the run
     engines = engine_names or benchmod.default_engines()
     report = benchmod.run_bench(cell_list, engines, repeats=repeats, samples=samples, precision=precision,
                                 seed=seed, merge=merge, bandwidth_gbs=bandwidth_gbs,

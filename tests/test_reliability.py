@@ -1,0 +1,163 @@
+"""Issue 19, items 1-13: bad inputs and faults that destroyed, hid or misreported data.
+
+Each test fails on the code before the fix. The commands run through click's CliRunner
+with ``SPDNN_CACHE_DIR`` in a temporary folder, on a small generated cell (N=64, L=12,
+the first 200 samples), or call the API directly.
+"""
+from __future__ import annotations
+
+import errno
+import gzip
+import inspect
+import io
+import json
+import os
+import stat
+import tarfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from click.testing import CliRunner
+
+import spdnn
+from spdnn.cli import cli
+from spdnn.errors import FormatError, OptionError, SpdnnError
+
+from factories import challenge_cache
+
+N, L, S = 64, 12, 200
+SMALL = ["--neurons", str(N), "--layers", str(L), "--samples", str(S)]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A private cache dir, filled once with the small challenge; returns (dir, truth)."""
+    path = tmp_path_factory.mktemp("spdnn-cache")
+    return path, challenge_cache(path, N, L, S)
+
+
+@pytest.fixture
+def spdnn_cli(cache, monkeypatch):
+    """invoke(*args) -> click Result with separate stdout/stderr; an unhandled exception is raised."""
+    monkeypatch.setenv("SPDNN_CACHE_DIR", str(cache[0]))
+    kwargs = {"mix_stderr": False} if "mix_stderr" in inspect.signature(CliRunner).parameters else {}
+    runner = CliRunner(**kwargs)
+
+    def invoke(*args):
+        result = runner.invoke(cli, [str(a) for a in args], catch_exceptions=True)
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return result
+
+    return invoke
+
+
+def _error_line(result, code=2) -> str:
+    """The exit status is ``code``, stderr ONE line ``spdnn: error: ...``, no traceback; returns it."""
+    assert result.exit_code == code, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("spdnn: error: "), result.stderr
+    return lines[0]
+
+
+def _run_small(spdnn_cli, *extra):
+    return spdnn_cli("run", *SMALL, "--engine", "reference", "--no-progress", *extra)
+
+
+# ------------------------------------------------- 1. outputs: special files, links, modes
+
+
+def _read_fifo_in_thread(path: Path, out: list) -> threading.Thread:
+    t = threading.Thread(target=lambda: out.append(path.read_text()), daemon=True)
+    t.start()
+    return t
+
+
+def test_save_categories_into_a_fifo_writes_in_place(spdnn_cli, cache, tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list = []
+    reader = _read_fifo_in_thread(fifo, got)
+    result = _run_small(spdnn_cli, "--save-categories", fifo)
+    reader.join(10)
+    assert result.exit_code == 0, result.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode), "the FIFO was replaced by a regular file"
+    assert [int(v) for v in got[0].split()] == list(cache[1])
+
+
+def test_save_categories_into_a_device_keeps_the_device(spdnn_cli, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mknod of a character device needs root")
+    dev = tmp_path / "null"
+    os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    result = _run_small(spdnn_cli, "--save-categories", dev)
+    assert result.exit_code == 0, result.stderr
+    assert stat.S_ISCHR(os.lstat(dev).st_mode), "the device was replaced by a regular file"
+
+
+def test_save_categories_through_a_symlink_keeps_the_link(spdnn_cli, cache, tmp_path):
+    real = tmp_path / "sub" / "real.tsv"
+    real.parent.mkdir()
+    real.write_text("old\n")
+    link = tmp_path / "link.tsv"
+    link.symlink_to(real)
+    dangling = tmp_path / "dangling.tsv"
+    dangling.symlink_to(tmp_path / "sub" / "new.tsv")
+    for target in (link, dangling):
+        result = _run_small(spdnn_cli, "--save-categories", target)
+        assert result.exit_code == 0, result.stderr
+        assert target.is_symlink(), "the link itself was replaced"
+        assert [int(v) for v in target.read_text().split()] == list(cache[1])
+    assert real.read_text() != "old\n" and (tmp_path / "sub" / "new.tsv").is_file()
+
+
+def test_replaced_file_keeps_its_mode(spdnn_cli, tmp_path):
+    out = tmp_path / "cats.tsv"
+    out.write_text("")
+    os.chmod(out, 0o600)
+    result = _run_small(spdnn_cli, "--save-categories", out)
+    assert result.exit_code == 0, result.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert out.read_text()
+
+
+def test_save_categories_symlink_loop_is_refused_before_the_run(spdnn_cli, tmp_path):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    line = _error_line(_run_small(spdnn_cli, "--save-categories", loop))
+    assert "--save-categories" in line and "loop" in line
+
+
+def test_bench_json_out_into_a_fifo(spdnn_cli, tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list = []
+    reader = _read_fifo_in_thread(fifo, got)
+    result = spdnn_cli("bench", "--cells", f"{N}x{L}", "--engines", "reference", "--repeats", 1, "--samples", S,
+                       "--bandwidth-gbs", 10, "--json-out", fifo, "--no-progress")
+    reader.join(10)
+    assert result.exit_code == 0, result.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert json.loads(got[0])["passed"] is True
+
+
+# ------------------------------------------------------------- 13. bench options checked first
+
+
+def test_bench_plot_with_an_unknown_extension_fails_before_running(spdnn_cli, tmp_path):
+    pytest.importorskip("matplotlib")
+    result = spdnn_cli("bench", "--cells", f"{N}x{L}", "--engines", "reference", "--samples", S,
+                       "--plot", tmp_path / "x.txt", "--no-progress")
+    line = _error_line(result)
+    assert "--plot" in line and ".txt" in line and ".png" in line
+    assert result.stdout == "", "the benchmark ran before the option was checked"
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_bench_launch_us_must_be_finite(spdnn_cli, value):
+    line = _error_line(spdnn_cli("bench", "--launch-us", value))
+    assert "--launch-us" in line and value in line
