@@ -161,3 +161,90 @@ def test_bench_plot_with_an_unknown_extension_fails_before_running(spdnn_cli, tm
 def test_bench_launch_us_must_be_finite(spdnn_cli, value):
     line = _error_line(spdnn_cli("bench", "--launch-us", value))
     assert "--launch-us" in line and value in line
+
+
+# ----------------------------------------------------- 2. a check that cannot be read is an error
+
+
+@pytest.fixture(scope="module")
+def generated(cache, tmp_path_factory):
+    """``spdnn generate`` once per module (N=64, 6 layers, 200 samples): the output dir."""
+    out = tmp_path_factory.mktemp("generated") / "gen"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("SPDNN_CACHE_DIR", str(cache[0]))
+    kwargs = {"mix_stderr": False} if "mix_stderr" in inspect.signature(CliRunner).parameters else {}
+    result = CliRunner(**kwargs).invoke(cli, ["generate", "--neurons", str(N), "--layers", "6", "--samples", str(S),
+                                              "--out", str(out), "--no-progress"])
+    mp.undo()
+    assert result.exit_code == 0, result.stdout + result.stderr
+    return out
+
+
+@pytest.fixture
+def data_dir(generated, tmp_path):
+    """A private copy of the generated data set, to damage."""
+    import shutil
+
+    return shutil.copytree(generated, tmp_path / "gen")
+
+
+def _unreadable(kind: str, path: Path) -> None:
+    """Put something unreadable of ``kind`` at ``path`` (which must not exist)."""
+    if kind == "dangling":
+        path.symlink_to(path.parent / "no-such-file.tsv")
+    elif kind == "loop":
+        path.symlink_to(path)
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+
+
+_WORDS = {"dangling": "dangling symbolic link", "loop": "symbolic link loop", "directory": "is a directory",
+          "fifo": "FIFO"}
+
+
+@pytest.mark.parametrize("kind", sorted(_WORDS))
+def test_unreadable_truth_in_the_data_folder_is_an_error(spdnn_cli, data_dir, kind):
+    truth = data_dir / f"neuron{N}-l6-categories.tsv"
+    truth.unlink()
+    _unreadable(kind, truth)
+    line = _error_line(spdnn_cli("run", "--data", data_dir, "--engine", "reference", "--no-progress"))
+    assert truth.name in line and _WORDS[kind] in line
+
+
+@pytest.mark.parametrize("kind", sorted(_WORDS))
+def test_unreadable_truth_option_is_an_error(spdnn_cli, tmp_path, kind):
+    truth = tmp_path / "truth.tsv"
+    _unreadable(kind, truth)
+    line = _error_line(_run_small(spdnn_cli, "--truth", truth))
+    assert "--truth" in line and _WORDS[kind] in line
+
+
+@pytest.mark.parametrize("target", ["fifo", "/dev/zero"])
+def test_verify_refuses_a_fifo_or_a_device(spdnn_cli, tmp_path, target):
+    good = tmp_path / "good.tsv"
+    good.write_text("1\n2\n")
+    if target == "fifo":
+        target = tmp_path / "pipe"
+        os.mkfifo(target)
+    line = _error_line(spdnn_cli("verify", target, good))
+    assert str(target) in line and ("FIFO" in line or "device" in line)
+
+
+@pytest.mark.parametrize("names", [("n64-l3.tsv", "n64-l03.tsv"), ("n64-l3.tsv", "n64-l3.tsv.gz")])
+def test_two_files_for_one_layer_are_an_error(spdnn_cli, data_dir, names):
+    folder = data_dir / f"neuron{N}"
+    first, second = names
+    blob = (folder / first).read_bytes()
+    (folder / second).write_bytes(gzip.compress(blob) if second.endswith(".gz") else blob)
+    line = _error_line(spdnn_cli("run", "--data", data_dir, "--engine", "reference", "--no-progress"))
+    assert first in line and second in line
+
+
+def test_layer_file_that_is_a_symlink_loop_is_named_as_such(spdnn_cli, data_dir):
+    layer = data_dir / f"neuron{N}" / f"n{N}-l2.tsv"
+    layer.unlink()
+    layer.symlink_to(layer)
+    line = _error_line(spdnn_cli("run", "--data", data_dir, "--engine", "reference", "--no-progress"))
+    assert layer.name in line and "symbolic link loop" in line

@@ -294,6 +294,21 @@ def _writable_file(ctx, param, value: Path | None) -> Path | None:
     return value
 
 
+def _input_file(ctx, param, value: Path | None) -> Path | None:
+    """Click callback: ``value`` is a regular file (or a symlink to one). A dangling symlink,
+    a symlink loop, a directory, a FIFO or a device is refused by name
+    (:func:`spdnn.formats.text.input_file`): a check the user asked for is never skipped,
+    and a FIFO or ``/dev/zero`` never blocks the command."""
+    from .formats.text import input_file
+
+    if value is None:
+        return None
+    try:
+        return input_file(value)
+    except DataNotFoundError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 progress_option = click.option(
     "--progress/--no-progress", default=None,
     help="Progress bars on stderr (default: only when stderr is a terminal).")
@@ -555,7 +570,7 @@ def _save(path: Path, categories) -> None:
               help="Directory with the official layout (neuron{N}/ or neuron{N}.tar.gz, sparse-images-{N}.tsv[.gz] "
                    "or .mtx[.gz], neuron{N}-l{L}-categories.tsv). Without it the data are generated offline "
                    "and cached.")
-@click.option("--truth", "truth_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+@click.option("--truth", "truth_file", type=click.Path(path_type=Path), default=None, callback=_input_file,
               help="Truth categories file (overrides the one found or generated).")
 @click.option("--samples", type=click.IntRange(min=1), default=None,
               help="Use only the first S samples (and the truth's ids up to S) [all: 60,000 for generated data].")
@@ -756,8 +771,8 @@ def download(neurons, layers, out_dir, base_url, what, progress):
 
 
 @cli.command()
-@click.argument("categories", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("truth", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("categories", type=click.Path(path_type=Path), callback=_input_file)
+@click.argument("truth", type=click.Path(path_type=Path), callback=_input_file)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def verify(categories, truth, as_json):
     """Check a CATEGORIES file against a TRUTH file (exit 0 equal, 1 different)."""

@@ -57,6 +57,7 @@ import scipy.sparse as sp
 from ..config import cache_dir
 from ..errors import DataNotFoundError, SpdnnWarning
 from ..network import LazyLayers
+from .text import input_file
 
 __all__ = ["CACHE_VERSION", "CacheUnavailable", "binary_cache_dir", "cache_root", "HashingReader", "file_state",
            "Request", "request", "open_layers", "clean_stale", "cache_info", "clear_cache",
@@ -109,14 +110,12 @@ class HashingReader(io.RawIOBase):
         Raises
         ------
         DataNotFoundError
-            No such file, or a directory.
+            No such file, or not a regular file (:func:`spdnn.formats.text.input_file`).
         """
         try:
-            raw = open(path, "rb", buffering=0)
+            raw = open(input_file(path), "rb", buffering=0)
         except FileNotFoundError:
             raise DataNotFoundError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise DataNotFoundError(f"{path}: is a directory, expected a file") from None
         hashing = cls(raw)
         return io.BufferedReader(hashing, buffer_size=1 << 20), hashing
 

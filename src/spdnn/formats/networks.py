@@ -31,7 +31,7 @@ from ..errors import DataNotFoundError, FormatError, OptionError
 from ..network import OFFICIAL_BIAS, Network
 from ..options import optional_positive_int, positive_int
 from . import cache as _cache
-from .text import COMPRESSION_ERRORS, compression_failure, wrap_gzip
+from .text import COMPRESSION_ERRORS, compression_failure, input_file, wrap_gzip
 from .tsv import parse_layer_stream
 
 __all__ = ["read_network", "LAYER_NAME", "NETWORK_DIR_NAME", "NETWORK_TAR_NAME", "scan_layer_dir"]
@@ -46,15 +46,29 @@ _TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
 def scan_layer_dir(directory: Path) -> dict[int, dict[int, Path]]:
-    """{N: {k: path}} of the layer files ``n{N}-l{k}.tsv[.gz]`` in ``directory`` (plain preferred)."""
+    """{N: {k: path}} of the layer files ``n{N}-l{k}.tsv[.gz]`` in ``directory``.
+
+    Raises
+    ------
+    FormatError
+        Two files for one layer (``n64-l03.tsv`` beside ``n64-l3.tsv``, or ``n64-l3.tsv``
+        beside ``n64-l3.tsv.gz``): both are named, since either could be the one meant.
+    DataNotFoundError
+        A layer's name on something that is not a regular file (a dangling symlink, a
+        loop, a folder, a FIFO: :func:`~spdnn.formats.text.input_file`).
+    """
     found: dict[int, dict[int, Path]] = {}
     for entry in sorted(directory.iterdir()):
         m = LAYER_NAME.search(entry.name)
-        if m and entry.is_file():
-            layers = found.setdefault(int(m.group(1)), {})
-            k = int(m.group(2))
-            if k not in layers or not entry.name.endswith(".gz"):
-                layers[k] = entry
+        if not m:
+            continue
+        input_file(entry)
+        layers = found.setdefault(int(m.group(1)), {})
+        k = int(m.group(2))
+        if k in layers:
+            raise FormatError(f"two files for layer {k} of N={int(m.group(1))}: {layers[k].name} and {entry.name}; "
+                              f"keep one of them", path=directory)
+        layers[k] = entry
     return found
 
 

@@ -21,8 +21,10 @@ Layers: :func:`open_data` (plain or gzip) -> :func:`iter_line_blocks` (whole lin
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import os
+import stat
 import threading
 import zlib
 from collections.abc import Iterator
@@ -37,7 +39,7 @@ import scipy.sparse as sp
 
 from ..errors import DataNotFoundError, FormatError
 
-__all__ = ["CHUNK_BYTES", "COMPRESSION_ERRORS", "TextEntries", "open_data", "wrap_gzip", "iter_line_blocks",
+__all__ = ["CHUNK_BYTES", "COMPRESSION_ERRORS", "TextEntries", "input_file", "open_data", "wrap_gzip", "iter_line_blocks",
            "line_blocks", "iter_entry_blocks", "parse_blocks", "read_entries", "damage_instead", "compression_failure", "entries_to_csr",
            "check_row_sorted"]
 
@@ -51,21 +53,57 @@ _POW10 = np.array([10.0**k for k in range(23)], dtype=np.float64)
 
 # --- opening files -------------------------------------------------------------------------
 
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def input_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path when it is a regular file (or a symlink to one); checked before opening.
+
+    Every reader of a data file calls it first, so that a file the user asked for is
+    either read or refused by name: a FIFO or a device would block or never end
+    (``/dev/zero``), and a dangling symlink, a symlink loop or a directory is not the
+    file asked for.
+
+    Raises
+    ------
+    DataNotFoundError
+        No such file, a dangling symlink, a symlink loop, a directory, or a FIFO, device
+        or socket; the message says which.
+    """
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except (FileNotFoundError, NotADirectoryError):
+        if p.is_symlink():
+            raise DataNotFoundError(f"{p}: dangling symbolic link (it points to {os.readlink(p)}, which does not "
+                                    f"exist)") from None
+        raise DataNotFoundError(f"{p}: no such file") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DataNotFoundError(f"{p}: symbolic link loop (the link points back to itself)") from None
+        raise
+    if stat.S_ISDIR(st.st_mode):
+        raise DataNotFoundError(f"{p}: is a directory, expected a file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+        raise DataNotFoundError(f"{p}: is {kind}, expected a regular file")
+    return p
+
+
 def open_data(path: str | os.PathLike) -> IO[bytes]:
     """Open a data file for binary reading, decompressing gzip (detected by its magic bytes).
 
     Raises
     ------
     DataNotFoundError
-        The file does not exist.
+        The file does not exist or is not a regular file (:func:`input_file`).
     """
-    p = Path(path)
+    p = input_file(path)
     try:
         raw = open(p, "rb")
     except FileNotFoundError:
         raise DataNotFoundError(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise DataNotFoundError(f"{p}: is a directory, expected a file") from None
     if raw.peek(2)[:2] == b"\x1f\x8b":
         raw.close()
         return gzip.open(p, "rb")
