@@ -248,3 +248,98 @@ def test_layer_file_that_is_a_symlink_loop_is_named_as_such(spdnn_cli, data_dir)
     layer.symlink_to(layer)
     line = _error_line(spdnn_cli("run", "--data", data_dir, "--engine", "reference", "--no-progress"))
     assert layer.name in line and "symbolic link loop" in line
+
+
+# ------------------------------------------- 9, 10. bounded tokens, lines and messages
+
+
+def _verify_error(spdnn_cli, tmp_path, body: bytes) -> str:
+    bad = tmp_path / "bad.tsv"
+    bad.write_bytes(body)
+    good = tmp_path / "good.tsv"
+    good.write_text("1\n")
+    return _error_line(spdnn_cli("verify", bad, good))
+
+
+def test_a_5000_digit_index_is_a_data_error(spdnn_cli, tmp_path):
+    line = _error_line(spdnn_cli("verify", *(_write(tmp_path / n, b) for n, b in
+                                             (("bad.tsv", b"1\n" + b"7" * 5000 + b"\n"), ("good.tsv", b"1\n")))))
+    assert "bad.tsv:2" in line and "out of range" in line and len(line) < 400
+
+
+def _write(path: Path, body: bytes) -> Path:
+    path.write_bytes(body)
+    return path
+
+
+@pytest.mark.parametrize("where", ["index", "value"])
+def test_a_5000_digit_token_in_a_layer_file(tmp_path, where):
+    from spdnn.formats.tsv import read_layer
+
+    big = b"9" * 5000
+    body = b"1\t1\t0.5\n" + (big + b"\t1\t0.5\n" if where == "index" else b"2\t2\t" + big + b".5x\n")
+    with pytest.raises(FormatError) as err:
+        read_layer(_write(tmp_path / "w.tsv", body), neurons=4)
+    assert err.value.line == 2 and len(str(err.value)) < 400
+
+
+def test_a_megabyte_of_nul_bytes_gives_a_short_message(spdnn_cli, tmp_path):
+    line = _verify_error(spdnn_cli, tmp_path, b"1\n" + b"\0" * (1 << 20) + b"\n")
+    assert "bad.tsv:2" in line and "\\x00" in line and len(line) < 400
+
+
+def test_a_line_without_end_is_refused_before_it_is_gathered(tmp_path):
+    from spdnn.formats import text
+
+    with pytest.raises(FormatError) as err:
+        text.read_entries(io.BytesIO(b"1\n2\n" + b"3" * (3 * text.MAX_LINE_BYTES)), "big.tsv", nint=1,
+                          want_value=False, names=("id",))
+    assert err.value.line == 3 and "longer than" in str(err.value) and len(str(err.value)) < 200
+
+
+def test_a_utf8_bom_is_named(spdnn_cli, tmp_path):
+    line = _verify_error(spdnn_cli, tmp_path, b"\xef\xbb\xbf1\n2\n")
+    assert "bad.tsv:1" in line and "byte order mark" in line and "\ufffd" not in line
+
+
+def test_a_bom_in_a_layer_file_is_named(tmp_path):
+    from spdnn.formats.tsv import read_layer
+
+    with pytest.raises(FormatError, match="byte order mark"):
+        read_layer(_write(tmp_path / "w.tsv", b"\xef\xbb\xbf1\t1\t0.5\n"), neurons=4)
+
+
+@pytest.mark.parametrize("value", [b"1_0", b"1_000.5"])
+def test_python_number_spellings_are_not_numbers(tmp_path, value):
+    from spdnn.formats.tsv import read_layer
+
+    with pytest.raises(FormatError) as err:
+        read_layer(_write(tmp_path / "w.tsv", b"1\t1\t0.5\n2\t2\t" + value + b"\n"), neurons=4)
+    assert err.value.line == 2 and value.decode() in str(err.value)
+
+
+def test_a_gzip_crc_error_is_called_corruption(tmp_path):
+    from spdnn.formats.tsv import read_layer
+
+    blob = bytearray(gzip.compress(b"".join(b"%d\t%d\t0.5\n" % (i, i) for i in range(1, 5))))
+    blob[-8] ^= 0xFF  # the CRC-32 of the trailer: the data inflate whole, the check fails
+    with pytest.raises(FormatError) as err:
+        read_layer(_write(tmp_path / "w.tsv.gz", bytes(blob)), neurons=4)
+    assert "CRC" in str(err.value) and "corrupt" in str(err.value) and "truncated" not in str(err.value)
+
+
+def test_a_truncated_gzip_is_called_truncated(tmp_path):
+    from spdnn.formats.tsv import read_layer
+
+    blob = gzip.compress(b"".join(b"%d\t%d\t0.5\n" % (i, i) for i in range(1, 5)))
+    with pytest.raises(FormatError, match="truncated"):
+        read_layer(_write(tmp_path / "w.tsv.gz", blob[:-12]), neurons=4)
+
+
+def test_mtx_size_line_with_huge_numbers(tmp_path):
+    from spdnn.formats.mtx import read_mtx
+
+    body = b"%%MatrixMarket matrix coordinate pattern general\n" + b"9" * 5000 + b" 4 1\n1 1\n"
+    with pytest.raises(FormatError) as err:
+        read_mtx(_write(tmp_path / "m.mtx", body))
+    assert err.value.line == 2 and len(str(err.value)) < 400

@@ -31,7 +31,7 @@ from ..errors import DataNotFoundError, FormatError, OptionError
 from ..network import OFFICIAL_BIAS, Network
 from ..options import optional_positive_int, positive_int
 from . import cache as _cache
-from .text import COMPRESSION_ERRORS, compression_failure, input_file, wrap_gzip
+from .text import COMPRESSION_ERRORS, compression_failure, compression_problem, input_file, wrap_gzip
 from .tsv import parse_layer_stream
 
 __all__ = ["read_network", "LAYER_NAME", "NETWORK_DIR_NAME", "NETWORK_TAR_NAME", "scan_layer_dir"]
@@ -227,13 +227,15 @@ def _parse_tar(src: _Source, wanted: list[int] | None, add: Sink, progress) -> t
                 failure = compression_failure(compressed) if exc.line is not None and compressed else None
                 if failure is None:
                     raise
-                raise FormatError(f"archive is truncated or corrupt ({type(failure).__name__}: {failure}); "
-                                  f"member {current} is unreadable at or before line {exc.line}", path=path) from None
+                raise FormatError(f"{compression_problem(failure, 'archive')}; member {current} is unreadable at or "
+                                  f"before line {exc.line}", path=path) from None
             if compressed is not None:
                 while compressed.read(1 << 22):  # the end of the archive, and the CRC check
                     pass
             digest = hashing.finish()
-    except (tarfile.TarError, *COMPRESSION_ERRORS) as exc:
+    except COMPRESSION_ERRORS as exc:
+        raise FormatError(f"{compression_problem(exc, 'archive')}, after or in member {current}", path=path) from None
+    except tarfile.TarError as exc:
         raise FormatError(f"archive is truncated or corrupt after or in member {current} "
                           f"({type(exc).__name__}: {exc})", path=path) from None
     finally:
