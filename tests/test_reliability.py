@@ -343,3 +343,51 @@ def test_mtx_size_line_with_huge_numbers(tmp_path):
     with pytest.raises(FormatError) as err:
         read_mtx(_write(tmp_path / "m.mtx", body))
     assert err.value.line == 2 and len(str(err.value)) < 400
+
+
+# ------------------------------------------------- 3, 11. counts and the generator's .json
+
+
+def _json_of(data_dir: Path) -> Path:
+    return data_dir / f"neuron{N}-l6-categories.json"
+
+
+def test_samples_beyond_the_features_file_is_an_error(spdnn_cli, data_dir):
+    line = _error_line(spdnn_cli("run", "--data", data_dir, "--engine", "reference", "--samples", 100000,
+                                 "--no-progress"))
+    assert "--samples 100000" in line and f"sparse-images-{N}" in line and f"{S:,} samples" in line
+
+
+@pytest.mark.parametrize("how", ["fewer layers", "no generator info"])
+def test_sample_count_comes_from_the_features_file(spdnn_cli, data_dir, how):
+    args = ["--bias", -0.2]
+    if how == "fewer layers":
+        args += ["--layers", 3]
+    else:
+        _json_of(data_dir).unlink()
+    result = spdnn_cli("run", "--data", data_dir, "--engine", "reference", "--json", "--no-progress", *args)
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    held = max(int(line.split()[0]) for line in gzip.open(data_dir / f"sparse-images-{N}.tsv.gz", "rt"))
+    assert doc["samples"] == held == S  # not the official 60,000
+
+
+@pytest.mark.parametrize("value, words", [(-5, "a positive integer"), ("2000", "a positive integer"),
+                                          (10**10, "at most 60,000"), (2.5, "a positive integer"),
+                                          (True, "a positive integer")])
+def test_generator_info_errors_name_the_json_and_its_key(spdnn_cli, data_dir, value, words):
+    info = json.loads(_json_of(data_dir).read_text())
+    info["samples"] = value
+    _json_of(data_dir).write_text(json.dumps(info))
+    line = _error_line(spdnn_cli("run", "--data", data_dir, "--engine", "reference", "--no-progress"))
+    assert _json_of(data_dir).name in line and "'samples'" in line and words in line
+    assert "--samples" not in line and "memory" not in line
+
+
+@pytest.mark.parametrize("key, value", [("bias", "-0.2"), ("bias", float("nan")), ("neurons", 0), ("seed", "x")])
+def test_generator_info_other_keys_are_checked(spdnn_cli, data_dir, key, value):
+    info = json.loads(_json_of(data_dir).read_text())
+    info[key] = value
+    _json_of(data_dir).write_text(json.dumps(info))
+    line = _error_line(spdnn_cli("run", "--data", data_dir, "--engine", "reference", "--no-progress"))
+    assert _json_of(data_dir).name in line and repr(key) in line

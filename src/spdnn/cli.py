@@ -46,8 +46,9 @@ import click
 from . import __version__
 from .config import env_flag
 from .errors import (DISK_FULL_ERRNOS, DataNotFoundError, ExitCode, FormatError, OptionError, SpdnnError,
-                     SpdnnWarning, format_bytes)
+                     SpdnnWarning, format_bytes, quote)
 from .engines import ENGINES, PRECISIONS
+from .network import OFFICIAL_SAMPLES
 
 __all__ = ["cli", "main"]
 
@@ -392,17 +393,48 @@ class _Loaded:
         return truth_origin(made_with, run, source=self.origin_source, same_data=self.same_data)
 
 
+#: Keys of the generator info file and the values each must hold (README, "spdnn generate").
+_INFO_KEYS = {
+    "neurons": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "layers": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "seed": ("an integer", lambda v: v is None or _is_int(v)),
+    "samples": (f"a positive integer of at most {OFFICIAL_SAMPLES:,} (the MNIST images the generator draws from)",
+                lambda v: _is_int(v) and 1 <= v <= OFFICIAL_SAMPLES),
+    "features_nnz": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "categories_count": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "bias": ("a finite number (or null for a bias that is not uniform)",
+             lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))),
+}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _truth_info(truth_path) -> dict | None:
-    """The info file ``spdnn generate`` writes beside a truth file (same name, ``.json``), or None."""
+    """The info file ``spdnn generate`` writes beside a truth file (same name, ``.json``), or None.
+
+    Its known keys (:data:`_INFO_KEYS`) are checked here, once: a wrong type or value is
+    a :class:`FormatError` naming the file and the key (``"samples": "2000"`` is not
+    silently ignored, nor is ``"samples": -5`` blamed on ``--samples``).
+    """
+    from .formats.text import input_file
+
     info_path = Path(truth_path).with_suffix(".json")
-    if not info_path.is_file():
+    if not os.path.lexists(info_path):
         return None
+    input_file(info_path)  # a dangling link, a loop, a folder or a FIFO is refused by name
+    raw = info_path.read_bytes()[:1 << 20]
     try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise FormatError(f"not a JSON generator info file ({exc})", path=info_path) from exc
+        info = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError alike
+        raise FormatError(f"not a JSON generator info file ({quote(str(exc), 80)})", path=info_path) from None
     if not isinstance(info, dict):
         raise FormatError("expected a JSON object (generator info)", path=info_path)
+    for key, (expected, valid) in _INFO_KEYS.items():
+        if key in info and not valid(info[key]):
+            raise FormatError(f"key {key!r}: expected {expected}, found {quote(json.dumps(info[key]))}",
+                              path=info_path)
     return info
 
 
@@ -454,15 +486,46 @@ def _official_bias(paths) -> tuple[float, str]:
         raise OptionError(f"N={paths.neurons} has no official bias and no generator info file "
                           f"(neuron{paths.neurons}-l{{L}}-categories.json) was found: pass --bias")
     bias = info.get("bias")
-    if isinstance(bias, bool) or not isinstance(bias, (int, float)):
-        raise FormatError(f"no numeric 'bias' entry (found {bias!r}); pass --bias",
+    if bias is None:
+        raise FormatError(f"no uniform 'bias' entry (found {quote(json.dumps(bias))}); pass --bias",
                           path=Path(paths.truth).with_suffix(".json"))
     return float(bias), str(Path(paths.truth).with_suffix(".json"))
 
 
+def _features_of(path, neurons: int, declared: int | None, samples: int | None, progress):
+    """The features of ``path`` for a run of ``--samples`` (None: all of them).
+
+    How many samples the file holds: a MatrixMarket file declares it; for TSV it is the
+    generator info's ``samples`` (``declared``, trailing samples without features
+    included), else the largest sample id in the file (every official input has
+    features), never an assumed 60,000. ``--samples`` beyond that count is an error
+    naming the file, not a run over samples that do not exist.
+    """
+    import numpy as np
+
+    from .formats import read_features
+    from .formats.mtx import is_mtx
+
+    mtx = is_mtx(path)
+    bound = max(declared or OFFICIAL_SAMPLES, samples or 0)  # ids beyond it are a data error naming the line
+    told = declared if declared is not None or mtx else bound
+    features = read_features(path, neurons, samples=told, progress=progress)
+    held = int(features.shape[0])
+    if declared is None and not mtx:
+        filled = np.flatnonzero(np.diff(features.indptr))
+        held = int(filled[-1]) + 1 if filled.size else 0
+        features = features[:held]
+    if samples is not None:
+        if samples > held:
+            raise OptionError(f"samples={samples}: {path} holds {held:,} samples"
+                              + (" (as its generator info declares)" if declared is not None else ""))
+        features = features[:samples]
+    return features
+
+
 def _load_official(data, neurons, layers, samples, truth_file, bias, progress) -> _Loaded:
-    from .formats import find_official, read_features, read_network
-    from .network import OFFICIAL_BIAS, OFFICIAL_SAMPLES
+    from .formats import find_official, read_network
+    from .network import OFFICIAL_BIAS
 
     paths = find_official(data, neurons=neurons, layers=layers)
     if paths.features is None:
@@ -471,14 +534,9 @@ def _load_official(data, neurons, layers, samples, truth_file, bias, progress) -
     if bias is None:
         bias, _ = _official_bias(paths)
     network = read_network(paths.network, neurons=paths.neurons, layers=paths.layers, bias=bias, progress=progress)
-    # the set's size: the generator's info, else the official 60,000 (a larger --samples raises it)
     info = None if paths.truth is None else _truth_info(paths.truth)
-    count = info.get("samples") if isinstance(info, dict) and isinstance(info.get("samples"), int) else None
-    if samples is not None and samples > (count or OFFICIAL_SAMPLES):
-        count = samples
-    features = read_features(paths.features, paths.neurons, samples=count, progress=progress)
-    if samples is not None:
-        features = features[:samples]
+    features = _features_of(paths.features, paths.neurons, None if info is None else info.get("samples"), samples,
+                            progress)
     truth_path = truth_file if truth_file is not None else paths.truth
     source = {"kind": "official", "network": str(paths.network), "features": str(paths.features),
               "truth": None if truth_path is None else str(truth_path)}
