@@ -391,3 +391,84 @@ def test_generator_info_other_keys_are_checked(spdnn_cli, data_dir, key, value):
     _json_of(data_dir).write_text(json.dumps(info))
     line = _error_line(spdnn_cli("run", "--data", data_dir, "--engine", "reference", "--no-progress"))
     assert _json_of(data_dir).name in line and repr(key) in line
+
+
+# --------------------------------------------------------- 6, 7, 8, 12. the Python API
+
+
+def _tiny(values=0.5, n=8, depth=3):
+    """A small dense-ish network and features on which samples survive every layer."""
+    w = sp.csr_matrix(np.full((n, n), float(values)))
+    x = sp.csr_matrix(np.eye(n)[:4])
+    return [w.copy() for _ in range(depth)], x
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_from_layers_refuses_non_finite_weights(bad):
+    layers, _ = _tiny()
+    layers[1] = layers[1].tolil()
+    layers[1][2, 5] = bad
+    with pytest.raises(OptionError, match=r"layer 2: weight .* \(row 3, column 6\) is not finite"):
+        spdnn.Network.from_layers(layers, -0.1)
+
+
+@pytest.mark.parametrize("engine", ["reference", "cpu"])
+def test_fp32_run_refuses_weights_beyond_float32(engine):
+    layers, x = _tiny()
+    layers[2] = layers[2].tolil()
+    layers[2][0, 0] = 1e39
+    net = spdnn.Network.from_layers(layers, -0.1)
+    with pytest.raises(OptionError, match=r"layer 3: weight 1e\+39 is beyond the range of float32.*fp64"):
+        spdnn.infer(net, x, engine=engine, precision="fp32")
+    fp64 = spdnn.infer(net, x, engine=engine, precision="fp64")
+    assert fp64.categories.size > 0  # fp64 computes it
+
+
+def test_fp32_refusal_on_the_command_line_names_the_layer(spdnn_cli, data_dir):
+    layer = data_dir / f"neuron{N}" / f"n{N}-l2.tsv"
+    lines = layer.read_text().splitlines()
+    row, col, _ = lines[0].split("\t")
+    lines[0] = f"{row}\t{col}\t1e39"
+    layer.write_text("\n".join(lines) + "\n")
+    line = _error_line(spdnn_cli("run", "--data", data_dir, "--engine", "cpu", "--precision", "fp32",
+                                 "--no-progress"))
+    assert "layer 2" in line and "1e+39" in line and "fp64" in line
+
+
+def test_infer_reference_runs_in_fp64_by_default():
+    layers, x = _tiny()
+    net = spdnn.Network.from_layers(layers, -0.1)
+    assert spdnn.infer(net, x, engine="reference").precision == "fp64"
+    assert spdnn.infer(net, x, engine="cpu").precision == "fp32"
+    assert spdnn.infer(net, x, engine="reference", precision="fp32").precision == "fp32"
+
+
+def test_infer_accepts_merge_auto_on_every_engine():
+    layers, x = _tiny()
+    net = spdnn.Network.from_layers(layers, -0.1)
+    want = spdnn.infer(net, x, engine="reference").categories
+    assert np.array_equal(spdnn.infer(net, x, engine="reference", merge="auto").categories, want)
+    with pytest.raises(OptionError, match=r"merge=True: engine 'reference' does not merge"):
+        spdnn.infer(net, x, engine="reference", merge=True)
+
+
+def test_infer_unknown_keyword_is_an_option_error():
+    layers, x = _tiny()
+    net = spdnn.Network.from_layers(layers, -0.1)
+    with pytest.raises(OptionError, match="bogus_option") as err:
+        spdnn.infer(net, x, engine="cpu", bogus_option=3)
+    assert "batch_samples" in str(err.value)  # the engine's options are listed
+
+
+@pytest.mark.parametrize("bias", ["abc", object(), [1, "x"]])
+def test_from_layers_bad_bias_is_an_option_error(bias):
+    layers, _ = _tiny()
+    with pytest.raises(OptionError, match="bias="):
+        spdnn.Network.from_layers(layers, bias)
+
+
+@pytest.mark.parametrize("engine", ["reference", "cpu"])
+def test_a_list_as_the_network_is_an_option_error(engine):
+    layers, x = _tiny()
+    with pytest.raises(OptionError, match="network: expected a spdnn.Network, got list"):
+        spdnn.infer(layers, x, engine=engine)

@@ -23,7 +23,8 @@ from .verify import compare_categories, explain_differences
 __version__ = "0.1.0"
 
 
-def infer(network: Network, features, *, engine: str = "auto", precision: str = "fp32", **options) -> InferenceResult:
+def infer(network: Network, features, *, engine: str = "auto", precision: str | None = None,
+          **options) -> InferenceResult:
     """Run inference with the named engine ('auto': best available).
 
     Parameters
@@ -32,9 +33,12 @@ def infer(network: Network, features, *, engine: str = "auto", precision: str = 
     features : scipy.sparse matrix (samples, N)
     engine : str
         'auto', 'reference', 'cpu', 'cuda', ...
-    precision : {'fp32', 'fp64'}
+    precision : {'fp32', 'fp64'}, optional
+        Default: the engine's own (fp64 for the reference, the truth; fp32 for the others).
     **options
-        Passed to the engine's constructor.
+        Passed to the engine's constructor (:func:`~spdnn.engines.get_engine`: an option
+        the engine does not take is an :class:`OptionError` naming it; ``merge='auto'``
+        is accepted by every engine).
 
     Returns
     -------

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import OptionError
+from .errors import OptionError, quote
 
 __all__ = ["Network", "LazyLayers", "as_layer", "as_features", "OFFICIAL_BIAS", "OFFICIAL_SAMPLES", "YMAX"]
 
@@ -39,6 +39,9 @@ def as_layer(matrix, neurons: int | None = None, *, name: str = "layer") -> sp.c
         Rows are input neurons, columns output neurons.
     neurons : int, optional
         Expected N; a different shape raises :class:`OptionError`.
+
+    Raises :class:`OptionError` for a NaN or infinite weight (1-based position named),
+    as the file readers do.
     """
     m = sp.csr_matrix(matrix, dtype=np.float64)
     if neurons is not None and m.shape != (neurons, neurons):
@@ -47,6 +50,11 @@ def as_layer(matrix, neurons: int | None = None, *, name: str = "layer") -> sp.c
         raise OptionError(f"{name}: shape {m.shape} is not square")
     if not m.has_canonical_format:
         m.sum_duplicates()
+    if m.nnz and not np.all(np.isfinite(m.data)):
+        i = int(np.argmin(np.isfinite(m.data)))
+        row = int(np.searchsorted(m.indptr, i, side="right")) - 1
+        raise OptionError(f"{name}: weight {m.data[i]} at (row {row + 1}, column {int(m.indices[i]) + 1}) is not "
+                          f"finite (NaN and inf are not allowed)")
     return m
 
 
@@ -165,14 +173,18 @@ class Network:
             for k, w in enumerate(layers):
                 if w.shape != (neurons, neurons):
                     raise OptionError(f"layer {k + 1}: shape {w.shape}, expected ({neurons}, {neurons})")
-        b = np.asarray(bias, dtype=np.float64)
+        try:
+            b = np.asarray(bias, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise OptionError(f"bias={quote(str(bias))}: expected a number, an array (N,) or an array (L, N)") from None
         if b.ndim == 0 or b.shape == (neurons,):
             b = np.broadcast_to(b, (depth, neurons))
         elif b.shape != (depth, neurons):
             raise OptionError(f"bias: shape {b.shape}, expected (), ({neurons},) or ({depth}, {neurons})")
         if not np.all(np.isfinite(b)):
             raise OptionError("bias: non-finite values")
-        if not (np.isfinite(ymax) and ymax > 0):
+        if isinstance(ymax, (bool, np.bool_)) or not isinstance(ymax, (int, float, np.integer, np.floating)) \
+                or not (np.isfinite(ymax) and ymax > 0):
             raise OptionError(f"ymax={ymax}: expected a positive finite number")
         return cls(layers=layers, bias=b, ymax=float(ymax))
 

@@ -48,8 +48,35 @@ from ..errors import OptionError, SpdnnError
 from ..network import Network, as_features
 from ..options import PRECISIONS, check_precision
 
-__all__ = ["Engine", "InferenceResult", "PRECISIONS", "check_precision", "sum_then_scale_exact",
-           "is_power_of_two"]
+__all__ = ["Engine", "InferenceResult", "PRECISIONS", "check_precision", "check_network", "check_weights",
+           "sum_then_scale_exact", "is_power_of_two"]
+
+def check_network(network) -> Network:
+    """``network`` if it is a :class:`~spdnn.network.Network`, else :class:`OptionError` saying how to make one."""
+    if not isinstance(network, Network):
+        raise OptionError(f"network: expected a spdnn.Network, got {type(network).__name__} (make one with "
+                          f"spdnn.Network.from_layers(layers, bias))")
+    return network
+
+
+def check_weights(w: sp.spmatrix, dtype, layer: int) -> sp.spmatrix:
+    """``w`` (layer ``layer``, 1-based) if every weight is within the range of ``dtype``.
+
+    A float64 weight beyond float32's range (3.4e38) becomes inf in an fp32 run and
+    every result after it is meaningless; the run is refused instead, naming the layer
+    and the value, and pointing to fp64.
+    """
+    if np.dtype(dtype) == np.float64 or w.nnz == 0:
+        return w
+    limit = float(np.finfo(dtype).max)
+    data = w.data
+    big = float(np.max(np.abs(data)))
+    if big > limit:
+        i = int(np.argmax(np.abs(data) > limit))
+        raise OptionError(f"layer {layer}: weight {float(data[i]):.6g} is beyond the range of "
+                          f"{np.dtype(dtype).name} (at most {limit:.6g} in magnitude); run it with precision='fp64'")
+    return w
+
 
 def is_power_of_two(value: float) -> bool:
     """Whether ``value`` is ±2^e (finite, nonzero)."""
@@ -176,6 +203,11 @@ class Engine(abc.ABC):
     def prepare(self, network: Network) -> None:
         """Convert the network into the engine's layout (preprocessing, timed)."""
 
+    def weights(self, k: int) -> sp.spmatrix:
+        """Layer ``k`` (0-based) of the prepared network, checked against the engine's
+        precision (:func:`check_weights`): what every engine converts."""
+        return check_weights(self.network.layers[k], self.dtype, k + 1)
+
     def load(self, features) -> None:
         """Convert the features (samples x N CSR) into the engine's layout (timed)."""
         if self.network is None:
@@ -238,6 +270,7 @@ class Engine(abc.ABC):
         ``prepare`` and every ``load`` are timed as preprocessing, every ``infer`` as
         inference; survivors (and ``rows_computed``) are summed over the batches.
         """
+        check_network(network)
         t0 = time.perf_counter()
         self.prepare(network)
         feats = as_features(features, network.neurons)

@@ -71,7 +71,7 @@ class CusparseEngine(Engine):
 
         self.network = network
         with self._dev():
-            self._wt = [csp.csr_matrix(sp.csr_matrix(network.layers[k].T, dtype=self.dtype))
+            self._wt = [csp.csr_matrix(sp.csr_matrix(self.weights(k).T, dtype=self.dtype))
                         for k in range(network.depth)]
             self._bias = cp.asarray(np.ascontiguousarray(network.bias, dtype=self.dtype))
             cp.cuda.get_current_stream().synchronize()

@@ -66,7 +66,7 @@ class ReferenceEngine(Engine):
         # for lazy networks so a 4e9-edge network never sits in memory at once.
         self._weights = None
         if isinstance(network.layers, list):
-            self._weights = [w.astype(self.dtype, copy=False) for w in network.layers]
+            self._weights = [self.weights(k).astype(self.dtype, copy=False) for k in range(network.depth)]
 
     def load(self, features) -> None:
         super().load(features)
@@ -82,7 +82,7 @@ class ReferenceEngine(Engine):
         survivors = np.zeros(stop - start, dtype=np.int64)
         ymax = self.dtype(net.ymax)
         for k in progress_bar(range(start, stop), enabled=self.progress, desc="reference layers"):
-            w = self._weights[k] if self._weights is not None else net.layers[k].astype(self.dtype)
+            w = self._weights[k] if self._weights is not None else self.weights(k).astype(self.dtype)
             y = reference_layer(y, w, net.bias[k].astype(self.dtype), ymax)
             alive = np.diff(y.indptr) > 0
             if not alive.all():
