@@ -472,3 +472,36 @@ def test_a_list_as_the_network_is_an_option_error(engine):
     layers, x = _tiny()
     with pytest.raises(OptionError, match="network: expected a spdnn.Network, got list"):
         spdnn.infer(layers, x, engine=engine)
+
+
+# --------------------------------------------------------------------- 4. tarballs
+
+
+def _tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, blob in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path
+
+
+def _layer_bytes(n: int, value: float) -> bytes:
+    return b"".join(b"%d\t%d\t%r\n" % (i, i, value) for i in range(1, n + 1))
+
+
+def test_a_tarball_holding_a_layer_twice_is_an_error_naming_both(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPDNN_CACHE_DIR", str(tmp_path / "cache"))
+    members = [("neuron8/n8-l1.tsv", _layer_bytes(8, 0.5)), ("neuron8/n8-l2.tsv", _layer_bytes(8, 0.5)),
+               ("neuron8/n8-l2.tsv", _layer_bytes(8, 2.0))]
+    archive = _tar(tmp_path / "neuron8.tar.gz", members)
+    with pytest.raises(FormatError, match=r"neuron8\.tar\.gz: holds layer 2 twice: members neuron8/n8-l2\.tsv and "
+                                          r"neuron8/n8-l2\.tsv"):
+        spdnn.read_network(archive, bias=-0.1)
+
+
+def test_a_tarball_of_another_size_says_which(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPDNN_CACHE_DIR", str(tmp_path / "cache"))
+    archive = _tar(tmp_path / "neuron16.tar.gz", [("neuron8/n8-l1.tsv", _layer_bytes(8, 0.5))])
+    with pytest.raises(spdnn.DataNotFoundError, match="layers found: none; it holds layers of N = 8"):
+        spdnn.read_network(archive, bias=-0.1)
