@@ -505,3 +505,56 @@ def test_a_tarball_of_another_size_says_which(tmp_path, monkeypatch):
     archive = _tar(tmp_path / "neuron16.tar.gz", [("neuron8/n8-l1.tsv", _layer_bytes(8, 0.5))])
     with pytest.raises(spdnn.DataNotFoundError, match="layers found: none; it holds layers of N = 8"):
         spdnn.read_network(archive, bias=-0.1)
+
+
+# ------------------------------------------------------------- 13. the smaller items
+
+
+@pytest.mark.parametrize("url", ["not a url", "ftp://example.org/x", "http://", "/local/path"])
+def test_download_bad_base_url_is_a_usage_error(spdnn_cli, tmp_path, url):
+    out = tmp_path / "new" / "out"
+    line = _error_line(spdnn_cli("download", "--neurons", 1024, "--layers", 120, "--out", out, "--base-url", url,
+                                 "--what", "truth", "--no-progress"))
+    assert "--base-url" in line
+    assert not (tmp_path / "new").exists()
+
+
+def test_failed_download_removes_the_out_folder_it_created(spdnn_cli, tmp_path):
+    out = tmp_path / "new" / "out"
+    result = spdnn_cli("download", "--neurons", 1024, "--layers", 120, "--out", out,
+                       "--base-url", "http://127.0.0.1:9", "--what", "truth", "--no-progress")
+    _error_line(result)
+    assert not (tmp_path / "new").exists()
+
+
+def test_failed_generate_removes_the_out_folder_it_created(spdnn_cli, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise OSError(errno.EACCES, "Permission denied", "somewhere")
+
+    monkeypatch.setattr("spdnn.formats.write_categories", fail)  # write_challenge imports it when called
+    out = tmp_path / "gen"
+    result = spdnn_cli("generate", "--neurons", N, "--layers", 2, "--samples", 20, "--out", out, "--no-progress")
+    _error_line(result)
+    assert not out.exists()
+
+
+def test_a_failed_command_keeps_an_existing_out_folder(spdnn_cli, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    _error_line(spdnn_cli("download", "--neurons", 1024, "--layers", 120, "--out", out,
+                          "--base-url", "http://127.0.0.1:9", "--what", "truth", "--no-progress"))
+    assert out.is_dir()
+
+
+def test_a_full_stdout_is_named(tmp_path):
+    import subprocess
+    import sys
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    env = {**os.environ, "PYTHONPATH": str(Path(spdnn.__file__).parents[1])}
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "spdnn", "info"], stdout=full, stderr=subprocess.PIPE,
+                              text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("spdnn: error: stdout") and "no space left" in proc.stderr

@@ -25,6 +25,7 @@ leaves no partial file. Errors raised by the Python API name its arguments
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import inspect
 import json
@@ -99,8 +100,9 @@ def _os_error_text(exc: OSError) -> str:
     if isinstance(exc, SpdnnError):
         return str(exc)
     if exc.errno in DISK_FULL_ERRNOS:
-        # a write outside spdnn._atomic (which raises DiskFullError with the space needed)
-        where, free = "a write", None
+        # a write outside spdnn._atomic (which raises DiskFullError with the space needed and
+        # the file): without a file name, the command's output (``spdnn info > /dev/full``)
+        where, free = "stdout (the command's output)", None
         if exc.filename is not None:
             where = os.fsdecode(exc.filename)
             try:
@@ -766,6 +768,28 @@ def _print_paths(paths) -> None:
         click.echo(str(paths))
 
 
+@contextlib.contextmanager
+def _removed_if_failed(folder: Path):
+    """On any failure of the block, remove ``folder`` and the parents it made, if this
+    command created them and they are still empty: a failed ``download`` or ``generate``
+    leaves no empty ``--out`` folder behind. What a failed download left to resume (a
+    partial file) keeps its folder."""
+    made = []
+    probe = Path(folder)
+    while not os.path.lexists(probe) and probe != probe.parent:
+        made.append(probe)
+        probe = probe.parent
+    try:
+        yield
+    except BaseException:
+        for path in made:  # deepest first
+            try:
+                path.rmdir()
+            except OSError:
+                break
+        raise
+
+
 @cli.command()
 @click.option("--neurons", "-n", type=click.IntRange(min=1), required=True,
               help="N = 16 * 2**S (e.g. 1024, 4096, 16384, 65536).")
@@ -789,8 +813,9 @@ def generate(neurons, layers, out_dir, seed, samples, truth_engine, progress):
     from .memory import check_generate
 
     check_generate(neurons, layers, samples)
-    paths = write_challenge(out_dir, neurons, layers, seed=seed, samples=samples, truth_engine=truth_engine,
-                            progress=_progress(progress), log=None if progress is False else _status)
+    with _removed_if_failed(out_dir):
+        paths = write_challenge(out_dir, neurons, layers, seed=seed, samples=samples, truth_engine=truth_engine,
+                                progress=_progress(progress), log=None if progress is False else _status)
     _print_paths(paths)
 
 
@@ -818,10 +843,12 @@ def _split_what(ctx, param, value):
 def download(neurons, layers, out_dir, base_url, what, progress):
     """Download the official files (MD5-checked, resumable, atomic)."""
     from .formats import download_official
+    from .formats.download import check_base_url
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    kwargs = {} if base_url is None else {"base_url": base_url}
-    paths = download_official(neurons, layers, out_dir, what=what, progress=_progress(progress), **kwargs)
+    kwargs = {} if base_url is None else {"base_url": check_base_url(base_url)}
+    with _removed_if_failed(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = download_official(neurons, layers, out_dir, what=what, progress=_progress(progress), **kwargs)
     _print_paths(paths)
 
 
