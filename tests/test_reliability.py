@@ -188,8 +188,30 @@ def data_dir(generated, tmp_path):
     return shutil.copytree(generated, tmp_path / "gen")
 
 
+def _feed_fifo(path: Path, text: str, seconds: float = 5.0) -> None:
+    """Write ``text`` into the FIFO ``path`` if a reader opens it within ``seconds`` (a
+    daemon thread): a command that wrongly reads the FIFO gets data and ends, rather than
+    blocking the test forever; one that refuses it leaves the thread to give up."""
+    import time
+
+    def feed():
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: no reader yet
+                time.sleep(0.02)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            return
+
+    threading.Thread(target=feed, daemon=True).start()
+
+
 def _unreadable(kind: str, path: Path) -> None:
-    """Put something unreadable of ``kind`` at ``path`` (which must not exist)."""
+    """Put something unreadable of ``kind`` at ``path`` (which must not exist); a FIFO is fed
+    a valid truth should a reader open it (:func:`_feed_fifo`)."""
     if kind == "dangling":
         path.symlink_to(path.parent / "no-such-file.tsv")
     elif kind == "loop":
@@ -198,6 +220,7 @@ def _unreadable(kind: str, path: Path) -> None:
         path.mkdir()
     elif kind == "fifo":
         os.mkfifo(path)
+        _feed_fifo(path, "1\n")
 
 
 _WORDS = {"dangling": "dangling symbolic link", "loop": "symbolic link loop", "directory": "is a directory",
@@ -221,15 +244,29 @@ def test_unreadable_truth_option_is_an_error(spdnn_cli, tmp_path, kind):
     assert "--truth" in line and _WORDS[kind] in line
 
 
-@pytest.mark.parametrize("target", ["fifo", "/dev/zero"])
-def test_verify_refuses_a_fifo_or_a_device(spdnn_cli, tmp_path, target):
+def test_verify_refuses_a_fifo(spdnn_cli, tmp_path):
     good = tmp_path / "good.tsv"
     good.write_text("1\n2\n")
-    if target == "fifo":
-        target = tmp_path / "pipe"
-        os.mkfifo(target)
-    line = _error_line(spdnn_cli("verify", target, good))
-    assert str(target) in line and ("FIFO" in line or "device" in line)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    _feed_fifo(fifo, "1\n2\n")
+    line = _error_line(spdnn_cli("verify", fifo, good))
+    assert str(fifo) in line and "FIFO" in line
+
+
+def test_verify_refuses_dev_zero_without_hanging(tmp_path):
+    import subprocess
+    import sys
+
+    good = tmp_path / "good.tsv"
+    good.write_text("1\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(spdnn.__file__).parents[1])}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "spdnn", "verify", "/dev/zero", str(good)], env=env,
+                              capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("spdnn verify /dev/zero still ran after 60 s")
+    assert proc.returncode == 2 and proc.stderr.startswith("spdnn: error:") and "character device" in proc.stderr
 
 
 @pytest.mark.parametrize("names", [("n64-l3.tsv", "n64-l03.tsv"), ("n64-l3.tsv", "n64-l3.tsv.gz")])
