@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from spdnn.formats import cache as fcache
 from spdnn.formats import cache_info, clear_cache, features, networks, read_features, read_network
 from spdnn.formats import write_features_tsv, write_layer_tsv
-from spdnn.errors import SpdnnWarning
+from spdnn.errors import ChecksumError, SpdnnWarning
 from spdnn.network import LazyLayers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,6 +205,49 @@ def test_damaged_cache_entry_is_rebuilt(rng, tmp_path, cache_root, parse_counter
     again = read_network(tmp_path, bias=-0.3)
     assert parse_counter["layers"] == 6
     assert_same_network(good, again)
+
+
+@pytest.mark.parametrize("array", ["indices", "indptr", "values"])
+def test_same_size_overwrite_of_a_cached_layer_is_caught(rng, tmp_path, cache_root, parse_counter, monkeypatch,
+                                                         array):
+    """Issue 19, item 5: a layer file changed in place (same size, valid header) is caught by
+    its CRC-32 on the first map in a process, names the file, and the next read re-parses."""
+    small_network(rng, tmp_path / "neuron48")
+    good = read_network(tmp_path, bias=-0.3)
+    (entry,) = entries(cache_root)
+    name = "l00002.values.npy" if array == "values" else "l00002.npy"
+    arr = np.load(entry / name, mmap_mode="r+")
+    if array == "indices":
+        arr[49:] = arr[49:][::-1].copy()       # same columns, another order: a valid-looking CSR
+    elif array == "indptr":
+        arr[10] = arr[10] + 1
+    else:
+        arr[:] = arr[::-1].copy()
+    arr.flush()
+    del arr
+    monkeypatch.setattr(fcache, "_verified", set())  # a new process
+    damaged = read_network(tmp_path, bias=-0.3)
+    assert parse_counter["layers"] == 3  # served from the cache ...
+    with pytest.raises(ChecksumError, match=rf"{name}: damaged binary cache file"):
+        damaged.layers[1]                # ... and caught on the first map
+    again = read_network(tmp_path, bias=-0.3)
+    assert parse_counter["layers"] == 6  # the entry was dropped: parsed again
+    assert_same_network(good, again)
+
+
+def test_layer_checksum_is_checked_once_per_process(rng, tmp_path, cache_root, monkeypatch):
+    small_network(rng, tmp_path / "neuron48")
+    net = read_network(tmp_path, bias=-0.3)
+    monkeypatch.setattr(fcache, "_verified", set())
+    calls = []
+    crc = fcache._crc
+    monkeypatch.setattr(fcache, "_crc", lambda a: calls.append(1) or crc(a))
+    net.layers[0]
+    first = len(calls)
+    assert first == 2  # the index file and the values file (random weights are stored)
+    for _ in range(3):
+        net.layers[0]
+    assert len(calls) == first
 
 
 # --- features ----------------------------------------------------------------------------

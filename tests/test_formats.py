@@ -351,7 +351,7 @@ def test_truncated_gzip_names_the_line_where_the_data_stop(tmp_path, fraction):
     cut = blob[: int(len(blob) * fraction)]
     readable = zlib.decompressobj(31).decompress(cut)  # every byte a reader can get from the cut file
     (tmp_path / "w.tsv.gz").write_bytes(cut)
-    with pytest.raises(FormatError, match="compressed data is truncated or corrupt") as err:
+    with pytest.raises(FormatError, match="compressed data is (truncated|corrupt)") as err:
         read_layer(tmp_path / "w.tsv.gz", neurons=500)
     assert err.value.line == readable.count(b"\n") + 1  # the first line not complete
 
@@ -371,7 +371,7 @@ def test_bad_gzip(rng, tmp_path, damage):
     else:
         blob[len(blob) // 2: len(blob) // 2 + 64] = bytes(64)
     (tmp_path / "w.tsv.gz").write_bytes(bytes(blob))
-    with pytest.raises(FormatError, match=r"w\.tsv\.gz:\d+: compressed data is truncated or corrupt") as err:
+    with pytest.raises(FormatError, match=r"w\.tsv\.gz:\d+: compressed data is (truncated|corrupt)") as err:
         read_layer(tmp_path / "w.tsv.gz", neurons=200)
     assert 1 <= err.value.line <= w.nnz
 
@@ -614,9 +614,9 @@ def test_archive_with_zeroed_bytes_is_a_corrupt_archive(rng, tmp_path, where):
     at = int(len(blob) * where)
     blob[at:at + 512] = bytes(512)
     (tmp_path / "neuron64.tar.gz").write_bytes(bytes(blob))
-    with pytest.raises(FormatError, match=r"neuron64\.tar\.gz: archive is truncated or corrupt"):
+    with pytest.raises(FormatError, match=r"neuron64\.tar\.gz: archive is (truncated|corrupt)"):
         read_network(tmp_path / "neuron64.tar.gz", bias=-0.1)
-    with pytest.raises(FormatError, match=r"neuron64\.tar\.gz: archive is truncated or corrupt"):
+    with pytest.raises(FormatError, match=r"neuron64\.tar\.gz: archive is (truncated|corrupt)"):
         read_network(tmp_path / "neuron64.tar.gz", layers=[1], bias=-0.1, cache=False)
 
 

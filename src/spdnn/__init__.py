@@ -30,8 +30,8 @@ from .formats.inputs import read_inputs, read_labels
 __version__ = "0.1.0"
 
 
-def infer(network: Network, features, *, engine: str = "auto", precision: str = "fp32", outputs: str = "categories",
-          top_k: int | None = None, **options) -> InferenceResult:
+def infer(network: Network, features, *, engine: str = "auto", precision: str | None = None,
+          outputs: str = "categories", top_k: int | None = None, **options) -> InferenceResult:
     """Run inference with the named engine ('auto': best available).
 
     Parameters
@@ -40,13 +40,16 @@ def infer(network: Network, features, *, engine: str = "auto", precision: str = 
     features : scipy.sparse matrix (samples, N)
     engine : str
         'auto' (the best engine here that supports ``network``), 'reference', 'cpu', 'cuda', ...
-    precision : {'fp32', 'fp64'}
+    precision : {'fp32', 'fp64'}, optional
+        Default: the engine's own (fp64 for the reference, the truth; fp32 for the others).
     outputs : {'categories', 'activations', 'predictions', 'topk'}
         What the result holds besides the categories (:mod:`spdnn.engines.base`, Outputs).
     top_k : int, optional
         With ``outputs='topk'``: how many of each final row's largest values.
     **options
-        Passed to the engine's constructor.
+        Passed to the engine's constructor (:func:`~spdnn.engines.get_engine`: an option
+        the engine does not take is an :class:`OptionError` naming it; ``merge='auto'``
+        is accepted by every engine).
 
     Returns
     -------

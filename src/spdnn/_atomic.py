@@ -7,6 +7,12 @@ file: a full disk (``ENOSPC``/``EDQUOT``) becomes :class:`~spdnn.errors.DiskFull
 with the space needed and free; any other :class:`OSError` about the temporary file is
 re-raised about the target.
 
+Targets that are not regular files. A symlink is written through: the file it points
+to is replaced atomically and the link is kept (:func:`output_target`). A device, a
+FIFO or another special file is written in place (opened for writing: no temporary
+file, no rename, no ``chmod``), so ``/dev/null`` or a named pipe stays what it is. A
+file that is replaced keeps its permission bits (a mode of 600 is never widened).
+
 Temporary files are named ``.{target name}.{random}.tmp`` (:data:`TEMP_GLOB`); a
 process killed with SIGKILL cannot remove its own, so :func:`remove_stale_temporaries`
 clears old ones from a folder.
@@ -14,10 +20,12 @@ clears old ones from a folder.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import io
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,10 +34,57 @@ from typing import IO
 
 from .errors import DISK_FULL_ERRNOS, DiskFullError
 
-__all__ = ["atomic_path", "atomic_open", "atomic_write_bytes", "remove_stale_temporaries", "TEMP_GLOB"]
+__all__ = ["output_target", "OutputTarget", "atomic_path", "atomic_open", "atomic_write_bytes", "remove_stale_temporaries", "TEMP_GLOB"]
 
 #: Glob pattern of the temporary files of this module (in the target's folder).
 TEMP_GLOB = ".*.tmp"
+
+
+class OutputTarget:
+    """Where a write to a path the user gave really goes (see :func:`output_target`).
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        The file written: the path itself, or the file a symlink points to.
+    in_place : bool
+        A device, FIFO or other special file: written in place, never replaced.
+    mode : int or None
+        Permission bits of an existing regular file (kept by the replacement), else None.
+    """
+
+    __slots__ = ("path", "in_place", "mode")
+
+    def __init__(self, path: Path, in_place: bool, mode: int | None):
+        self.path, self.in_place, self.mode = path, in_place, mode
+
+
+def output_target(path: str | os.PathLike) -> OutputTarget:
+    """Resolve an output path: follow symlinks (a dangling one names the file to create).
+
+    Raises
+    ------
+    OSError
+        ``ELOOP`` for a symlink loop (named as such), ``EISDIR`` for a directory, or the
+        error of ``stat`` (naming ``path``).
+    """
+    given = Path(path)
+    try:
+        st = os.stat(given)
+    except (FileNotFoundError, NotADirectoryError):
+        st = None  # a new file (creating it, or its folder, reports what is wrong)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "symbolic link loop (the link points back to itself)", os.fspath(given)) from None
+        raise
+    real = Path(os.path.realpath(given)) if given.is_symlink() else given
+    if st is None:
+        return OutputTarget(real, False, None)
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", os.fspath(given))
+    if not stat.S_ISREG(st.st_mode):
+        return OutputTarget(given, True, None)
+    return OutputTarget(real, False, stat.S_IMODE(st.st_mode))
 
 
 def _free_bytes(folder: Path) -> int | None:
@@ -109,9 +164,22 @@ def atomic_path(path: str | os.PathLike, *, size: int | None = None) -> Iterator
     ------
     pathlib.Path
         A fresh, not yet existing path in the same directory (same file system, so the
-        rename is atomic). The body must create it.
+        rename is atomic). The body must create it. For a symlink, the temporary file
+        is beside the file the link points to, which it replaces (the link stays). For
+        a device, FIFO or other special file, ``path`` itself: the body writes it in
+        place and nothing is renamed, synced or removed.
     """
-    target = Path(path)
+    resolved = output_target(path)
+    if resolved.in_place:
+        try:
+            yield resolved.path
+        except OSError as exc:
+            restated = _about_target(exc, resolved.path, written=0, size=size)
+            if restated is exc:
+                raise
+            raise restated from exc
+        return
+    target = resolved.path
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         if size is not None:
@@ -129,6 +197,8 @@ def atomic_path(path: str | os.PathLike, *, size: int | None = None) -> Iterator
         raise restated from exc
     try:
         yield tmp
+        if resolved.mode is not None:
+            os.chmod(tmp, resolved.mode)  # a replaced file keeps its permission bits
         _fsync(tmp)
         os.replace(tmp, target)
     except BaseException as exc:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ._atomic import atomic_open
+from ._atomic import atomic_open, atomic_path
 from ._progress import progress_bar
 from .engines import PRECISIONS, available_engines, engine_device, engine_merges, get_engine
 from .engines.base import Engine, InferenceResult
@@ -622,6 +622,22 @@ def write_json(report: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
+def plot_format(path: str | os.PathLike) -> str:
+    """The image format of a plot file, from its extension (``.png``, ``.pdf``, ``.svg``, ...).
+
+    Raises :class:`~spdnn.errors.OptionError` for an extension matplotlib cannot write
+    (checked before a benchmark runs), :class:`SpdnnError` when matplotlib is missing.
+    """
+    plt = require_matplotlib()
+    supported = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in supported:
+        raise OptionError(f"plot={os.fspath(path)!r}: unknown image extension {('.' + suffix) if suffix else '(none)'}; "
+                          f"expected one of {', '.join('.' + k for k in sorted(supported))}")
+    return suffix
+
+
 def write_plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
     """Save a PNG: TeraEdges/s per cell and engine (left), median time against the floor (right).
 
@@ -653,7 +669,10 @@ def write_plot(report: dict[str, Any], path: str | os.PathLike) -> Path:
     fig.suptitle(f"spdnn bench, {report['precision']}, {machine}", fontsize="medium")
     fig.tight_layout()
     try:
-        fig.savefig(path, dpi=110)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format=plot_format(path))
+    except SpdnnError:
+        raise
     except OSError as exc:
         raise SpdnnError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:

@@ -26,9 +26,11 @@ leaves no partial file. Errors raised by the Python API name its arguments
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import inspect
 import json
+import math
 import os
 import platform
 import re
@@ -46,8 +48,9 @@ import click
 from . import __version__
 from .config import env_flag
 from .errors import (DISK_FULL_ERRNOS, DataNotFoundError, ExitCode, FormatError, OptionError, SpdnnError,
-                     SpdnnWarning, format_bytes)
+                     SpdnnWarning, format_bytes, quote)
 from .engines import ENGINES, PRECISIONS
+from .network import OFFICIAL_SAMPLES
 
 __all__ = ["cli", "main"]
 
@@ -98,8 +101,9 @@ def _os_error_text(exc: OSError) -> str:
     if isinstance(exc, SpdnnError):
         return str(exc)
     if exc.errno in DISK_FULL_ERRNOS:
-        # a write outside spdnn._atomic (which raises DiskFullError with the space needed)
-        where, free = "a write", None
+        # a write outside spdnn._atomic (which raises DiskFullError with the space needed and
+        # the file): without a file name, the command's output (``spdnn info > /dev/full``)
+        where, free = "stdout (the command's output)", None
         if exc.filename is not None:
             where = os.fsdecode(exc.filename)
             try:
@@ -267,14 +271,24 @@ def _echo_json(obj) -> None:
 
 
 def _writable_file(ctx, param, value: Path | None) -> Path | None:
-    """Click callback: ``value`` can be created (its nearest existing folder is a writable
-    directory) and is not a directory; checked before the work, so a long run is not lost
-    to a typo. The write itself is atomic and still reports its own failure."""
+    """Click callback: ``value`` can be written, checked before the work, so a long run is
+    not lost to a typo. A regular file (or a symlink to one, or a new name) must be
+    creatable in its folder (the write replaces it atomically); a device or FIFO must be
+    writable (it is written in place); a directory or a symlink loop is refused
+    (:func:`spdnn._atomic.output_target`). The write itself still reports its own failure."""
+    from ._atomic import output_target
+
     if value is None:
         return None
-    if value.is_dir():
-        raise click.BadParameter(f"{value} is a directory")
-    folder = value.parent
+    try:
+        target = output_target(value)
+    except OSError as exc:
+        raise click.BadParameter(f"{value}: {exc.strerror or exc}") from None
+    if target.in_place:
+        if not os.access(target.path, os.W_OK):
+            raise click.BadParameter(f"{value}: not writable")
+        return value
+    folder = target.path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir():
@@ -282,6 +296,21 @@ def _writable_file(ctx, param, value: Path | None) -> Path | None:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise click.BadParameter(f"{value}: cannot create files in {folder}")
     return value
+
+
+def _input_file(ctx, param, value: Path | None) -> Path | None:
+    """Click callback: ``value`` is a regular file (or a symlink to one). A dangling symlink,
+    a symlink loop, a directory, a FIFO or a device is refused by name
+    (:func:`spdnn.formats.text.input_file`): a check the user asked for is never skipped,
+    and a FIFO or ``/dev/zero`` never blocks the command."""
+    from .formats.text import input_file
+
+    if value is None:
+        return None
+    try:
+        return input_file(value)
+    except DataNotFoundError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 progress_option = click.option(
@@ -367,17 +396,48 @@ class _Loaded:
         return truth_origin(made_with, run, source=self.origin_source, same_data=self.same_data)
 
 
+#: Keys of the generator info file and the values each must hold (README, "spdnn generate").
+_INFO_KEYS = {
+    "neurons": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "layers": ("a positive integer", lambda v: _is_int(v) and v >= 1),
+    "seed": ("an integer", lambda v: v is None or _is_int(v)),
+    "samples": (f"a positive integer of at most {OFFICIAL_SAMPLES:,} (the MNIST images the generator draws from)",
+                lambda v: _is_int(v) and 1 <= v <= OFFICIAL_SAMPLES),
+    "features_nnz": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "categories_count": ("an integer >= 0", lambda v: _is_int(v) and v >= 0),
+    "bias": ("a finite number (or null for a bias that is not uniform)",
+             lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))),
+}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _truth_info(truth_path) -> dict | None:
-    """The info file ``spdnn generate`` writes beside a truth file (same name, ``.json``), or None."""
+    """The info file ``spdnn generate`` writes beside a truth file (same name, ``.json``), or None.
+
+    Its known keys (:data:`_INFO_KEYS`) are checked here, once: a wrong type or value is
+    a :class:`FormatError` naming the file and the key (``"samples": "2000"`` is not
+    silently ignored, nor is ``"samples": -5`` blamed on ``--samples``).
+    """
+    from .formats.text import input_file
+
     info_path = Path(truth_path).with_suffix(".json")
-    if not info_path.is_file():
+    if not os.path.lexists(info_path):
         return None
+    input_file(info_path)  # a dangling link, a loop, a folder or a FIFO is refused by name
+    raw = info_path.read_bytes()[:1 << 20]
     try:
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise FormatError(f"not a JSON generator info file ({exc})", path=info_path) from exc
+        info = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError alike
+        raise FormatError(f"not a JSON generator info file ({quote(str(exc), 80)})", path=info_path) from None
     if not isinstance(info, dict):
         raise FormatError("expected a JSON object (generator info)", path=info_path)
+    for key, (expected, valid) in _INFO_KEYS.items():
+        if key in info and not valid(info[key]):
+            raise FormatError(f"key {key!r}: expected {expected}, found {quote(json.dumps(info[key]))}",
+                              path=info_path)
     return info
 
 
@@ -429,15 +489,46 @@ def _official_bias(paths) -> tuple[float, str]:
         raise OptionError(f"N={paths.neurons} has no official bias and no generator info file "
                           f"(neuron{paths.neurons}-l{{L}}-categories.json) was found: pass --bias")
     bias = info.get("bias")
-    if isinstance(bias, bool) or not isinstance(bias, (int, float)):
-        raise FormatError(f"no numeric 'bias' entry (found {bias!r}); pass --bias",
+    if bias is None:
+        raise FormatError(f"no uniform 'bias' entry (found {quote(json.dumps(bias))}); pass --bias",
                           path=Path(paths.truth).with_suffix(".json"))
     return float(bias), str(Path(paths.truth).with_suffix(".json"))
 
 
+def _features_of(path, neurons: int, declared: int | None, samples: int | None, progress):
+    """The features of ``path`` for a run of ``--samples`` (None: all of them).
+
+    How many samples the file holds: a MatrixMarket file declares it; for TSV it is the
+    generator info's ``samples`` (``declared``, trailing samples without features
+    included), else the largest sample id in the file (every official input has
+    features), never an assumed 60,000. ``--samples`` beyond that count is an error
+    naming the file, not a run over samples that do not exist.
+    """
+    import numpy as np
+
+    from .formats import read_features
+    from .formats.mtx import is_mtx
+
+    mtx = is_mtx(path)
+    bound = max(declared or OFFICIAL_SAMPLES, samples or 0)  # ids beyond it are a data error naming the line
+    told = declared if declared is not None or mtx else bound
+    features = read_features(path, neurons, samples=told, progress=progress)
+    held = int(features.shape[0])
+    if declared is None and not mtx:
+        filled = np.flatnonzero(np.diff(features.indptr))
+        held = int(filled[-1]) + 1 if filled.size else 0
+        features = features[:held]
+    if samples is not None:
+        if samples > held:
+            raise OptionError(f"samples={samples}: {path} holds {held:,} samples"
+                              + (" (as its generator info declares)" if declared is not None else ""))
+        features = features[:samples]
+    return features
+
+
 def _load_official(data, neurons, layers, samples, truth_file, bias, progress) -> _Loaded:
-    from .formats import find_official, read_features, read_network
-    from .network import OFFICIAL_BIAS, OFFICIAL_SAMPLES
+    from .formats import find_official, read_network
+    from .network import OFFICIAL_BIAS
 
     paths = find_official(data, neurons=neurons, layers=layers)
     if paths.features is None:
@@ -446,14 +537,9 @@ def _load_official(data, neurons, layers, samples, truth_file, bias, progress) -
     if bias is None:
         bias, _ = _official_bias(paths)
     network = read_network(paths.network, neurons=paths.neurons, layers=paths.layers, bias=bias, progress=progress)
-    # the set's size: the generator's info, else the official 60,000 (a larger --samples raises it)
     info = None if paths.truth is None else _truth_info(paths.truth)
-    count = info.get("samples") if isinstance(info, dict) and isinstance(info.get("samples"), int) else None
-    if samples is not None and samples > (count or OFFICIAL_SAMPLES):
-        count = samples
-    features = read_features(paths.features, paths.neurons, samples=count, progress=progress)
-    if samples is not None:
-        features = features[:samples]
+    features = _features_of(paths.features, paths.neurons, None if info is None else info.get("samples"), samples,
+                            progress)
     truth_path = truth_file if truth_file is not None else paths.truth
     source = {"kind": "official", "network": str(paths.network), "features": str(paths.features),
               "truth": None if truth_path is None else str(truth_path)}
@@ -545,7 +631,7 @@ def _save(path: Path, categories) -> None:
               help="Directory with the official layout (neuron{N}/ or neuron{N}.tar.gz, sparse-images-{N}.tsv[.gz] "
                    "or .mtx[.gz], neuron{N}-l{L}-categories.tsv). Without it the data are generated offline "
                    "and cached.")
-@click.option("--truth", "truth_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+@click.option("--truth", "truth_file", type=click.Path(path_type=Path), default=None, callback=_input_file,
               help="Truth categories file (overrides the one found or generated).")
 @click.option("--samples", type=click.IntRange(min=1), default=None,
               help="Use only the first S samples (and the truth's ids up to S) [all: 60,000 for generated data].")
@@ -683,6 +769,28 @@ def _print_paths(paths) -> None:
         click.echo(str(paths))
 
 
+@contextlib.contextmanager
+def _removed_if_failed(folder: Path):
+    """On any failure of the block, remove ``folder`` and the parents it made, if this
+    command created them and they are still empty: a failed ``download`` or ``generate``
+    leaves no empty ``--out`` folder behind. What a failed download left to resume (a
+    partial file) keeps its folder."""
+    made = []
+    probe = Path(folder)
+    while not os.path.lexists(probe) and probe != probe.parent:
+        made.append(probe)
+        probe = probe.parent
+    try:
+        yield
+    except BaseException:
+        for path in made:  # deepest first
+            try:
+                path.rmdir()
+            except OSError:
+                break
+        raise
+
+
 @cli.command()
 @click.option("--neurons", "-n", type=click.IntRange(min=1), required=True,
               help="N = 16 * 2**S (e.g. 1024, 4096, 16384, 65536).")
@@ -706,8 +814,9 @@ def generate(neurons, layers, out_dir, seed, samples, truth_engine, progress):
     from .memory import check_generate
 
     check_generate(neurons, layers, samples)
-    paths = write_challenge(out_dir, neurons, layers, seed=seed, samples=samples, truth_engine=truth_engine,
-                            progress=_progress(progress), log=None if progress is False else _status)
+    with _removed_if_failed(out_dir):
+        paths = write_challenge(out_dir, neurons, layers, seed=seed, samples=samples, truth_engine=truth_engine,
+                                progress=_progress(progress), log=None if progress is False else _status)
     _print_paths(paths)
 
 
@@ -735,10 +844,12 @@ def _split_what(ctx, param, value):
 def download(neurons, layers, out_dir, base_url, what, progress):
     """Download the official files (MD5-checked, resumable, atomic)."""
     from .formats import download_official
+    from .formats.download import check_base_url
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    kwargs = {} if base_url is None else {"base_url": base_url}
-    paths = download_official(neurons, layers, out_dir, what=what, progress=_progress(progress), **kwargs)
+    kwargs = {} if base_url is None else {"base_url": check_base_url(base_url)}
+    with _removed_if_failed(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = download_official(neurons, layers, out_dir, what=what, progress=_progress(progress), **kwargs)
     _print_paths(paths)
 
 
@@ -746,8 +857,8 @@ def download(neurons, layers, out_dir, base_url, what, progress):
 
 
 @cli.command()
-@click.argument("categories", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("truth", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("categories", type=click.Path(path_type=Path), callback=_input_file)
+@click.argument("truth", type=click.Path(path_type=Path), callback=_input_file)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 def verify(categories, truth, as_json):
     """Check a CATEGORIES file against a TRUTH file (exit 0 equal, 1 different)."""
@@ -923,6 +1034,13 @@ def _bench_general(items, engine_names, repeats, samples, precision, seed, json_
         sys.exit(ExitCode.FAIL)
 
 
+def _finite(ctx, param, value):
+    """Click callback: a number option must be finite (FloatRange lets nan and inf through)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value!r} is not a finite number")
+    return value
+
+
 @cli.command()
 @click.option("--cells", multiple=True, default=(),
               help="Cells NxL, comma-separated or repeated (e.g. 1024x120,4096x120); 'grid': "
@@ -951,7 +1069,7 @@ def _bench_general(items, engine_names, repeats, samples, precision, seed, json_
               help="Write a PNG plot (needs matplotlib).")
 @click.option("--bandwidth-gbs", default="auto", show_default=True, callback=_bandwidth,
               help="Memory bandwidth of the floor, GB/s; auto: measured host copy / GPU peak.")
-@click.option("--launch-us", type=click.FloatRange(min=0), default=None,
+@click.option("--launch-us", type=click.FloatRange(min=0), default=None, callback=_finite,
               help="Per-layer launch latency of the v1 floor, microseconds [GPU 2, CPU 5].")
 @click.option("--floor-constants", "floor_constants", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="JSON of the honest floor's constants (benchmarks/floor_constants.py); default: measured "
@@ -984,7 +1102,7 @@ def bench(cells, data, engine_names, repeats, samples, precision, seed, merge, j
                               progress)
     cell_list = benchmod.parse_cells(list(cells) or ["1024x120"])
     if plot is not None:
-        benchmod.require_matplotlib()
+        benchmod.plot_format(plot)  # a missing matplotlib or an unknown extension fails before the run
     engines = engine_names or benchmod.default_engines()
     given = [] if data is None else [_bench_data(data, cell, samples, _progress(progress))
                                      for cell in (cell_list if cells else [(None, None)])]

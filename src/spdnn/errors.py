@@ -26,6 +26,8 @@ __all__ = [
     "SpdnnWarning",
     "ExitCode",
     "format_bytes",
+    "quote",
+    "QUOTE_CHARS",
 ]
 
 
@@ -128,6 +130,29 @@ def format_bytes(count: int | float) -> str:
             return f"{int(value)} bytes" if unit == "bytes" else f"{value:.3g} {unit}"
         value /= 1024
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+#: Characters of a token from a file shown at most in a message (:func:`quote`).
+QUOTE_CHARS = 40
+
+
+def quote(token, limit: int = QUOTE_CHARS) -> str:
+    """A token read from a file (or a JSON value), for a message: escaped and bounded.
+
+    Bytes are shown byte for byte (``b'\xef\xbb'`` as ``'\xef\xbb'``: never a
+    replacement character), a string as :func:`repr` shows it; at most ``limit``
+    characters are quoted, followed by the full length when the token was cut, so a
+    megabyte of NUL bytes gives a line of a few dozen characters.
+    """
+    if isinstance(token, (bytes, bytearray, memoryview)):
+        raw = bytes(token[:limit])
+        length, unit = len(token), "bytes"
+        shown = ascii(raw.decode("latin-1"))
+    else:
+        text = str(token)
+        length, unit = len(text), "characters"
+        shown = repr(text[:limit])
+    return shown if length <= limit else f"{shown}... ({length:,} {unit})"
 
 
 class DiskFullError(SpdnnError, OSError):

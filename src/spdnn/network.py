@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from .errors import OptionError
+from .errors import OptionError, quote
 
 __all__ = ["Network", "LazyLayers", "as_layer", "as_features", "OFFICIAL_BIAS", "OFFICIAL_SAMPLES", "YMAX",
            "BIAS_RULES", "ACTIVATIONS"]
@@ -76,7 +76,8 @@ def as_layer(matrix, neurons: int | None = None, *, name: str = "layer", square:
     square : bool
         Require n_in == n_out (the challenge's layers).
 
-    Raises :class:`OptionError` for a wrong shape or non-finite weights.
+    Raises :class:`OptionError` for a wrong shape, or a NaN or infinite weight (its
+    1-based position named, as the file readers do).
     """
     if isinstance(matrix, np.ndarray) and not sp.issparse(matrix):
         if matrix.ndim != 2:
@@ -99,8 +100,13 @@ def as_layer(matrix, neurons: int | None = None, *, name: str = "layer", square:
     if square and m.shape[0] != m.shape[1]:
         raise OptionError(f"{name}: shape {m.shape} is not square")
     if values.size and not np.all(np.isfinite(values)):
-        bad = values[~np.isfinite(values)].flat[0]
-        raise OptionError(f"{name}: non-finite weight {bad}: weights must be finite")
+        i = int(np.argmin(np.isfinite(values.ravel())))
+        if sp.issparse(m):
+            row, column = int(np.searchsorted(m.indptr, i, side="right")) - 1, int(m.indices[i])
+        else:
+            row, column = divmod(i, m.shape[1])
+        raise OptionError(f"{name}: weight {values.ravel()[i]} at (row {row + 1}, column {column + 1}) is not "
+                          f"finite (NaN and inf are not allowed)")
     return m
 
 

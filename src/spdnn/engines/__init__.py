@@ -110,11 +110,32 @@ def get_engine(name: str = "auto", network=None, **options) -> Engine:
     """Instantiate an engine by name ('auto' picks the best available, and with
     ``network`` the best that supports it: :func:`resolve_engine_name`).
 
+    ``options`` are the engine constructor's keywords; ``precision=None`` means the
+    engine's default (fp64 for the reference, fp32 for the others). ``merge='auto'`` is
+    accepted by every engine (the README: an engine that does not merge ignores it);
+    ``merge`` on or off for such an engine, or a keyword the engine does not take, is an
+    :class:`OptionError` naming it.
+
     Raises :class:`EngineUnavailableError` with the reason when it cannot run here, and
     :class:`OptionError` with the reason when a named engine cannot run ``network``.
     """
+    if not isinstance(name, str):
+        raise OptionError(f"engine={name!r}: expected one of {['auto', *ENGINES]}")
     name = resolve_engine_name(name, network)
     cls = engine_class(name)
+    accepted = inspect.signature(cls).parameters
+    if options.get("precision", "") is None:
+        del options["precision"]
+    if "merge" in options and "merge" not in accepted:
+        if options["merge"] != "auto":
+            raise OptionError(f"merge={options['merge']!r}: engine {name!r} does not merge identical samples; "
+                              f"use merge='auto' (or an engine that merges: "
+                              f"{', '.join(n for n in ENGINES if n != name and _merges(n)) or 'none here'})")
+        del options["merge"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise OptionError(f"engine {name!r} takes no option {', '.join(unknown)} (its options: "
+                          f"{', '.join(accepted)})")
     ok, why = cls.availability()
     if not ok:
         raise EngineUnavailableError(f"engine {name!r} is not available: {why}")
@@ -123,3 +144,10 @@ def get_engine(name: str = "auto", network=None, **options) -> Engine:
         if not ok:
             raise OptionError(f"engine {name!r} cannot run this network: {why}")
     return cls(**options)
+
+
+def _merges(name: str) -> bool:
+    try:
+        return engine_merges(name)
+    except EngineUnavailableError:
+        return False

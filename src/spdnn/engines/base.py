@@ -55,11 +55,40 @@ from ..errors import OptionError, SpdnnError
 from ..network import Network, as_features
 from ..options import PRECISIONS, check_precision
 
-__all__ = ["Engine", "InferenceResult", "PRECISIONS", "OUTPUTS", "check_precision", "sum_then_scale_exact",
-           "is_power_of_two", "accuracy"]
+__all__ = ["Engine", "InferenceResult", "PRECISIONS", "OUTPUTS", "check_precision", "check_network",
+           "check_weights", "sum_then_scale_exact", "is_power_of_two", "accuracy"]
 
 #: What :meth:`Engine.run` can return besides the categories.
 OUTPUTS = ("categories", "activations", "predictions", "topk")
+
+
+def check_network(network) -> Network:
+    """``network`` if it is a :class:`~spdnn.network.Network`, else :class:`OptionError` saying how to make one."""
+    if not isinstance(network, Network):
+        raise OptionError(f"network: expected a spdnn.Network, got {type(network).__name__} (make one with "
+                          f"spdnn.Network.from_layers(layers, bias))")
+    return network
+
+
+def check_weights(w, dtype, layer: int):
+    """``w`` (layer ``layer``, 1-based; sparse or dense) if every weight is within the
+    range of ``dtype``.
+
+    A float64 weight beyond float32's range (3.4e38) becomes inf in an fp32 run and
+    every result after it is meaningless; the run is refused instead, naming the layer
+    and the value, and pointing to fp64.
+    """
+    data = w if isinstance(w, np.ndarray) else w.data
+    if np.dtype(dtype) == np.float64 or data.size == 0:
+        return w
+    limit = float(np.finfo(dtype).max)
+    big = float(np.max(np.abs(data)))
+    if big > limit:
+        flat = data.ravel()
+        i = int(np.argmax(np.abs(flat) > limit))
+        raise OptionError(f"layer {layer}: weight {float(flat[i]):.6g} is beyond the range of "
+                          f"{np.dtype(dtype).name} (at most {limit:.6g} in magnitude); run it with precision='fp64'")
+    return w
 
 def is_power_of_two(value: float) -> bool:
     """Whether ``value`` is ±2^e (finite, nonzero)."""
@@ -430,6 +459,11 @@ class Engine(abc.ABC):
     def prepare(self, network: Network) -> None:
         """Convert the network into the engine's layout (preprocessing, timed)."""
 
+    def weights(self, k: int) -> sp.spmatrix:
+        """Layer ``k`` (0-based) of the prepared network, checked against the engine's
+        precision (:func:`check_weights`): what every engine converts."""
+        return check_weights(self.network.layers[k], self.dtype, k + 1)
+
     def load(self, features) -> None:
         """Convert the features (samples x n_0 CSR) into the engine's layout (timed).
 
@@ -527,6 +561,7 @@ class Engine(abc.ABC):
         ``merged_batches`` (``layer``: the 0-based layer from which the survivors ran
         together, ``samples``: how many) when that happened.
         """
+        check_network(network)
         kind, top_k = check_outputs(outputs, top_k)
         self.check_supports(network)
         feats = as_features(features, network.inputs)

@@ -345,7 +345,7 @@ class CpuEngine(Engine):
 
     def _convert(self, k: int) -> _LayerForm:
         net = self.network
-        return _layer_form(net.layers[k], net.bias[k], self.dtype, dedupe=self.dedupe, rule=net.rule(k))
+        return _layer_form(self.weights(k), net.bias[k], self.dtype, dedupe=self.dedupe, rule=net.rule(k))
 
     def _layer(self, k: int) -> _LayerForm:
         return self._layers[k] if self._layers is not None else self._convert(k)

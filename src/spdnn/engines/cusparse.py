@@ -81,8 +81,8 @@ class CusparseEngine(Engine):
 
         self.network = network
         with self._dev():
-            self._wt = [cp.asarray(np.ascontiguousarray(network.layers[k].T, dtype=self.dtype))
-                        if network.is_dense(k) else csp.csr_matrix(sp.csr_matrix(network.layers[k].T, dtype=self.dtype))
+            self._wt = [cp.asarray(np.ascontiguousarray(self.weights(k).T, dtype=self.dtype))
+                        if network.is_dense(k) else csp.csr_matrix(sp.csr_matrix(self.weights(k).T, dtype=self.dtype))
                         for k in range(network.depth)]
             self._bias = [cp.asarray(np.ascontiguousarray(network.bias[k], dtype=self.dtype))
                           for k in range(network.depth)]

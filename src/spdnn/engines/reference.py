@@ -82,7 +82,7 @@ class ReferenceEngine(Engine):
         # for lazy networks so a 4e9-edge network never sits in memory at once.
         self._weights = None
         if isinstance(network.layers, list):
-            self._weights = [w.astype(self.dtype, copy=False) for w in network.layers]
+            self._weights = [self.weights(k).astype(self.dtype, copy=False) for k in range(network.depth)]
 
     def load(self, features) -> None:
         super().load(features)
@@ -102,7 +102,7 @@ class ReferenceEngine(Engine):
         net = self.network
         survivors = np.zeros(stop - start, dtype=np.int64)
         for k in progress_bar(range(start, stop), enabled=self.progress, desc="reference layers"):
-            w = self._weights[k] if self._weights is not None else net.layers[k].astype(self.dtype)
+            w = self._weights[k] if self._weights is not None else self.weights(k).astype(self.dtype)
             rule = net.rule(k)
             self._y = reference_layer(self._y, w, net.bias[k].astype(self.dtype), self.dtype(rule.cap),
                                       bias_rule=rule.bias_rule, activation=rule.activation)

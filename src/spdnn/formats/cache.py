@@ -4,7 +4,7 @@ Text is parsed once; later reads map the arrays instead. Everything lives under
 ``config.cache_dir()/"binary"/"v{CACHE_VERSION}"`` (honours ``SPDNN_CACHE_DIR``)::
 
     network-<key>/            one network: written in a scratch folder, renamed into place
-        meta.json             N, layer ids, nnz and value of each layer (written last)
+        meta.json             N, layer ids, nnz, value and CRC-32s of each layer (written last)
         l00001.npy            layer 1: int32 (int64 when needed) [indptr (N+1), indices (nnz)]
         l00001.values.npy     float64 values, only when a layer's values are not all one number
     features-<key>.npz        the features .npz layout (:mod:`.npz`), with a ``__key__`` member
@@ -29,6 +29,13 @@ with it, so the next process to open the cache removes the folder
 (:func:`clean_stale`). Older cache versions are removed the same way. ``spdnn cache
 info|clear`` reports and empties the cache.
 
+Integrity. Every layer file's bytes carry a CRC-32 (in ``meta.json``), checked the
+first time a process maps the layer (measured: mapping and reading a 65536-neuron
+layer of 2.1 million edges, 8.7 MB, takes 6.6 ms with the check and 2.3 ms without,
+so about 4 ms, 2 GB/s, once per layer and process); a mismatch (a file overwritten in
+place, a damaged disk) is a :class:`~spdnn.errors.ChecksumError` naming the file, and
+the entry is marked incomplete so that the next read parses the source again.
+
 Failures. The cache is an optimisation: when it cannot be written (read-only or full
 disk), readers fall back to a private temporary folder or to memory (see
 :mod:`.official`); :class:`CacheUnavailable` signals it.
@@ -48,6 +55,7 @@ import tempfile
 import time
 import warnings
 import weakref
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -55,15 +63,17 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..config import cache_dir
-from ..errors import DataNotFoundError, SpdnnWarning
+from ..errors import ChecksumError, DataNotFoundError, SpdnnWarning
 from ..network import LazyLayers
+from .text import input_file
 
 __all__ = ["CACHE_VERSION", "CacheUnavailable", "binary_cache_dir", "cache_root", "HashingReader", "file_state",
            "Request", "request", "open_layers", "clean_stale", "cache_info", "clear_cache",
            "scratch_dir", "private_folder", "LayerWriter", "fallback_chain"]
 
 #: Bumped when the stored layout changes; folders of other versions are removed.
-CACHE_VERSION = 2
+#: 3: ``meta.json`` holds the CRC-32 of every layer file.
+CACHE_VERSION = 3
 
 _LAYER_FILE = "l{:05d}.npy"
 _VALUES_FILE = "l{:05d}.values.npy"
@@ -109,14 +119,12 @@ class HashingReader(io.RawIOBase):
         Raises
         ------
         DataNotFoundError
-            No such file, or a directory.
+            No such file, or not a regular file (:func:`spdnn.formats.text.input_file`).
         """
         try:
-            raw = open(path, "rb", buffering=0)
+            raw = open(input_file(path), "rb", buffering=0)
         except FileNotFoundError:
             raise DataNotFoundError(f"{path}: no such file") from None
-        except IsADirectoryError:
-            raise DataNotFoundError(f"{path}: is a directory, expected a file") from None
         hashing = cls(raw)
         return io.BufferedReader(hashing, buffer_size=1 << 20), hashing
 
@@ -397,6 +405,7 @@ class LayerWriter:
         self.folder = Path(folder)
         self.neurons = None if neurons is None else int(neurons)
         self.layers: dict[int, tuple[int, str | None]] = {}   # layer id -> (nnz, value or None)
+        self.crc: dict[int, list] = {}                         # layer id -> [CRC-32 of indices, of values or None]
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -412,9 +421,9 @@ class LayerWriter:
         data = np.asarray(w.data, np.float64)
         bits = data.view(np.int64)
         uniform = data.size == 0 or bool(np.all(bits == bits[0]))
+        packed = np.concatenate([np.asarray(w.indptr, itype), np.asarray(w.indices, itype)])
         try:
-            np.save(self.folder / _LAYER_FILE.format(layer_id),
-                    np.concatenate([np.asarray(w.indptr, itype), np.asarray(w.indices, itype)]))
+            np.save(self.folder / _LAYER_FILE.format(layer_id), packed)
             if not uniform:
                 np.save(self.folder / _VALUES_FILE.format(layer_id), data)
         except OSError as exc:
@@ -422,17 +431,28 @@ class LayerWriter:
         # repr keeps a float64 exactly (and the sign of a zero, told apart by its bits above)
         self.layers[int(layer_id)] = (int(w.nnz), repr(float(data[0])) if data.size else "0.0") if uniform \
             else (int(w.nnz), None)
+        self.crc[int(layer_id)] = [_crc(packed), None if uniform else _crc(data)]
 
     def finish(self, order: Sequence[int]) -> Path:
         """Write ``meta.json`` (the mark of a complete entry) for the layers ``order``; returns the folder."""
         order = [int(k) for k in order]
         meta = {"version": CACHE_VERSION, "neurons": self.neurons, "layer_ids": order,
-                "nnz": [self.layers[k][0] for k in order], "values": [self.layers[k][1] for k in order]}
+                "nnz": [self.layers[k][0] for k in order], "values": [self.layers[k][1] for k in order],
+                "crc32": [self.crc[k] for k in order]}
         try:
             (self.folder / _META).write_text(json.dumps(meta, sort_keys=True), encoding="utf-8")
         except OSError as exc:
             raise CacheUnavailable(f"{self.folder}: {exc.strerror or exc}") from exc
         return self.folder
+
+
+def _crc(array: np.ndarray) -> int:
+    """CRC-32 of an array's bytes (C order; a memory map is read, not copied)."""
+    return zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B"))
+
+
+#: (entry folder, layer file) pairs whose CRC-32 this process has checked.
+_verified: set[tuple[str, str]] = set()
 
 
 class _LayerFiles:
@@ -441,7 +461,8 @@ class _LayerFiles:
     Each call maps the file of the k-th layer (0-based position in ``layer_ids``) and
     returns a fresh CSR matrix whose ``indptr`` and ``indices`` are views of the
     mapping (no copy; unmapped when the matrix is dropped), with its values mapped too
-    or one ``np.full`` array.
+    or one ``np.full`` array. The first map of each file in a process checks its CRC-32
+    against ``meta.json`` (:meth:`_check`).
     """
 
     def __init__(self, folder: Path, meta: dict):
@@ -450,6 +471,24 @@ class _LayerFiles:
         self.layer_ids = [int(v) for v in meta["layer_ids"]]
         self.nnz = [int(v) for v in meta["nnz"]]
         self.values = [None if v is None else float(v) for v in meta["values"]]
+        self.crc32 = [list(v) for v in meta["crc32"]]
+
+    def _check(self, name: str, array: np.ndarray, expected) -> None:
+        """Raise :class:`ChecksumError` naming the file unless ``array`` has the CRC-32 ``expected``.
+
+        On a mismatch the entry's ``meta.json`` is removed: the entry no longer counts as
+        complete, so the next read parses the source files again.
+        """
+        key = (str(self.folder), name)
+        if key in _verified:
+            return
+        if _crc(array) != expected:
+            with contextlib.suppress(OSError):
+                (self.folder / _META).unlink()
+            raise ChecksumError(f"{self.folder / name}: damaged binary cache file (its CRC-32 does not match the one "
+                                f"recorded when it was written); the entry was dropped and the next run reads the "
+                                f"source files again")
+        _verified.add(key)
 
     def __call__(self, k: int) -> sp.csr_matrix:
         n, layer_id, nnz, value = self.neurons, self.layer_ids[k], self.nnz[k], self.values[k]
@@ -463,6 +502,10 @@ class _LayerFiles:
         if packed.shape != (n + 1 + nnz,) or data.shape != (nnz,):
             raise CacheUnavailable(f"{self.folder}: layer {layer_id} of the binary cache is damaged; "
                                    f"run `spdnn cache clear` and read again")
+        crc_packed, crc_values = self.crc32[k]
+        self._check(_LAYER_FILE.format(layer_id), packed, crc_packed)
+        if value is None:
+            self._check(_VALUES_FILE.format(layer_id), data, crc_values)
         w = sp.csr_matrix((data, packed[n + 1:], packed[:n + 1]), shape=(n, n), copy=False)
         w.has_sorted_indices = True
         w.has_canonical_format = True
@@ -475,8 +518,12 @@ def read_meta(folder: Path) -> dict | None:
         meta = json.loads((Path(folder) / _META).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    keys = ("neurons", "layer_ids", "nnz", "values")
+    keys = ("neurons", "layer_ids", "nnz", "values", "crc32")
     if not isinstance(meta, dict) or any(k not in meta for k in keys) or meta.get("version") != CACHE_VERSION:
+        return None
+    crc = meta["crc32"]
+    if not isinstance(crc, list) or len(crc) != len(meta["layer_ids"]) or not all(
+            isinstance(c, list) and len(c) == 2 and isinstance(c[0], int) for c in crc):
         return None
     return meta
 

@@ -11,11 +11,12 @@ import hashlib
 import http.client
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from .._progress import progress_bar
-from ..errors import ChecksumError, DownloadError, OptionError
+from ..errors import ChecksumError, DownloadError, OptionError, quote
 from ..options import positive_int
 
 __all__ = ["OFFICIAL_BASE_URL", "OFFICIAL_MD5", "OFFICIAL_SIZES", "OFFICIAL_DEPTHS", "download_file",
@@ -177,6 +178,16 @@ def _receive(resp, part: Path, mode: str, url: str, start: int, total: int | Non
         bar.close()
 
 
+def check_base_url(base_url) -> str:
+    """``base_url`` if it is an absolute http://, https:// (with a host) or file:// address, else OptionError."""
+    parsed = urllib.parse.urlsplit(base_url) if isinstance(base_url, str) else None
+    if parsed is None or parsed.scheme not in ("http", "https", "file") or (
+            parsed.scheme != "file" and not parsed.netloc) or any(c.isspace() for c in base_url):
+        raise OptionError(f"base_url={quote(str(base_url), 80)}: expected an address such as "
+                          f"{OFFICIAL_BASE_URL} (http://, https:// or file://)")
+    return base_url
+
+
 def official_files(neurons: int, layers: int, *, base_url: str = OFFICIAL_BASE_URL,
                    what=("network", "features", "truth")) -> list[tuple[str, str, str | None]]:
     """(url, file name, md5 or None) of the official files of one problem.
@@ -184,8 +195,10 @@ def official_files(neurons: int, layers: int, *, base_url: str = OFFICIAL_BASE_U
     Raises
     ------
     OptionError
-        N or L is not an official size, or ``what`` names an unknown part.
+        N or L is not an official size, ``what`` names an unknown part, or ``base_url``
+        is not an http(s):// or file:// address.
     """
+    check_base_url(base_url)
     neurons = positive_int(neurons, "neurons")
     layers = positive_int(layers, "layers")
     if neurons not in OFFICIAL_SIZES:

@@ -22,14 +22,14 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._progress import progress_bar
-from ..errors import DataNotFoundError, FormatError
+from ..errors import FormatError
 from ..network import OFFICIAL_SAMPLES
 from ..options import optional_positive_int
 from . import cache as _cache
 from .mtx import check_count, is_mtx, read_mtx_entries, read_mtx_header
 from .npz import NpyAppender, read_features_npz, write_features_npz, write_features_npz_files
 from .text import (TextEntries, check_row_sorted, damage_instead, entries_to_csr, iter_entry_blocks, line_blocks,
-                   open_data, read_entries, wrap_gzip)
+                   input_file, open_data, read_entries, wrap_gzip)
 from .tsv import read_id_list
 
 __all__ = ["read_features", "read_categories"]
@@ -272,9 +272,7 @@ def read_features(path, neurons: int | None = None, *, samples: int | None = Non
     """
     neurons = optional_positive_int(neurons, "neurons")
     samples = optional_positive_int(samples, "samples")
-    p = Path(path)
-    if not p.is_file():
-        raise DataNotFoundError(f"{p}: no such file")
+    p = input_file(path)
     told = samples
     if samples is None and not is_mtx(p):
         samples = OFFICIAL_SAMPLES  # one cache entry whether the default was asked for or spelt out

@@ -12,12 +12,14 @@ from typing import IO
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import FormatError
-from .text import COMPRESSION_ERRORS, TextEntries, entries_to_csr, open_data, read_entries
+from ..errors import FormatError, format_bytes, quote
+from .text import (COMPRESSION_ERRORS, MAX_LINE_BYTES, TextEntries, compression_problem, entries_to_csr, open_data,
+                   read_entries)
 
 __all__ = ["MtxHeader", "read_mtx_header", "read_mtx_entries", "check_count", "read_mtx", "is_mtx"]
 
 _FIELDS = ("pattern", "real", "integer")
+_INT32_MAX = 2**31 - 1
 
 
 def is_mtx(path: str | os.PathLike) -> bool:
@@ -46,12 +48,16 @@ class MtxHeader:
     lines: int
 
 
-def _readline(stream: IO[bytes], where: str) -> bytes:
+def _readline(stream: IO[bytes], where: str, line: int) -> bytes:
+    """One header line (at most :data:`~.text.MAX_LINE_BYTES`; a longer one is an error)."""
     try:
-        return stream.readline()
+        raw = stream.readline(MAX_LINE_BYTES + 1)
     except COMPRESSION_ERRORS as exc:
-        raise FormatError(f"compressed data is truncated or corrupt ({type(exc).__name__}: {exc})",
-                          path=where) from None
+        raise FormatError(compression_problem(exc), path=where) from None
+    if len(raw) > MAX_LINE_BYTES:
+        raise FormatError(f"a header line longer than {format_bytes(MAX_LINE_BYTES)}: not a MatrixMarket file",
+                          path=where, line=line)
+    return raw
 
 
 def read_mtx_header(stream: IO[bytes], where: str) -> MtxHeader:
@@ -63,12 +69,13 @@ def read_mtx_header(stream: IO[bytes], where: str) -> MtxHeader:
         Not a MatrixMarket coordinate file, an unsupported field or symmetry, or a bad
         size line (file and line named).
     """
-    banner = _readline(stream, where).decode("ascii", "replace").strip()
+    raw = _readline(stream, where, 1)
+    banner = raw.decode("ascii", "replace").strip()
     if not banner:
         raise FormatError("empty file: expected a '%%MatrixMarket matrix coordinate ...' banner", path=where, line=1)
     words = banner.split()
     if len(words) != 5 or words[0].lower() != "%%matrixmarket" or words[1].lower() != "matrix":
-        raise FormatError(f"bad MatrixMarket banner {banner[:80]!r}: expected "
+        raise FormatError(f"bad MatrixMarket banner {quote(raw.strip(), 80)}: expected "
                           "'%%MatrixMarket matrix coordinate <pattern|real|integer> general'", path=where, line=1)
     layout, field, symmetry = (w.lower() for w in words[2:])
     if layout != "coordinate":
@@ -80,18 +87,24 @@ def read_mtx_header(stream: IO[bytes], where: str) -> MtxHeader:
         raise FormatError(f"unsupported MatrixMarket symmetry {symmetry!r}: expected 'general'", path=where, line=1)
     line = 1
     while True:
-        raw = _readline(stream, where)
         line += 1
+        raw = _readline(stream, where, line)
         if not raw:
             raise FormatError("missing size line 'rows cols entries' after the header", path=where, line=line)
         text = raw.decode("ascii", "replace").strip()
         if text.startswith("%") or not text:
             continue
         break
-    parts = text.split()
-    if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
-        raise FormatError(f"bad size line {text[:80]!r}: expected three non-negative integers 'rows cols entries'",
-                          path=where, line=line)
+    parts = raw.split()
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise FormatError(f"bad size line {quote(raw.strip(), 80)}: expected three non-negative integers "
+                          f"'rows cols entries'", path=where, line=line)
+    for name, p in zip(("rows", "columns"), parts):
+        if len(p.lstrip(b"0")) > 10 or int(p) > _INT32_MAX:
+            raise FormatError(f"size line declares {quote(p)} {name}: at most {_INT32_MAX} are supported",
+                              path=where, line=line)
+    if len(parts[2].lstrip(b"0")) > 18:
+        raise FormatError(f"size line declares {quote(parts[2])} entries: too many", path=where, line=line)
     rows, cols, nnz = (int(p) for p in parts)
     if nnz > rows * cols:
         raise FormatError(f"size line declares {nnz} entries for a {rows} x {cols} matrix", path=where, line=line)

@@ -31,7 +31,7 @@ from ..errors import DataNotFoundError, FormatError, OptionError
 from ..network import OFFICIAL_BIAS, Network
 from ..options import optional_positive_int, positive_int
 from . import cache as _cache
-from .text import COMPRESSION_ERRORS, compression_failure, wrap_gzip
+from .text import COMPRESSION_ERRORS, compression_failure, compression_problem, input_file, wrap_gzip
 from .tsv import parse_layer_stream
 
 __all__ = ["read_network", "LAYER_NAME", "NETWORK_DIR_NAME", "NETWORK_TAR_NAME", "scan_layer_dir"]
@@ -46,15 +46,29 @@ _TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 
 def scan_layer_dir(directory: Path) -> dict[int, dict[int, Path]]:
-    """{N: {k: path}} of the layer files ``n{N}-l{k}.tsv[.gz]`` in ``directory`` (plain preferred)."""
+    """{N: {k: path}} of the layer files ``n{N}-l{k}.tsv[.gz]`` in ``directory``.
+
+    Raises
+    ------
+    FormatError
+        Two files for one layer (``n64-l03.tsv`` beside ``n64-l3.tsv``, or ``n64-l3.tsv``
+        beside ``n64-l3.tsv.gz``): both are named, since either could be the one meant.
+    DataNotFoundError
+        A layer's name on something that is not a regular file (a dangling symlink, a
+        loop, a folder, a FIFO: :func:`~spdnn.formats.text.input_file`).
+    """
     found: dict[int, dict[int, Path]] = {}
     for entry in sorted(directory.iterdir()):
         m = LAYER_NAME.search(entry.name)
-        if m and entry.is_file():
-            layers = found.setdefault(int(m.group(1)), {})
-            k = int(m.group(2))
-            if k not in layers or not entry.name.endswith(".gz"):
-                layers[k] = entry
+        if not m:
+            continue
+        input_file(entry)
+        layers = found.setdefault(int(m.group(1)), {})
+        k = int(m.group(2))
+        if k in layers:
+            raise FormatError(f"two files for layer {k} of N={int(m.group(1))}: {layers[k].name} and {entry.name}; "
+                              f"keep one of them", path=directory)
+        layers[k] = entry
     return found
 
 
@@ -69,11 +83,14 @@ class _Source:
     neurons: int | None       # None: an archive whose name does not say
     files: dict | None = None
 
-    def missing(self, k: int, found: Sequence[int]) -> DataNotFoundError:
+    def missing(self, k: int, found: Sequence[int], others: Iterable[int] = ()) -> DataNotFoundError:
+        """The error for a missing layer ``k``; ``others``: sizes N of the layers skipped (another N)."""
         n = self.neurons if self.neurons is not None else "{N}"
         name = f"n{n}-l{k}.tsv"
         where = f"{self.path}/{name}" if self.kind == "dir" else f"{self.path}: member neuron{n}/{name}"
-        return DataNotFoundError(f"missing layer file {where} (layers found: {_ranges(found) or 'none'})")
+        other = sorted(set(others))
+        held = f"; it holds layers of N = {', '.join(map(str, other))}" if other and not found else ""
+        return DataNotFoundError(f"missing layer file {where} (layers found: {_ranges(found) or 'none'}{held})")
 
     def contiguous(self, found: Sequence[int]) -> list[int]:
         """All found layers must be 1..L; returns [1..L]."""
@@ -168,19 +185,24 @@ def _parse_dir(src: _Source, ids: list[int], add: Sink, progress) -> list[str]:
     return digests
 
 
-def _parse_tar(src: _Source, wanted: list[int] | None, add: Sink, progress) -> tuple[int | None, list[int], str]:
+def _parse_tar(src: _Source, wanted: list[int] | None, add: Sink,
+               progress) -> tuple[int | None, list[int], str, set[int]]:
     """Parse the layer members of an archive (those in ``wanted``, or all), handing each to ``add``.
 
     The whole archive is read (members not wanted are skipped unparsed), so that the
     SHA-256 covers every byte and the gzip CRC is checked: damaged compressed data are
     reported as a corrupt archive, even when they first show as a bad line.
 
-    Returns (N or None, layer ids found, SHA-256 of the archive).
+    Returns (N or None, layer ids found, SHA-256 of the archive, the sizes N of layer
+    members skipped because they are of another N). A layer held twice is an error
+    naming both members (``tar x`` would keep the last copy, a stream sees the first).
     """
     path = src.path
     neurons = src.neurons
     found: list[int] = []
+    first_member: dict[int, str] = {}
     sizes: set[int] = set()
+    others: set[int] = set()    # sizes N of layer members skipped (another N than asked)
     current = "the first member"
     bar = progress_bar(None, enabled=progress, desc=f"reading {path.name}", total=len(wanted) if wanted else None,
                        unit="layer")
@@ -195,14 +217,19 @@ def _parse_tar(src: _Source, wanted: list[int] | None, add: Sink, progress) -> t
                         continue
                     n, k = int(m.group(1)), int(m.group(2))
                     if neurons is not None and n != neurons:
+                        others.add(n)
                         continue
                     sizes.add(n)
                     if len(sizes) > 1:
                         raise OptionError(f"{path}: layers of several sizes N = {sorted(sizes)}; pass neurons=N")
                     current = member.name
-                    seen = k in found
+                    if k in first_member:
+                        # tar x keeps the last copy, a streaming reader would see the first: refuse to guess
+                        raise FormatError(f"holds layer {k} twice: members {first_member[k]} and {member.name}; "
+                                          f"keep one of them", path=path)
+                    first_member[k] = member.name
                     found.append(k)
-                    if seen or (wanted is not None and k not in wanted):
+                    if wanted is not None and k not in wanted:
                         continue
                     w = parse_layer_stream(wrap_gzip(tar.extractfile(member)), f"{path}:{member.name}", n)
                     add(k, w)
@@ -213,30 +240,34 @@ def _parse_tar(src: _Source, wanted: list[int] | None, add: Sink, progress) -> t
                 failure = compression_failure(compressed) if exc.line is not None and compressed else None
                 if failure is None:
                     raise
-                raise FormatError(f"archive is truncated or corrupt ({type(failure).__name__}: {failure}); "
-                                  f"member {current} is unreadable at or before line {exc.line}", path=path) from None
+                raise FormatError(f"{compression_problem(failure, 'archive')}; member {current} is unreadable at or "
+                                  f"before line {exc.line}", path=path) from None
             if compressed is not None:
                 while compressed.read(1 << 22):  # the end of the archive, and the CRC check
                     pass
             digest = hashing.finish()
-    except (tarfile.TarError, *COMPRESSION_ERRORS) as exc:
+    except COMPRESSION_ERRORS as exc:
+        raise FormatError(f"{compression_problem(exc, 'archive')}, after or in member {current}", path=path) from None
+    except tarfile.TarError as exc:
         raise FormatError(f"archive is truncated or corrupt after or in member {current} "
                           f"({type(exc).__name__}: {exc})", path=path) from None
     finally:
         bar.close()
     n = neurons if neurons is not None else (next(iter(sizes)) if sizes else None)
-    return n, found, digest
+    return n, found, digest, others
 
 
 def _parse(src: _Source, ids: list[int] | None, add: Sink, progress) -> tuple[int, list[int], list[str]]:
     """Parse the source's layers into ``add``; returns (N, layer ids in order, SHA-256s of the files)."""
     if src.kind == "dir":
         return src.neurons, ids, _parse_dir(src, ids, add, progress)
-    n, found, digest = _parse_tar(src, ids, add, progress)
+    n, found, digest, others = _parse_tar(src, ids, add, progress)
+    if not found and others:
+        raise _Source(src.kind, src.path, n).missing(ids[0] if ids else 1, found, others)
     order = ids if ids is not None else src.contiguous(found)
     for k in order:
         if k not in found:
-            raise _Source(src.kind, src.path, n).missing(k, found)
+            raise _Source(src.kind, src.path, n).missing(k, found, others)
     return n, order, [digest]
 
 

@@ -20,6 +20,7 @@ from ..errors import DataNotFoundError, OptionError
 from ..options import optional_positive_int
 from .features import read_categories, read_features
 from .networks import NETWORK_DIR_NAME, NETWORK_TAR_NAME, read_network, scan_layer_dir
+from .text import input_file
 
 __all__ = ["read_network", "read_features", "read_categories", "find_official", "OfficialPaths"]
 
@@ -115,14 +116,16 @@ def find_official(directory, neurons: int | None = None, layers: int | None = No
     feats: dict[int, list] = {}
     truths: dict[tuple[int, int], list] = {}
     for e in sorted(root.iterdir()):
+        # a file's official name on something unreadable (a dangling symlink, a loop, a
+        # folder, a FIFO) is an error, never skipped: a skipped truth would be "no check"
         if (m := NETWORK_DIR_NAME.match(e.name)) and e.is_dir():
             nets[int(m.group(1))] = e
-        elif (m := NETWORK_TAR_NAME.match(e.name)) and e.is_file():
-            nets.setdefault(int(m.group(1)), e)
-        elif (m := _FEATURES_RE.match(e.name)) and e.is_file():
-            feats.setdefault(int(m.group(1)), []).append((e, m.group(2)))
-        elif (m := _TRUTH_RE.match(e.name)) and e.is_file():
-            truths.setdefault((int(m.group(1)), int(m.group(2))), []).append((e, m.group(3)))
+        elif m := NETWORK_TAR_NAME.match(e.name):
+            nets.setdefault(int(m.group(1)), input_file(e))
+        elif m := _FEATURES_RE.match(e.name):
+            feats.setdefault(int(m.group(1)), []).append((input_file(e), m.group(2)))
+        elif m := _TRUTH_RE.match(e.name):
+            truths.setdefault((int(m.group(1)), int(m.group(2))), []).append((input_file(e), m.group(3)))
     if not nets:
         raise _no_network(root)
     if neurons is None and len(nets) > 1:

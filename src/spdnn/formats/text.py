@@ -21,8 +21,10 @@ Layers: :func:`open_data` (plain or gzip) -> :func:`iter_line_blocks` (whole lin
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import os
+import stat
 import threading
 import zlib
 from collections.abc import Iterator
@@ -35,9 +37,9 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import DataNotFoundError, FormatError
+from ..errors import QUOTE_CHARS, DataNotFoundError, FormatError, format_bytes, quote
 
-__all__ = ["CHUNK_BYTES", "COMPRESSION_ERRORS", "TextEntries", "open_data", "wrap_gzip", "iter_line_blocks",
+__all__ = ["CHUNK_BYTES", "COMPRESSION_ERRORS", "MAX_LINE_BYTES", "compression_problem", "TextEntries", "input_file", "open_data", "wrap_gzip", "iter_line_blocks",
            "line_blocks", "iter_entry_blocks", "parse_blocks", "read_entries", "damage_instead", "compression_failure", "entries_to_csr",
            "check_row_sorted"]
 
@@ -51,21 +53,57 @@ _POW10 = np.array([10.0**k for k in range(23)], dtype=np.float64)
 
 # --- opening files -------------------------------------------------------------------------
 
+_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def input_file(path: str | os.PathLike) -> Path:
+    """``path`` as a Path when it is a regular file (or a symlink to one); checked before opening.
+
+    Every reader of a data file calls it first, so that a file the user asked for is
+    either read or refused by name: a FIFO or a device would block or never end
+    (``/dev/zero``), and a dangling symlink, a symlink loop or a directory is not the
+    file asked for.
+
+    Raises
+    ------
+    DataNotFoundError
+        No such file, a dangling symlink, a symlink loop, a directory, or a FIFO, device
+        or socket; the message says which.
+    """
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except (FileNotFoundError, NotADirectoryError):
+        if p.is_symlink():
+            raise DataNotFoundError(f"{p}: dangling symbolic link (it points to {os.readlink(p)}, which does not "
+                                    f"exist)") from None
+        raise DataNotFoundError(f"{p}: no such file") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DataNotFoundError(f"{p}: symbolic link loop (the link points back to itself)") from None
+        raise
+    if stat.S_ISDIR(st.st_mode):
+        raise DataNotFoundError(f"{p}: is a directory, expected a file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+        raise DataNotFoundError(f"{p}: is {kind}, expected a regular file")
+    return p
+
+
 def open_data(path: str | os.PathLike) -> IO[bytes]:
     """Open a data file for binary reading, decompressing gzip (detected by its magic bytes).
 
     Raises
     ------
     DataNotFoundError
-        The file does not exist.
+        The file does not exist or is not a regular file (:func:`input_file`).
     """
-    p = Path(path)
+    p = input_file(path)
     try:
         raw = open(p, "rb")
     except FileNotFoundError:
         raise DataNotFoundError(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise DataNotFoundError(f"{p}: is a directory, expected a file") from None
     if raw.peek(2)[:2] == b"\x1f\x8b":
         raw.close()
         return gzip.open(p, "rb")
@@ -91,6 +129,33 @@ def wrap_gzip(raw: IO[bytes]) -> IO[bytes]:
 #: Exceptions that mean "the compressed stream is truncated or corrupt".
 COMPRESSION_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)
 
+#: Longest line a reader accepts (official lines are under 40 bytes): a longer one is
+#: not data of these formats, and is refused before it is gathered whole.
+MAX_LINE_BYTES = 1 << 20
+
+
+def compression_problem(exc: BaseException, what: str = "compressed data") -> str:
+    """What a decompression error means, for a message: ``what`` is truncated (the stream
+    ends early) or corrupt (a CRC or length check failed, or the bytes do not inflate)."""
+    text = str(exc)
+    if isinstance(exc, EOFError):
+        return f"{what} is truncated (the gzip stream ends before its end marker: {text})"
+    if text.startswith("CRC check failed"):
+        return f"{what} is corrupt: its gzip CRC check failed (the bytes inflate to other data than were stored)"
+    if text.startswith("Incorrect length"):
+        return f"{what} is corrupt: its gzip length check failed ({text})"
+    return f"{what} is corrupt ({type(exc).__name__}: {text})"
+
+
+class CompressionDamage(FormatError):
+    """Damaged compressed data (:func:`compression_problem` says how); never re-examined
+    by :func:`damage_instead`, whose second reading of a damaged stream could only give
+    a vaguer error."""
+
+
+class _LineTooLong(FormatError):
+    """A line longer than :data:`MAX_LINE_BYTES`; :func:`iter_entry_blocks` adds its number."""
+
 
 def iter_line_blocks(stream: IO[bytes], where: str, *, size: int | None = None) -> Iterator[bytes]:
     """Yield blocks of whole lines (each ends with a newline, except possibly the last).
@@ -104,7 +169,11 @@ def iter_line_blocks(stream: IO[bytes], where: str, *, size: int | None = None) 
     size = size or CHUNK_BYTES
     read = getattr(stream, "read1", stream.read)
     carry = b""
+    too_long = _LineTooLong(f"a line longer than {format_bytes(MAX_LINE_BYTES)} (no newline): not a text data "
+                            f"file of this format", path=where)
     while True:
+        if len(carry) > MAX_LINE_BYTES:
+            raise too_long
         pieces, got, failure = [carry] if carry else [], 0, None
         while got < size:
             try:
@@ -122,8 +191,9 @@ def iter_line_blocks(stream: IO[bytes], where: str, *, size: int | None = None) 
             if cut:
                 yield data[:cut]
             if failure is not None:
-                raise FormatError(f"compressed data is truncated or corrupt ({type(failure).__name__}: {failure})",
-                                  path=where) from None
+                raise CompressionDamage(compression_problem(failure), path=where) from None
+            if len(data) - cut > MAX_LINE_BYTES:
+                raise too_long
             if cut < len(data):
                 yield data[cut:]
             return
@@ -350,51 +420,89 @@ class TextEntries:
         return self.first_line + int(i)
 
 
-def _describe_bad_line(text: str, nint: int, want_value: bool, bounds: tuple, names: tuple) -> str:
-    """Say what is wrong with one data line (the scanner only located it)."""
-    fields = text.split()
+#: Bytes of a bad line examined to describe it; a longer line is described by its length and start.
+_DESCRIBE_BYTES = 64 << 10
+#: Digits beyond which an index is out of range without converting it (int32 has 10).
+_INDEX_DIGITS = 10
+_BOM = b"\xef\xbb\xbf"
+
+
+def _describe_bad_line(line: bytes, nint: int, want_value: bool, bounds: tuple, names: tuple) -> str:
+    """Say what is wrong with one data line (the scanner only located it).
+
+    Bounded whatever the line: tokens are quoted by :func:`~spdnn.errors.quote` (at most
+    40 characters, escaped), a line over 64 KiB is described by its length and start, and
+    no index is converted past 10 digits.
+    """
     expected = nint + (1 if want_value else 0)
+    wanted = " ".join(names[:expected])
+    if line.startswith(_BOM):
+        return ("the line starts with a UTF-8 byte order mark (BOM, bytes EF BB BF): save the file as plain text "
+                "without a BOM")
+    if len(line) > _DESCRIBE_BYTES:
+        return f"a line of {len(line):,} bytes, expected {expected} short fields ({wanted}): {quote(line)}"
+    fields = line.split()
     if len(fields) != expected:
-        shown = text if len(text) <= 80 else text[:77] + "..."
-        return f"wrong number of fields: found {len(fields)}, expected {expected} ({' '.join(names[:expected])}): {shown!r}"
+        return f"wrong number of fields: found {len(fields)}, expected {expected} ({wanted}): {quote(line, 80)}"
     for f in range(nint):
         tok = fields[f]
         hi = bounds[f]
-        if not tok.isdigit() or not tok.isascii():
+        upper = hi if hi else _INT32_MAX
+        if not tok.isdigit():
             try:
-                x = float(tok)
+                x = float(tok) if b"_" not in tok else None
             except ValueError:
-                return f"non-numeric {names[f]} {tok!r}: expected a positive integer"
+                x = None
+            if x is None or not np.isfinite(x):
+                return f"non-numeric {names[f]} {quote(tok)}: expected a positive integer"
             if not x.is_integer():
-                return f"non-integer {names[f]} {tok!r}: expected a positive integer"
-            if x < 1:
-                return f"{names[f]} {tok} out of range 1..{hi if hi else _INT32_MAX}"
-            return f"{names[f]} {tok!r} is not written as plain digits: expected a positive integer such as 12"
-        v = int(tok)
-        if v < 1 or (hi and v > hi) or v > _INT32_MAX:
-            upper = hi if hi else _INT32_MAX
+                return f"non-integer {names[f]} {quote(tok)}: expected a positive integer"
+            if x < 1:  # a number, so shown as written when short
+                shown = tok.decode("ascii") if len(tok) <= QUOTE_CHARS and tok.isascii() else quote(tok)
+                return f"{names[f]} {shown} out of range 1..{upper}"
+            return f"{names[f]} {quote(tok)} is not written as plain digits: expected a positive integer such as 12"
+        digits = tok.lstrip(b"0")
+        if len(digits) > _INDEX_DIGITS:  # never converted: a 5,000-digit int() is refused by Python
+            shown = tok.decode("ascii") if len(tok) <= QUOTE_CHARS else quote(tok)
+            return f"{names[f]} {shown} out of range 1..{upper}"
+        v = int(digits or b"0")
+        if v < 1 or v > upper:
             return f"{names[f]} {v} out of range 1..{upper}"
-    return "malformed line: " + repr(text[:80])
+    return "malformed line: " + quote(line, 80)
+
+
+#: Characters of a number spelt beyond the exact fast path (``0.1000...0`` with many zeros); longer is an error.
+_NUMBER_CHARS = 100
 
 
 def _slow_values(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, int]:
-    """Convert value tokens numpy's way; returns (values, index of first bad token or -1)."""
+    """Convert value tokens numpy's way; returns (values, index of first bad token or -1).
+
+    A token is a decimal number: Python's spellings beyond that (``1_0``, which numpy
+    reads as 10) and tokens over :data:`_NUMBER_CHARS` characters are bad tokens.
+    """
     lengths = ends - starts
-    width = int(lengths.max()) if lengths.size else 1
+    too_long = np.flatnonzero(lengths > _NUMBER_CHARS)
+    limit = int(too_long[0]) if too_long.size else starts.size
+    width = int(lengths[:limit].max()) if limit else 1
     cols = np.arange(width)
-    gather = np.minimum(starts[:, None] + cols, buf.size - 1)
-    mat = np.where(cols < lengths[:, None], buf[gather], 0).astype(np.uint8)
+    gather = np.minimum(starts[:limit, None] + cols, buf.size - 1)
+    mat = np.where(cols < lengths[:limit, None], buf[gather], 0).astype(np.uint8)
+    underscore = np.flatnonzero((mat == ord("_")).any(axis=1))
+    if underscore.size:
+        limit = int(underscore[0])
+        mat = mat[:limit]
     tokens = np.ascontiguousarray(mat).view(f"S{width}").ravel()
+    out = np.empty(starts.size, np.float64)
     try:
-        return tokens.astype(np.float64), -1
+        out[:limit] = tokens.astype(np.float64)
     except ValueError:
-        out = np.empty(tokens.size, np.float64)
         for i, tok in enumerate(tokens):
             try:
                 out[i] = float(tok.decode("ascii", "replace"))
             except ValueError:
                 return out, i
-        return out, -1  # pragma: no cover - numpy and float() disagree
+    return out, (-1 if limit == starts.size else limit)
 
 
 def iter_entry_blocks(blocks, where: str, *, nint: int, want_value: bool, bounds: tuple = (0, 0),
@@ -443,11 +551,13 @@ def iter_entry_blocks(blocks, where: str, *, nint: int, want_value: bool, bounds
             block = next(source)
         except StopIteration:
             return
+        except _LineTooLong as exc:
+            raise FormatError(exc.reason, path=exc.path, line=line0) from None
         except FormatError as exc:
             if exc.line is not None:
                 raise
-            raise FormatError(f"{exc.reason}; the data stop in line {line0} (after {line0 - first_line} "
-                              f"complete lines)", path=exc.path, line=line0) from None
+            raise type(exc)(f"{exc.reason}; the data stop in line {line0} (after {line0 - first_line} "
+                            f"complete lines)", path=exc.path, line=line0) from None
         nlines = block.count(b"\n") + (0 if block.endswith(b"\n") else 1)
         idx0, idx1, vals = _scan_block(block, nlines, where, line0, nint, want_value, hi0, hi1, names)
         yield TextEntries(ints=[idx0, idx1] if nint > 1 else [idx0], values=vals, first_line=line0)
@@ -467,8 +577,8 @@ def _scan_block(block: bytes, nlines: int, where: str, line0: int, nint: int, wa
     done, code, bad_at = _scan(buf, nint, want_value, hi0, hi1, idx0, idx1, vals, slow, _POW10)
     if code:
         end = block.find(b"\n", bad_at)
-        text = block[bad_at:end if end >= 0 else len(block)].decode("ascii", "replace").rstrip("\r")
-        raise FormatError(_describe_bad_line(text, nint, want_value, (hi0, hi1), names),
+        line = block[bad_at:end if end >= 0 else len(block)]
+        raise FormatError(_describe_bad_line(line.rstrip(b"\r"), nint, want_value, (hi0, hi1), names),
                           path=where, line=line0 + int(done))
     if not want_value:
         return idx0, idx1, None
@@ -478,8 +588,10 @@ def _scan_block(block: bytes, nlines: int, where: str, line0: int, nint: int, wa
         fixed, bad = _slow_values(buf, starts, ends)
         rows_slow = np.flatnonzero(slow)
         if bad >= 0:
-            tok = bytes(block[starts[bad]:ends[bad]]).decode("ascii", "replace")
-            raise FormatError(f"non-numeric {names[nint]} {tok!r}", path=where, line=line0 + int(rows_slow[bad]))
+            tok = block[starts[bad]:ends[bad]]
+            why = "a UTF-8 byte order mark (BOM) before it" if tok.startswith(_BOM) else "expected a decimal number"
+            raise FormatError(f"non-numeric {names[nint]} {quote(tok)}: {why}", path=where,
+                              line=line0 + int(rows_slow[bad]))
         vals[rows_slow] = fixed
     finite = np.isfinite(vals)
     if not finite.all():
@@ -558,13 +670,13 @@ def damage_instead(error: FormatError, compressed: IO[bytes] | None) -> FormatEr
     says so (at or before the bad line); else ``error`` itself is returned, as it is for
     plain text (``compressed`` None) or an error without a line.
     """
-    if compressed is None or error.line is None:
+    if compressed is None or error.line is None or isinstance(error, CompressionDamage):
         return error
     failure = compression_failure(compressed)
     if failure is None:
         return error
-    return FormatError(f"compressed data is truncated or corrupt ({type(failure).__name__}: {failure}); "
-                       f"the data are unreadable at or before this line", path=error.path, line=error.line)
+    return CompressionDamage(f"{compression_problem(failure)}; the data are unreadable at or before this line",
+                       path=error.path, line=error.line)
 
 
 def compression_failure(compressed: IO[bytes]) -> BaseException | None:

@@ -388,7 +388,7 @@ class CudaEngine(Engine):
         n = network.neurons
 
         def pack(k):
-            p = pack_layer(network.layers[k], cfg, n, columns=None if columns is None else columns[k])
+            p = pack_layer(self.weights(k), cfg, n, columns=None if columns is None else columns[k])
             if p.uniform_value is None:
                 dt = narrowest_exact_dtype(np.unique(p.values[p.idx != cfg.chunk]), self.dtype)
             else:

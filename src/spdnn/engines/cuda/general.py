@@ -36,6 +36,7 @@ import scipy.sparse as sp
 
 from ...errors import DeviceMemoryError, SpdnnError
 from ...network import Network
+from ..base import check_weights
 from .layout import (VALUE_ARRAY, VALUE_SCALAR, KernelConfig, choose_general_config, entry_values,
                      narrowest_exact_dtype, pack_layer)
 
@@ -152,7 +153,7 @@ def plan_general(network: Network, dtype, *, smem_limit: int = 227 * 1024, block
                       dense_bias=rule.bias_rule == "dense", relu=rule.activation == "relu",
                       cap=float(rule.cap) if rule.activation == "relu" else float("inf"),
                       prune=network.prunes_after(k + 1))
-        w = network.layers[k]
+        w = check_weights(network.layers[k], dt, k + 1)     # fp32: no weight beyond its range
         if isinstance(w, np.ndarray):
             out.append(GeneralLayer(dense=True, weights=np.ascontiguousarray(w, dtype=dt), value_dtype=dt, **common))
             continue
