@@ -740,9 +740,9 @@ def test_merge_reaches_the_engine(spdnn_cli, cache, monkeypatch, merge, value):
     seen = []
     real = spdnn.engines.get_engine
 
-    def spy(engine, **options):
+    def spy(engine, *args, **options):
         seen.append(options.get("merge"))
-        return real(engine, **options)
+        return real(engine, *args, **options)
 
     monkeypatch.setattr(spdnn.engines, "get_engine", spy)
     result = spdnn_cli("run", *SMALL, "--engine", name, "--merge", merge, "--json", "--no-progress")
