@@ -66,8 +66,8 @@ def test_from_layers_broadcasts_bias(bias, expect):
     ([sp.eye(4)], 0.0, np.nan, "ymax of layer 1: nan"),
     ([sp.eye(4)], 0.0, "x", "ymax of layer 1: 'x' is not a number"),
     ([sp.eye(4), sp.eye(4)], 0.0, [1.0], "ymax: 1 values for 2 layers"),
-    ([sp.eye(4) * np.inf], 0.0, 32.0, "layer 1: non-finite weight inf"),
-    ([np.full((2, 2), np.nan)], 0.0, 32.0, "layer 1: non-finite weight nan"),
+    ([sp.eye(4) * np.inf], 0.0, 32.0, r"layer 1: weight inf at \(row 1, column 1\) is not finite"),
+    ([np.array([[1.0, 2.0], [np.nan, 0.0]])], 0.0, 32.0, r"layer 1: weight nan at \(row 2, column 1\) is not finite"),
     ([np.ones(3)], 0.0, 32.0, r"layer 1: a weight matrix needs 2 dimensions"),
 ])
 def test_from_layers_rejects_bad_input(layers, bias, ymax, message):

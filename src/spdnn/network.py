@@ -216,7 +216,8 @@ def _layer_bias(value, width: int, k: int) -> np.ndarray:
     try:
         b = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise OptionError(f"bias of layer {k + 1}: {value!r:.60} is not a number or a vector of numbers") from None
+        raise OptionError(f"bias={quote(str(value))} of layer {k + 1}: expected a number or a vector of numbers") \
+            from None
     if b.ndim == 0:
         b = np.broadcast_to(b, (width,))
     elif b.shape != (width,):
@@ -507,4 +508,5 @@ def _as_float_array(value) -> np.ndarray:
     try:
         return np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise OptionError(f"bias: {value!r:.60} is not a number or an array of numbers") from None
+        raise OptionError(f"bias={quote(str(value))}: expected a number, an array (N,) or (L, N), or one scalar or "
+                          f"vector per layer") from None
