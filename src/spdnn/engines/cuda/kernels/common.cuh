@@ -50,6 +50,31 @@ template <typename T, int MB> struct alignas(sizeof(T) * MB <= 16 ? sizeof(T) * 
     T v[MB];
 };
 
+// The tile's zero slot: padding entries of a warp slice point at it, so they add exact zeros.
+template <typename T, int MB>
+__device__ __forceinline__ void zero_tile(Tile<T, MB>* slot) {
+    Tile<T, MB> zero;
+#pragma unroll
+    for (int s = 0; s < MB; ++s) zero.v[s] = T(0);
+    *slot = zero;
+}
+
+// Stage inputs base..base+len-1 of the tile's rows p0..p0+MB-1 (row-major, `width` values a
+// row; rows at or past `count` read as 0) into buf[0..len-1], one Tile per input neuron.
+// Thread `tid` of the block's THREADS stages inputs tid, tid + THREADS, ...
+template <typename T, int MB, int THREADS>
+__device__ __forceinline__ void stage_tile_chunk(Tile<T, MB>* buf, const T* __restrict__ y_in, int width, int p0,
+                                                 int count, int base, int len, int tid) {
+#pragma unroll 4
+    for (int i = tid; i < len; i += THREADS) {
+        Tile<T, MB> x;
+#pragma unroll
+        for (int s = 0; s < MB; ++s)
+            x.v[s] = (p0 + s < count) ? y_in[(size_t)(p0 + s) * width + base + i] : T(0);
+        buf[i] = x;
+    }
+}
+
 // One term of a sum: acc + w*x (VMODE kScalar/kArray) or acc + x (kSumThenScale, scaled later).
 template <typename T, int VMODE>
 __device__ __forceinline__ T accumulate(T acc, T w, T x) {

@@ -52,12 +52,7 @@ __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_i
     if (count < rows_lo || count > rows_hi) return;  // the wide path (below) runs this layer
     const int ntiles = (count + MB - 1) / MB;
     const int items = ntiles * slices;
-    if (tid == 0) {
-        TileT zero;
-#pragma unroll
-        for (int s = 0; s < MB; ++s) zero.v[s] = T(0);
-        buf[chunk] = zero;
-    }
+    if (tid == 0) spdnn::zero_tile(buf + chunk);
 
     for (int item = blockIdx.x; item < items; item += gridDim.x) {
         const int tile = item / slices;
@@ -73,14 +68,7 @@ __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_i
             const int base = c * chunk;
             const int len = min(chunk, n - base);
             __syncthreads();  // the previous chunk's (or item's) readers are done with buf
-#pragma unroll 4
-            for (int i = tid; i < len; i += THREADS) {
-                TileT x;
-#pragma unroll
-                for (int s = 0; s < MB; ++s)
-                    x.v[s] = (p0 + s < count) ? y_in[(size_t)(p0 + s) * n + base + i] : T(0);
-                buf[i] = x;
-            }
+            spdnn::stage_tile_chunk<T, MB, THREADS>(buf, y_in, n, p0, count, base, len, tid);
             __syncthreads();
 #pragma unroll
             for (int t = 0; t < OPT; ++t) {
