@@ -209,7 +209,8 @@ def _report(exc: BaseException) -> int:
         click.echo(f"spdnn: error: {_one_line(_os_error_text(exc))}", err=True)
         return int(ExitCode.ERROR)
     if isinstance(exc, MemoryError):
-        click.echo(f"spdnn: error: out of host memory ({_one_line(str(exc)) or 'MemoryError'}); "
+        where = "device" if type(exc).__module__.startswith("cupy") else "host"   # CuPy's OutOfMemoryError
+        click.echo(f"spdnn: error: out of {where} memory ({_one_line(str(exc)) or 'MemoryError'}); "
                    "try fewer --samples", err=True)
         return int(ExitCode.ERROR)
     debug = "" if _debug() else f"; run with {DEBUG_ENV}=1 for the traceback"
@@ -1020,7 +1021,7 @@ def _bench_general(items, engine_names, repeats, samples, precision, seed, json_
     from . import bench_general as general
 
     report = general.run_general_bench(items, engine_names or ("cuda", "cusparse"), repeats=repeats,
-                                       samples=samples, precision=precision, seed=seed, bandwidth_gbs=bandwidth_gbs,
+                                       samples=OFFICIAL_SAMPLES if samples is None else samples, precision=precision, seed=seed, bandwidth_gbs=bandwidth_gbs,
                                        progress=_progress(progress), log=None if progress is False else _status,
                                        checkpoint=None if json_out is None else
                                        (lambda partial: benchmod.write_json(partial, json_out)))

@@ -531,12 +531,12 @@ class CudaEngine(Engine):
                            for _ in range(2)]
 
     def _budget(self, reclaimable: int = 0) -> int:
-        """Device bytes the engine may use in all: ``memory_cap_bytes`` (or
-        ``SPDNN_CUDA_MEMORY_CAP``), else 90% of the free memory and of ``reclaimable``
-        (bytes this engine holds now and would free first)."""
-        if self.memory_cap_bytes is not None:
-            return self.memory_cap_bytes
-        return int(0.9 * (free_device_bytes() + reclaimable))
+        """Device bytes the engine may use in all: 90% of the free memory and of
+        ``reclaimable`` (bytes this engine holds now and would free first), at most
+        ``memory_cap_bytes`` (or ``SPDNN_CUDA_MEMORY_CAP``): a cap never grants memory
+        that is not free (what another engine or the generator holds stays theirs)."""
+        free = int(0.9 * (free_device_bytes() + reclaimable))
+        return free if self.memory_cap_bytes is None else min(self.memory_cap_bytes, free)
 
     def _bytes_per_sample(self) -> int:
         """Device bytes of one alive sample: two activation rows, ids, weights, flags, merge
@@ -588,11 +588,13 @@ class CudaEngine(Engine):
         without, they are already out of the free memory), counting the run arrays held
         now as free (:meth:`_allocate` releases them before allocating)."""
         with self._dev():
-            if self.memory_cap_bytes is not None:
+            free = self._budget(self._run_bytes())          # the free memory (weights already out of it)
+            if self.memory_cap_bytes is not None:          # a cap counts the weights in it
                 slots = 2 * self._slot_bytes if self.streaming else 0
-                return self._budget() - int(self._eidx.nbytes + self._evals.nbytes + self._out_map.nbytes
-                                            + self._meta.nbytes + slots)
-            return self._budget(self._run_bytes())
+                capped = self.memory_cap_bytes - int(self._eidx.nbytes + self._evals.nbytes + self._out_map.nbytes
+                                                     + self._meta.nbytes + slots)
+                return min(capped, free)
+            return free
 
     def _most(self, budget: int, live: int, nnz: int) -> int:
         """Samples that fit ``budget`` when ``live`` rows carry ``nnz`` nonzeros."""

@@ -509,10 +509,10 @@ class GeneralPath:
             if b.graphs:
                 key = (start, stop, self._cur, tuple(b.ptr(a) for a in (*self._ids, *self._wts)))
                 if key not in self._graphs:
-                    before = self._state()
+                    saved = self._state()              # capturing advances the state: put it back
                     captured = b.capture(lambda: self._enqueue_run(start, stop))
                     self._graphs[key] = (captured, self._state())
-                    self._set_state(before)
+                    self._set_state(saved)
                 captured, after = self._graphs[key]
                 b.replay(captured)
                 self._set_state(after)
