@@ -412,3 +412,28 @@ def test_run_refuses_outputs_that_cannot_fit(monkeypatch):
     net = Network.from_layers([sp.eye(64)], 0.0)
     with pytest.raises(MemoryLimitError, match=r"outputs='activations': 100 samples x 64 outputs need about"):
         get_engine("reference").run(net, sp.eye(100, 64, format="csr"), outputs="activations")
+
+
+def test_release_device_memory_imports_nothing_on_a_cpu_machine(monkeypatch):
+    """The truth's engine and each timed engine give their device memory back through
+    release_device_memory, which must not import CuPy where it was never imported."""
+    import sys
+
+    from spdnn.engines._cupy import release_device_memory
+
+    monkeypatch.delitem(sys.modules, "cupy", raising=False)
+    release_device_memory()
+    assert "cupy" not in sys.modules
+
+
+def test_release_device_memory_empties_the_pool_of_an_imported_cupy(monkeypatch):
+    import sys
+    import types
+
+    from spdnn.engines._cupy import release_device_memory
+
+    emptied = []
+    pool = types.SimpleNamespace(free_all_blocks=lambda: emptied.append(True))
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(get_default_memory_pool=lambda: pool))
+    release_device_memory()
+    assert emptied == [True]

@@ -36,6 +36,7 @@ import numpy as np
 from ._atomic import atomic_open, atomic_path
 from ._progress import progress_bar
 from .engines import PRECISIONS, available_engines, engine_device, engine_merges, get_engine
+from .engines._cupy import release_device_memory
 from .engines.base import Engine, InferenceResult
 from .errors import OptionError, SpdnnError
 from .floor import WEIGHT_INDEX_BYTES, Floor, FloorConstants, floor_check, floor_estimate, floor_of_run, read_constants
@@ -604,6 +605,8 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
                 f"({'PASS' if entry['passed'] else 'FAIL'})")
             if entry["floor_check"] != "ok":
                 log(f"cell {neurons}x{layers}: {run.label}: {entry['floor_check']}")
+            del engine, timing, timed, last
+            release_device_memory()      # the next engine or cell gets this one's device memory
         report["cells"].append(cell)
     report["passed"] = all(e["passed"] for c in report["cells"] for e in c["engines"].values())
     return report

@@ -27,6 +27,7 @@ from .._progress import progress_bar
 from ..config import cache_dir
 from ..errors import DISK_FULL_ERRNOS, DiskFullError, FormatError, OptionError, SpdnnWarning
 from ..formats.npz import read_features_npz, write_features_npz
+from ..engines._cupy import release_device_memory
 from ..network import Network
 from ..options import optional_positive_int, positive_int
 from . import mnist as _mnist
@@ -82,7 +83,10 @@ def compute_truth(network: Network, features: sp.csr_matrix, *, engine: str = "a
     """
     runner = _truth_engine(engine, progress)
     result = runner.run(network, features)
-    return np.asarray(result.categories, dtype=np.int64), runner.name
+    name = runner.name
+    del runner
+    release_device_memory()          # the next job (often a GPU engine) gets the truth engine's memory
+    return np.asarray(result.categories, dtype=np.int64), name
 
 
 def _info(neurons: int, layers: int, seed: int, samples: int, engine: str, network: Network,
@@ -117,7 +121,10 @@ def _timed_truth(network, features, engine, progress, log) -> tuple[np.ndarray, 
         f"{features.shape[0]:,} samples")
     start = time.perf_counter()
     result = runner.run(network, features)
-    return np.asarray(result.categories, dtype=np.int64), runner.name, time.perf_counter() - start
+    seconds, name = time.perf_counter() - start, runner.name
+    del runner
+    release_device_memory()          # the next job (often a GPU engine) gets the truth engine's memory
+    return np.asarray(result.categories, dtype=np.int64), name, seconds
 
 
 def _timed_features(neurons, samples, device, progress, log) -> tuple[sp.csr_matrix, float]:
