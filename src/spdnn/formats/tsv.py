@@ -24,6 +24,8 @@ from ..errors import FormatError, OptionError
 from ..options import positive_int
 from .text import entries_to_csr, open_data, read_entries
 
+_INT32_MAX = 2**31 - 1
+
 __all__ = ["read_layer", "parse_layer_stream", "read_id_list", "write_layer_tsv", "write_features_tsv",
            "write_categories"]
 
@@ -216,11 +218,15 @@ def write_categories(path: str | os.PathLike, ids) -> None:
     Raises
     ------
     OptionError
-        An id is below 1.
+        An id is below 1, or beyond 2**31 - 1 (the readers' largest index: the file could
+        not be read back).
     """
     arr = np.unique(np.asarray(ids, dtype=np.int64).ravel())
     if arr.size and arr[0] < 1:
         raise OptionError(f"categories: id {int(arr[0])} is not 1-based (expected >= 1)")
+    if arr.size and arr[-1] > _INT32_MAX:
+        raise OptionError(f"categories: id {int(arr[-1])} is beyond {_INT32_MAX} (the largest sample id "
+                          f"the readers accept)")
     text = "".join(f"{v}\n" for v in arr.tolist())
     with atomic_open(path, "wb") as fh:
         fh.write(text.encode("ascii"))
