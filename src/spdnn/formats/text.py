@@ -383,18 +383,26 @@ def _slow_values(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple
     width = int(lengths.max()) if lengths.size else 1
     cols = np.arange(width)
     gather = np.minimum(starts[:, None] + cols, buf.size - 1)
-    mat = np.where(cols < lengths[:, None], buf[gather], 0).astype(np.uint8)
+    inside = cols < lengths[:, None]
+    mat = np.where(inside, buf[gather], 0).astype(np.uint8)
+    # numpy's bytes strings drop trailing NULs ('0.5\0' would read as 0.5): a token holding
+    # a NUL is refused here, before the conversion
+    nul = (inside & (mat == 0)).any(axis=1)
     tokens = np.ascontiguousarray(mat).view(f"S{width}").ravel()
-    try:
-        return tokens.astype(np.float64), -1
-    except ValueError:
-        out = np.empty(tokens.size, np.float64)
-        for i, tok in enumerate(tokens):
-            try:
-                out[i] = float(tok.decode("ascii", "replace"))
-            except ValueError:
-                return out, i
-        return out, -1  # pragma: no cover - numpy and float() disagree
+    if not nul.any():
+        try:
+            return tokens.astype(np.float64), -1
+        except ValueError:
+            pass
+    out = np.empty(tokens.size, np.float64)
+    for i, tok in enumerate(tokens):
+        if nul[i]:
+            return out, i
+        try:
+            out[i] = float(tok.decode("ascii", "replace"))
+        except ValueError:
+            return out, i
+    return out, -1  # pragma: no cover - numpy and float() disagree
 
 
 def iter_entry_blocks(blocks, where: str, *, nint: int, want_value: bool, bounds: tuple = (0, 0),
