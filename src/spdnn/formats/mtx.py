@@ -13,7 +13,9 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import FormatError
-from .text import COMPRESSION_ERRORS, TextEntries, entries_to_csr, open_data, read_entries
+from .text import COMPRESSION_ERRORS, TextEntries, check_rows_fit, entries_to_csr, open_data, read_entries
+
+_INT32_MAX = 2**31 - 1
 
 __all__ = ["MtxHeader", "read_mtx_header", "read_mtx_entries", "check_count", "read_mtx", "is_mtx"]
 
@@ -92,6 +94,9 @@ def read_mtx_header(stream: IO[bytes], where: str) -> MtxHeader:
     if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
         raise FormatError(f"bad size line {text[:80]!r}: expected three non-negative integers 'rows cols entries'",
                           path=where, line=line)
+    if any(len(p.lstrip("0")) > 10 for p in parts) or max(int(p) for p in parts[:2]) > _INT32_MAX:
+        raise FormatError(f"bad size line {text[:80]!r}: rows and columns must be at most {_INT32_MAX:,} (the "
+                          f"largest index the readers accept)", path=where, line=line)
     rows, cols, nnz = (int(p) for p in parts)
     if nnz > rows * cols:
         raise FormatError(f"size line declares {nnz} entries for a {rows} x {cols} matrix", path=where, line=line)
@@ -102,11 +107,15 @@ def read_mtx_entries(stream: IO[bytes], where: str, *, names=("row", "column", "
                      on_block=None) -> tuple[MtxHeader, TextEntries]:
     """Read a coordinate MatrixMarket stream: header and 1-based entries (count checked)."""
     header = read_mtx_header(stream, where)
+    return header, _read_entries(stream, where, header, names=names, on_block=on_block)
+
+
+def _read_entries(stream: IO[bytes], where: str, header: MtxHeader, *, names, on_block=None) -> TextEntries:
     want_value = header.field != "pattern"
     entries = read_entries(stream, where, nint=2, want_value=want_value, bounds=(header.rows, header.cols),
                            names=names, first_line=header.lines + 1, on_block=on_block)
     check_count(header, entries.count, where)
-    return header, entries
+    return entries
 
 
 def check_count(header: MtxHeader, count: int, where: str) -> None:
@@ -133,7 +142,9 @@ def read_mtx(path: str | os.PathLike) -> sp.csr_matrix:
     """
     where = os.fspath(path)
     with open_data(path) as stream:
-        header, entries = read_mtx_entries(stream, where)
+        header = read_mtx_header(stream, where)
+        check_rows_fit(header.rows, where, f"a matrix of {header.rows:,} rows (the size line)")
+        entries = _read_entries(stream, where, header, names=("row", "column", "value"))
     if entries.count == 0:
         return sp.csr_matrix((header.rows, header.cols), dtype=np.float64)
     rows, cols = entries.ints

@@ -39,7 +39,7 @@ from ..errors import DataNotFoundError, FormatError
 
 __all__ = ["CHUNK_BYTES", "COMPRESSION_ERRORS", "TextEntries", "open_data", "wrap_gzip", "iter_line_blocks",
            "line_blocks", "iter_entry_blocks", "parse_blocks", "read_entries", "damage_instead", "compression_failure", "entries_to_csr",
-           "check_row_sorted"]
+           "check_row_sorted", "check_rows_fit"]
 
 #: Bytes read from a (decompressed) stream per parsing step.
 CHUNK_BYTES = 32 << 20
@@ -689,6 +689,19 @@ def check_row_sorted(rows: np.ndarray, cols: np.ndarray, where: str, first_line:
     if dup >= 0:
         _raise_duplicate(rows, cols, dup - 1, dup, where, first_line, names)
     return kind == 0
+
+
+def check_rows_fit(rows: int, where: str, what: str) -> None:
+    """Refuse (MemoryLimitError naming ``where``) a matrix of ``rows`` rows whose row pointers
+    (and per-row counts, 16 bytes a row) cannot fit the host memory.
+
+    The row count comes from the file (a MatrixMarket size line, the largest index of a
+    layer): one damaged number must give an error, not a process killed for memory.
+    """
+    from ..memory import Estimate, check_fits
+
+    check_fits(Estimate(job="read", host={"row pointers": 16 * (int(rows) + 1)}), f"{where}: {what}",
+               advice="is the file damaged?")
 
 
 def _small_index(indptr: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from .._atomic import atomic_open
 from ..errors import FormatError, OptionError
 from ..options import positive_int
-from .text import entries_to_csr, open_data, read_entries
+from .text import check_rows_fit, entries_to_csr, open_data, read_entries
 
 _INT32_MAX = 2**31 - 1
 
@@ -70,6 +70,7 @@ def parse_layer_stream(stream: IO[bytes], where: str, neurons: int | None = None
         raise FormatError("empty file: expected lines 'row<TAB>col<TAB>value'", path=where)
     rows, cols = entries.ints
     n = neurons if neurons is not None else int(max(rows.max(), cols.max()))
+    check_rows_fit(n, where, f"a layer of N = {n:,} neurons" + (" (its largest index)" if neurons is None else ""))
     return entries_to_csr(rows, cols, entries.values, (n, n), where)
 
 
