@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 
 from spdnn.errors import SpdnnError, SpdnnWarning
 
-__all__ = ["Invalid", "TOKENS", "mutated", "damaged_gzip", "reordered_lines", "respaced", "ref_decompress",
+__all__ = ["Invalid", "Huge", "MAX_ROWS", "TOKENS", "mutated", "damaged_gzip", "reordered_lines", "respaced", "ref_decompress",
            "ref_triples", "ref_ids", "ref_mtx", "ref_idx", "to_csr", "same_matrix", "outcome", "time_bound",
            "KNOWN", "KNOWN_HITS", "count_example", "message_ok"]
 
@@ -53,6 +53,15 @@ MAX_MESSAGE = 2000
 
 class Invalid(Exception):
     """The reference parser refuses the input (the reason is the message)."""
+
+
+class Huge(Invalid):
+    """Valid, but a matrix of more rows than a test may build (:data:`MAX_ROWS`): the reader may
+    refuse it for memory (MemoryLimitError) or read it; the result is not compared."""
+
+
+#: Rows above which a reference result is :class:`Huge` (its row pointers alone: 16 bytes a row).
+MAX_ROWS = 10**7
 
 
 # --- tokens and byte mutations -------------------------------------------------------------
@@ -314,7 +323,9 @@ def ref_idx(raw: bytes) -> np.ndarray:
 
 
 def to_csr(rows, cols, vals, shape) -> sp.csr_matrix:
-    """A CSR matrix of 1-based entries (explicit zeros kept)."""
+    """A CSR matrix of 1-based entries (explicit zeros kept); :class:`Huge` beyond :data:`MAX_ROWS` rows."""
+    if shape[0] > MAX_ROWS:
+        raise Huge(f"{shape[0]} rows")
     m = sp.coo_matrix((vals, (np.asarray(rows) - 1, np.asarray(cols) - 1)), shape=shape).tocsr()
     m.sort_indices()
     return m
