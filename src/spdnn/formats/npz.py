@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import struct
 import zipfile
-import zlib
 from pathlib import Path
 
 import numba
@@ -132,6 +131,20 @@ def _numeric(info: zipfile.ZipInfo, path, shape, fortran, dtype) -> None:
         raise FormatError(f"member {info.filename}: expected a 1-D numeric array", path=path)
 
 
+def _npy_header(fh) -> tuple:
+    """(shape, fortran_order, dtype) of the .npy header at ``fh``'s position."""
+    version = np.lib.format.read_magic(fh)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read_header(fh)
+
+
+def _fills(info: zipfile.ZipInfo, path, shape, dtype, header_bytes: int, member_bytes: int) -> None:
+    """The .npy header's items fill the member exactly (no more, no fewer bytes)."""
+    if header_bytes + int(shape[0]) * dtype.itemsize != member_bytes:
+        raise FormatError(f"member {info.filename}: {shape[0]} items of {dtype.itemsize} bytes do not fill "
+                          f"the member's {member_bytes} bytes", path=path)
+
+
 def npz_member(path: str | os.PathLike, zf: zipfile.ZipFile, name: str) -> np.ndarray:
     """Member ``name`` (without ``.npy``) of an open ``.npz``: memory-mapped when stored, else read.
 
@@ -151,11 +164,17 @@ def npz_member(path: str | os.PathLike, zf: zipfile.ZipFile, name: str) -> np.nd
     if info.compress_type != zipfile.ZIP_STORED:
         try:
             with zf.open(info) as fh:
-                array = np.lib.format.read_array(fh, allow_pickle=False)
-        except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
+                shape, fortran, dtype = _npy_header(fh)
+                _numeric(info, path, shape, fortran, dtype)
+                _fills(info, path, shape, dtype, fh.tell(), info.file_size)
+                array = np.frombuffer(fh.read(), dtype=dtype)
+        except FormatError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - zlib, zipfile, numpy: a damaged member, whatever the error
             raise FormatError(f"member {info.filename}: unreadable ({type(exc).__name__}: {exc})"[:300],
                               path=path) from None
-        _numeric(info, path, array.shape, False, array.dtype)
+        if array.shape != tuple(shape):
+            raise FormatError(f"member {info.filename}: truncated", path=path)
         return array
     size = os.path.getsize(path)
     if not 0 <= info.header_offset <= size - _LOCAL_HEADER.size:
@@ -168,21 +187,20 @@ def npz_member(path: str | os.PathLike, zf: zipfile.ZipFile, name: str) -> np.nd
         if len(head) != _LOCAL_HEADER.size or head[:4] != _LOCAL_MAGIC:
             raise FormatError(f"member {info.filename}: bad local zip header", path=path)
         name_len, extra_len = _LOCAL_HEADER.unpack(head)[-2:]
+        if fh.read(name_len) != info.orig_filename.encode("utf-8", "replace"):
+            raise FormatError(f"member {info.filename}: bad local zip header (another name)", path=path)
         start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
         fh.seek(start)
         try:
-            version = np.lib.format.read_magic(fh)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, fortran, dtype = read_header(fh)
-        except (ValueError, SyntaxError, TypeError) as exc:
-            raise FormatError(f"member {info.filename}: not a .npy array ({exc})"[:300], path=path) from None
+            shape, fortran, dtype = _npy_header(fh)
+        except Exception as exc:  # noqa: BLE001 - numpy's header parser raises many kinds
+            raise FormatError(f"member {info.filename}: not a .npy array ({type(exc).__name__}: {exc})"[:300],
+                              path=path) from None
         _numeric(info, path, shape, fortran, dtype)
         offset = fh.tell()
-    nbytes = int(shape[0]) * dtype.itemsize
-    if shape[0] < 0 or offset - start + nbytes != info.file_size or offset + nbytes > size:
-        raise FormatError(f"member {info.filename}: {shape[0]} items of {dtype.itemsize} bytes do not fill "
-                          f"the member's {info.file_size} bytes", path=path)
+    _fills(info, path, shape, dtype, offset - start, info.file_size)
+    if offset + int(shape[0]) * dtype.itemsize > size:
+        raise FormatError(f"member {info.filename}: beyond the end of the file (truncated?)", path=path)
     if shape[0] == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
