@@ -853,6 +853,27 @@ def test_npz_that_is_no_canonical_csr_is_refused(arrays, reason, compressed, fol
         source.rows(0, source.samples)
 
 
+@pytest.mark.parametrize("compressed", [False, True])
+def test_npz_with_a_damaged_npy_header_is_refused(compressed, folders):
+    """Found by the fuzzer: '(2,)' turned into '(2,(' in a .npy header made numpy raise
+    tokenize.TokenError, which escaped the reader."""
+    import zipfile
+
+    arrays = {"indptr": np.array([0, 1]), "indices": np.array([0], np.int32), "shape": np.array([1, 1])}
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED) as zf:
+        for name, array in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, array)
+            member = member.getvalue()
+            if name == "indptr":
+                member = member.replace(b"(2,)", b"(2,(")
+            zf.writestr(name + ".npy", member)
+    path = write_input(folders, "f.npz", out.getvalue())
+    with pytest.raises(SpdnnError, match="f.npz.*indptr"):
+        read_features_npz(path)
+
+
 def test_npz_member_longer_than_its_zip_entry_is_refused(folders):
     """A stored member whose .npy header claims more items than the zip entry holds (they would be
     read from the next member) is refused."""
