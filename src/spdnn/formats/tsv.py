@@ -116,16 +116,20 @@ def _format_lines(a, b, code, texts, text_starts, out):
 def _value_texts(data: np.ndarray, fmt: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Format each distinct value once with ``fmt`` (falling back to repr when ``fmt`` is lossy).
 
-    Returns (concatenated text bytes, start offset of each text (k+1,), sorted distinct values (k,)).
+    Values are distinct by their bits, so 0.0 and -0.0 keep their signs.
+
+    Returns (concatenated text bytes, start offset of each text (k+1,), sorted distinct
+    bit patterns (k,), int64: look a value up with ``searchsorted(uniq, values.view(np.int64))``).
     """
-    if data.size == 0:
-        uniq = np.empty(0)
-    elif data.min() == data.max():
-        uniq = data[:1].copy()
+    bits = np.ascontiguousarray(data, np.float64).view(np.int64)
+    if bits.size == 0:
+        uniq = np.empty(0, np.int64)
+    elif bits.min() == bits.max():
+        uniq = bits[:1].copy()
     else:
-        uniq = np.unique(data)
+        uniq = np.unique(bits)
     texts = []
-    for u in uniq.tolist():
+    for u in uniq.view(np.float64).tolist():
         s = fmt % u
         if float(s) != u or (u == 0 and np.signbit(u) != s.startswith("-")):
             s = repr(float(u))
@@ -165,7 +169,7 @@ def _write_compressed(path, indptr: np.ndarray, indices: np.ndarray, data: np.nd
                 major = np.repeat(np.arange(m0 + 1, m1 + 1, dtype=np.int64), np.diff(indptr[m0:m1 + 1]))
                 minor = indices[s:e].astype(np.int64) + 1
                 code = (np.zeros(e - s, np.int64) if uniq.size == 1
-                        else np.searchsorted(uniq, data[s:e]).astype(np.int64))
+                        else np.searchsorted(uniq, data[s:e].view(np.int64)).astype(np.int64))
                 a, b = (major, minor) if major_first else (minor, major)
                 out = np.empty((e - s) * (2 * 21 + width + 1), np.uint8)
                 used = _format_lines(a, b, code, texts, starts, out)
