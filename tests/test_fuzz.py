@@ -76,8 +76,6 @@ def folders(tmp_path_factory):
         # a file declaring a huge matrix must be refused before it is built, on any host
         mp.setattr("spdnn.memory.host_available_bytes", lambda: HOST_BYTES)
         yield root
-    if fz.KNOWN_HITS:
-        print("\nissue 19 items of another engineer hit by the fuzzer:", dict(fz.KNOWN_HITS))
 
 
 def leftovers(root: Path) -> list[str]:
@@ -368,11 +366,6 @@ def _features(path, **options):
     return read_features(path, progress=False, **options)
 
 
-def _read_network_file(path, neurons=None):
-    """A layer file read as a one-layer network folder would be (read_network on its folder)."""
-    return read_layer(path, neurons)
-
-
 #: THE LIST OF READERS UNDER FUZZ. A new format (a single-file spdnn network, PyTorch or
 #: ONNX importers, .npy inputs) is added here: a Reader with a strategy of small valid
 #: files, the reader call and a reference parse of the bytes.
@@ -661,7 +654,15 @@ def test_tarball_mutations(data, folders):
 
 # --- the command line: spdnn run --data DIR, spdnn verify ----------------------------------
 
+def main_cli():
+    """The ``spdnn`` click group (imported late, as test_cli.py does)."""
+    from spdnn.cli import cli
+
+    return cli
+
+
 def _runner() -> CliRunner:
+    """A CliRunner keeping stderr apart from stdout (click 8.1 needs mix_stderr=False)."""
     kwargs = {"mix_stderr": False} if "mix_stderr" in inspect.signature(CliRunner).parameters else {}
     return CliRunner(**kwargs)
 
@@ -783,12 +784,6 @@ def test_cli_run_with_a_mutated_file(data, official_layout, folders):
     assert doc["passed"] is (result.exit_code == 0)
     assert (doc["categories"] == truth.tolist()) is doc["passed"]
     assert read_categories(saved).tolist() == doc["categories"]
-
-
-def main_cli():
-    from spdnn.cli import cli
-
-    return cli
 
 
 @given(data=st.data())
