@@ -48,12 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     total, rounds = 0, 0
     with tempfile.TemporaryDirectory(prefix="spdnn-fuzz-") as folder:
         counter = Path(folder) / "count"
-        env = {**os.environ, "SPDNN_FUZZ_COUNT": str(counter), "SPDNN_FUZZ_EXAMPLES": str(args.examples)}
+        env = {**os.environ, "SPDNN_FUZZ_COUNT": str(counter), "SPDNN_FUZZ_EXAMPLES": str(args.examples),
+               "SPDNN_FUZZ_TEST_TIMEOUT": "0"}
         src = str(REPO / "src")
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         while time.monotonic() < deadline:
             seed = args.seed + rounds
-            cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-x", "--timeout", "0",
+            cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-x",
                    str(REPO / "tests" / "test_fuzz.py"), "--hypothesis-profile", "long",
                    f"--hypothesis-seed={seed}", *args.pytest_args.split()]
             before = _count(counter)

@@ -31,6 +31,7 @@ import os
 import re
 import signal
 import threading
+import time
 import warnings
 import zlib
 
@@ -358,13 +359,17 @@ def time_bound(seconds: float = TIME_BOUND_S):
     def alarm(signum, frame):
         raise Hang(f"still running after {seconds} s")
 
+    outer = signal.getitimer(signal.ITIMER_REAL)[0]  # pytest-timeout's alarm, if any: kept
+    start = time.monotonic()
     previous = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    signal.setitimer(signal.ITIMER_REAL, min(seconds, outer) if outer > 0 else seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer > 0:
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - start), 0.001))
 
 
 #: Signatures of bugs of issue 19 that another engineer is fixing: item -> predicate on
