@@ -700,13 +700,10 @@ LAYOUT_FILES = [("neuron1024/n1024-l1.tsv", "text"), ("neuron1024/n1024-l2.tsv",
                 ("sparse-images-1024.tsv.gz", "gzip"), ("neuron1024-l2-categories.tsv", "text"),
                 ("neuron1024-l2-categories.json", "json")]
 
-def _json_containers(inner):
-    return st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3))
-
-
+_JSON_LEAVES = st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats() | st.text(max_size=8)
 #: Values a key of the generator's .json is set to: wrong types, signs, sizes, containers.
-JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats()
-                           | st.text(max_size=8), _json_containers, max_leaves=6)
+JSON_VALUES = _JSON_LEAVES | st.lists(_JSON_LEAVES, max_size=3) | st.dictionaries(st.text(max_size=5), _JSON_LEAVES,
+                                                                                  max_size=3)
 
 
 @st.composite
