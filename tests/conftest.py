@@ -25,7 +25,7 @@ OFFICIAL = SHARED_DATA / "official"
 # and no deadline, for ``--hypothesis-profile long`` and benchmarks/fuzz.py
 # (SPDNN_FUZZ_EXAMPLES sets the examples per test).
 settings.register_profile(
-    "ci", max_examples=25, derandomize=True, database=None, deadline=5000, print_blob=True,
+    "ci", max_examples=25, derandomize=True, database=None, deadline=10000, print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.register_profile(
     "long", max_examples=int(os.environ.get("SPDNN_FUZZ_EXAMPLES", "2000")), derandomize=False, database=None,

@@ -77,7 +77,28 @@ def folders(tmp_path_factory):
         mp.setattr(tempfile, "tempdir", str(root / "tmp"))
         # a file declaring a huge matrix must be refused before it is built, on any host
         mp.setattr("spdnn.memory.host_available_bytes", lambda: HOST_BYTES)
+        _warm_up(root)
         yield root
+
+
+def _warm_up(root: Path) -> None:
+    """Read one small file of each kind once, so that compiling the readers' numba code (a
+    fresh clone has no cache of it) does not count against the first example's deadline."""
+    folder = root / "warm-up"
+    folder.mkdir()
+    m = sp.csr_matrix(np.array([[1.0, 0.0], [0.5, 1.0]]))
+    write_layer_tsv(folder / "n2-l1.tsv.gz", m)
+    read_layer(folder / "n2-l1.tsv.gz")
+    write_features_tsv(folder / "f.tsv", m)
+    read_features(folder / "f.tsv", samples=2, progress=False)
+    (folder / "f.mtx").write_bytes(b"%%MatrixMarket matrix coordinate real general\n2 2 1\n1 1 1.5e0x\n")
+    with pytest.raises(SpdnnError):
+        read_mtx(folder / "f.mtx")
+    write_features_npz(folder / "f.npz", m)
+    read_features_npz(folder / "f.npz")
+    write_categories(folder / "c.tsv", [1, 2])
+    read_categories(folder / "c.tsv")
+    shutil.rmtree(folder)
 
 
 def leftovers(root: Path) -> list[str]:
