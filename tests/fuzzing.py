@@ -41,8 +41,8 @@ from hypothesis import strategies as st
 
 from spdnn.errors import SpdnnError, SpdnnWarning
 
-__all__ = ["Invalid", "Huge", "MAX_ROWS", "TOKENS", "mutated", "damaged_gzip", "reordered_lines", "respaced", "ref_decompress",
-           "ref_triples", "ref_ids", "ref_mtx", "ref_idx", "to_csr", "same_matrix", "outcome", "time_bound",
+__all__ = ["Invalid", "Huge", "MAX_ROWS", "TOKENS", "mutated", "damaged_gzip", "reordered_lines", "respaced",
+           "ref_decompress", "ref_triples", "ref_ids", "ref_mtx", "ref_idx", "to_csr", "same_matrix", "outcome", "time_bound",
            "KNOWN", "KNOWN_HITS", "count_example", "message_ok"]
 
 INT32_MAX = 2**31 - 1

@@ -511,7 +511,8 @@ def test_layer_writer_round_trip(m, gz, folders):
     path = folders / "in" / ("w.tsv.gz" if gz else "w.tsv")
     write_layer_tsv(path, m)
     fz.count_example()
-    note(f"matrix: {sp.coo_matrix(m)!r} {m.data.tolist()}\nfile: {gzip.open(path).read() if gz else path.read_bytes()!r}")
+    text = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
+    note(f"matrix: {sp.coo_matrix(m)!r} {m.data.tolist()}\nfile: {text!r}")
     assert fz.same_matrix(read_layer(path, n), m)
 
 
@@ -669,7 +670,8 @@ def test_tarball_mutations(data, folders):
         return  # an issue-19 item of another engineer
     if isinstance(got, SpdnnError):
         assert fz.message_ok(got, path), f"the message does not name {path.name}: {got}"
-        assert isinstance(want, Invalid) or not all(_ordinary_matrix(w) for w in want), f"refused a valid archive: {got}"
+        assert isinstance(want, Invalid) or not all(_ordinary_matrix(w) for w in want), (
+            f"refused a valid archive: {got}")
         return
     assert not isinstance(want, Invalid), f"read an invalid archive ({want}) without an error"
     assert len(got) == len(want) and all(fz.same_matrix(a, b) for a, b in zip(got, want))

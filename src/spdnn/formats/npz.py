@@ -27,8 +27,8 @@ import scipy.sparse as sp
 from .._atomic import atomic_path
 from ..errors import FormatError
 
-__all__ = ["write_features_npz", "write_features_npz_files", "features_npz_arrays", "read_features_npz", "check_csr_rows",
-           "npz_member", "NpyAppender"]
+__all__ = ["write_features_npz", "write_features_npz_files", "features_npz_arrays", "read_features_npz",
+           "check_csr_rows", "npz_member", "NpyAppender"]
 
 #: Size of a zip local file header before its variable fields (APPNOTE.TXT 4.3.7).
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
