@@ -44,7 +44,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 from click.testing import CliRunner
-from hypothesis import assume, example, given, note, settings
+from hypothesis import assume, event, example, given, note, settings
 from hypothesis import strategies as st
 
 import fuzzing as fz
@@ -441,6 +441,7 @@ def _check(case: Reader, folders: Path, raw: bytes, options: dict, *, path: Path
     except Invalid as why:
         want = why
     note(f"reader: {got!r}\nreference: {want!r}")
+    event("refused" if isinstance(got, SpdnnError) else "known item" if isinstance(got, str) else "read")
     assert not leftovers(folders), f"partial output left behind: {leftovers(folders)}"
     if isinstance(got, str):  # an issue-19 item of another engineer (counted)
         return got
@@ -695,7 +696,8 @@ def _runner() -> CliRunner:
 @pytest.fixture(scope="module")
 def official_layout(tmp_path_factory):
     """A small data set in the official layout, N = 1024 (the official bias), 2 layers, 40 samples,
-    truth computed by the reference engine, and the generator's .json beside the truth."""
+    truth computed by the reference engine, and the generator's .json beside the truth; as
+    {'folder': the layout with neuron1024/, 'archive': the same with neuron1024.tar.gz}."""
     from factories import random_features
     from spdnn import infer
     from spdnn.network import Network
@@ -715,13 +717,19 @@ def official_layout(tmp_path_factory):
     info = {"bias": -0.3, "neurons": n, "layers": depth, "samples": samples, "seed": 0, "features_nnz": int(x.nnz)}
     (root / f"neuron{n}-l{depth}-categories.json").write_text(json.dumps(info, indent=2) + "\n")
     assert len(truth), "the small data set needs some categories"
-    return root
+    archived = root.with_name("data-archive")
+    shutil.copytree(root, archived, ignore=shutil.ignore_patterns(f"neuron{n}"))
+    with tarfile.open(archived / f"neuron{n}.tar.gz", "w:gz") as tar:
+        tar.add(root / f"neuron{n}", arcname=f"neuron{n}")
+    return {"folder": root, "archive": archived}
 
 
 #: The files of the layout that ``spdnn run --data`` reads, as (name, kind of mutation).
 LAYOUT_FILES = [("neuron1024/n1024-l1.tsv", "text"), ("neuron1024/n1024-l2.tsv", "text"),
                 ("sparse-images-1024.tsv.gz", "gzip"), ("neuron1024-l2-categories.tsv", "text"),
                 ("neuron1024-l2-categories.json", "json")]
+#: The same with the network as an archive.
+ARCHIVE_LAYOUT_FILES = [("neuron1024.tar.gz", "archive"), *LAYOUT_FILES[2:]]
 
 _JSON_LEAVES = st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats() | st.text(max_size=8)
 #: Values a key of the generator's .json is set to: wrong types, signs, sizes, containers.
@@ -764,14 +772,20 @@ def test_cli_run_with_a_mutated_file(data, official_layout, folders):
     """``spdnn run --data DIR`` with one file of the layout mutated: exit 0 or 1 with a consistent
     verdict, or exit 2 and one ``spdnn: error:`` line naming the file; no --save-categories file
     on error; never exit 3 or a traceback."""
-    name, kind = data.draw(st.sampled_from(LAYOUT_FILES), label="file")
+    layout = data.draw(st.sampled_from(["folder", "archive"]), label="layout")
+    name, kind = data.draw(st.sampled_from(LAYOUT_FILES if layout == "folder" else ARCHIVE_LAYOUT_FILES),
+                           label="file")
     folder = Path(tempfile.mkdtemp(dir=folders / "in"))
     root = folder / "data"
-    shutil.copytree(official_layout, root, copy_function=os.link)
+    shutil.copytree(official_layout[layout], root, copy_function=os.link)
     target = root / name
     original = target.read_bytes()
     if kind == "json":
         raw = data.draw(json_mutated(original), label="json")
+    elif kind == "archive" and data.draw(st.booleans(), label="damage the gzip"):
+        raw = data.draw(fz.damaged_gzip(original), label="gzip bytes")
+    elif kind == "archive":
+        raw = gzip.compress(data.draw(fz.mutated(gzip.decompress(original), max_ops=2), label="tar bytes"), mtime=0)
     elif kind == "gzip" and data.draw(st.booleans(), label="damage the gzip"):
         raw = data.draw(fz.damaged_gzip(original), label="gzip bytes")
     elif kind == "gzip":
@@ -787,6 +801,7 @@ def test_cli_run_with_a_mutated_file(data, official_layout, folders):
         result = _runner().invoke(main_cli(), ["run", "--data", str(root), "--engine", "reference", "--json",
                                                "--no-progress", "--save-categories", str(saved)])
     note(f"exit {result.exit_code}\nstderr: {result.stderr}")
+    event(f"{kind}: exit {result.exit_code}")
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert "Traceback" not in result.stdout + result.stderr
     assert result.exit_code in (0, 1, 2), f"exit {result.exit_code}: {result.stderr}"
