@@ -13,9 +13,10 @@ Never another exception, never a hang past ``fuzzing.TIME_BOUND_S`` (and Hypothe
 deadline in the ``ci`` profile), never a partial file left in the cache or the
 temporary folder. Neutral rewrites (lines in another order, other blanks, gzip or
 not) must read exactly as the original. At the command line (``spdnn run --data``,
-``spdnn verify``, through click's CliRunner as in ``test_cli.py``): exit 0 or 1 with
-the categories the API finds, or exit 2 with one ``spdnn: error:`` line naming the
-file; never exit 3 or a traceback, and ``--save-categories`` leaves no file on error.
+``spdnn verify``, through click's CliRunner as in ``test_cli.py``): exit 0 or 1 with a
+verdict that agrees with the truth file (and the ids saved by ``--save-categories``), or
+exit 2 with one ``spdnn: error:`` line naming the file; never exit 3 or a traceback, and
+``--save-categories`` leaves no file on error.
 
 Profiles (``conftest.py``): ``ci`` (default: few examples, derandomized, no database)
 and ``long`` (``--hypothesis-profile long``; ``benchmarks/fuzz.py`` runs it for a wall
@@ -110,7 +111,8 @@ def leftovers(root: Path) -> list[str]:
 
 
 def write_input(root: Path, name: str, data: bytes) -> Path:
-    """Write ``data`` to a fresh input file (a fresh name each time: the cache keys on file state)."""
+    """Write ``data`` as ``name`` in a fresh folder (inputs never share a path, so one example's
+    cache entry can never answer for another's bytes)."""
     folder = Path(tempfile.mkdtemp(dir=root / "in"))
     path = folder / name
     path.write_bytes(data)
