@@ -308,6 +308,8 @@ def ref_mtx(text: bytes):
     rows, cols, nnz = (int(p) for p in parts)
     if nnz > rows * cols:
         raise Invalid("nnz > rows * cols")
+    if max(rows, cols) > INT32_MAX:  # no index could reach beyond
+        raise Invalid("rows or columns beyond int32")
     body = b"\n".join(lines[i + 1:])
     return rows, cols, nnz, words[3].lower(), body
 

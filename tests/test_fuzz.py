@@ -969,6 +969,7 @@ def test_archive_cut_or_damaged_between_members_is_refused(cut, suffix, folders)
      lambda p: read_features(p, cache=False, progress=False)),
     ("f.mtx", b"%%MatrixMarket matrix coordinate pattern general\n99999999999 5 1\n1 1\n",
      lambda p: read_features(p, cache=False, progress=False)),
+    ("m.mtx", b"%%MatrixMarket matrix coordinate pattern general\n1 21474836471 1\n1 1\n", read_mtx),
 ])
 def test_huge_declared_matrix_is_refused_before_it_is_built(name, text, read, folders):
     """Found by the fuzzer: one large number (a layer's index, a MatrixMarket size line) made the
