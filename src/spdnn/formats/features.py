@@ -28,8 +28,8 @@ from ..options import optional_positive_int
 from . import cache as _cache
 from .mtx import check_count, is_mtx, read_mtx_entries, read_mtx_header
 from .npz import NpyAppender, read_features_npz, write_features_npz, write_features_npz_files
-from .text import (TextEntries, check_row_sorted, damage_instead, entries_to_csr, iter_entry_blocks, line_blocks,
-                   input_file, open_data, read_entries, wrap_gzip)
+from .text import (TextEntries, check_row_sorted, check_rows_fit, damage_instead, entries_to_csr, iter_entry_blocks,
+                   line_blocks, input_file, open_data, read_entries, wrap_gzip)
 from .tsv import read_id_list
 
 __all__ = ["read_features", "read_categories"]
@@ -57,6 +57,7 @@ class _Layout:
         else:
             self.header, self.samples, self.neurons = None, samples or OFFICIAL_SAMPLES, neurons
             self.want_value, self.first_line = True, 1
+        check_rows_fit(self.samples, where, f"features of {self.samples:,} samples")
 
     def check_count(self, count: int) -> None:
         if self.header is not None:

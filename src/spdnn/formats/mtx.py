@@ -13,8 +13,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..errors import FormatError, format_bytes, quote
-from .text import (COMPRESSION_ERRORS, MAX_LINE_BYTES, TextEntries, compression_problem, entries_to_csr, open_data,
-                   read_entries)
+from .text import (COMPRESSION_ERRORS, MAX_LINE_BYTES, TextEntries, check_rows_fit, compression_problem,
+                   entries_to_csr, open_data, read_entries)
 
 __all__ = ["MtxHeader", "read_mtx_header", "read_mtx_entries", "check_count", "read_mtx", "is_mtx"]
 
@@ -115,11 +115,15 @@ def read_mtx_entries(stream: IO[bytes], where: str, *, names=("row", "column", "
                      on_block=None) -> tuple[MtxHeader, TextEntries]:
     """Read a coordinate MatrixMarket stream: header and 1-based entries (count checked)."""
     header = read_mtx_header(stream, where)
+    return header, _read_entries(stream, where, header, names=names, on_block=on_block)
+
+
+def _read_entries(stream: IO[bytes], where: str, header: MtxHeader, *, names, on_block=None) -> TextEntries:
     want_value = header.field != "pattern"
     entries = read_entries(stream, where, nint=2, want_value=want_value, bounds=(header.rows, header.cols),
                            names=names, first_line=header.lines + 1, on_block=on_block)
     check_count(header, entries.count, where)
-    return header, entries
+    return entries
 
 
 def check_count(header: MtxHeader, count: int, where: str) -> None:
@@ -146,7 +150,9 @@ def read_mtx(path: str | os.PathLike) -> sp.csr_matrix:
     """
     where = os.fspath(path)
     with open_data(path) as stream:
-        header, entries = read_mtx_entries(stream, where)
+        header = read_mtx_header(stream, where)
+        check_rows_fit(header.rows, where, f"a matrix of {header.rows:,} rows (the size line)")
+        entries = _read_entries(stream, where, header, names=("row", "column", "value"))
     if entries.count == 0:
         return sp.csr_matrix((header.rows, header.cols), dtype=np.float64)
     rows, cols = entries.ints

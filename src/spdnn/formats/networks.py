@@ -185,6 +185,34 @@ def _parse_dir(src: _Source, ids: list[int], add: Sink, progress) -> list[str]:
     return digests
 
 
+class _EndTracking(tarfile.TarInfo):
+    """TarInfo that records on the archive why reading headers stopped (``tar.spdnn_end``).
+
+    Python's tarfile ends the iteration quietly at a damaged or cut header after the
+    first member, which would drop the layers behind it without a word."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except tarfile.HeaderError as exc:
+            tar.spdnn_end = exc
+            raise
+
+
+def _check_archive_end(tar: tarfile.TarFile, path: Path, current: str) -> None:
+    """Raise FormatError unless the member headers ended with the end-of-archive (zero) block."""
+    end = getattr(tar, "spdnn_end", None)
+    if isinstance(end, tarfile.EOFHeaderError):
+        return
+    why = {tarfile.EmptyHeaderError: "the data stop without the end-of-archive blocks",
+           tarfile.TruncatedHeaderError: "a member header is cut short",
+           tarfile.InvalidHeaderError: "a member header is damaged (bad checksum)"}.get(
+        type(end), f"{type(end).__name__}: {end}")
+    raise FormatError(f"archive is truncated or corrupt after member {current}: {why}; the members behind it "
+                      f"cannot be read", path=path)
+
+
 def _parse_tar(src: _Source, wanted: list[int] | None, add: Sink,
                progress) -> tuple[int | None, list[int], str, set[int]]:
     """Parse the layer members of an archive (those in ``wanted``, or all), handing each to ``add``.
@@ -209,7 +237,7 @@ def _parse_tar(src: _Source, wanted: list[int] | None, add: Sink,
     buffered, hashing = _cache.HashingReader.open(path)
     compressed = gzip.GzipFile(fileobj=buffered, mode="rb") if buffered.peek(2)[:2] == b"\x1f\x8b" else None
     try:
-        with buffered, tarfile.open(fileobj=compressed or buffered, mode="r|") as tar:
+        with buffered, tarfile.open(fileobj=compressed or buffered, mode="r|", tarinfo=_EndTracking) as tar:
             try:
                 for member in tar:
                     m = LAYER_NAME.search(member.name)
@@ -242,6 +270,7 @@ def _parse_tar(src: _Source, wanted: list[int] | None, add: Sink,
                     raise
                 raise FormatError(f"{compression_problem(failure, 'archive')}; member {current} is unreadable at or "
                                   f"before line {exc.line}", path=path) from None
+            _check_archive_end(tar, path, current)
             if compressed is not None:
                 while compressed.read(1 << 22):  # the end of the archive, and the CRC check
                     pass

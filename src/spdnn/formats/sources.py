@@ -29,9 +29,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import OptionError
+from ..errors import FormatError, OptionError
 from ..network import as_features
-from .npz import features_npz_arrays, write_features_npz
+from .npz import check_csr_rows, features_npz_arrays, write_features_npz
 
 __all__ = ["FeatureSource", "CsrSource", "NpzSource", "HeadSource", "save_npz_source", "as_source", "read_ranges"]
 
@@ -79,7 +79,8 @@ class NpzSource:
 
     Uncompressed members are mapped, so a rank reads only the bytes of its rows;
     compressed members (``numpy.savez_compressed``) are read whole. A file without
-    ``data`` reads back every value as 1.
+    ``data`` reads back every value as 1. The rows read are checked (as
+    :func:`~spdnn.formats.npz.check_csr_rows`): a damaged file is a FormatError.
 
     Raises
     ------
@@ -102,10 +103,17 @@ class NpzSource:
         counts, idx, val = [np.zeros(1, np.int64)], [], []
         for a, b in ranges:
             ptr = np.array(self._indptr[a:b + 1], dtype=np.int64)
+            if ptr[0] < 0 or ptr[-1] > len(self._indices) or np.any(ptr[1:] < ptr[:-1]):
+                raise FormatError(f"rows {a + 1}..{b}: row pointers decrease or point beyond the feature ids "
+                                  f"(a damaged .npz?)", path=self.path)
+            rows_idx = np.array(self._indices[ptr[0]:ptr[-1]])
+            rows_val = (None if self._data is None
+                        else np.array(self._data[ptr[0]:ptr[-1]], dtype=np.float64))
+            check_csr_rows(self.path, ptr, rows_idx, rows_val, self.neurons, first_row=a)
             counts.append(np.diff(ptr))
-            idx.append(np.array(self._indices[ptr[0]:ptr[-1]]))
-            if self._data is not None:
-                val.append(np.array(self._data[ptr[0]:ptr[-1]], dtype=np.float64))
+            idx.append(rows_idx)
+            if rows_val is not None:
+                val.append(rows_val)
         indptr = np.cumsum(np.concatenate(counts))
         indices = np.concatenate(idx) if idx else np.zeros(0, np.int32)
         data = np.concatenate(val) if self._data is not None and val else np.ones(len(indices))

@@ -41,7 +41,7 @@ from ..errors import QUOTE_CHARS, DataNotFoundError, FormatError, format_bytes, 
 
 __all__ = ["CHUNK_BYTES", "COMPRESSION_ERRORS", "MAX_LINE_BYTES", "compression_problem", "TextEntries", "input_file", "open_data", "wrap_gzip", "iter_line_blocks",
            "line_blocks", "iter_entry_blocks", "parse_blocks", "read_entries", "damage_instead", "compression_failure", "entries_to_csr",
-           "check_row_sorted"]
+           "check_row_sorted", "check_rows_fit"]
 
 #: Bytes read from a (decompressed) stream per parsing step.
 CHUNK_BYTES = 32 << 20
@@ -487,12 +487,16 @@ def _slow_values(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple
     width = int(lengths[:limit].max()) if limit else 1
     cols = np.arange(width)
     gather = np.minimum(starts[:limit, None] + cols, buf.size - 1)
-    mat = np.where(cols < lengths[:limit, None], buf[gather], 0).astype(np.uint8)
-    underscore = np.flatnonzero((mat == ord("_")).any(axis=1))
-    if underscore.size:
-        limit = int(underscore[0])
-        mat = mat[:limit]
-    tokens = np.ascontiguousarray(mat).view(f"S{width}").ravel()
+    inside = cols < lengths[:limit, None]
+    mat = np.where(inside, buf[gather], 0).astype(np.uint8)
+    # numpy's bytes strings drop trailing NULs ('0.5\0' would read as 0.5) and numpy reads
+    # '1_0' as 10: a token holding a NUL or an underscore is a bad token, refused before
+    # the conversion
+    bad = (inside & ((mat == 0) | (mat == ord("_")))).any(axis=1)
+    flagged = np.flatnonzero(bad)
+    if flagged.size:
+        limit = int(flagged[0])
+    tokens = np.ascontiguousarray(mat[:limit]).view(f"S{width}").ravel()
     out = np.empty(starts.size, np.float64)
     try:
         out[:limit] = tokens.astype(np.float64)
@@ -793,6 +797,19 @@ def check_row_sorted(rows: np.ndarray, cols: np.ndarray, where: str, first_line:
     if dup >= 0:
         _raise_duplicate(rows, cols, dup - 1, dup, where, first_line, names)
     return kind == 0
+
+
+def check_rows_fit(rows: int, where: str, what: str) -> None:
+    """Refuse (MemoryLimitError naming ``where``) a matrix of ``rows`` rows whose row pointers
+    (and per-row counts, 16 bytes a row) cannot fit the host memory.
+
+    The row count comes from the file (a MatrixMarket size line, the largest index of a
+    layer): one damaged number must give an error, not a process killed for memory.
+    """
+    from ..memory import Estimate, check_fits
+
+    check_fits(Estimate(job="read", host={"row pointers": 16 * (int(rows) + 1)}), f"{where}: {what}",
+               advice="is the file damaged?")
 
 
 def _small_index(indptr: np.ndarray) -> np.ndarray:

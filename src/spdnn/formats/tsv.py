@@ -22,7 +22,9 @@ import scipy.sparse as sp
 from .._atomic import atomic_open
 from ..errors import FormatError, OptionError
 from ..options import positive_int
-from .text import entries_to_csr, open_data, read_entries
+from .text import check_rows_fit, entries_to_csr, open_data, read_entries
+
+_INT32_MAX = 2**31 - 1
 
 __all__ = ["read_layer", "parse_layer_stream", "read_id_list", "write_layer_tsv", "write_features_tsv",
            "write_categories"]
@@ -68,6 +70,7 @@ def parse_layer_stream(stream: IO[bytes], where: str, neurons: int | None = None
         raise FormatError("empty file: expected lines 'row<TAB>col<TAB>value'", path=where)
     rows, cols = entries.ints
     n = neurons if neurons is not None else int(max(rows.max(), cols.max()))
+    check_rows_fit(n, where, f"a layer of N = {n:,} neurons" + (" (its largest index)" if neurons is None else ""))
     return entries_to_csr(rows, cols, entries.values, (n, n), where)
 
 
@@ -113,16 +116,20 @@ def _format_lines(a, b, code, texts, text_starts, out):
 def _value_texts(data: np.ndarray, fmt: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Format each distinct value once with ``fmt`` (falling back to repr when ``fmt`` is lossy).
 
-    Returns (concatenated text bytes, start offset of each text (k+1,), sorted distinct values (k,)).
+    Values are distinct by their bits, so 0.0 and -0.0 keep their signs.
+
+    Returns (concatenated text bytes, start offset of each text (k+1,), sorted distinct
+    bit patterns (k,), int64: look a value up with ``searchsorted(uniq, values.view(np.int64))``).
     """
-    if data.size == 0:
-        uniq = np.empty(0)
-    elif data.min() == data.max():
-        uniq = data[:1].copy()
+    bits = np.ascontiguousarray(data, np.float64).view(np.int64)
+    if bits.size == 0:
+        uniq = np.empty(0, np.int64)
+    elif bits.min() == bits.max():
+        uniq = bits[:1].copy()
     else:
-        uniq = np.unique(data)
+        uniq = np.unique(bits)
     texts = []
-    for u in uniq.tolist():
+    for u in uniq.view(np.float64).tolist():
         s = fmt % u
         if float(s) != u or (u == 0 and np.signbit(u) != s.startswith("-")):
             s = repr(float(u))
@@ -162,7 +169,7 @@ def _write_compressed(path, indptr: np.ndarray, indices: np.ndarray, data: np.nd
                 major = np.repeat(np.arange(m0 + 1, m1 + 1, dtype=np.int64), np.diff(indptr[m0:m1 + 1]))
                 minor = indices[s:e].astype(np.int64) + 1
                 code = (np.zeros(e - s, np.int64) if uniq.size == 1
-                        else np.searchsorted(uniq, data[s:e]).astype(np.int64))
+                        else np.searchsorted(uniq, data[s:e].view(np.int64)).astype(np.int64))
                 a, b = (major, minor) if major_first else (minor, major)
                 out = np.empty((e - s) * (2 * 21 + width + 1), np.uint8)
                 used = _format_lines(a, b, code, texts, starts, out)
@@ -216,11 +223,15 @@ def write_categories(path: str | os.PathLike, ids) -> None:
     Raises
     ------
     OptionError
-        An id is below 1.
+        An id is below 1, or beyond 2**31 - 1 (the readers' largest index: the file could
+        not be read back).
     """
     arr = np.unique(np.asarray(ids, dtype=np.int64).ravel())
     if arr.size and arr[0] < 1:
         raise OptionError(f"categories: id {int(arr[0])} is not 1-based (expected >= 1)")
+    if arr.size and arr[-1] > _INT32_MAX:
+        raise OptionError(f"categories: id {int(arr[-1])} is beyond {_INT32_MAX} (the largest sample id "
+                          f"the readers accept)")
     text = "".join(f"{v}\n" for v in arr.tolist())
     with atomic_open(path, "wb") as fh:
         fh.write(text.encode("ascii"))
