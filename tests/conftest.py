@@ -54,16 +54,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="slow test: pass --runslow"))
 
 
-def pytest_terminal_summary(terminalreporter):
-    """The fuzzer's count of tolerated issue-19 items of another engineer (tests/fuzzing.py, KNOWN)."""
-    import sys
-
-    fuzzing = sys.modules.get("fuzzing")
-    if fuzzing is not None and fuzzing.KNOWN_HITS:
-        hits = ", ".join(f"item {item}: {count}" for item, count in sorted(fuzzing.KNOWN_HITS.items()))
-        terminalreporter.write_line(f"fuzzer: inputs that hit issue-19 items of another engineer (tolerated): {hits}")
-
-
 @pytest.fixture
 def seed(request):
     """A fresh random seed per test, printed (pytest shows it on failure)."""

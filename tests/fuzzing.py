@@ -14,16 +14,13 @@ parsed content or raises :class:`Invalid`.
 
 Outcome checks: :func:`outcome` runs a reader in a time bound and returns its result or
 the :class:`~spdnn.errors.SpdnnError` it raised; any other exception is a failure of the
-property (re-raised), except the signatures of the bugs another engineer is fixing
-(:data:`KNOWN`), which are counted in :data:`KNOWN_HITS` and reported at the end of the
-session.
+property (re-raised).
 
 Every example counts one input in ``SPDNN_FUZZ_COUNT`` (a file, when set): how
 ``benchmarks/fuzz.py`` reports the number of inputs tried.
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import gzip
 import math
@@ -43,7 +40,7 @@ from spdnn.errors import SpdnnError, SpdnnWarning
 
 __all__ = ["Invalid", "Huge", "MAX_ROWS", "TOKENS", "mutated", "damaged_gzip", "reordered_lines", "respaced",
            "ref_decompress", "ref_triples", "ref_ids", "ref_mtx", "ref_idx", "to_csr", "same_matrix", "outcome", "time_bound",
-           "KNOWN", "KNOWN_HITS", "count_example", "message_ok"]
+           "count_example", "message_ok"]
 
 INT32_MAX = 2**31 - 1
 #: Seconds one reader call may take on these tiny inputs before it counts as a hang.
@@ -69,8 +66,6 @@ MAX_ROWS = 10**7
 
 #: Tokens inserted or substituted by the mutations: other number spellings, signs, zero,
 #: values beyond int32 / float64, non-ASCII and control bytes, separators.
-#: Long digit runs stay below Python's 4300-digit int limit (issue 19 item 9 is someone
-#: else's; ``test_known_items`` keeps its own examples).
 TOKENS = st.one_of(
     st.sampled_from([b"0", b"-1", b"-0", b"+7", b"1.5", b"1e400", b"-1e-400", b"nan", b"inf", b"-inf", b"1_0",
                      b"0x10", b"1e", b".", b"-", b"+", b"e5", b"007", b"2147483647", b"2147483648", b"4294967297",
@@ -374,26 +369,6 @@ def time_bound(seconds: float = TIME_BOUND_S):
             signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - start), 0.001))
 
 
-#: Signatures of bugs of issue 19 that another engineer is fixing: item -> predicate on
-#: the exception (or the message) that this fuzzer tolerates and counts instead.
-KNOWN = {
-    "9 (5,000-digit integers: Python's int limit)": lambda exc: (isinstance(exc, ValueError) and not isinstance(
-        exc, SpdnnError) and "limit" in str(exc) and "digits" in str(exc)),
-    "10 (the offending token quoted whole)": lambda exc: isinstance(exc, SpdnnError) and len(str(exc)) > MAX_MESSAGE,
-}
-#: How often each known item was hit in this process.
-KNOWN_HITS: collections.Counter = collections.Counter()
-
-
-def known_item(exc: BaseException) -> str | None:
-    """The :data:`KNOWN` item ``exc`` is a sign of, counted; None for any other exception."""
-    for item, test in KNOWN.items():
-        if test(exc):
-            KNOWN_HITS[item] += 1
-            return item
-    return None
-
-
 def message_ok(exc: BaseException, path) -> bool:
     """An error message names the file (its name at least) and is short."""
     text = str(exc)
@@ -411,9 +386,8 @@ def count_example() -> None:
 def outcome(read, *args, **kwargs):
     """``read(*args, **kwargs)`` within the time bound: its result, or the SpdnnError it raised.
 
-    Any other exception propagates (the property fails), except a :data:`KNOWN` item's,
-    which returns the string ``"known: <item>"``. Warnings of spdnn are allowed; any
-    other warning is an error (pyproject's ``filterwarnings = error``).
+    Any other exception propagates (the property fails). Warnings of spdnn are allowed;
+    any other warning is an error (pyproject's ``filterwarnings = error``).
     """
     count_example()
     try:
@@ -421,12 +395,4 @@ def outcome(read, *args, **kwargs):
             warnings.simplefilter("ignore", SpdnnWarning)
             return read(*args, **kwargs)
     except SpdnnError as exc:
-        item = known_item(exc)
-        return f"known: {item}" if item else exc
-    except Hang:
-        raise
-    except Exception as exc:
-        item = known_item(exc)
-        if item:
-            return f"known: {item}"
-        raise
+        return exc

@@ -443,10 +443,8 @@ def _check(case: Reader, folders: Path, raw: bytes, options: dict, *, path: Path
     except Invalid as why:
         want = why
     note(f"reader: {got!r}\nreference: {want!r}")
-    event("refused" if isinstance(got, SpdnnError) else "known item" if isinstance(got, str) else "read")
+    event("refused" if isinstance(got, SpdnnError) else "read")
     assert not leftovers(folders), f"partial output left behind: {leftovers(folders)}"
-    if isinstance(got, str):  # an issue-19 item of another engineer (counted)
-        return got
     if isinstance(want, fz.Huge):  # too large to compare here: either outcome, as long as it is clean
         assert not isinstance(got, SpdnnError) or fz.message_ok(got, path), got
         return got
@@ -628,7 +626,7 @@ def ref_network(raw: bytes, n: int) -> list:
             continue
         k = int(m.group(2))
         if k in layers:
-            return "known: 4 (a tarball holding the same layer twice)"
+            raise Invalid(f"layer {k} held twice")
         layers[k] = ref_layer(data, n)
     if not layers or sorted(layers) != list(range(1, max(layers) + 1)):
         raise Invalid("layers missing")
@@ -669,8 +667,6 @@ def test_tarball_mutations(data, folders):
         want = why
     note(f"reader: {got!r}\nreference: {want!r}")
     assert not leftovers(folders), leftovers(folders)
-    if isinstance(want, str) or isinstance(got, str):
-        return  # an issue-19 item of another engineer
     if isinstance(got, SpdnnError):
         assert fz.message_ok(got, path), f"the message does not name {path.name}: {got}"
         assert isinstance(want, Invalid) or not all(_ordinary_matrix(w) for w in want), (
@@ -765,10 +761,6 @@ def _named(line: str, names) -> bool:
     return any(os.path.basename(name) in line for name in names)
 
 
-#: Wording of issue 19 item 11 (generator .json errors blame options the user never passed).
-_ITEM_11 = re.compile(r"--samples|--bias|--layers|--neurons|out of memory")
-
-
 @given(data=st.data())
 def test_cli_run_with_a_mutated_file(data, official_layout, folders):
     """``spdnn run --data DIR`` with one file of the layout mutated: exit 0 or 1 with a consistent
@@ -812,9 +804,6 @@ def test_cli_run_with_a_mutated_file(data, official_layout, folders):
     if result.exit_code == 2:
         lines = _stderr_lines(result)
         assert len(lines) == 1 and lines[0].startswith("spdnn: error: "), result.stderr
-        if kind == "json" and not _named(lines[0], [p.name for p in root.rglob("*")]) and _ITEM_11.search(lines[0]):
-            fz.KNOWN_HITS["11 (generator .json errors name CLI options)"] += 1
-            return
         files = [name] if kind != "json" else [p.name for p in root.rglob("*")]
         assert _named(lines[0], files), f"the error does not name {name}: {lines[0]}"
         return
@@ -845,9 +834,7 @@ def test_cli_verify_with_a_mutated_file(data, folders):
     if result.exit_code == 2:
         lines = _stderr_lines(result)
         assert len(lines) == 1 and lines[0].startswith("spdnn: error: ") and path.name in lines[0], result.stderr
-        if len(lines[0]) > fz.MAX_MESSAGE:
-            fz.KNOWN_HITS["10 (the offending token quoted whole)"] += 1
-            return
+        assert len(lines[0]) <= fz.MAX_MESSAGE, f"a message of {len(lines[0])} characters"
         assert isinstance(want, Invalid), f"refused valid ids: {lines[0]}"
         return
     assert not isinstance(want, Invalid), f"exit {result.exit_code} for an invalid file ({want})"
@@ -980,28 +967,22 @@ def test_huge_declared_matrix_is_refused_before_it_is_built(name, text, read, fo
         read(path)
 
 
-# --- issue 19 items of another engineer: kept as expected failures until they land --------
+# --- regressions of issue 19 items 9, 10 and 4 -----------------------------------------------
 
-@pytest.mark.xfail(reason="issue 19 item 9 (another engineer): a 5,000-digit index gives Python's int-limit "
-                          "ValueError instead of a FormatError", strict=False)
-def test_known_item_9_huge_integer(folders):
+def test_item_9_huge_integer_is_a_format_error(folders):
     path = write_input(folders, "n8-l1.tsv", b"1\t1\t1\n" + b"7" * 5000 + b"\t1\t1\n")
     with pytest.raises(SpdnnError):
         read_layer(path)
 
 
-@pytest.mark.xfail(reason="issue 19 item 10 (another engineer): the offending token is quoted whole in the "
-                          "message", strict=False)
-def test_known_item_10_huge_token_in_message(folders):
+def test_item_10_huge_token_is_quoted_short(folders):
     path = write_input(folders, "n8-l1.tsv", b"1\t1\t1\n1\t1\t" + b"\x00" * 100_000 + b"\n")
     with pytest.raises(SpdnnError) as err:
         read_layer(path)
     assert len(str(err.value)) <= fz.MAX_MESSAGE
 
 
-@pytest.mark.xfail(reason="issue 19 item 4 (another engineer): a tarball holding a layer twice is read with "
-                          "the first copy (tar x keeps the last)", strict=False)
-def test_known_item_4_duplicate_member(folders):
+def test_item_4_duplicate_member_is_refused(folders):
     layer = b"1\t1\t1\n"
     raw = gzip.compress(_tar([("neuron2/n2-l1.tsv", layer, "file"), ("neuron2/n2-l1.tsv", b"2\t2\t1\n", "file")]))
     path = write_input(folders, "neuron2.tar.gz", raw)
