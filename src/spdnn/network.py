@@ -266,6 +266,7 @@ class Network:
     caps: tuple = ()
     _edges: list = field(default_factory=list, repr=False, compare=False)
     _zero_suffix: list = field(default_factory=list, repr=False, compare=False)
+    _widths: list = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self):
         depth = len(self.layers)
@@ -337,10 +338,15 @@ class Network:
 
     @property
     def widths(self) -> tuple:
-        """(n_0, n_1, ..., n_L): the inputs' width, then each layer's outputs."""
-        if isinstance(self.bias, np.ndarray):
-            return (int(self.bias.shape[1]),) * (self.depth + 1)
-        return (int(_shape(self.layers[0])[0]),) + tuple(int(b.shape[0]) for b in self.bias)
+        """(n_0, n_1, ..., n_L): the inputs' width, then each layer's outputs (computed once:
+        engines read it on every ``infer``)."""
+        if not self._widths:
+            if isinstance(self.bias, np.ndarray):
+                widths = (int(self.bias.shape[1]),) * (self.depth + 1)
+            else:
+                widths = (int(_shape(self.layers[0])[0]),) + tuple(int(b.shape[0]) for b in self.bias)
+            self._widths.append(widths)
+        return self._widths[0]
 
     @property
     def inputs(self) -> int:
