@@ -243,7 +243,14 @@ def _index(tok: bytes, bound: int | None, what: str) -> int:
     return v
 
 
+#: Longest value token the format allows (docs/challenge.md, Formats: at most 100 characters).
+MAX_VALUE_CHARS = 100
+
+
 def _value(tok: bytes) -> float:
+    # a decimal number of at most MAX_VALUE_CHARS characters; Python-only spellings ('1_0') are not
+    if len(tok) > MAX_VALUE_CHARS or b"_" in tok:
+        raise Invalid(f"value {tok[:40]!r} ({len(tok)} bytes)")
     try:
         x = float(tok.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
