@@ -227,13 +227,7 @@ def choose_config(neurons: int, itemsize: int, *, smem_limit: int = 227 * 1024,
         else:
             if n > 16384 and 2 * opt <= max_accumulators:
                 mb = 2                      # rows do not fit anyway: reuse weights, chunk the rows
-    chunk = min(n, smem_limit // (mb * itemsize) - 1, _MAX_CHUNK)
-    if chunk < 1:
-        raise OptionError(f"mb={mb}: no room in {smem_limit} bytes of shared memory")
-    if chunk < n:
-        parts = -(-n // chunk)              # equal chunks: less padding in the last one
-        chunk = -(-n // parts)
-    return KernelConfig(threads=threads, opt=opt, mb=mb, chunk=chunk)
+    return KernelConfig(threads=threads, opt=opt, mb=mb, chunk=_chunk(n, mb, itemsize, smem_limit))
 
 
 def choose_general_config(n_in: int, n_out: int, itemsize: int, *, smem_limit: int = 227 * 1024,
@@ -259,13 +253,19 @@ def choose_general_config(n_in: int, n_out: int, itemsize: int, *, smem_limit: i
     if mb is None:
         fits = [c for c in (8, 4, 2, 1) if c * opt <= max_accumulators]
         mb = next((c for c in fits if (n_in + 1) * c * itemsize <= smem_limit), fits[0] if fits else 1)
+    return KernelConfig(threads=threads, opt=opt, mb=mb, chunk=_chunk(n_in, mb, itemsize, smem_limit))
+
+
+def _chunk(n_in: int, mb: int, itemsize: int, smem_limit: int) -> int:
+    """Inputs staged at once: all ``n_in`` when ``mb`` rows of them (and the zero slot) fit
+    ``smem_limit`` bytes, else equal chunks (less padding in the last one)."""
     chunk = min(n_in, smem_limit // (mb * itemsize) - 1, _MAX_CHUNK)
     if chunk < 1:
         raise OptionError(f"mb={mb}: no room in {smem_limit} bytes of shared memory")
     if chunk < n_in:
-        parts = -(-n_in // chunk)           # equal chunks: less padding in the last one
+        parts = -(-n_in // chunk)
         chunk = -(-n_in // parts)
-    return KernelConfig(threads=threads, opt=opt, mb=mb, chunk=chunk)
+    return chunk
 
 
 def _choose_stationary(n, itemsize, virtual, smem_limit, max_accumulators, threads, mb) -> KernelConfig | None:
