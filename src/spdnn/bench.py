@@ -27,22 +27,22 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._atomic import atomic_open, atomic_path
+from ._atomic import atomic_path
 from ._progress import progress_bar
 from .engines import PRECISIONS, available_engines, engine_device, engine_merges, get_engine
 from .engines._cupy import release_device_memory
 from .engines.base import Engine, InferenceResult
 from .errors import OptionError, SpdnnError
-from .floor import WEIGHT_INDEX_BYTES, Floor, FloorConstants, floor_check, floor_estimate, floor_of_run, read_constants
+from .floor import Floor, FloorConstants, floor_check, floor_estimate, floor_of_run, read_constants
 from .network import LazyLayers, Network
 from .options import check_merge
-from .report import to_json
+from .report import write_json
 
 __all__ = ["parse_cells", "default_engines", "Floor", "floor_estimate", "floor_constants", "host_bandwidth_gbs",
            "gpu_copy_gbs", "gpu_bandwidth_gbs", "Timing", "time_runs", "time_engine", "BenchRun", "bench_runs",
@@ -610,19 +610,6 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
         report["cells"].append(cell)
     report["passed"] = all(e["passed"] for c in report["cells"] for e in c["engines"].values())
     return report
-
-
-def write_json(report: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write the report as indented JSON (:func:`spdnn.report.to_json`), atomically."""
-    path = Path(path)
-    try:
-        with atomic_open(path, "w") as fh:
-            fh.write(to_json(report, indent=1) + "\n")
-    except SpdnnError:
-        raise
-    except OSError as exc:
-        raise SpdnnError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    return path
 
 
 def plot_format(path: str | os.PathLike) -> str:

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from ._atomic import atomic_open
+from .report import write_json
 from .errors import FormatError, OptionError, SpdnnError
 
 __all__ = ["Floor", "floor_estimate", "WEIGHT_INDEX_BYTES", "SCOPES", "FloorConstants", "Segment", "CellFloor",
@@ -267,15 +267,7 @@ def _check_optional(name: str, value) -> None:
 
 def write_constants(constants: FloorConstants, path: str | os.PathLike) -> Path:
     """Write ``constants`` as JSON, atomically; returns the path."""
-    path = Path(path)
-    try:
-        with atomic_open(path, "w") as fh:
-            fh.write(json.dumps(constants.to_dict(), indent=1) + "\n")
-    except SpdnnError:
-        raise
-    except OSError as exc:
-        raise SpdnnError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    return path
+    return write_json(constants.to_dict(), path)
 
 
 def read_constants(path: str | os.PathLike) -> FloorConstants:

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import format_bytes
+from ._atomic import atomic_open
+from .errors import SpdnnError, format_bytes
 
 __all__ = ["to_json", "jsonable", "format_ids", "format_seconds", "format_run", "format_comparison",
            "format_info", "format_cache", "format_bench"]
@@ -47,6 +48,22 @@ def jsonable(obj: Any) -> Any:
 def to_json(obj: Any, *, indent: int | None = None) -> str:
     """One JSON document for ``obj`` (see :func:`jsonable` for the conversions)."""
     return json.dumps(jsonable(obj), indent=indent, sort_keys=False)
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` as indented JSON (:func:`to_json`), atomically; returns the path.
+
+    Raises :class:`SpdnnError` naming the path when it cannot be written (a full disk is
+    the :class:`~spdnn.errors.DiskFullError` of :func:`spdnn._atomic.atomic_open`)."""
+    path = Path(path)
+    try:
+        with atomic_open(path, "w") as fh:
+            fh.write(to_json(obj, indent=1) + "\n")
+    except SpdnnError:
+        raise
+    except OSError as exc:
+        raise SpdnnError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return path
 
 
 def format_ids(ids: Iterable[int], *, limit: int = 20) -> str:
