@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+from spdnn.engines import ENGINES
+
 REPO = Path(__file__).resolve().parents[1]
 #: The project's shared data (never committed): ../shared/data beside the checkout,
 #: or SPDNN_SHARED_DATA (on the device machine, a carried copy).
@@ -81,3 +83,14 @@ def mnist_path() -> Path:
     import spdnn
 
     return Path(spdnn.__file__).parent / "data" / "train-images-idx3-ubyte.gz"
+
+
+@pytest.fixture(params=sorted(ENGINES))
+def engine_name(request) -> str:
+    """Every registered engine's name, skipped (with the reason) where it cannot run here."""
+    from factories import engine_availability
+
+    ok, why = engine_availability(request.param)
+    if not ok:
+        pytest.skip(f"engine {request.param!r} not available here: {why}")
+    return request.param

@@ -15,19 +15,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from spdnn.engines import ENGINES, engine_class
+from spdnn.engines import engine_class
 from spdnn.engines.base import _head_bounds
 from spdnn.network import Network
 
-from factories import engine_availability, read_official_subset
-
-
-@pytest.fixture(params=sorted(ENGINES))
-def engine_name(request) -> str:
-    ok, why = engine_availability(request.param)
-    if not ok:
-        pytest.skip(f"engine {request.param!r} not available here: {why}")
-    return request.param
+from factories import read_official_subset
 
 
 def batched(cls, features_batch: int, survivors_batch: int | None = None, samples: int = -1):

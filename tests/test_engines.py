@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from spdnn.engines import ENGINES, engine_class, get_engine
+from spdnn.engines import engine_class, get_engine
 from spdnn.errors import OptionError, SpdnnError
 from spdnn.engines.reference import ReferenceEngine
 from spdnn.verify import explain_differences
@@ -31,14 +31,6 @@ from factories import (engine_availability, feedforward_network, general_cases, 
                        random_features, read_official_subset, sum_then_scale_traps)
 
 PRECISIONS = ["fp32", "fp64"]
-
-
-@pytest.fixture(params=sorted(ENGINES))
-def engine_name(request) -> str:
-    ok, why = engine_availability(request.param)
-    if not ok:
-        pytest.skip(f"engine {request.param!r} not available here: {why}")
-    return request.param
 
 
 @pytest.fixture(params=PRECISIONS)
