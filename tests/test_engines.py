@@ -152,9 +152,13 @@ def test_general_networks(engine_name, precision, rng, case, batched):
         np.testing.assert_array_equal(rows, ref_rows)
         assert values.shape == ref_values.shape and (values != ref_values).nnz == 0
     else:
+        # Clear rows: the same prediction. Every row: the prediction is a top value of the
+        # fp64 outputs up to fp32 rounding (a tie, e.g. two outputs at the cap, may go either way).
         clear = _clear_margin(ref.outputs)
-        assert clear.any() or not ref.outputs.any(), "no well-conditioned sample to compare"
         np.testing.assert_array_equal(result.predictions[clear], ref.predictions[clear])
+        picked = ref.outputs[np.arange(len(ref.outputs)), result.predictions]
+        best = ref.outputs.max(axis=1)
+        assert np.all(best - picked <= 1e-3 * (1.0 + np.abs(best))), "an fp32 prediction is not a top fp64 output"
 
 
 def test_planted_cases_exercise_what_they_plant(rng):

@@ -119,7 +119,9 @@ def test_sparse_weight_tensors(layout, rng, seed):
     dense_model = nn.Sequential(nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 4))
     dense_model.load_state_dict(model.state_dict())
     with torch.no_grad():
-        w = model[0].weight * (torch.rand(9, 12) < 0.2)
+        mask = torch.zeros(9 * 12)
+        mask[torch.randperm(9 * 12)[:20]] = 1.0          # exactly 20 of 108 nonzero: under the sparse threshold
+        w = model[0].weight * mask.reshape(9, 12)
         dense_model[0].weight.copy_(w)
         model[0].weight = nn.Parameter(w.to_sparse() if layout == "coo" else w.to_sparse_csr(), requires_grad=False)
     net = from_torch(model)

@@ -129,6 +129,15 @@ def _poke(path, layer, name, index, value):
     path.write_bytes(bytes(raw))
 
 
+def _make_indptr_decrease(path, layer):
+    """Zero the indptr entry after the first positive one: a decrease whatever the layer's pattern."""
+    offset, dtype, count = _array_at(path, layer, "indptr")
+    indptr = np.frombuffer(path.read_bytes(), dtype, count, offset)
+    k = int(np.argmax(indptr > 0))
+    assert 0 < k < count - 2, "the damaged layer needs entries before its last two rows"
+    _poke(path, layer, "indptr", k + 1, 0)
+
+
 DAMAGE = {
     "magic": (lambda p: p.write_bytes(b"NOTSPDNN" + p.read_bytes()[8:]), "not a spdnn model file"),
     "truncated": (lambda p: p.write_bytes(p.read_bytes()[:-100]), "truncated"),
@@ -145,7 +154,7 @@ DAMAGE = {
                    "layer 3: activation 'tanh'"),
     "cap": (lambda p: _rewrite_header(p, lambda h: h["layers"][1].update(cap=-1)), "layer 2: cap -1"),
     "index range": (lambda p: _poke(p, 1, "indices", 0, 12), "layer 2 indices: 12 is outside 0..11"),
-    "index order": (lambda p: _poke(p, 1, "indptr", 1, 0) or None, "layer 2"),
+    "index order": (lambda p: _make_indptr_decrease(p, 1), "layer 2 indptr: decreases"),
     "nan weight": (lambda p: _poke(p, 0, "weights", 3, np.nan), "layer 1 weights: non-finite"),
     "inf bias": (lambda p: _poke(p, 4, "bias", 0, np.inf), "layer 5 bias: non-finite"),
     "indptr end": (lambda p: _poke(p, 2, "indptr", 12, 10 ** 6), "layer 3 indptr"),
