@@ -17,6 +17,7 @@ import scipy.sparse as sp
 
 from spdnn.engines import engine_class
 from spdnn.engines.base import _head_bounds
+from spdnn.errors import DeviceMemoryError
 from spdnn.network import Network
 
 from factories import read_official_subset
@@ -163,24 +164,23 @@ def test_batched_general_network_merges_where_it_prunes(rng):
 def test_cuda_batch_size_fits_every_batch_not_just_the_average():
     """The first rows carry most nonzeros: a batch size from the average would not pass
     the check of the load (the failure '41201 samples do not fit ... at most 41182')."""
-    from types import SimpleNamespace
+    from spdnn.engines.cuda.plan import batch_size, samples_fitting
 
-    from spdnn.engines.cuda.engine import CudaEngine
+    def fitting(f):
+        return samples_fitting(1_000_000, 1000, 4, int(np.count_nonzero(np.diff(f.indptr))), int(f.nnz))
 
-    engine = CudaEngine()
-    engine._activation_budget = lambda: 1_000_000
-    engine._bytes_per_sample = lambda: 1000
-    engine.config = SimpleNamespace(mb=1)
     dense = np.zeros((3000, 200))
     dense[:600, :] = 1.0                                 # 200 nonzeros a row, then 5
     dense[600:, :5] = 1.0
     features = sp.csr_matrix(dense)
-    average = engine.max_batch(features)
-    batch = engine._batch_size(features)
-    assert batch < average
+    batch = batch_size(features, 1_000_000, 1000, 4)
+    assert batch < fitting(features)
     for b0 in range(0, 3000, batch):
         part = features[b0:b0 + batch]
-        assert part.shape[0] <= engine.max_batch(part), f"batch at {b0} does not fit"
+        assert part.shape[0] <= fitting(part), f"batch at {b0} does not fit"
+    assert batch_size(features, 1_000_000, 1000, 4, cap=100) == 100
+    with pytest.raises(DeviceMemoryError, match="not even 64 samples"):
+        batch_size(features, 20_000, 1000, 4, least=64)
 
 
 def test_cuda_memory_cap_from_the_environment(monkeypatch):

@@ -12,7 +12,7 @@ import pytest
 import scipy.sparse as sp
 
 from spdnn.engines import get_engine
-from spdnn.engines.cuda.engine import merge_points
+from spdnn.engines.cuda.plan import merge_points
 from spdnn.engines.cuda.layout import KernelConfig
 from spdnn.errors import OptionError, SpdnnError
 from spdnn.network import Network

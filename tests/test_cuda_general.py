@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 
 from spdnn.engines.cuda.emulate import NumpyKernels
 from spdnn.engines.cuda.engine import CudaEngine
@@ -19,7 +18,7 @@ from spdnn.engines.cuda.layout import VALUE_ARRAY, VALUE_SCALAR, KernelConfig, c
 from spdnn.errors import DeviceMemoryError, OptionError
 from spdnn.network import Network
 
-from factories import GENERAL_CASES, general_case, random_features, random_layer, reference_run
+from factories import GENERAL_CASES, general_case, random_layer
 
 #: Blockings of the sparse layers: the default; tiny blocks that slice every layer's outputs
 #: and (with a small shared memory) chunk its inputs; one row a tile.

@@ -11,7 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from spdnn.engines.cuda.engine import kernel_instances, kernel_source
+from spdnn.engines.cuda.compilation import kernel_instances, kernel_source
 from spdnn.engines.cuda.layout import VALUE_ARRAY, VALUE_SCALAR, VALUE_SUM_THEN_SCALE, KernelConfig, choose_config
 
 _C1024 = choose_config(1024, 4, virtual=64).__dict__

@@ -1,7 +1,11 @@
 """The CUDA engine: CuPy for memory and launches, CUDA C++ kernels compiled at run time.
 
-Design (kernels in ``kernels/*.cu``, each file prepended with ``kernels/common.cuh``;
-weight layout in :mod:`.layout`):
+Modules: :mod:`.plan` decides what runs where (blocking, packing, memory, phases,
+counters; pure numpy, tested on the CPU), :mod:`.layout` packs the weights,
+:mod:`.compilation` compiles the kernels (``kernels/*.cu``), :mod:`.general` runs networks
+not of the challenge's form; this module allocates, uploads, launches and reads back.
+
+Design:
 
 * activations are dense, sample-major rows of the alive samples in two device buffers
   used in turn; each row carries a sample id and a weight (the samples it stands for);
@@ -38,11 +42,7 @@ Nothing here imports CuPy at module import time.
 """
 from __future__ import annotations
 
-import functools
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -53,17 +53,12 @@ from ...network import Network
 from ...options import check_merge, check_tristate, optional_index, optional_positive_int
 from .._cupy import cupy, device, device_name, free_device_bytes, pinned_empty
 from ..base import Engine
-from .layout import (VALUE_ARRAY, KernelConfig, PackedLayer, choose_config, entry_values, narrowest_exact_dtype,
-                     pack_layer, stationary_smem_bytes, value_plan)
-from ..columns import pays_to_dedupe, unique_columns
+from .compilation import blocks_per_sm, compiled_kernels, kernel_instances
+from .layout import KernelConfig, PackedLayer, entry_values
+from .plan import (ChallengePlan, Counters, Phase, batch_size, count_survivors, merge_roots,
+                   merged_members, plan_challenge, samples_fitting)
 
-__all__ = ["CudaEngine", "merge_points", "kernel_instances", "kernel_source", "PREFETCH_STAGES", "TAIL_STAGES",
-           "TAIL_ROWS_PER_SM", "WIDE_ROWS"]
-
-#: Prefetch stages of the stationary kernel (the layer running and the next two in flight),
-#: and of its one-row tail instance.
-PREFETCH_STAGES = 3
-TAIL_STAGES = 4
+__all__ = ["CudaEngine", "TAIL_ROWS_PER_SM", "WIDE_ROWS"]
 
 #: A segment after a merge runs one-row tiles (the tail instance) when at most this many
 #: rows a multiprocessor enter it: each row then has a block, and a multiprocessor, to itself.
@@ -80,129 +75,6 @@ _RUN_ARRAYS = ("_flags", "_rep", "_wadd", "_parent", "_keys", "_vals", "_stats",
 
 #: Upper end of a launch's row range (rows_lo..rows_hi) when it runs for any count.
 _ANY_ROWS = np.int32(np.iinfo(np.int32).max)
-
-KERNEL_DIR = Path(__file__).parent / "kernels"
-_CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
-           np.dtype(np.float16): "unsigned short"}
-_VALUE_MODE_NAMES = ("sum_then_scale", "scalar", "array")
-
-
-def merge_points(depth: int, *, first: int = 16) -> list[int]:
-    """Layers before which identical rows are merged: first, 2*first, 4*first, ... < depth.
-
-    A merge pass costs a few launches and one read of the rows; rows that became equal stay
-    equal, so doubling intervals catch convergence with log2(L) passes.
-    """
-    points, k = [], int(first)
-    while k < depth:
-        points.append(k)
-        k *= 2
-    return points
-
-
-@functools.lru_cache(maxsize=None)
-def _module(device_id: int, filename: str, names: tuple[str, ...]):
-    """The RawModule of ``common.cuh`` + ``kernels/<filename>`` with these template instances.
-
-    Compiled on first use per device (CuPy also keeps the binary in its on-disk cache, keyed
-    by the whole source, the header included).
-    """
-    cp = cupy("cuda")
-    with cp.cuda.Device(device_id):
-        return cp.RawModule(code=kernel_source(filename), options=("-std=c++17",), name_expressions=list(names))
-
-
-def kernel_instances(config: KernelConfig, neurons: int, dtype, value_dtype, value_mode: int, *,
-                     tail: KernelConfig | None = None) -> dict[str, dict[str, str]]:
-    """The kernel template instances a run needs: {file: {role: instance}}.
-
-    Roles: 'stationary' or 'layer' (the layer kernel of ``config``), 'tail' (the stationary
-    kernel of ``tail``, if given), 'wide_sums', 'wide_expand' and 'wide_place' (the wide path of per-layer
-    deduplicated blockings), 'compact', 'densify', 'copy' (``layer.cu``), 'find' and
-    'mcompact' (``merge.cu``). ``value_dtype`` is the stored weight type for
-    :data:`.layout.VALUE_ARRAY` (else None).
-    """
-    cfg = config
-    t = _CTYPES[np.dtype(dtype)]
-    v = t if value_dtype is None else _CTYPES[np.dtype(value_dtype)]
-    flag = {True: "true", False: "false"}
-    layer = {"compact": f"spdnn_compact<{t}>", "densify": f"spdnn_densify<{t}>", "copy": "spdnn_copy_count"}
-    out = {}
-
-    def stationary(c: KernelConfig) -> str:
-        return (f"spdnn_stationary<{t}, {v}, {value_mode}, {c.threads}, {c.mb}, {c.opt}, {flag[c.dedupe]}, "
-                f"{c.prefetch_stages}>")
-
-    if cfg.stationary:
-        out["stationary.cu"] = {"stationary": stationary(cfg)}
-        if tail is not None:
-            out["stationary.cu"]["tail"] = stationary(tail)
-    else:
-        fused = cfg.slices(neurons) == 1
-        layer["layer"] = (f"spdnn_layer<{t}, {v}, {value_mode}, {cfg.threads}, {cfg.mb}, {cfg.opt}, "
-                          f"{flag[fused]}, {flag[cfg.dedupe]}>")
-        if cfg.dedupe:
-            layer["wide_sums"] = f"spdnn_wide_sums<{t}, {v}, {value_mode}>"
-            layer["wide_expand"] = f"spdnn_wide_expand<{t}, {value_mode}>"
-            layer["wide_place"] = f"spdnn_wide_place<{t}>"
-    out["layer.cu"] = layer
-    out["merge.cu"] = {"find": f"spdnn_merge_find<{t}>", "mcompact": f"spdnn_merge_compact<{t}>"}
-    return out
-
-
-def kernel_source(filename: str) -> str:
-    """The source compiled for ``kernels/<filename>``: ``common.cuh`` followed by the file."""
-    return (KERNEL_DIR / "common.cuh").read_text() + "\n" + (KERNEL_DIR / filename).read_text()
-
-
-@dataclass(frozen=True)
-class _Kernel:
-    """A compiled kernel and the template instance it is (named in debug-mode errors)."""
-
-    fn: object
-    name: str
-
-
-def _kernels(device_id: int, filename: str, names: dict[str, str]) -> dict[str, _Kernel]:
-    """{role: _Kernel} for ``names`` = {role: template instance} of one kernel file."""
-    module = _module(device_id, filename, tuple(names.values()))
-    with cupy("cuda").cuda.Device(device_id):
-        return {role: _Kernel(module.get_function(name), name) for role, name in names.items()}
-
-
-def _map_layers(fn, depth: int, *, start: int = 0) -> list:
-    """[fn(k) for k in start..depth-1], on host threads (numpy releases the GIL)."""
-    workers = min(16, os.cpu_count() or 1, max(depth - start, 1))
-    if workers <= 1:
-        return [fn(k) for k in range(start, depth)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(fn, range(start, depth)))
-
-
-def _blocks_per_sm(kernel: _Kernel, threads: int, smem: int, dev) -> int:
-    """Resident blocks per multiprocessor (registers, threads, shared memory)."""
-    attrs = dev.attributes
-    regs = max(int(kernel.fn.num_regs), 1)
-    regs_per_warp = -(-regs * 32 // 256) * 256
-    by_regs = attrs.get("MaxRegistersPerMultiprocessor", 65536) // (regs_per_warp * (threads // 32))
-    by_threads = attrs.get("MaxThreadsPerMultiProcessor", 2048) // threads
-    static = int(kernel.fn.shared_size_bytes)
-    by_smem = attrs.get("MaxSharedMemoryPerMultiprocessor", 228 * 1024) // (smem + static + 1024)
-    return max(1, min(by_regs, by_threads, by_smem, 32))
-
-
-@dataclass(frozen=True)
-class _Phase:
-    """One step of a run: 'stationary' (layers a..b-1 in one launch), 'layer' (layer a) or
-    'merge' (before layer a). ``chunk``: the streamed weight chunk it reads (-1: resident);
-    ``few``: rows may be few (after a merge): a stationary segment is queued with its tail
-    instance, a deduplicated layer with the wide path."""
-
-    kind: str
-    a: int
-    b: int
-    chunk: int = -1
-    few: bool = False
 
 
 @dataclass(frozen=True)
@@ -292,6 +164,7 @@ class CudaEngine(Engine):
             raise OptionError(f"blocking={blocking!r}: expected a dict of 'threads', 'opt', 'mb'")
         self.blocking = blocking
         self._general = None
+        self._plan: ChallengePlan | None = None
 
     @classmethod
     def availability(cls) -> tuple[bool, str]:
@@ -312,10 +185,11 @@ class CudaEngine(Engine):
 
     # ------------------------------------------------------------------ prepare
     def prepare(self, network: Network) -> None:
-        """Choose the blocking, pack every layer (host), plan the memory, upload, compile."""
+        """Plan (blocking, packing, memory; :mod:`.plan`), upload, compile."""
         self.network = network
         self.features = None
         self._general = None
+        self._plan = None
         self._release_run()                           # release a previous run's buffers
         if not network.challenge_form:
             self._general = self._general_path(network)
@@ -324,12 +198,29 @@ class CudaEngine(Engine):
         self._device = dev
         self._device_label = device_name(dev)           # a properties query costs milliseconds
         with dev:
-            cfg, columns = self._configure(network)
-            packed = self._pack(network, cfg, columns)
-            self._plan_memory(network, packed)
+            self._plan, packed = plan_challenge(
+                network, self.dtype, self.weights, smem_limit=self._smem_limit(), budget=self._budget(),
+                forced=self.forced_config, dedupe=self.dedupe, merge=self.merging,
+                stream_weights=self.stream_weights)
             self._upload(network, packed)
+            del packed
             self._compile()
             dev.synchronize()
+
+    @property
+    def config(self) -> KernelConfig | None:
+        """The blocking of the challenge path (None before :meth:`prepare` or on the general path)."""
+        return None if self._plan is None else self._plan.config
+
+    @property
+    def tail_config(self) -> KernelConfig | None:
+        """The one-row tail instance's blocking (None: none)."""
+        return None if self._plan is None else self._plan.tail_config
+
+    @property
+    def streaming(self) -> bool:
+        """Whether weights stream from host memory."""
+        return self._plan is not None and self._plan.streaming
 
     def _general_path(self, network: Network):
         """The general path of ``network`` (:mod:`.general`): layers planned, uploaded, compiled."""
@@ -349,152 +240,21 @@ class CudaEngine(Engine):
     def _smem_limit(self) -> int:
         return int(self._device.attributes.get("MaxSharedMemoryPerBlockOptin", 227 * 1024))
 
-    def _configure(self, network: Network) -> tuple[KernelConfig, list | None]:
-        """The blocking, and each layer's distinct columns when deduplicating (else None)."""
-        n, itemsize = network.neurons, np.dtype(self.dtype).itemsize
-        limit = self._smem_limit()
-        cfg = self.forced_config
-        if cfg is not None:
-            if cfg.stationary and not cfg.fits_stationary(n):
-                raise OptionError(f"config={cfg}: stationary needs chunk == N ({n}) and one slice")
-            columns = self._distinct_columns(network, force=True) if cfg.dedupe else None
-            return cfg, columns
-        columns = self._distinct_columns(network)
-        if columns is not None:
-            try:
-                return choose_config(n, itemsize, virtual=max(r.size for r, _ in columns), smem_limit=limit), columns
-            except OptionError:
-                if self.dedupe is True:
-                    raise
-        return choose_config(n, itemsize, smem_limit=limit), None
-
-    def _distinct_columns(self, network: Network, *, force: bool = False):
-        """unique_columns of every layer, or None when deduplication is off or does not pay."""
-        if self.dedupe is False and not force:
-            return None
-        n = network.neurons
-        judge = not force and self.dedupe == "auto"
-        first = unique_columns(network.layers[0])
-        if judge and not pays_to_dedupe(first[0].size, n):
-            return None
-        rest = _map_layers(lambda k: unique_columns(network.layers[k]), network.depth, start=1)
-        out = [first, *rest]
-        if judge and not all(pays_to_dedupe(r.size, n) for r, _ in out):
-            return None
-        return out
-
-    def _pack(self, network: Network, cfg: KernelConfig, columns) -> list[PackedLayer]:
-        """Pack every layer for ``cfg`` (host threads); choose the value mode and the blocking's prefetch."""
-        n = network.neurons
-
-        def pack(k):
-            p = pack_layer(self.weights(k), cfg, n, columns=None if columns is None else columns[k])
-            if p.uniform_value is None:
-                dt = narrowest_exact_dtype(np.unique(p.values[p.idx != cfg.chunk]), self.dtype)
-            else:
-                dt = narrowest_exact_dtype(np.array([p.uniform_value]), self.dtype)
-                p.values = None                      # rebuilt only if values must be stored
-            return p, dt
-
-        packed, exact = zip(*_map_layers(pack, network.depth))
-        packed = list(packed)
-        uniforms = [p.uniform_value for p in packed]
-        self.plan = value_plan(uniforms, list(exact), self.dtype)
-        self._vdtype = self.plan.value_dtype if self.plan.mode == VALUE_ARRAY else None
-        self._scalars = np.array([u if u is not None else 0.0 for u in uniforms], dtype=self.dtype)
-        entry_off = np.zeros(network.depth + 1, dtype=np.int64)
-        entry_off[1:] = np.cumsum([p.entries for p in packed])
-        self._entry_off = entry_off
-        self._max_entries = int(max(p.entries for p in packed))
-        self.padding_ratio = float(entry_off[-1] / max(sum(p.packed_nnz for p in packed), 1))
-        self.distinct_columns = float(np.mean([p.virtual for p in packed]))
-        self.adds_per_row = [int(p.packed_nnz) for p in packed]     # the floor's arithmetic (spdnn.floor)
-        if cfg.stationary and self.forced_config is None:
-            # Prefetch the next layers into shared memory when the stages fit beside the tile.
-            cfg = self._with_prefetch(cfg, PREFETCH_STAGES)
-        self.config = cfg
-        self.tail_config = self._tail(cfg)
-        return packed
-
-    @property
-    def _value_bytes(self) -> int:
-        """Bytes of one stored weight value (0: values are not stored, one per layer)."""
-        return 0 if self._vdtype is None else np.dtype(self._vdtype).itemsize
-
-    def _stationary_smem(self, cfg: KernelConfig) -> int:
-        return stationary_smem_bytes(cfg, np.dtype(self.dtype).itemsize, max_entries=self._max_entries,
-                                     value_bytes=self._value_bytes)
-
-    def _with_prefetch(self, cfg: KernelConfig, stages: int) -> KernelConfig:
-        """``cfg`` with ``stages`` prefetch stages if they fit shared memory beside the tile,
-        else ``cfg`` unchanged (out_map copies need 16-byte rows: N a multiple of 8)."""
-        staged = KernelConfig(**{**cfg.__dict__, "prefetch": True, "stages": stages})
-        if self._stationary_smem(staged) <= self._smem_limit() and (not cfg.dedupe or self.network.neurons % 8 == 0):
-            return staged
-        return cfg
-
-    def _tail(self, cfg: KernelConfig) -> KernelConfig | None:
-        """The blocking of the one-row tail instance of stationary segments (same packing:
-        threads, opt and chunk fix the layout; mb does not), or None when it would be ``cfg``."""
-        if not cfg.stationary or self.forced_config is not None:
-            return None
-        tail = self._with_prefetch(KernelConfig(**{**cfg.__dict__, "mb": 1, "prefetch": False}), TAIL_STAGES)
-        return None if tail == cfg else tail
-
-    def _layer_bytes(self, p: PackedLayer) -> int:
-        return p.entries * (2 + self._value_bytes) + (2 * self.network.neurons if self.config.dedupe else 0)
-
-    def _plan_memory(self, network: Network, packed: list[PackedLayer]) -> None:
-        """Resident layers [0, R) and streamed chunks of layers [R, L) (see the module docstring)."""
-        sizes = np.array([self._layer_bytes(p) for p in packed], dtype=np.int64)
-        total = int(sizes.sum())
-        self.weight_bytes = total + int(sum(p.meta.nbytes for p in packed))     # read once a layer (spdnn.floor)
-        small = self._entry_off.nbytes + sum(p.meta.nbytes for p in packed) + network.bias.nbytes
-        budget = self._budget()
-        per_sample = self._bytes_per_sample()
-        stream = self.stream_weights
-        if stream == "auto":
-            stream = total + small + 64 * per_sample > budget or total > budget // 2
-        depth = network.depth
-        self._resident, self._chunks = depth, []
-        if stream:
-            room = budget - small - 64 * per_sample
-            slot = int(max(sizes.max(), min(total // 4 if self.stream_weights is True else total, room // 4)))
-            if 2 * slot > room:
-                raise DeviceMemoryError(f"cuda engine: even streaming, two slots of {slot} bytes of weights and "
-                                        f"64 samples exceed the memory budget of {budget} bytes")
-            resident = 0
-            if self.stream_weights != True:            # noqa: E712 - 'auto' keeps what fits
-                prefix = np.cumsum(sizes)
-                resident = int(np.searchsorted(prefix, room - 2 * slot, side="right"))
-            start = resident
-            while start < depth:
-                stop, used = start, 0
-                while stop < depth and (stop == start or used + sizes[stop] <= slot):
-                    used += int(sizes[stop])
-                    stop += 1
-                self._chunks.append((start, stop))
-                start = stop
-            self._resident = resident
-            self._slot_bytes = slot
-        self.streaming = bool(self._chunks)
-
     def _upload(self, network: Network, packed: list[PackedLayer]) -> None:
         """Copy the layout to the device (resident layers) and to pinned host memory (streamed)."""
         cp = cupy(self.name)
-        cfg, n, depth = self.config, network.neurons, network.depth
-        off = self._entry_off
+        plan = self._plan
+        cfg, n, depth, off = plan.config, plan.neurons, plan.depth, plan.entry_off
         self._meta = cp.asarray(np.concatenate([p.meta for p in packed]))
-        self._meta_off = np.concatenate(([0], np.cumsum([p.meta.shape[0] for p in packed]))).astype(np.int64)
         self._entry_off_dev = cp.asarray(off)
-        self._scalars_dev = cp.asarray(self._scalars)
+        self._scalars_dev = cp.asarray(plan.scalars)
         self._one_bias = network.uniform_bias()
         if self._one_bias is not None:
             self._bias = cp.full((1, n), self._one_bias, dtype=self.dtype)
         else:
             self._bias = cp.asarray(np.ascontiguousarray(network.bias, dtype=self.dtype))
         self._bias_stride = 0 if self._bias.shape[0] == 1 else n
-        vdtype = self._vdtype
+        vdtype = plan.value_dtype
         self._dummy_vals = cp.zeros(8, dtype=vdtype or self.dtype)
         self._dummy_map = cp.zeros(8, dtype=np.uint16)
 
@@ -508,12 +268,12 @@ class CudaEngine(Engine):
             omap = np.concatenate([p.out_map for p in packed[a:b]]) if cfg.dedupe else None
             return idx, vals, omap
 
-        r = self._resident
+        r = plan.resident
         idx, vals, omap = host(0, r)
         self._eidx = cp.asarray(idx if idx.size else np.zeros(8, np.uint16))
         self._evals = self._dummy_vals if vals is None or not vals.size else cp.asarray(vals)
         self._out_map = self._dummy_map if omap is None or not omap.size else cp.asarray(omap)
-        if self.streaming:
+        if plan.streaming:
             idx, vals, omap = host(r, depth)
             self._host_idx = pinned_empty(idx.size, np.uint16)
             self._host_idx[:idx.size] = idx
@@ -523,8 +283,8 @@ class CudaEngine(Engine):
             self._host_map = None if omap is None else pinned_empty(omap.size, np.uint16)
             if omap is not None:
                 self._host_map[:omap.size] = omap
-            most_entries = max(int(off[b] - off[a]) for a, b in self._chunks)
-            most_layers = max(b - a for a, b in self._chunks)
+            most_entries = max(int(off[b] - off[a]) for a, b in plan.chunks)
+            most_layers = max(b - a for a, b in plan.chunks)
             self._slots = [(cp.empty(max(most_entries, 8), dtype=np.uint16),
                             cp.empty(max(most_entries, 8), dtype=vdtype) if vdtype is not None else self._dummy_vals,
                             cp.empty(max(most_layers * n, 8), dtype=np.uint16) if cfg.dedupe else self._dummy_map)
@@ -538,39 +298,21 @@ class CudaEngine(Engine):
         free = int(0.9 * (free_device_bytes() + reclaimable))
         return free if self.memory_cap_bytes is None else min(self.memory_cap_bytes, free)
 
-    def _bytes_per_sample(self) -> int:
-        """Device bytes of one alive sample: two activation rows, ids, weights, flags, merge
-        arrays and hash-table slots, its parent entry."""
-        n = self.network.neurons
-        return 2 * n * np.dtype(self.dtype).itemsize + 4 * (2 + 2 + 1 + 1 + 1 + 1) + 2 * (8 + 4)
-
     def _compile(self) -> None:
-        """Get (compile on first use) the kernels this network needs."""
-        cfg, dev, n = self.config, self._device, self.network.neurons
-        itemsize = np.dtype(self.dtype).itemsize
-        self._fused = cfg.slices(n) == 1
+        """Get (compile on first use) the kernels of the plan; their launch limits."""
+        plan, dev = self._plan, self._device
+        cfg = plan.config
         kernels = {}
-        tail = self.tail_config
-        for filename, names in kernel_instances(cfg, n, self.dtype, self._vdtype, self.plan.mode, tail=tail).items():
-            kernels.update(_kernels(dev.id, filename, names))
-        if cfg.stationary:
-            main = kernels["stationary"]
-            self._smem = self._stationary_smem(cfg)
-            if tail is not None:
-                self._tail_smem = self._stationary_smem(tail)
-                if self._tail_smem > 48 * 1024:
-                    kernels["tail"].fn.max_dynamic_shared_size_bytes = self._tail_smem
-        else:
-            main = kernels["layer"]
-            self._smem = cfg.smem_bytes(itemsize)
-        if self._smem > self._smem_limit():
-            raise OptionError(f"config={cfg}: needs {self._smem} bytes of shared memory a block for this network, "
-                              f"the device allows {self._smem_limit()}")
-        if self._smem > 48 * 1024:
-            main.fn.max_dynamic_shared_size_bytes = self._smem
+        for filename, names in kernel_instances(cfg, plan.neurons, self.dtype, plan.value_dtype, plan.values.mode,
+                                                tail=plan.tail_config).items():
+            kernels.update(compiled_kernels(dev.id, filename, names))
+        main = kernels["stationary" if cfg.stationary else "layer"]
+        for kernel, smem in ((main, plan.smem), (kernels.get("tail"), plan.tail_smem)):
+            if kernel is not None and smem > 48 * 1024:        # beyond the default: opt in
+                kernel.fn.max_dynamic_shared_size_bytes = smem
         self._k = kernels
         self._sms = dev.attributes["MultiProcessorCount"]
-        self._blocks_per_sm = _blocks_per_sm(main, cfg.threads, self._smem, dev)
+        self._blocks_per_sm = blocks_per_sm(main, cfg.threads, plan.smem, dev)
 
     # ------------------------------------------------------------------ load
     def max_batch(self, features: sp.csr_matrix | None = None) -> int:
@@ -578,10 +320,10 @@ class CudaEngine(Engine):
         for features like ``features`` (their nonzeros a live row are uploaded too)."""
         if self._general is not None:
             return self._general.max_batch(features)
-        if features is None or not features.shape[0]:
-            return self._most(self._activation_budget(), 0, 0)
-        live = int(np.count_nonzero(np.diff(features.indptr)))
-        return self._most(self._activation_budget(), live, int(features.nnz))
+        live = 0 if features is None else int(np.count_nonzero(np.diff(features.indptr)))
+        nnz = 0 if features is None else int(features.nnz)
+        return samples_fitting(self._activation_budget(), self._plan.bytes_per_sample(),
+                               np.dtype(self.dtype).itemsize, live, nnz, self.batch_samples)
 
     def _activation_budget(self) -> int:
         """Device bytes left for a batch's buffers: the budget less the weights (with a cap;
@@ -590,19 +332,11 @@ class CudaEngine(Engine):
         with self._dev():
             free = self._budget(self._run_bytes())          # the free memory (weights already out of it)
             if self.memory_cap_bytes is not None:          # a cap counts the weights in it
-                slots = 2 * self._slot_bytes if self.streaming else 0
+                slots = 2 * self._plan.slot_bytes
                 capped = self.memory_cap_bytes - int(self._eidx.nbytes + self._evals.nbytes + self._out_map.nbytes
                                                      + self._meta.nbytes + slots)
                 return min(capped, free)
             return free
-
-    def _most(self, budget: int, live: int, nnz: int) -> int:
-        """Samples that fit ``budget`` when ``live`` rows carry ``nnz`` nonzeros."""
-        per = self._bytes_per_sample()
-        if live:
-            per += -(-nnz // live) * (4 + np.dtype(self.dtype).itemsize) + 8
-        most = max(budget // per, 0)
-        return int(most if self.batch_samples is None else min(most, self.batch_samples))
 
     def _run_bytes(self) -> int:
         """Device bytes of the run arrays held now (activation buffers and their companions)."""
@@ -620,29 +354,11 @@ class CudaEngine(Engine):
 
     def _batch_size(self, features: sp.csr_matrix) -> int:
         """The most samples a load may hold such that every batch of that many consecutive
-        samples passes :meth:`_allocate`'s check (a batch's live rows may carry more
-        nonzeros than the average)."""
+        samples passes :meth:`_allocate`'s check (:func:`.plan.batch_size`)."""
         if self._general is not None:
             return self._general.batch_size(features)
-        total = features.shape[0]
-        if not total:
-            return 1
-        budget = self._activation_budget()
-        live_before = np.concatenate(([0], np.cumsum(np.diff(features.indptr) > 0)))
-        indptr = features.indptr
-        batch = max(1, min(total, self.max_batch(features)))
-        while batch > 1:
-            excess = 0
-            for b0 in range(0, total, batch):
-                b1 = min(total, b0 + batch)
-                live = int(live_before[b1] - live_before[b0])
-                excess = max(excess, live - self._most(budget, live, int(indptr[b1] - indptr[b0])))
-            if excess <= 0:
-                break
-            batch = max(1, batch - excess)
-        if batch < min(total, self.config.mb):
-            raise DeviceMemoryError(f"cuda engine: not even {self.config.mb} samples fit the device memory budget")
-        return batch
+        return batch_size(features, self._activation_budget(), self._plan.bytes_per_sample(),
+                          np.dtype(self.dtype).itemsize, cap=self.batch_samples, least=self.config.mb)
 
     def load(self, features) -> None:
         """Upload features (samples x N); rows with no nonzero are dead from the start."""
@@ -705,15 +421,8 @@ class CudaEngine(Engine):
         slots = 1 << max(int(2 * cap - 1).bit_length(), 4)      # a power of two >= 2 * cap
         self._keys = cp.empty(slots, dtype=np.uint64)
         self._vals = cp.empty(slots, dtype=np.int32)
-        # Counters, one int32 array read back at once: counts[L+1] and wcounts[L+1] (rows and
-        # samples alive after each layer run by the per-layer kernel), deaths[L+1] and
-        # wdeaths[L+1] (rows and samples dying at each layer of a stationary segment),
-        # ctr[P] and tickets[P] (per phase), the current row count.
-        phases = 2 * depth + 8
-        sizes = {"counts": depth + 1, "wcounts": depth + 1, "deaths": depth + 1, "wdeaths": depth + 1,
-                 "ctr": phases, "tickets": phases, "cur": 1}
-        self._stat_off = dict(zip(sizes, np.concatenate(([0], np.cumsum(list(sizes.values()))[:-1])).tolist()))
-        self._stats = cp.zeros(sum(sizes.values()), dtype=np.int32)
+        self._counters = Counters(depth)             # every count, one array read back at once
+        self._stats = cp.zeros(self._counters.size, dtype=np.int32)
         self._stats_host = pinned_empty(self._stats.size, np.int32)
         self._ids_host = pinned_empty(cap, np.int32)
         self._parent_host = pinned_empty(self._parent_size, np.int32)
@@ -727,7 +436,7 @@ class CudaEngine(Engine):
 
     def _stat(self, where: tuple[str, int]):
         """One counter of ``_stats`` as a 1-element device array (a kernel argument)."""
-        i = self._stat_off[where[0]] + int(where[1])
+        i = self._counters.at(*where)
         return self._stats[i:i + 1]
 
     # ------------------------------------------------------------------ launches
@@ -742,41 +451,14 @@ class CudaEngine(Engine):
                 raise
             raise SpdnnError(f"cuda engine: kernel {kernel.name} failed ({what}): {exc}") from exc
 
-    def _phases(self, start: int, stop: int) -> list[_Phase]:
-        """The steps of layers start..stop-1: cut at merge points and streamed chunks."""
-        points = merge_points(self.network.depth) if self.merging else []
-        merges = [k for k in points if start < k < stop]
-        first_merge = points[0] if points else self.network.depth
-        edges = {start, stop, *merges}
-        edges.update(a for a, _ in self._chunks if start < a < stop)
-        if self._chunks and start < self._resident < stop:
-            edges.add(self._resident)
-        cuts = sorted(edges)
-        phases = []
-        for a, b in zip(cuts, cuts[1:]):
-            chunk = self._chunk_of(a)
-            if a in merges:
-                phases.append(_Phase("merge", a, a, chunk))
-            if self.config.stationary:
-                phases.append(_Phase("stationary", a, b, chunk, few=a in merges))
-            else:
-                phases.extend(_Phase("layer", k, k + 1, chunk, few=first_merge <= k) for k in range(a, b))
-        return phases
-
-    def _chunk_of(self, k: int) -> int:
-        for i, (a, b) in enumerate(self._chunks):
-            if a <= k < b:
-                return i
-        return -1
-
     def _view(self, chunk: int) -> _WeightView:
         if chunk < 0:
             return _WeightView(self._eidx, self._evals, self._out_map, 0, 0)
-        a, _ = self._chunks[chunk]
+        a, _ = self._plan.chunks[chunk]
         idx, vals, omap = self._slots[chunk % 2]
-        return _WeightView(idx, vals, omap, int(self._entry_off[a]), a)
+        return _WeightView(idx, vals, omap, int(self._plan.entry_off[a]), a)
 
-    def _enqueue(self, phases: list[_Phase], first: int, src):
+    def _enqueue(self, phases: list[Phase], first: int, src):
         """Queue ``phases`` (numbered from ``first``) on the current stream (capturable).
 
         ``src`` is the counter holding the rows entering the first phase; returns the
@@ -791,7 +473,7 @@ class CudaEngine(Engine):
                 src = self._enqueue_layer(ph, src)
         return src
 
-    def _enqueue_stationary(self, ph: _Phase, i: int, src):
+    def _enqueue_stationary(self, ph: Phase, i: int, src):
         """Queue layers ph.a..ph.b-1 as one stationary launch, or, for a segment after a
         merge, as the main and the tail instance, of which the row count in ``src`` runs one."""
         cfg, n, cur = self.config, self.network.neurons, self._cur
@@ -800,9 +482,9 @@ class CudaEngine(Engine):
         one = self._one_bias is not None
         args = (self._y[cur], self._y[1 - cur], self._ids[cur], self._ids[1 - cur], self._wts[cur],
                 self._wts[1 - cur], src, out, self._stat(("tickets", i)),
-                self._stats[self._stat_off["deaths"]:], self._stats[self._stat_off["wdeaths"]:],
+                self._stats[self._counters.at("deaths"):], self._stats[self._counters.at("wdeaths"):],
                 view.eidx, view.evals, self._meta, self._entry_off_dev, np.int64(view.ebase),
-                np.int32(self._max_entries), view.out_map, np.int32(view.kbase), self._bias,
+                np.int32(self._plan.max_entries), view.out_map, np.int32(view.kbase), self._bias,
                 np.int64(-1 if one else self._bias_stride), self.dtype(self._one_bias if one else 0),
                 self._scalars_dev, self.dtype(self.network.ymax), np.int32(n), np.int32(ph.a), np.int32(ph.b))
         what = f"layers {ph.a + 1}..{ph.b}"
@@ -810,37 +492,38 @@ class CudaEngine(Engine):
         few = self._sms * TAIL_ROWS_PER_SM      # rows the tail instance takes
         grid = max(1, min(-(-self._capacity // cfg.mb), self._sms * self._blocks_per_sm))
         self._launch("stationary", grid, cfg.threads, args + (np.int32(0 if tail is None else few + 1), _ANY_ROWS),
-                     self._smem, what=what)
+                     self._plan.smem, what=what)
         if tail is not None:
             self._launch("tail", max(1, min(self._capacity, few)), tail.threads, args + (np.int32(0), np.int32(few)),
-                         self._tail_smem, what=what + " (tail)")
+                         self._plan.tail_smem, what=what + " (tail)")
         self._cur = 1 - cur
         return out
 
-    def _enqueue_layer(self, ph: _Phase, src):
+    def _enqueue_layer(self, ph: Phase, src):
         """Queue layer ph.a with the per-layer kernel (and the compaction when sliced)."""
         cfg, n, k = self.config, self.network.neurons, ph.a
         cur, nxt = self._cur, 1 - self._cur
         view = self._view(ph.chunk)
-        a, b = int(self._entry_off[k] - view.ebase), int(self._entry_off[k + 1] - view.ebase)
-        evals = view.evals[a:b] if self._vdtype is not None else view.evals
+        plan = self._plan
+        a, b = int(plan.entry_off[k] - view.ebase), int(plan.entry_off[k + 1] - view.ebase)
+        evals = view.evals[a:b] if plan.value_dtype is not None else view.evals
         out_map = view.out_map[(k - view.kbase) * n:(k - view.kbase + 1) * n] if cfg.dedupe else view.out_map
-        meta = self._meta[int(self._meta_off[k]):int(self._meta_off[k + 1])]
+        meta = self._meta[int(plan.meta_off[k]):int(plan.meta_off[k + 1])]
         bias = self._bias[k if self._bias_stride else 0]
         count_out = self._stat(("counts", k + 1))
         wcount_out = self._stat(("wcounts", k + 1))
         args = (self._y[cur], self._y[nxt], self._ids[cur], self._ids[nxt], self._wts[cur], self._wts[nxt],
                 src, count_out, wcount_out, self._flags, view.eidx[a:b], evals, meta, bias, out_map,
-                self._scalars[k], self.dtype(self.network.ymax), np.int32(n), np.int32(cfg.chunk),
+                self._plan.scalars[k], self.dtype(self.network.ymax), np.int32(n), np.int32(cfg.chunk),
                 np.int32(cfg.nchunks(n)), np.int32(cfg.slices(n)))
         items = -(-self._capacity // cfg.mb) * cfg.slices(n)
         grid = max(1, min(items, self._sms * self._blocks_per_sm))
         wide = self._wide_rows if ph.few else 0
-        self._launch("layer", grid, cfg.threads, args + (np.int32(wide + 1 if wide else 0), _ANY_ROWS), self._smem,
+        self._launch("layer", grid, cfg.threads, args + (np.int32(wide + 1 if wide else 0), _ANY_ROWS), plan.smem,
                      what=f"layer {k + 1}")
         if wide:
             self._enqueue_wide(k, wide, src, count_out, wcount_out, view.eidx[a:b], evals, meta, bias, out_map)
-        if self._fused:
+        if plan.fused:
             self._cur = nxt
             return count_out
         # Sliced: rows were written in place into buffer nxt and flagged; the survivors move
@@ -863,12 +546,12 @@ class CudaEngine(Engine):
         lo, hi = np.int32(1), np.int32(rows)
         warps = rows * cfg.opt * cfg.nwarps
         self._launch("wide_sums", max(1, min(-(-warps // 8), self._sms * 8)), 256,
-                     (self._y[cur], src, lo, hi, eidx, evals, meta, self._scalars[k], self._wide_sums,
+                     (self._y[cur], src, lo, hi, eidx, evals, meta, self._plan.scalars[k], self._wide_sums,
                       self._wide_live, np.int32(n),
                       np.int32(cfg.chunk), np.int32(cfg.nchunks(n)), np.int32(cfg.opt), np.int32(cfg.nwarps)),
                      what=f"layer {k + 1}, wide sums")
         self._launch("wide_expand", max(1, min(-(-n // 256), self._sms * 4)), 256,
-                     (self._wide_sums, np.int32(cfg.outputs_per_block), src, lo, hi, out_map, bias, self._scalars[k],
+                     (self._wide_sums, np.int32(cfg.outputs_per_block), src, lo, hi, out_map, bias, self._plan.scalars[k],
                       self.dtype(self.network.ymax), self._wide_z, self._wide_live, np.int32(n)),
                      what=f"layer {k + 1}, wide expansion")
         self._launch("wide_place", max(1, min(-(-n // 256), self._sms * 4)), 256,
@@ -900,18 +583,18 @@ class CudaEngine(Engine):
         stream = cp.cuda.get_current_stream()
         base, depth = self._stats.data.ptr, self.network.depth
         for name in ("counts", "wcounts", "deaths"):
-            first = self._stat_off[name] + start + 1
+            first = self._counters.at(name, start + 1)
             cp.cuda.runtime.memsetAsync(base + 4 * first, 0, 4 * (depth - start), stream.ptr)
-        first = self._stat_off["wdeaths"] + start + 1                 # wdeaths, ctr, tickets
-        cp.cuda.runtime.memsetAsync(base + 4 * first, 0, 4 * (self._stat_off["cur"] - first), stream.ptr)
+        first = self._counters.at("wdeaths", start + 1)                 # wdeaths, ctr, tickets
+        cp.cuda.runtime.memsetAsync(base + 4 * first, 0, 4 * (self._counters.at("cur") - first), stream.ptr)
 
-    def _enqueue_run(self, start: int, phases: list[_Phase]) -> None:
+    def _enqueue_run(self, start: int, phases: list[Phase]) -> None:
         """Queue a whole run of ``phases`` on the current stream (capturable, no streaming)."""
         self._clear_counters(start)
         end = self._enqueue(phases, 0, self._count_cur)
         self._launch("copy", 1, 32, (end, self._count_cur), what="count")
 
-    def _graph(self, start: int, stop: int, phases: list[_Phase]):
+    def _graph(self, start: int, stop: int, phases: list[Phase]):
         """The captured graph of a run (built once per range and buffer arrangement)."""
         cp = cupy(self.name)
         key = (start, stop, self._cur, tuple(a.data.ptr for a in (*self._ids, *self._wts)))
@@ -927,7 +610,7 @@ class CudaEngine(Engine):
             self._graphs[key] = (graph, stream, after)
         return self._graphs[key]
 
-    def _run_streaming(self, start: int, phases: list[_Phase]) -> None:
+    def _run_streaming(self, start: int, phases: list[Phase]) -> None:
         """Run ``phases`` with streamed chunks copied into two slots one chunk ahead.
 
         The copy of a chunk waits until the phases that read its slot two chunks earlier
@@ -941,21 +624,22 @@ class CudaEngine(Engine):
         for e in freed:
             e.record(compute)
         order = sorted({ph.chunk for ph in phases if ph.chunk >= 0})
-        vbytes = self._value_bytes
-        n, r0 = self.network.neurons, int(self._entry_off[self._resident])
+        plan = self._plan
+        vbytes, off = plan.value_bytes, plan.entry_off
+        n, r0 = plan.neurons, int(off[plan.resident])
 
         def fetch(c):
             slot = c % 2
-            a, b = self._chunks[c]
-            e0, e1 = int(self._entry_off[a]) - r0, int(self._entry_off[b]) - r0
+            a, b = plan.chunks[c]
+            e0, e1 = int(off[a]) - r0, int(off[b]) - r0
             idx, vals, omap = self._slots[slot]
             copy.wait_event(freed[slot])
             cp.cuda.runtime.memcpyAsync(idx.data.ptr, self._host_idx[e0:].ctypes.data, (e1 - e0) * 2, 1, copy.ptr)
             if vbytes:
                 cp.cuda.runtime.memcpyAsync(vals.data.ptr, self._host_vals[e0:].ctypes.data, (e1 - e0) * vbytes, 1,
                                             copy.ptr)
-            if self.config.dedupe:
-                m0 = (a - self._resident) * n
+            if plan.config.dedupe:
+                m0 = (a - plan.resident) * n
                 cp.cuda.runtime.memcpyAsync(omap.data.ptr, self._host_map[m0:].ctypes.data, (b - a) * n * 2, 1,
                                             copy.ptr)
             copied[slot].record(copy)
@@ -990,7 +674,7 @@ class CudaEngine(Engine):
                 or self.streaming or self.debug):
             return
         with self._dev():
-            graph, stream, _ = self._graph(start, stop, self._phases(start, stop))
+            graph, stream, _ = self._graph(start, stop, self._plan.phases(start, stop))
             graph.upload(stream)
             stream.synchronize()
 
@@ -999,7 +683,7 @@ class CudaEngine(Engine):
             ids, survivors, extra = self._general.infer(start, stop)
             return ids + 1, survivors, extra
         cp = cupy(self.name)
-        phases = self._phases(start, stop) if stop > start else []
+        phases = self._plan.phases(start, stop) if stop > start else []
         graphed = False
         merged = self._parents is not None or any(ph.kind == "merge" for ph in phases)
         with self._dev():
@@ -1025,93 +709,27 @@ class CudaEngine(Engine):
                                             stream.ptr)
             stream.synchronize()
         stats = self._stats_host.astype(np.int64)
-        alive = int(stats[self._stat_off["cur"]])
+        alive = int(stats[self._counters.at("cur")])
         ids = self._ids_host[:alive].astype(np.int64)
         if merged:
             self._parents = self._parent_host[:self._loaded].copy()
-        survivors, entering, leaving = self._counts(start, stop, phases, stats)
+        survivors, entering, leaving = count_survivors(self._counters, stats, phases, start, stop,
+                                                       self._alive_rows, self._alive_samples)
         self._alive_rows, self._alive_ids = alive, ids
         self._alive_samples = int(survivors[-1]) if stop > start else self._alive_samples
-        categories = self._members(ids, self._roots())
-        cfg = self.config
+        categories = merged_members(ids, merge_roots(self._parents))
         extra = {
             "device": self._device_label,
-            "config": {"threads": cfg.threads, "opt": cfg.opt, "mb": cfg.mb, "chunk": cfg.chunk,
-                       "dedupe": cfg.dedupe, "stationary": cfg.stationary, "prefetch": cfg.prefetch,
-                       "stages": cfg.prefetch_stages,
-                       "tail": None if self.tail_config is None else {
-                           "mb": self.tail_config.mb, "stages": self.tail_config.prefetch_stages},
-                       "slices": cfg.slices(self.network.neurons), "nchunks": cfg.nchunks(self.network.neurons)},
-            "value_mode": _VALUE_MODE_NAMES[self.plan.mode],
-            "value_dtype": None if self.plan.value_dtype is None else str(self.plan.value_dtype),
-            "padding_ratio": self.padding_ratio,
-            "distinct_columns": self.distinct_columns,
+            **self._plan.describe(),
             "graph": graphed,
-            "stream_weights": self.streaming,
-            "weight_chunks": len(self._chunks),
-            "merge": self.merging,
             "merged_samples": int(categories.size - ids.size),
             "rows_computed": entering.tolist(),
             # the schedule, for spdnn.floor: [first, stop, scope] of each segment (layers from start)
             "segments": [[ph.a - start, ph.b - start, "block" if ph.kind == "stationary" else "grid"]
                          for ph in phases if ph.kind != "merge"],
-            "rows_left": leaving.tolist(), "adds_per_row": self.adds_per_row[start:stop],
-            "weight_bytes": self.weight_bytes,
+            "rows_left": leaving.tolist(), "adds_per_row": self._plan.adds_per_row[start:stop],
         }
         return categories + 1, survivors, extra
-
-    def _counts(self, start: int, stop: int, phases: list[_Phase], stats: np.ndarray):
-        """Samples alive after each layer run, rows entering each and rows left after each (before a
-        merge that follows; int64 arrays, stop - start).
-
-        Per-layer kernels count survivors directly (counts, wcounts); stationary segments
-        count deaths (deaths, wdeaths), subtracted here from what entered the segment;
-        a merge changes the rows, not the samples.
-        """
-        off = self._stat_off
-        survivors = np.zeros(stop - start, dtype=np.int64)
-        entering = np.zeros(stop - start, dtype=np.int64)
-        leaving = np.zeros(stop - start, dtype=np.int64)
-        rows, samples = self._alive_rows, self._alive_samples
-        for i, ph in enumerate(phases):
-            if ph.kind == "merge":
-                rows = int(stats[off["ctr"] + i])
-                continue
-            a, b = ph.a - start, ph.b - start
-            entering[a] = rows
-            if ph.kind == "stationary":
-                lost = np.cumsum(stats[off["deaths"] + ph.a + 1:off["deaths"] + ph.b + 1])
-                lost_samples = np.cumsum(stats[off["wdeaths"] + ph.a + 1:off["wdeaths"] + ph.b + 1])
-                entering[a + 1:b] = rows - lost[:-1]
-                leaving[a:b] = rows - lost
-                survivors[a:b] = samples - lost_samples
-                rows, samples = rows - int(lost[-1]), int(survivors[b - 1])
-            else:
-                rows = leaving[a] = int(stats[off["counts"] + ph.a + 1])
-                samples = survivors[a] = int(stats[off["wcounts"] + ph.a + 1])
-        return survivors, entering, leaving
-
-    def _roots(self) -> np.ndarray | None:
-        """Each loaded sample's representative after every merge so far (itself if never
-        merged), int64 (loaded,); None when nothing was merged."""
-        parents = self._parents
-        if parents is None or not (parents >= 0).any():
-            return None
-        root = np.where(parents >= 0, parents, np.arange(parents.size)).astype(np.int64)
-        while True:                                     # follow chains of merges to their end
-            nxt = root[root]
-            if np.array_equal(nxt, root):
-                return root
-            root = nxt
-
-    def _members(self, ids: np.ndarray, root: np.ndarray | None) -> np.ndarray:
-        """Sorted 0-based sample ids of the alive rows ``ids`` and of every sample merged into
-        them (``root``: :meth:`_roots`)."""
-        if root is None:
-            return np.sort(ids)
-        alive = np.zeros(root.size, dtype=bool)
-        alive[ids] = True
-        return np.flatnonzero(alive[root])
 
     def _activations(self):
         """Every alive sample's row (merged samples share their representative's), sorted by id."""
@@ -1119,8 +737,8 @@ class CudaEngine(Engine):
             return self._general.activations()
         with self._dev():
             y = self._y[self._cur][:self._alive_rows].get()
-        ids, root = self._alive_ids, self._roots()
-        members = self._members(ids, root)
+        ids, root = self._alive_ids, merge_roots(self._parents)
+        members = merged_members(ids, root)
         position = np.full(max(self._loaded, 1), -1, dtype=np.int64)
         position[ids] = np.arange(ids.size)
         rows = position[members if root is None else root[members]]

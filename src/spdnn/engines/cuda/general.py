@@ -196,7 +196,7 @@ class CupyKernels:
 
     def __init__(self, engine, names: dict[str, dict[str, str]]):
         from .._cupy import cupy
-        from .engine import _blocks_per_sm, _kernels
+        from .compilation import blocks_per_sm, compiled_kernels
 
         self.cp = cp = cupy(engine.name)
         self.xp = cp
@@ -206,11 +206,11 @@ class CupyKernels:
         for filename, roles in names.items():
             if filename == "general.cu":      # one module an instance: networks share them
                 for role, name in roles.items():
-                    self.k.update(_kernels(self.dev.id, filename, {role: name}))
+                    self.k.update(compiled_kernels(self.dev.id, filename, {role: name}))
             else:
-                self.k.update(_kernels(self.dev.id, filename, roles))
+                self.k.update(compiled_kernels(self.dev.id, filename, roles))
         self.sms = int(self.dev.attributes["MultiProcessorCount"])
-        self._occupancy = lambda role, threads, smem: _blocks_per_sm(self.k[role], threads, smem, self.dev)
+        self._occupancy = lambda role, threads, smem: blocks_per_sm(self.k[role], threads, smem, self.dev)
         self.graphs = not engine.debug
 
     def allow_smem(self, role: str, smem: int) -> None:

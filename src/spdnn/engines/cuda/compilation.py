@@ -1,0 +1,112 @@
+"""Compiling the CUDA engine's kernels: sources, template instances, modules, occupancy.
+
+Kernels live in ``kernels/*.cu`` and are compiled at run time by NVRTC through CuPy (no
+build step); a module is compiled once a process per device and file and instance set,
+and CuPy keeps the binary in its on-disk cache, keyed by the whole source text. Nothing
+here imports CuPy at module import time; :func:`kernel_source` and
+:func:`kernel_instances` are plain text (tests compile them with nvcc, no GPU needed).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .._cupy import cupy
+from .layout import KernelConfig
+
+__all__ = ["KERNEL_DIR", "kernel_source", "kernel_instances", "ctype", "CompiledKernel", "compiled_kernels",
+           "blocks_per_sm"]
+
+KERNEL_DIR = Path(__file__).parent / "kernels"
+
+_CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double",
+           np.dtype(np.float16): "unsigned short"}
+
+
+def ctype(dtype) -> str:
+    """The C++ type the kernels use for ``dtype`` (half-precision weights as their bits)."""
+    return _CTYPES[np.dtype(dtype)]
+
+
+def kernel_source(filename: str) -> str:
+    """The source compiled for ``kernels/<filename>``: ``common.cuh`` followed by the file."""
+    return (KERNEL_DIR / "common.cuh").read_text() + "\n" + (KERNEL_DIR / filename).read_text()
+
+
+def kernel_instances(config: KernelConfig, neurons: int, dtype, value_dtype, value_mode: int, *,
+                     tail: KernelConfig | None = None) -> dict[str, dict[str, str]]:
+    """The kernel template instances a challenge run needs: {file: {role: instance}}.
+
+    Roles: 'stationary' or 'layer' (the layer kernel of ``config``), 'tail' (the stationary
+    kernel of ``tail``, if given), 'wide_sums', 'wide_expand' and 'wide_place' (the wide path of per-layer
+    deduplicated blockings), 'compact', 'densify', 'copy' (``layer.cu``), 'find' and
+    'mcompact' (``merge.cu``). ``value_dtype`` is the stored weight type for
+    :data:`.layout.VALUE_ARRAY` (else None).
+    """
+    cfg = config
+    t = ctype(dtype)
+    v = t if value_dtype is None else ctype(value_dtype)
+    flag = {True: "true", False: "false"}
+    layer = {"compact": f"spdnn_compact<{t}>", "densify": f"spdnn_densify<{t}>", "copy": "spdnn_copy_count"}
+    out = {}
+
+    def stationary(c: KernelConfig) -> str:
+        return (f"spdnn_stationary<{t}, {v}, {value_mode}, {c.threads}, {c.mb}, {c.opt}, {flag[c.dedupe]}, "
+                f"{c.prefetch_stages}>")
+
+    if cfg.stationary:
+        out["stationary.cu"] = {"stationary": stationary(cfg)}
+        if tail is not None:
+            out["stationary.cu"]["tail"] = stationary(tail)
+    else:
+        fused = cfg.slices(neurons) == 1
+        layer["layer"] = (f"spdnn_layer<{t}, {v}, {value_mode}, {cfg.threads}, {cfg.mb}, {cfg.opt}, "
+                          f"{flag[fused]}, {flag[cfg.dedupe]}>")
+        if cfg.dedupe:
+            layer["wide_sums"] = f"spdnn_wide_sums<{t}, {v}, {value_mode}>"
+            layer["wide_expand"] = f"spdnn_wide_expand<{t}, {value_mode}>"
+            layer["wide_place"] = f"spdnn_wide_place<{t}>"
+    out["layer.cu"] = layer
+    out["merge.cu"] = {"find": f"spdnn_merge_find<{t}>", "mcompact": f"spdnn_merge_compact<{t}>"}
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _module(device_id: int, filename: str, names: tuple[str, ...]):
+    """The RawModule of :func:`kernel_source` ``(filename)`` with these template instances."""
+    cp = cupy("cuda")
+    with cp.cuda.Device(device_id):
+        return cp.RawModule(code=kernel_source(filename), options=("-std=c++17",), name_expressions=list(names))
+
+
+@dataclass(frozen=True)
+class CompiledKernel:
+    """A compiled kernel (``fn``: a cupy RawKernel) and the template instance it is (named
+    in debug-mode errors)."""
+
+    fn: object
+    name: str
+
+
+def compiled_kernels(device_id: int, filename: str, names: dict[str, str]) -> dict[str, CompiledKernel]:
+    """{role: CompiledKernel} for ``names`` = {role: template instance} of one kernel file
+    (compiled on first use per device)."""
+    module = _module(device_id, filename, tuple(names.values()))
+    with cupy("cuda").cuda.Device(device_id):
+        return {role: CompiledKernel(module.get_function(name), name) for role, name in names.items()}
+
+
+def blocks_per_sm(kernel: CompiledKernel, threads: int, smem: int, dev) -> int:
+    """Resident blocks of ``kernel`` a multiprocessor holds (registers, threads, shared
+    memory: ``smem`` dynamic bytes a block) on CuPy device ``dev``."""
+    attrs = dev.attributes
+    regs = max(int(kernel.fn.num_regs), 1)
+    regs_per_warp = -(-regs * 32 // 256) * 256
+    by_regs = attrs.get("MaxRegistersPerMultiprocessor", 65536) // (regs_per_warp * (threads // 32))
+    by_threads = attrs.get("MaxThreadsPerMultiProcessor", 2048) // threads
+    static = int(kernel.fn.shared_size_bytes)
+    by_smem = attrs.get("MaxSharedMemoryPerMultiprocessor", 228 * 1024) // (smem + static + 1024)
+    return max(1, min(by_regs, by_threads, by_smem, 32))
