@@ -14,8 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ...network import Network
-from .layout import (VALUE_ARRAY, VALUE_SCALAR, VALUE_SUM_THEN_SCALE, KernelConfig, PackedLayer,
-                     choose_config, entry_values, narrowest_exact_dtype, pack_layer, value_plan)
+from .layout import VALUE_ARRAY, VALUE_SCALAR, VALUE_SUM_THEN_SCALE, KernelConfig, PackedLayer, entry_values
+from .plan import plan_challenge
 
 __all__ = ["emulate_layer", "emulate_network", "packed_sums", "NumpyKernels"]
 
@@ -121,7 +121,7 @@ def emulate_network(network: Network, features, *, precision: str = "fp64",
     features : sparse or dense (samples, N)
     precision : {'fp64', 'fp32'}
     config : KernelConfig, optional
-        Default :func:`choose_config`.
+        Default: the engine's choice (:func:`.plan.plan_challenge`).
 
     Returns
     -------
@@ -132,16 +132,15 @@ def emulate_network(network: Network, features, *, precision: str = "fp64",
     """
     dtype = np.float64 if precision == "fp64" else np.float32
     n = network.neurons
-    cfg = config or choose_config(n, np.dtype(dtype).itemsize)
-    packed = [pack_layer(w, cfg, n) for w in network.layers]
-    exact = [narrowest_exact_dtype(np.unique(p.values[p.idx != cfg.chunk]), dtype) for p in packed]
-    plan = value_plan([p.uniform_value for p in packed], exact, dtype)
+    plan, packed = plan_challenge(network, dtype, lambda k: network.layers[k], smem_limit=227 * 1024,
+                                  budget=1 << 62, forced=config, merge=False, stream_weights=False)
+    cfg = plan.config
     y = np.asarray(sp.csr_matrix(features).toarray(), dtype=dtype)
     rows = np.arange(y.shape[0], dtype=np.int64)
     survivors = np.zeros(network.depth, dtype=np.int64)
     for k, layer in enumerate(packed):
         z, alive = emulate_layer(y, layer, cfg, n, network.bias[k], network.ymax,
-                                 mode=plan.mode, value_dtype=plan.value_dtype)
+                                 mode=plan.values.mode, value_dtype=plan.values.value_dtype)
         y, rows = z[alive], rows[alive]
         survivors[k] = rows.size
     return np.sort(rows) + 1, survivors, rows, y
