@@ -203,8 +203,13 @@ def test_run_bench_every_engine_and_merge_setting(small_cache, monkeypatch):
     monkeypatch.setenv("SPDNN_CACHE_DIR", str(small_cache))
     monkeypatch.setitem(bench.PUBLISHED, (N, L), {"seed V100": 1.0, "seed A100": 2.0, "XY-2021 A6000": 3.0,
                                                   "SNICIT A6000": 4.5})
+    events = []                       # the floor's probe runs after every timing, never before one
+    for name in ("time_engine", "floor_constants"):
+        real = getattr(bench, name)
+        monkeypatch.setattr(bench, name, lambda *a, _real=real, _name=name, **k: events.append(_name) or _real(*a, **k))
     report = bench.run_bench([(N, L)], ["cpu", "reference"], repeats=2, samples=S, precision="fp64",
                              merge=["on", "off"], bandwidth_gbs=10.0)
+    assert events == ["time_engine"] * 3 + ["floor_constants"]
     assert report["passed"] and report["merge"] == ["on", "off"]
     constants = FloorConstants.from_dict(report["floor_constants"]["cpu"])
     assert constants.bandwidth_gbs == 10.0                     # --bandwidth-gbs replaces the measured one
