@@ -1,6 +1,7 @@
 """The CUDA engine: CuPy for memory and launches, CUDA C++ kernels compiled at run time.
 
-Design (kernels in ``kernels/*.cu``, each file prepended with ``kernels/common.cuh``;
+Design (kernels in ``kernels/*.cu``, each naming the headers it uses, ``kernels/*.cuh``,
+with ``#include "name.cuh"`` lines that :func:`kernel_source` replaces by their text;
 weight layout in :mod:`.layout`):
 
 * activations are dense, sample-major rows of the alive samples in two device buffers
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,10 +104,11 @@ def merge_points(depth: int, *, first: int = 16) -> list[int]:
 
 @functools.lru_cache(maxsize=None)
 def _module(device_id: int, filename: str, names: tuple[str, ...]):
-    """The RawModule of ``common.cuh`` + ``kernels/<filename>`` with these template instances.
+    """The RawModule of :func:`kernel_source` (``kernels/<filename>``, its headers included)
+    with these template instances.
 
     Compiled on first use per device (CuPy also keeps the binary in its on-disk cache, keyed
-    by the whole source, the header included).
+    by the whole source, the headers included).
     """
     cp = cupy("cuda")
     with cp.cuda.Device(device_id):
@@ -150,9 +153,45 @@ def kernel_instances(config: KernelConfig, neurons: int, dtype, value_dtype, val
     return out
 
 
+#: A kernel file's request for a header of ``kernels/``: a line ``#include "name.cuh"``.
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"\n]+)"[ \t]*$', re.MULTILINE)
+
+
 def kernel_source(filename: str) -> str:
-    """The source compiled for ``kernels/<filename>``: ``common.cuh`` followed by the file."""
-    return (KERNEL_DIR / "common.cuh").read_text() + "\n" + (KERNEL_DIR / filename).read_text()
+    """The source compiled for ``kernels/<filename>``: the file with its includes resolved.
+
+    NVRTC is given text, not an include path, so each line ``#include "name.cuh"`` is
+    replaced by the text of ``kernels/name.cuh`` (its own includes resolved the same way,
+    recursively and in order); a header comes in once, where first named, and a later
+    line naming it again is dropped. CuPy's compile cache is keyed by the whole resulting
+    text, so a change to any header recompiles the files that include it.
+
+    Raises
+    ------
+    SpdnnError
+        A file names a header that is not in ``kernels/`` (the error names both).
+    """
+    included: set[str] = set()
+
+    def resolve(name: str, named_by: str | None) -> str:
+        path = KERNEL_DIR / name
+        if not path.is_file():
+            if named_by is None:
+                raise SpdnnError(f"no kernel file {name!r} in {KERNEL_DIR}")
+            raise SpdnnError(f"kernel file {named_by!r} includes {name!r}, which is not in {KERNEL_DIR}")
+        text = path.read_text()
+
+        def header(match: re.Match) -> str:
+            wanted = match.group(1)
+            if wanted in included:
+                return ""
+            included.add(wanted)
+            return resolve(wanted, name)
+
+        return _INCLUDE.sub(header, text)
+
+    included.add(filename)
+    return resolve(filename, None)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 // spdnn CUDA kernels: definitions shared by every kernel file.
 //
-// The engine prepends this header to each .cu file before compiling it (so CuPy's kernel
-// cache key covers it). Semantics of a layer, rows are samples (docs/challenge.md, Semantics):
+// Every kernel file includes it first (#include "common.cuh": spdnn.engines.cuda.engine's
+// kernel_source replaces such a line by the header's text, once per file, so CuPy's kernel
+// cache key covers the headers). Semantics of a layer, rows are samples (docs/challenge.md, Semantics):
 //     Y_out = clamp(Y_in W + b [Y_in W != 0], 0, ymax)
 // Exactness (T = double): products and sums use __dmul_rn / __dadd_rn (no FMA), every sum
 // starts from 0 and runs over ascending input neurons (padding adds an exact zero), so the
@@ -147,68 +148,6 @@ __device__ __forceinline__ void reserve_rows(unsigned alive, int p0, const int* 
         if (wcount_out != nullptr && samples) atomicAdd(wcount_out, samples);
     }
     __syncthreads();
-}
-
-// Bits of an activation, widened to 64 (for row hashes and bitwise comparison).
-__device__ __forceinline__ unsigned long long value_bits(float v) { return __float_as_uint(v); }
-__device__ __forceinline__ unsigned long long value_bits(double v) {
-    return static_cast<unsigned long long>(__double_as_longlong(v));
-}
-
-// splitmix64's finalizer: a bijective 64-bit mix.
-__device__ __forceinline__ unsigned long long mix64(unsigned long long x) {
-    x ^= x >> 30;
-    x *= 0xBF58476D1CE4E5B9ull;
-    x ^= x >> 27;
-    x *= 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
-}
-
-// What output j holding z adds to its row's hash. The hash of a row is the sum (mod 2^64) of
-// its nonzero outputs' terms: commutative, so equal rows hash equal whoever computes them.
-template <typename T>
-__device__ __forceinline__ unsigned long long hash_term(T z, int j) {
-    return z != T(0) ? mix64(value_bits(z) + 0x9E3779B97F4A7C15ull * static_cast<unsigned long long>(j + 1)) : 0ull;
-}
-
-// Sum of `v` over the block (every thread calls it; the result is valid in thread 0).
-// `scratch` holds one value per warp.
-__device__ __forceinline__ unsigned long long block_sum(unsigned long long v, unsigned long long* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    unsigned long long total = 0;
-    if (threadIdx.x == 0)
-        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) total += scratch[w];
-    __syncthreads();  // scratch may be reused at once
-    return total;
-}
-
-// Asynchronous global -> shared copies (sm_80+): 16 bytes per call, completed by groups.
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ void cp_async8(void* smem, const void* gmem) {
-    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(s), "l"(gmem));
-}
-
-// The block copies `bytes` (a multiple of 16, both addresses 16-byte aligned) to shared memory.
-__device__ __forceinline__ void stage_async(void* dst, const void* src, long long bytes) {
-    for (long long o = 16LL * threadIdx.x; o < bytes; o += 16LL * blockDim.x)
-        cp_async16(static_cast<char*>(dst) + o, static_cast<const char*>(src) + o);
-}
-
-// The block copies `count` 8-byte words (both addresses 8-byte aligned) to shared memory.
-__device__ __forceinline__ void stage_async8(void* dst, const void* src, int count) {
-    for (int w = threadIdx.x; w < count; w += blockDim.x)
-        cp_async8(static_cast<char*>(dst) + 8 * w, static_cast<const char*>(src) + 8 * w);
 }
 
 }  // namespace spdnn

@@ -22,6 +22,8 @@
 //   when it lives (benign race: every writer stores 1); the engine then compacts the flagged
 //   rows (spdnn_compact, layer.cu) or only counts them (spdnn_general_count).
 
+#include "common.cuh"
+
 namespace spdnn {
 
 // The end of a layer: the bias rule, then ReLU with its cap, or nothing (identity).

@@ -28,6 +28,8 @@
 // Each row carries a sample id and a weight (the samples it stands for, > 1 once identical
 // rows are merged: merge.cu); *wcount_out sums the survivors' weights.
 
+#include "common.cuh"
+
 template <typename T, typename V, int VMODE, int THREADS, int MB, int OPT, bool FUSED, bool DEDUP>
 __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_in, T* __restrict__ y_out,
                             const int* __restrict__ ids_in, int* __restrict__ ids_out,

@@ -19,6 +19,49 @@
 //     rows (rep[p] == p) move to the first rows of y_out with their ids and weights (plus
 //     wadd[p], then cleared); a merged row leaves parent[its id] = its representative's id.
 
+#include "common.cuh"
+
+namespace spdnn {
+
+// Bits of an activation, widened to 64 (for row hashes and bitwise comparison).
+__device__ __forceinline__ unsigned long long value_bits(float v) { return __float_as_uint(v); }
+__device__ __forceinline__ unsigned long long value_bits(double v) {
+    return static_cast<unsigned long long>(__double_as_longlong(v));
+}
+
+// splitmix64's finalizer: a bijective 64-bit mix.
+__device__ __forceinline__ unsigned long long mix64(unsigned long long x) {
+    x ^= x >> 30;
+    x *= 0xBF58476D1CE4E5B9ull;
+    x ^= x >> 27;
+    x *= 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+// What output j holding z adds to its row's hash. The hash of a row is the sum (mod 2^64) of
+// its nonzero outputs' terms: commutative, so equal rows hash equal whoever computes them.
+template <typename T>
+__device__ __forceinline__ unsigned long long hash_term(T z, int j) {
+    return z != T(0) ? mix64(value_bits(z) + 0x9E3779B97F4A7C15ull * static_cast<unsigned long long>(j + 1)) : 0ull;
+}
+
+// Sum of `v` over the block (every thread calls it; the result is valid in thread 0).
+// `scratch` holds one value per warp.
+__device__ __forceinline__ unsigned long long block_sum(unsigned long long v, unsigned long long* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    unsigned long long total = 0;
+    if (threadIdx.x == 0)
+        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) total += scratch[w];
+    __syncthreads();  // scratch may be reused at once
+    return total;
+}
+
+}  // namespace spdnn
+
 namespace {
 constexpr int kMaxProbes = 64;
 }

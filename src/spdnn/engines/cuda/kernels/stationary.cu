@@ -33,6 +33,9 @@
 // Dead rows are all zero and stay zero (a zero sum gets no bias), riding along until the
 // tile is dead.
 
+#include "common.cuh"
+#include "async_copy.cuh"
+
 template <typename T, typename V, int VMODE, int THREADS, int MB, int OPT, bool DEDUP, int STAGES>
 __global__ void __launch_bounds__(THREADS) spdnn_stationary(
         const T* __restrict__ y_in, T* __restrict__ y_out,
