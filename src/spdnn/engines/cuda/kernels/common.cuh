@@ -1,12 +1,23 @@
-// spdnn CUDA kernels: definitions shared by every kernel file.
+// spdnn CUDA kernels: definitions shared by the kernel files.
 //
 // Every kernel file includes it first (#include "common.cuh": spdnn.engines.cuda.engine's
 // kernel_source replaces such a line by the header's text, once per file, so CuPy's kernel
-// cache key covers the headers). Semantics of a layer, rows are samples (docs/challenge.md, Semantics):
+// cache key covers the headers). Semantics of a layer, rows are samples (docs/challenge.md,
+// Semantics):
 //     Y_out = clamp(Y_in W + b [Y_in W != 0], 0, ymax)
 // Exactness (T = double): products and sums use __dmul_rn / __dadd_rn (no FMA), every sum
 // starts from 0 and runs over ascending input neurons (padding adds an exact zero), so the
 // result is bit-identical to the float64 reference (spdnn/engines/base.py states the contract).
+//
+// Words used in every kernel file:
+//   row          one sample's activations (dense, row-major, `n` values); rows are compacted
+//                as samples die, so row p is the p-th row still held, not sample p;
+//   id           the sample a row is (ids_in/ids_out travel with the rows);
+//   multiplicity how many samples a row stands for: 1, or more once identical rows are merged
+//                (merge.cu); survivors' multiplicities are summed into the sample counts;
+//   tile         ROWS_PER_TILE consecutive rows (KernelConfig.mb) a block works on together;
+//   warp slice   32 weight columns, one a lane, whose entries are interleaved lane by lane
+//                (spdnn/engines/cuda/layout.py): warp_slices[..] = (first entry, entries a lane).
 
 namespace spdnn {
 
@@ -16,6 +27,20 @@ enum ValueMode : int {
     kSumThenScale = 0,  // every weight of a layer is one power of two: sum the inputs, scale once
     kScalar = 1,        // one value per layer, multiplied into every term (no value loads)
     kArray = 2,         // per-entry values, stored in the narrowest exact type V
+};
+
+// The template parameters every tile kernel shares, checked once: T the activation type,
+// V the stored weight type, VMODE a ValueMode, THREADS the block size (whole warps: a warp
+// owns warp slices), ROWS_PER_TILE and COLS_PER_THREAD the register tile.
+template <typename T, typename V, int VMODE, int THREADS, int ROWS_PER_TILE, int COLS_PER_THREAD>
+struct TileKernelChecks {
+    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "activations are float or double");
+    static_assert(sizeof(V) <= sizeof(T), "weights are stored no wider than the activations (exactly)");
+    static_assert(VMODE == kSumThenScale || VMODE == kScalar || VMODE == kArray, "VMODE is a ValueMode");
+    static_assert(THREADS >= 32 && THREADS % 32 == 0 && THREADS <= 1024, "a block is whole warps");
+    static_assert(COLS_PER_THREAD >= 1, "a thread sums one column or more");
+    static_assert(ROWS_PER_TILE <= THREADS, "threads 0..ROWS_PER_TILE-1 each handle one row of the tile");
+    static constexpr bool ok = true;
 };
 
 template <typename T> struct Arith;
@@ -46,34 +71,28 @@ template <> __device__ __forceinline__ double convert<double, unsigned short>(un
     return static_cast<double>(convert<float, unsigned short>(bits));
 }
 
-// The MB activations of one input neuron for the MB samples of a tile: one shared-memory vector.
-template <typename T, int MB> struct alignas(sizeof(T) * MB <= 16 ? sizeof(T) * MB : 16) Tile {
-    T v[MB];
+// The activations of one input neuron for the ROWS_PER_TILE rows of a tile: one shared-memory
+// vector (a thread loads all of them with one or a few wide loads).
+template <typename T, int ROWS_PER_TILE>
+struct alignas(sizeof(T) * ROWS_PER_TILE <= 16 ? sizeof(T) * ROWS_PER_TILE : 16) Tile {
+    T v[ROWS_PER_TILE];
+};
+// Row s of a tile is bit s of an `unsigned` alive mask; alignas needs a power of two; the
+// engine sizes shared memory as (Tiles) * ROWS_PER_TILE * sizeof(T) (layout.py), so no padding.
+template <typename T, int ROWS_PER_TILE> struct TileChecks {
+    static_assert(ROWS_PER_TILE >= 1 && ROWS_PER_TILE <= 32, "a tile's rows are the bits of a 32-bit mask");
+    static_assert((ROWS_PER_TILE & (ROWS_PER_TILE - 1)) == 0, "ROWS_PER_TILE is a power of two");
+    static_assert(sizeof(Tile<T, ROWS_PER_TILE>) == sizeof(T) * ROWS_PER_TILE, "a Tile has no padding");
+    static constexpr bool ok = true;
 };
 
 // The tile's zero slot: padding entries of a warp slice point at it, so they add exact zeros.
-template <typename T, int MB>
-__device__ __forceinline__ void zero_tile(Tile<T, MB>* slot) {
-    Tile<T, MB> zero;
+template <typename T, int ROWS_PER_TILE>
+__device__ __forceinline__ void zero_tile(Tile<T, ROWS_PER_TILE>* slot) {
+    Tile<T, ROWS_PER_TILE> zero;
 #pragma unroll
-    for (int s = 0; s < MB; ++s) zero.v[s] = T(0);
+    for (int s = 0; s < ROWS_PER_TILE; ++s) zero.v[s] = T(0);
     *slot = zero;
-}
-
-// Stage inputs base..base+len-1 of the tile's rows p0..p0+MB-1 (row-major, `width` values a
-// row; rows at or past `count` read as 0) into buf[0..len-1], one Tile per input neuron.
-// Thread `tid` of the block's THREADS stages inputs tid, tid + THREADS, ...
-template <typename T, int MB, int THREADS>
-__device__ __forceinline__ void stage_tile_chunk(Tile<T, MB>* buf, const T* __restrict__ y_in, int width, int p0,
-                                                 int count, int base, int len, int tid) {
-#pragma unroll 4
-    for (int i = tid; i < len; i += THREADS) {
-        Tile<T, MB> x;
-#pragma unroll
-        for (int s = 0; s < MB; ++s)
-            x.v[s] = (p0 + s < count) ? y_in[(size_t)(p0 + s) * width + base + i] : T(0);
-        buf[i] = x;
-    }
 }
 
 // One term of a sum: acc + w*x (VMODE kScalar/kArray) or acc + x (kSumThenScale, scaled later).
@@ -82,31 +101,32 @@ __device__ __forceinline__ T accumulate(T acc, T w, T x) {
     return VMODE == kSumThenScale ? Arith<T>::add(acc, x) : Arith<T>::madd(acc, w, x);
 }
 
-// One lane's column of a warp slice: acc[s] += w * buf[i].v[s] over its `width` entries, in
-// order (the exactness order: ascending input). Entry e sits at ip[32*e] (a buffer index;
-// padding points to a zero) and, for kArray, vp[32*e] (its weight); otherwise w = scalar.
-template <typename T, typename V, int VMODE, int MB>
-__device__ __forceinline__ void sum_column(T (&acc)[MB], const Tile<T, MB>* __restrict__ buf,
-                                           const unsigned short* __restrict__ ip, const V* __restrict__ vp,
+// One lane's column of a warp slice: acc[s] += w * inputs[i].v[s] over its `width` entries,
+// in order (the exactness order: ascending input). Entry e sits at idx[32*e] (an index into
+// `inputs`; padding points to the zero slot) and, for kArray, val[32*e] (its weight);
+// otherwise w = scalar.
+template <typename T, typename V, int VMODE, int ROWS_PER_TILE>
+__device__ __forceinline__ void sum_column(T (&acc)[ROWS_PER_TILE], const Tile<T, ROWS_PER_TILE>* __restrict__ inputs,
+                                           const unsigned short* __restrict__ idx, const V* __restrict__ val,
                                            int width, T scalar) {
 #pragma unroll 8
     for (int e = 0; e < width; ++e) {
-        const Tile<T, MB> x = buf[ip[32 * e]];
-        const T w = VMODE == kArray ? convert<T, V>(vp[32 * e]) : scalar;
+        const Tile<T, ROWS_PER_TILE> x = inputs[idx[32 * e]];
+        const T w = VMODE == kArray ? convert<T, V>(val[32 * e]) : scalar;
 #pragma unroll
-        for (int s = 0; s < MB; ++s) acc[s] = accumulate<T, VMODE>(acc[s], w, x.v[s]);
+        for (int s = 0; s < ROWS_PER_TILE; ++s) acc[s] = accumulate<T, VMODE>(acc[s], w, x.v[s]);
     }
 }
 
 // DEDUP: thread tid's register tile of distinct-column sums to shared memory, at
-// sums[t*THREADS + tid] (column t*THREADS + tid of the block), for the epilogue to expand.
-template <typename T, int MB, int OPT, int THREADS>
-__device__ __forceinline__ void store_sums(Tile<T, MB>* sums, const T (&acc)[OPT][MB]) {
+// sums[t*THREADS + tid] (column t*THREADS + tid of the block), for expand_outputs.
+template <typename T, int ROWS_PER_TILE, int COLS_PER_THREAD, int THREADS>
+__device__ __forceinline__ void store_sums(Tile<T, ROWS_PER_TILE>* sums, const T (&acc)[COLS_PER_THREAD][ROWS_PER_TILE]) {
 #pragma unroll
-    for (int t = 0; t < OPT; ++t) {
-        Tile<T, MB> x;
+    for (int t = 0; t < COLS_PER_THREAD; ++t) {
+        Tile<T, ROWS_PER_TILE> x;
 #pragma unroll
-        for (int s = 0; s < MB; ++s) x.v[s] = acc[t][s];
+        for (int s = 0; s < ROWS_PER_TILE; ++s) x.v[s] = acc[t][s];
         sums[t * THREADS + threadIdx.x] = x;
     }
 }
@@ -120,32 +140,63 @@ __device__ __forceinline__ T epilogue(T sum, T scalar, T b, T ymax) {
     return z > T(0) ? (z < ymax ? z : ymax) : T(0);
 }
 
-// Reserve consecutive output rows for the samples of a tile that survive (bit s of `alive`;
-// sample s is input row p0 + s). Thread 0 takes the rows with one atomicAdd on *count_out,
-// writes each survivor's sample id and weight there and leaves its output row (or -1) in
-// s_row[s]. Every thread of the block must call it (it ends with a barrier).
-template <int MB>
-__device__ __forceinline__ void reserve_rows(unsigned alive, int p0, const int* __restrict__ ids_in,
-                                             int* __restrict__ ids_out, const int* __restrict__ wts_in,
-                                             int* __restrict__ wts_out, int* __restrict__ count_out,
-                                             int* __restrict__ wcount_out, int* s_row) {
+// DEDUP: the expansion of the distinct columns' sums to the n outputs of the tile's rows.
+// Thread tid owns outputs j = tid, tid + THREADS, ...: output j of row s is
+// epilogue(sums[out_map[j]].v[s]) with the bias bias_of(j); visit(j, z) receives the Tile z
+// of output j (its value in every row of the tile).
+template <typename T, int VMODE, int ROWS_PER_TILE, int THREADS, typename BiasOf, typename Visit>
+__device__ __forceinline__ void expand_outputs(const Tile<T, ROWS_PER_TILE>* __restrict__ sums,
+                                               const unsigned short* __restrict__ out_map, int n, T scalar,
+                                               T ymax, BiasOf&& bias_of, Visit&& visit) {
+#pragma unroll 4
+    for (int j = threadIdx.x; j < n; j += THREADS) {
+        const Tile<T, ROWS_PER_TILE> x = sums[out_map[j]];
+        const T b = bias_of(j);
+        Tile<T, ROWS_PER_TILE> z;
+#pragma unroll
+        for (int s = 0; s < ROWS_PER_TILE; ++s) z.v[s] = epilogue<T, VMODE>(x.v[s], scalar, b, ymax);
+        visit(j, z);
+    }
+}
+
+// Which rows of the tile live in some thread of the block: bit s of the result is set when
+// bit s of any thread's `alive` is. Every thread of the block must call it (one barrier a row).
+template <int ROWS_PER_TILE>
+__device__ __forceinline__ unsigned block_alive_rows(unsigned alive) {
+    unsigned block_alive = 0;
+#pragma unroll
+    for (int s = 0; s < ROWS_PER_TILE; ++s)
+        if (__syncthreads_or((alive >> s) & 1u)) block_alive |= 1u << s;
+    return block_alive;
+}
+
+// Reserve consecutive output rows for the rows of a tile that survive (bit s of `alive`;
+// tile row s is input row first_row + s). Thread 0 takes the rows with one atomicAdd on
+// *count_out, writes each survivor's sample id and multiplicity there, adds the survivors'
+// multiplicities to *samples_out (when not null) and leaves each row's output row (or -1) in
+// s_out_row[s]. Every thread of the block must call it (it ends with a barrier).
+template <int ROWS_PER_TILE>
+__device__ __forceinline__ void reserve_rows(unsigned alive, int first_row, const int* __restrict__ ids_in,
+                                             int* __restrict__ ids_out, const int* __restrict__ mult_in,
+                                             int* __restrict__ mult_out, int* __restrict__ count_out,
+                                             int* __restrict__ samples_out, int* s_out_row) {
     if (threadIdx.x == 0) {
         const int live = __popc(alive);
         const int first = live ? atomicAdd(count_out, live) : 0;
         int r = 0, samples = 0;
 #pragma unroll
-        for (int s = 0; s < MB; ++s) {
+        for (int s = 0; s < ROWS_PER_TILE; ++s) {
             if ((alive >> s) & 1u) {
-                s_row[s] = first + r;
-                ids_out[first + r] = ids_in[p0 + s];
-                wts_out[first + r] = wts_in[p0 + s];
-                samples += wts_in[p0 + s];
+                s_out_row[s] = first + r;
+                ids_out[first + r] = ids_in[first_row + s];
+                mult_out[first + r] = mult_in[first_row + s];
+                samples += mult_in[first_row + s];
                 ++r;
             } else {
-                s_row[s] = -1;
+                s_out_row[s] = -1;
             }
         }
-        if (wcount_out != nullptr && samples) atomicAdd(wcount_out, samples);
+        if (samples_out != nullptr && samples) atomicAdd(samples_out, samples);
     }
     __syncthreads();
 }
