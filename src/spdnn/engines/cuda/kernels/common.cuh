@@ -140,25 +140,6 @@ __device__ __forceinline__ T epilogue(T sum, T scalar, T b, T ymax) {
     return z > T(0) ? (z < ymax ? z : ymax) : T(0);
 }
 
-// DEDUP: the expansion of the distinct columns' sums to the n outputs of the tile's rows.
-// Thread tid owns outputs j = tid, tid + THREADS, ...: output j of row s is
-// epilogue(sums[out_map[j]].v[s]) with the bias bias_of(j); visit(j, z) receives the Tile z
-// of output j (its value in every row of the tile).
-template <typename T, int VMODE, int ROWS_PER_TILE, int THREADS, typename BiasOf, typename Visit>
-__device__ __forceinline__ void expand_outputs(const Tile<T, ROWS_PER_TILE>* __restrict__ sums,
-                                               const unsigned short* __restrict__ out_map, int n, T scalar,
-                                               T ymax, BiasOf&& bias_of, Visit&& visit) {
-#pragma unroll 4
-    for (int j = threadIdx.x; j < n; j += THREADS) {
-        const Tile<T, ROWS_PER_TILE> x = sums[out_map[j]];
-        const T b = bias_of(j);
-        Tile<T, ROWS_PER_TILE> z;
-#pragma unroll
-        for (int s = 0; s < ROWS_PER_TILE; ++s) z.v[s] = epilogue<T, VMODE>(x.v[s], scalar, b, ymax);
-        visit(j, z);
-    }
-}
-
 // Which rows of the tile live in some thread of the block: bit s of the result is set when
 // bit s of any thread's `alive` is. Every thread of the block must call it (one barrier a row).
 template <int ROWS_PER_TILE>
