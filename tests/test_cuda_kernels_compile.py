@@ -1,7 +1,9 @@
 """The CUDA kernels compile for Hopper (sm_90) with the template instances the engine asks
-for, without a GPU: nvcc takes each kernel file as the engine builds it (common.cuh first)
-and instantiates every name :func:`kernel_instances` gives for a spread of blockings.
-Skipped where nvcc is absent (about ten seconds of compiling where it is).
+for, without a GPU: nvcc takes each kernel file as the engine builds it (its ``#include``d
+headers resolved by :func:`kernel_source`) and instantiates every name
+:func:`kernel_instances` gives for a spread of blockings. Skipped where nvcc is absent
+(about ten seconds of compiling where it is). The include resolution itself is tested
+without nvcc.
 """
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ import subprocess
 import numpy as np
 import pytest
 
-from spdnn.engines.cuda.compilation import kernel_instances, kernel_source
+from spdnn.engines.cuda import compilation
+from spdnn.engines.cuda.compilation import KERNEL_DIR, kernel_instances, kernel_source
+from spdnn.errors import SpdnnError
 from spdnn.engines.cuda.layout import VALUE_ARRAY, VALUE_SCALAR, VALUE_SUM_THEN_SCALE, KernelConfig, choose_config
 
 _C1024 = choose_config(1024, 4, virtual=64).__dict__
@@ -29,6 +33,33 @@ CASES = [  # (config, neurons, dtype, value dtype, value mode[, tail blocking])
     (KernelConfig(threads=64, opt=2, mb=8, chunk=480, stationary=True, prefetch=True), 480, np.float32,
      np.float16, VALUE_ARRAY),
 ]
+
+
+def test_kernel_source_resolves_includes_once_recursively_in_order(tmp_path, monkeypatch):
+    (tmp_path / "a.cuh").write_text('// a\n#include "b.cuh"\nint a;\n')
+    (tmp_path / "b.cuh").write_text("int b;\n")
+    (tmp_path / "k.cu").write_text('#include "b.cuh"\n  #include "a.cuh"\n#include "a.cuh"\nint k;\n')
+    (tmp_path / "bad.cu").write_text('#include "a.cuh"\n#include "missing.cuh"\n')
+    monkeypatch.setattr(compilation, "KERNEL_DIR", tmp_path)
+    assert kernel_source("k.cu") == "int b;\n\n// a\n\nint a;\n\n\nint k;\n"
+    with pytest.raises(SpdnnError, match=r"'bad.cu' includes 'missing.cuh'"):
+        kernel_source("bad.cu")
+    with pytest.raises(SpdnnError, match="no kernel file 'nope.cu'"):
+        kernel_source("nope.cu")
+
+
+@pytest.mark.parametrize("filename", ["stationary.cu", "layer.cu", "merge.cu", "general.cu"])
+def test_every_kernel_file_names_its_headers(filename):
+    """Each kernel file includes common.cuh first; nothing is left unresolved; no header
+    comes in twice; the cp.async helpers reach only the file that stages asynchronously."""
+    text = (KERNEL_DIR / filename).read_text()
+    includes = [line.split('"')[1] for line in text.splitlines() if line.startswith("#include")]
+    assert includes[0] == "common.cuh"
+    code = kernel_source(filename)
+    assert "#include" not in "\n".join(line for line in code.splitlines() if not line.lstrip().startswith("//"))
+    assert code.count("enum ValueMode") == 1
+    assert ("cp_async16" in code) == (filename == "stationary.cu")
+    assert ("mix64" in code) == (filename == "merge.cu")
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")

@@ -9,12 +9,15 @@ here imports CuPy at module import time; :func:`kernel_source` and
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ...errors import SpdnnError
 from .._cupy import cupy
+from . import kernel_args
 from .layout import KernelConfig
 
 __all__ = ["KERNEL_DIR", "kernel_source", "kernel_instances", "ctype", "CompiledKernel", "compiled_kernels",
@@ -31,9 +34,49 @@ def ctype(dtype) -> str:
     return _CTYPES[np.dtype(dtype)]
 
 
+#: A kernel file's request for a header of ``kernels/``: a line ``#include "name.cuh"``.
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"\n]+)"[ \t]*$', re.MULTILINE)
+
+
 def kernel_source(filename: str) -> str:
-    """The source compiled for ``kernels/<filename>``: ``common.cuh`` followed by the file."""
-    return (KERNEL_DIR / "common.cuh").read_text() + "\n" + (KERNEL_DIR / filename).read_text()
+    """The source compiled for ``kernels/<filename>``: the file with its includes resolved.
+
+    NVRTC is given text, not an include path, so each line ``#include "name.cuh"`` is
+    replaced by the text of ``kernels/name.cuh`` (its own includes resolved the same way,
+    recursively and in order), or for :data:`.kernel_args.HEADER` by the argument structs'
+    declarations generated from :mod:`.kernel_args`; a header comes in once, where first
+    named, and a later line naming it again is dropped. CuPy's compile cache is keyed by
+    the whole resulting text, so a change to any header recompiles the files that include it.
+
+    Raises
+    ------
+    SpdnnError
+        A file names a header that is not in ``kernels/`` (the error names both).
+    """
+    included: set[str] = set()
+
+    def text_of(name: str, named_by: str | None) -> str:
+        if name == kernel_args.HEADER:
+            return kernel_args.declarations()
+        path = KERNEL_DIR / name
+        if not path.is_file():
+            if named_by is None:
+                raise SpdnnError(f"no kernel file {name!r} in {KERNEL_DIR}")
+            raise SpdnnError(f"kernel file {named_by!r} includes {name!r}, which is not in {KERNEL_DIR}")
+        return path.read_text()
+
+    def resolve(name: str, named_by: str | None) -> str:
+        def header(match: re.Match) -> str:
+            wanted = match.group(1)
+            if wanted in included:
+                return ""
+            included.add(wanted)
+            return resolve(wanted, name)
+
+        return _INCLUDE.sub(header, text_of(name, named_by))
+
+    included.add(filename)
+    return resolve(filename, None)
 
 
 def kernel_instances(config: KernelConfig, neurons: int, dtype, value_dtype, value_mode: int, *,
@@ -76,7 +119,8 @@ def kernel_instances(config: KernelConfig, neurons: int, dtype, value_dtype, val
 
 @functools.lru_cache(maxsize=None)
 def _module(device_id: int, filename: str, names: tuple[str, ...]):
-    """The RawModule of :func:`kernel_source` ``(filename)`` with these template instances."""
+    """The RawModule of :func:`kernel_source` ``(filename)`` (its headers included) with these
+    template instances."""
     cp = cupy("cuda")
     with cp.cuda.Device(device_id):
         return cp.RawModule(code=kernel_source(filename), options=("-std=c++17",), name_expressions=list(names))

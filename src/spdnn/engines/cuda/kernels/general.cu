@@ -10,8 +10,8 @@
 // A row lives when any of its outputs is nonzero (negative ones too: identity layers).
 //
 // Activations are dense rows in two device buffers used in turn (row p = the p-th row held,
-// n_in values in, n_out values out); each row carries a sample id and a weight (always 1
-// here: nothing is merged) that travel with it when rows are compacted. Kernels read the
+// n_in values in, n_out values out); each row carries a sample id and a multiplicity (always
+// 1 here: nothing is merged) that travel with it when rows are compacted. Kernels read the
 // row count from device memory (*count_in), so a whole run can be captured in one graph.
 //
 // Two ways a layer ends:
@@ -21,6 +21,9 @@
 //   in place (otherwise): row p of the output is written at row p, and flags[p] is set to 1
 //   when it lives (benign race: every writer stores 1); the engine then compacts the flagged
 //   rows (spdnn_compact, layer.cu) or only counts them (spdnn_general_count).
+
+#include "common.cuh"
+#include "chunked_tile.cuh"
 
 namespace spdnn {
 
@@ -37,98 +40,59 @@ __device__ __forceinline__ T general_epilogue(T sum, T b, int dense_bias, int re
 
 // Sparse layers, layout of spdnn/engines/cuda/layout.py (warp-sliced ELLPACK per output slice
 // and input chunk, 16-bit chunk-local indices, lane-interleaved; chunks cut the n_in inputs,
-// slices the n_out outputs).
+// slices the n_out outputs). Template parameters as spdnn_layer's (layer.cu): THREADS,
+// ROWS_PER_TILE (KernelConfig.mb), COLS_PER_THREAD (KernelConfig.opt); COMPACT as its FUSED.
 //
-// Ownership. A block takes work items (tile of MB rows) x (slice of THREADS*OPT outputs) in a
-// grid-stride loop. Thread tid owns outputs j = slice*THREADS*OPT + t*THREADS + tid, t < OPT,
-// for the MB rows of the tile: an OPT x MB register tile that reuses every weight load MB
-// times. For each input chunk the block stages the tile's inputs in shared memory as buf[i]
-// (one Tile of MB values per input i, plus a zero slot buf[chunk] that padding reads).
-// COMPACT needs one slice (the block owns whole rows).
-template <typename T, typename V, int VMODE, int THREADS, int MB, int OPT, bool COMPACT>
+// Ownership. A block takes work items (tile of ROWS_PER_TILE rows) x (slice of
+// THREADS*COLS_PER_THREAD outputs) in a grid-stride loop. Thread tid owns outputs
+// j = slice*THREADS*COLS_PER_THREAD + t*THREADS + tid, t < COLS_PER_THREAD, for the tile's
+// rows: a register tile that reuses every weight load ROWS_PER_TILE times; warp w sums warp
+// slices t*(THREADS/32) + w, lane the output within one (chunked_tile.cuh). For each input
+// chunk the block stages the tile's inputs in shared memory as inputs[i] (one Tile per input
+// i, plus the zero slot inputs[chunk] that padding reads). COMPACT needs one slice (the block
+// owns whole rows); thread 0 of the block reserves the output rows.
+//
+// Differences from spdnn_layer (the rest is the same code, chunked_tile.cuh): the general
+// epilogue (bias rule, optional ReLU, any cap), and a row lives when any output is nonzero
+// (identity layers give negative ones) and the row exists (p < count: a dense bias makes
+// padding rows nonzero); no DEDUP, no row-count range.
+template <typename T, typename V, int VMODE, int THREADS, int ROWS_PER_TILE, int COLS_PER_THREAD, bool COMPACT>
 __global__ void __launch_bounds__(THREADS) spdnn_general_sparse(
         const T* __restrict__ y_in, T* __restrict__ y_out, const int* __restrict__ ids_in, int* __restrict__ ids_out,
-        const int* __restrict__ wts_in, int* __restrict__ wts_out, const int* __restrict__ count_in,
-        int* __restrict__ count_out, int* __restrict__ wcount_out, int* __restrict__ flags,
-        const unsigned short* __restrict__ eidx, const V* __restrict__ evals, const int2* __restrict__ meta,
-        const T* __restrict__ bias, T scalar, int dense_bias, int relu, T cap, int n_in, int n_out, int chunk,
-        int nchunks, int slices) {
-    using TileT = spdnn::Tile<T, MB>;
+        const int* __restrict__ mult_in, int* __restrict__ mult_out, const int* __restrict__ count_in,
+        int* __restrict__ count_out, int* __restrict__ samples_out, int* __restrict__ flags,
+        const unsigned short* __restrict__ entry_idx, const V* __restrict__ entry_val,
+        const int2* __restrict__ warp_slices, const T* __restrict__ bias, T scalar, int dense_bias, int relu, T cap,
+        int n_in, int n_out, int chunk, int nchunks, int slices) {
+    static_assert(spdnn::TileKernelChecks<T, V, VMODE, THREADS, ROWS_PER_TILE, COLS_PER_THREAD>::ok, "");
+    static_assert(spdnn::TileChecks<T, ROWS_PER_TILE>::ok, "");
+    using TileT = spdnn::Tile<T, ROWS_PER_TILE>;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    TileT* buf = reinterpret_cast<TileT*>(smem_raw);  // chunk + 1 tiles; buf[chunk] == 0
-    __shared__ int s_row[MB];
+    TileT* inputs = reinterpret_cast<TileT*>(smem_raw);  // chunk + 1 tiles; inputs[chunk] == 0
+    __shared__ int s_out_row[ROWS_PER_TILE];
 
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    constexpr int nwarps = THREADS / 32, per_slice = THREADS * OPT;
+    const int tid = threadIdx.x;
+    constexpr int cols_per_slice = THREADS * COLS_PER_THREAD;
     const int count = *count_in;
-    const int items = ((count + MB - 1) / MB) * slices;
-    if (tid == 0) spdnn::zero_tile(buf + chunk);
+    const int items = ((count + ROWS_PER_TILE - 1) / ROWS_PER_TILE) * slices;
+    if (tid == 0) spdnn::zero_tile(inputs + chunk);
 
     for (int item = blockIdx.x; item < items; item += gridDim.x) {
         const int tile = item / slices;
         const int slice = item - tile * slices;
-        const int p0 = tile * MB;
-        T acc[OPT][MB];
-#pragma unroll
-        for (int t = 0; t < OPT; ++t)
-#pragma unroll
-            for (int s = 0; s < MB; ++s) acc[t][s] = T(0);
-
-        for (int c = 0; c < nchunks; ++c) {
-            const int base = c * chunk;
-            const int len = min(chunk, n_in - base);
-            __syncthreads();  // the previous chunk's (or item's) readers are done with buf
-            spdnn::stage_tile_chunk<T, MB, THREADS>(buf, y_in, n_in, p0, count, base, len, tid);
-            __syncthreads();
-#pragma unroll
-            for (int t = 0; t < OPT; ++t) {
-                const int2 m = meta[((slice * nchunks + c) * OPT + t) * nwarps + warp];
-                spdnn::sum_column<T, V, VMODE, MB>(acc[t], buf, eidx + m.x + lane, evals + m.x + lane, m.y, scalar);
-            }
-        }
-
-        unsigned alive = 0;
-#pragma unroll
-        for (int t = 0; t < OPT; ++t) {
-            const int j = slice * per_slice + t * THREADS + tid;
-            const T b = (j < n_out) ? bias[j] : T(0);
-#pragma unroll
-            for (int s = 0; s < MB; ++s) {
-                const T z = spdnn::general_epilogue<T>(acc[t][s], b, dense_bias, relu, cap);
-                acc[t][s] = z;
-                if (z != T(0) && j < n_out && p0 + s < count) alive |= 1u << s;  // a dense bias lives on padding rows
-            }
-        }
-
-        if (COMPACT) {
-            unsigned block_alive = 0;
-#pragma unroll
-            for (int s = 0; s < MB; ++s)
-                if (__syncthreads_or((alive >> s) & 1u)) block_alive |= 1u << s;
-            spdnn::reserve_rows<MB>(block_alive, p0, ids_in, ids_out, wts_in, wts_out, count_out, wcount_out, s_row);
-#pragma unroll
-            for (int s = 0; s < MB; ++s) {
-                const int row = s_row[s];
-                if (row < 0) continue;
-#pragma unroll
-                for (int t = 0; t < OPT; ++t) {
-                    const int j = slice * per_slice + t * THREADS + tid;
-                    if (j < n_out) y_out[(size_t)row * n_out + j] = acc[t][s];
-                }
-            }
-        } else {
-#pragma unroll
-            for (int s = 0; s < MB; ++s) {
-                const int p = p0 + s;
-                if (p >= count) continue;
-#pragma unroll
-                for (int t = 0; t < OPT; ++t) {
-                    const int j = slice * per_slice + t * THREADS + tid;
-                    if (j < n_out) y_out[(size_t)p * n_out + j] = acc[t][s];
-                }
-                if ((alive >> s) & 1u) flags[p] = 1;  // benign race: every writer stores 1
-            }
-        }
+        const int first_row = tile * ROWS_PER_TILE;
+        const int slice_col = slice * cols_per_slice;  // the slice's first output
+        T acc[COLS_PER_THREAD][ROWS_PER_TILE];
+        spdnn::sum_tile_over_chunks<T, V, VMODE, THREADS, ROWS_PER_TILE, COLS_PER_THREAD>(
+            acc, inputs, y_in, n_in, first_row, count, slice, chunk, nchunks, warp_slices, entry_idx, entry_val,
+            scalar);
+        const unsigned alive = spdnn::finish_tile<T, THREADS, ROWS_PER_TILE, COLS_PER_THREAD, true>(
+            acc, bias, slice_col, n_out, first_row, count,
+            [&](T sum, T b) { return spdnn::general_epilogue<T>(sum, b, dense_bias, relu, cap); },
+            [&](T z) { return z != T(0); });  // a dense bias makes padding rows nonzero: not counted
+        spdnn::store_tile<T, THREADS, ROWS_PER_TILE, COLS_PER_THREAD, COMPACT>(
+            acc, alive, y_out, first_row, count, slice_col, n_out, ids_in, ids_out, mult_in, mult_out, count_out,
+            samples_out, flags, s_out_row);
     }
 }
 

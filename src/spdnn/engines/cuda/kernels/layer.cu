@@ -5,81 +5,86 @@
 // values). Weights: spdnn/engines/cuda/layout.py (warp-sliced ELLPACK per output slice and
 // input chunk, 16-bit chunk-local indices, lane-interleaved).
 //
-// Ownership. A block takes work items (tile of MB alive rows) x (slice of THREADS*OPT
-// outputs) in a grid-stride loop whose length it reads from device memory (*count_in), so
-// the layer loop can be captured once in a CUDA graph. Thread tid owns the outputs (or,
-// DEDUP, the distinct columns) v = slice*THREADS*OPT + t*THREADS + tid, t < OPT, for the MB
-// rows of the tile: an OPT x MB register tile that reuses every weight load MB times. For
-// each input chunk the block stages the tile's inputs in shared memory as buf[i] (one Tile
-// of MB values per input i, plus a zero slot buf[chunk] that padding entries read).
+// Each row carries a sample id and a multiplicity (the samples it stands for, > 1 once
+// identical rows are merged: merge.cu); *samples_out sums the survivors' multiplicities.
+
+#include "common.cuh"
+#include "chunked_tile.cuh"
+
+// spdnn_layer. Template parameters (the order the engine names them in):
+//   T, V, VMODE      activation type, stored weight type, spdnn::ValueMode;
+//   THREADS          block size (KernelConfig.threads);
+//   ROWS_PER_TILE    rows of a work item's tile (KernelConfig.mb);
+//   COLS_PER_THREAD  columns a thread sums for each row (KernelConfig.opt);
+//   FUSED            one slice (the block owns whole rows): it drops its dead rows itself;
+//   DEDUP            the columns summed are the layer's distinct columns, expanded through out_map.
 //
-// FUSED (one slice: the block owns whole rows): the block also drops its dead rows:
-// reserve_rows hands out output rows for the tile's survivors, written there directly.
-// Not FUSED (outputs sliced over blocks): rows are written in place and flagged; the
-// kernel spdnn_compact then moves the survivors.
-// DEDUP (layers with identical columns, e.g. RadiX-Net's N/16 distinct ones): the register
-// tile holds the sums of the distinct columns; they go to shared memory, and ownership
-// switches for the epilogue: thread tid expands outputs j = tid + r*THREADS through
-// out_map[j] (the block owns whole rows).
+// Ownership. A block takes work items (tile of ROWS_PER_TILE alive rows) x (slice of
+// THREADS*COLS_PER_THREAD columns) in a grid-stride loop whose length it reads from device
+// memory (*count_in), so the layer loop can be captured once in a CUDA graph. Thread tid owns
+// the columns (outputs, or DEDUP the distinct columns) v = slice*THREADS*COLS_PER_THREAD +
+// t*THREADS + tid, t < COLS_PER_THREAD, for the tile's rows: a register tile that reuses
+// every weight load ROWS_PER_TILE times; warp w sums warp slices t*(THREADS/32) + w, lane
+// the column within one (chunked_tile.cuh). For each input chunk the block stages the tile's
+// inputs in shared memory as inputs[i] (one Tile per input i, plus the zero slot
+// inputs[chunk] that padding entries read).
+//
+// FUSED: reserve_rows hands out output rows for the tile's survivors (thread 0 of the block
+// reserves them), written there directly. Not FUSED (outputs sliced over blocks): rows are
+// written in place and flagged; the kernel spdnn_compact then moves the survivors.
+// DEDUP (layers with identical columns, e.g. RadiX-Net's N/16 distinct ones; always one
+// slice): the register tile holds the sums of the distinct columns; they go to shared
+// memory, and ownership switches for the epilogue: thread tid expands outputs
+// j = tid + r*THREADS through out_map[j] (the block owns whole rows).
 //
 // The launch does nothing unless the rows entering it number rows_lo..rows_hi (the engine
 // may queue the wide path for few rows beside it; see spdnn_wide_sums).
 //
-// Each row carries a sample id and a weight (the samples it stands for, > 1 once identical
-// rows are merged: merge.cu); *wcount_out sums the survivors' weights.
-
-template <typename T, typename V, int VMODE, int THREADS, int MB, int OPT, bool FUSED, bool DEDUP>
+// Run-time assumptions (the engine's layout; not checked here): chunk + 1 <= 65536 (16-bit
+// indices reach the zero slot), nchunks = ceil(n / chunk), slices = ceil(n /
+// (THREADS*COLS_PER_THREAD)) (1 when FUSED or DEDUP), dynamic shared memory as
+// KernelConfig.smem_bytes.
+template <typename T, typename V, int VMODE, int THREADS, int ROWS_PER_TILE, int COLS_PER_THREAD, bool FUSED,
+          bool DEDUP>
 __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_in, T* __restrict__ y_out,
                             const int* __restrict__ ids_in, int* __restrict__ ids_out,
-                            const int* __restrict__ wts_in, int* __restrict__ wts_out,
+                            const int* __restrict__ mult_in, int* __restrict__ mult_out,
                             const int* __restrict__ count_in, int* __restrict__ count_out,
-                            int* __restrict__ wcount_out, int* __restrict__ flags,
-                            const unsigned short* __restrict__ eidx, const V* __restrict__ evals,
-                            const int2* __restrict__ meta, const T* __restrict__ bias,
+                            int* __restrict__ samples_out, int* __restrict__ flags,
+                            const unsigned short* __restrict__ entry_idx, const V* __restrict__ entry_val,
+                            const int2* __restrict__ warp_slices, const T* __restrict__ bias,
                             const unsigned short* __restrict__ out_map,
                             T scalar, T ymax, int n, int chunk, int nchunks, int slices, int rows_lo,
                             int rows_hi) {
-    using TileT = spdnn::Tile<T, MB>;
+    static_assert(spdnn::TileKernelChecks<T, V, VMODE, THREADS, ROWS_PER_TILE, COLS_PER_THREAD>::ok, "");
+    static_assert(spdnn::TileChecks<T, ROWS_PER_TILE>::ok, "");
+    using TileT = spdnn::Tile<T, ROWS_PER_TILE>;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    TileT* buf = reinterpret_cast<TileT*>(smem_raw);  // chunk + 1 tiles; buf[chunk] == 0
+    TileT* inputs = reinterpret_cast<TileT*>(smem_raw);  // chunk + 1 tiles; inputs[chunk] == 0
     // DEDUP: the sums of the distinct columns, after the (16-byte aligned) input buffer.
     TileT* sums = reinterpret_cast<TileT*>(smem_raw + (((size_t)(chunk + 1) * sizeof(TileT) + 15) / 16) * 16);
-    __shared__ int s_row[MB];
+    __shared__ int s_out_row[ROWS_PER_TILE];
 
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    constexpr int nwarps = THREADS / 32, per_slice = THREADS * OPT;
+    const int tid = threadIdx.x;
+    constexpr int cols_per_slice = THREADS * COLS_PER_THREAD;
     const int count = *count_in;
     if (count < rows_lo || count > rows_hi) return;  // the wide path (below) runs this layer
-    const int ntiles = (count + MB - 1) / MB;
+    const int ntiles = (count + ROWS_PER_TILE - 1) / ROWS_PER_TILE;
     const int items = ntiles * slices;
-    if (tid == 0) spdnn::zero_tile(buf + chunk);
+    if (tid == 0) spdnn::zero_tile(inputs + chunk);
 
     for (int item = blockIdx.x; item < items; item += gridDim.x) {
         const int tile = item / slices;
         const int slice = item - tile * slices;
-        const int p0 = tile * MB;
-        T acc[OPT][MB];
-#pragma unroll
-        for (int t = 0; t < OPT; ++t)
-#pragma unroll
-            for (int s = 0; s < MB; ++s) acc[t][s] = T(0);
-
-        for (int c = 0; c < nchunks; ++c) {
-            const int base = c * chunk;
-            const int len = min(chunk, n - base);
-            __syncthreads();  // the previous chunk's (or item's) readers are done with buf
-            spdnn::stage_tile_chunk<T, MB, THREADS>(buf, y_in, n, p0, count, base, len, tid);
-            __syncthreads();
-#pragma unroll
-            for (int t = 0; t < OPT; ++t) {
-                const int2 m = meta[((slice * nchunks + c) * OPT + t) * nwarps + warp];
-                spdnn::sum_column<T, V, VMODE, MB>(acc[t], buf, eidx + m.x + lane, evals + m.x + lane, m.y, scalar);
-            }
-        }
+        const int first_row = tile * ROWS_PER_TILE;
+        const int slice_col = slice * cols_per_slice;  // the slice's first column
+        T acc[COLS_PER_THREAD][ROWS_PER_TILE];
+        spdnn::sum_tile_over_chunks<T, V, VMODE, THREADS, ROWS_PER_TILE, COLS_PER_THREAD>(
+            acc, inputs, y_in, n, first_row, count, slice, chunk, nchunks, warp_slices, entry_idx, entry_val, scalar);
 
         if (DEDUP) {
             // Sums of the distinct columns to shared memory; each output reads its own.
-            spdnn::store_sums<T, MB, OPT, THREADS>(sums, acc);
+            spdnn::store_sums<T, ROWS_PER_TILE, COLS_PER_THREAD, THREADS>(sums, acc);
             __syncthreads();
             // visit(j, s, z) for this thread's outputs j = tid + r*THREADS of every row s of
             // the tile, z the epilogue's value: run twice, to learn which rows live, then to
@@ -90,21 +95,20 @@ __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_i
                     const TileT x = sums[out_map[j]];
                     const T b = bias[j];
 #pragma unroll
-                    for (int s = 0; s < MB; ++s) visit(j, s, spdnn::epilogue<T, VMODE>(x.v[s], scalar, b, ymax));
+                    for (int s = 0; s < ROWS_PER_TILE; ++s)
+                        visit(j, s, spdnn::epilogue<T, VMODE>(x.v[s], scalar, b, ymax));
                 }
             };
             unsigned live = 0;
             expand([&](int, int s, T z) {
                 if (z > T(0)) live |= 1u << s;
             });
-            unsigned block_alive = 0;
+            const unsigned block_alive = spdnn::block_alive_rows<ROWS_PER_TILE>(live);
+            spdnn::reserve_rows<ROWS_PER_TILE>(block_alive, first_row, ids_in, ids_out, mult_in, mult_out, count_out,
+                                               samples_out, s_out_row);
+            int rows[ROWS_PER_TILE];
 #pragma unroll
-            for (int s = 0; s < MB; ++s)
-                if (__syncthreads_or((live >> s) & 1u)) block_alive |= 1u << s;
-            spdnn::reserve_rows<MB>(block_alive, p0, ids_in, ids_out, wts_in, wts_out, count_out, wcount_out, s_row);
-            int rows[MB];
-#pragma unroll
-            for (int s = 0; s < MB; ++s) rows[s] = s_row[s];
+            for (int s = 0; s < ROWS_PER_TILE; ++s) rows[s] = s_out_row[s];
             expand([&](int j, int s, T z) {
                 if (rows[s] >= 0) y_out[(size_t)rows[s] * n + j] = z;
             });
@@ -112,48 +116,13 @@ __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_i
         }
 
         // Epilogue in registers: scale (kSumThenScale), bias where nonzero, ReLU, cap.
-        unsigned alive = 0;
-#pragma unroll
-        for (int t = 0; t < OPT; ++t) {
-            const int j = slice * per_slice + t * THREADS + tid;
-            const T b = (j < n) ? bias[j] : T(0);
-#pragma unroll
-            for (int s = 0; s < MB; ++s) {
-                const T z = spdnn::epilogue<T, VMODE>(acc[t][s], scalar, b, ymax);
-                acc[t][s] = z;
-                if (z > T(0) && j < n) alive |= 1u << s;
-            }
-        }
-
-        if (FUSED) {
-            unsigned block_alive = 0;
-#pragma unroll
-            for (int s = 0; s < MB; ++s)
-                if (__syncthreads_or((alive >> s) & 1u)) block_alive |= 1u << s;
-            spdnn::reserve_rows<MB>(block_alive, p0, ids_in, ids_out, wts_in, wts_out, count_out, wcount_out, s_row);
-#pragma unroll
-            for (int s = 0; s < MB; ++s) {
-                const int row = s_row[s];
-                if (row < 0) continue;
-#pragma unroll
-                for (int t = 0; t < OPT; ++t) {
-                    const int j = slice * per_slice + t * THREADS + tid;
-                    if (j < n) y_out[(size_t)row * n + j] = acc[t][s];
-                }
-            }
-        } else {
-#pragma unroll
-            for (int s = 0; s < MB; ++s) {
-                const int p = p0 + s;
-                if (p >= count) continue;
-#pragma unroll
-                for (int t = 0; t < OPT; ++t) {
-                    const int j = slice * per_slice + t * THREADS + tid;
-                    if (j < n) y_out[(size_t)p * n + j] = acc[t][s];
-                }
-                if ((alive >> s) & 1u) flags[p] = 1;  // benign race: every writer stores 1
-            }
-        }
+        const unsigned alive = spdnn::finish_tile<T, THREADS, ROWS_PER_TILE, COLS_PER_THREAD, false>(
+            acc, bias, slice_col, n, first_row, count,
+            [&](T sum, T b) { return spdnn::epilogue<T, VMODE>(sum, scalar, b, ymax); },
+            [&](T z) { return z > T(0); });  // padding rows: a zero sum gets no bias, so dead
+        spdnn::store_tile<T, THREADS, ROWS_PER_TILE, COLS_PER_THREAD, FUSED>(
+            acc, alive, y_out, first_row, count, slice_col, n, ids_in, ids_out, mult_in, mult_out, count_out,
+            samples_out, flags, s_out_row);
     }
 }
 
@@ -167,21 +136,24 @@ __global__ void __launch_bounds__(THREADS) spdnn_layer(const T* __restrict__ y_i
 //
 // spdnn_wide_sums. Ownership: a warp of the grid takes items (row r, warp slice u) in a
 // grid-stride loop; u = t*layout_warps + w names the 32 distinct columns that warp w of the
-// layer kernel's blocking sums at t < opt (one slice), lane owns column u*32 + lane. The lane
-// adds its entries chunk by chunk straight from the row in device memory (padding, index
-// `chunk`, adds an exact zero): the terms and the order of spdnn_layer, so the same bits.
-// sums[r*vcols + column] receives the sum (vcols = opt*layout_warps*32).
+// layer kernel's blocking sums at t < cols_per_thread (one slice); lane owns column
+// u*32 + lane. Blocks own nothing (any size of whole warps: a warp must not straddle two
+// items). The lane adds its entries chunk by chunk straight from the row in device memory
+// (padding, index `chunk`, adds an exact zero): the terms and the order of spdnn_layer, so
+// the same bits. sums[r*vcols + column] receives the sum (vcols = cols_per_thread *
+// layout_warps * 32).
 template <typename T, typename V, int VMODE>
 __global__ void spdnn_wide_sums(const T* __restrict__ y_in, const int* __restrict__ count_in, int rows_lo,
-                                int rows_hi, const unsigned short* __restrict__ eidx, const V* __restrict__ evals,
-                                const int2* __restrict__ meta, T scalar, T* __restrict__ sums, int* __restrict__ live,
-                                int n, int chunk, int nchunks, int opt, int layout_warps) {
+                                int rows_hi, const unsigned short* __restrict__ entry_idx,
+                                const V* __restrict__ entry_val, const int2* __restrict__ warp_slices, T scalar,
+                                T* __restrict__ sums, int* __restrict__ live, int n, int chunk, int nchunks,
+                                int cols_per_thread, int layout_warps) {
     const int count = *count_in;
     if (count < rows_lo || count > rows_hi) return;
     if (blockIdx.x == 0)
         for (int r = threadIdx.x; r < count; r += blockDim.x) live[r] = 0;
     const int lane = threadIdx.x & 31;
-    const int units = opt * layout_warps, vcols = units * 32;
+    const int units = cols_per_thread * layout_warps, vcols = units * 32;
     const int warps = (gridDim.x * blockDim.x) >> 5;
     for (int item = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; item < count * units; item += warps) {
         const int r = item / units, u = item - r * units;
@@ -190,9 +162,9 @@ __global__ void spdnn_wide_sums(const T* __restrict__ y_in, const int* __restric
         T acc = T(0);
         for (int c = 0; c < nchunks; ++c) {
             const int base = c * chunk, len = min(chunk, n - base);
-            const int2 m = meta[(c * opt + t) * layout_warps + w];
-            const unsigned short* ip = eidx + m.x + lane;
-            const V* vp = evals + m.x + lane;
+            const int2 m = warp_slices[(c * cols_per_thread + t) * layout_warps + w];
+            const unsigned short* ip = entry_idx + m.x + lane;
+            const V* vp = entry_val + m.x + lane;
 #pragma unroll 8
             for (int e = 0; e < m.y; ++e) {
                 const int i = ip[32 * e];
@@ -228,16 +200,16 @@ __global__ void spdnn_wide_expand(const T* __restrict__ sums, int vcols, const i
 }
 
 // spdnn_wide_place: the live rows of z (r < count, in order) become the first rows of y_out,
-// with their ids and weights; *count_out and *wcount_out (zero before) count them and their
-// samples. Ownership: every thread walks the (few) rows and finds each destination itself;
-// thread g of the grid copies elements j = g + s*(grid threads) of each live row; thread 0
-// of block 0 writes the ids, weights and counts.
+// with their ids and multiplicities; *count_out and *samples_out (zero before) count them
+// and the samples they stand for. Ownership: every thread walks the (few) rows and finds
+// each destination itself; thread g of the grid copies elements j = g + s*(grid threads) of each live row; thread 0
+// of block 0 writes the ids, multiplicities and counts.
 template <typename T>
 __global__ void spdnn_wide_place(const T* __restrict__ z, T* __restrict__ y_out, const int* __restrict__ ids_in,
-                                 int* __restrict__ ids_out, const int* __restrict__ wts_in,
-                                 int* __restrict__ wts_out, const int* __restrict__ live,
+                                 int* __restrict__ ids_out, const int* __restrict__ mult_in,
+                                 int* __restrict__ mult_out, const int* __restrict__ live,
                                  const int* __restrict__ count_in, int rows_lo, int rows_hi,
-                                 int* __restrict__ count_out, int* __restrict__ wcount_out, int n) {
+                                 int* __restrict__ count_out, int* __restrict__ samples_out, int n) {
     const int count = *count_in;
     if (count < rows_lo || count > rows_hi) return;
     const bool lead = blockIdx.x == 0 && threadIdx.x == 0;
@@ -247,8 +219,8 @@ __global__ void spdnn_wide_place(const T* __restrict__ z, T* __restrict__ y_out,
         if (!live[r]) continue;
         if (lead) {
             ids_out[dst] = ids_in[r];
-            wts_out[dst] = wts_in[r];
-            samples += wts_in[r];
+            mult_out[dst] = mult_in[r];
+            samples += mult_in[r];
         }
         const T* a = z + (size_t)r * n;
         T* b = y_out + (size_t)dst * n;
@@ -257,20 +229,20 @@ __global__ void spdnn_wide_place(const T* __restrict__ z, T* __restrict__ y_out,
     }
     if (lead) {
         *count_out = dst;
-        *wcount_out = samples;
+        *samples_out = samples;
     }
 }
 
 // Sliced layers, second step: move the flagged rows of src (positions
-// 0..*count_in-1) to the first rows of dst with their ids and weights, and clear the flags.
+// 0..*count_in-1) to the first rows of dst with their ids and multiplicities, and clear the flags.
 // One block per row (grid-stride); thread 0 reserves the output row. Runs only when the
 // count is rows_lo..rows_hi.
 template <typename T>
 __global__ void spdnn_compact(const T* __restrict__ src, T* __restrict__ dst,
                               const int* __restrict__ ids_in, int* __restrict__ ids_out,
-                              const int* __restrict__ wts_in, int* __restrict__ wts_out,
+                              const int* __restrict__ mult_in, int* __restrict__ mult_out,
                               int* __restrict__ flags, const int* __restrict__ count_in,
-                              int* __restrict__ count_out, int* __restrict__ wcount_out, int n,
+                              int* __restrict__ count_out, int* __restrict__ samples_out, int n,
                               int rows_lo, int rows_hi) {
     __shared__ int s_row;
     const int count = *count_in;
@@ -282,8 +254,8 @@ __global__ void spdnn_compact(const T* __restrict__ src, T* __restrict__ dst,
             s_row = live ? atomicAdd(count_out, 1) : -1;
             if (live) {
                 ids_out[s_row] = ids_in[p];
-                wts_out[s_row] = wts_in[p];
-                atomicAdd(wcount_out, wts_in[p]);
+                mult_out[s_row] = mult_in[p];
+                atomicAdd(samples_out, mult_in[p]);
                 flags[p] = 0;
             }
         }

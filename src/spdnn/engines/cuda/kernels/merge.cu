@@ -2,32 +2,77 @@
 //
 // Identical rows give identical outputs in every later layer (each row's arithmetic is the
 // same sequence of operations wherever the row sits), so rows that have become equal can be
-// computed once: the first of them (the representative) carries the weight of the others
-// (the samples it stands for), and each merged row records its representative's sample id
+// computed once: the first of them (the representative) carries the multiplicity of the
+// others (the samples they stand for), and each merged row records its representative's sample id
 // in parent[], so categories and survivor counts still count every sample.
 //
 // Two launches over the n-value rows 0..*count_in-1 of y_in (table keys zeroed before):
+// Blocks must be whole warps of at most 1024 threads (block_sum: full-mask shuffles, one
+// scratch value a warp); not checked here (the engine launches 256).
 //  1. spdnn_merge_find: one block per row p (grid-stride). The block hashes the row (sum of
 //     hash_term over its nonzero values: equal rows hash equal). Thread 0 claims the hash in
 //     an open-addressing table (keys[tmask + 1], vals[tmask + 1]) with atomicCAS: the first
 //     claimer is a representative and publishes its row index at once (the row exists
 //     already, so nobody ever waits on more than that store); a row finding its hash taken
 //     waits for that index q, and the block compares the two rows bit for bit. Equal: rep[p]
-//     = q and p's weight is added to wadd[q]. A hash collision or a full probe sequence:
+//     = q and p's multiplicity is added to mult_add[q]. A hash collision or a full probe sequence:
 //     rep[p] = p (the row stays on its own; merging is an optimisation, never a guess).
 //  2. spdnn_merge_compact: one block per row p (grid-stride). Representatives and unmerged
-//     rows (rep[p] == p) move to the first rows of y_out with their ids and weights (plus
-//     wadd[p], then cleared); a merged row leaves parent[its id] = its representative's id.
+//     rows (rep[p] == p) move to the first rows of y_out with their ids and multiplicities
+//     (plus mult_add[p], then cleared); a merged row leaves parent[its id] = its representative's id.
+
+#include "common.cuh"
+
+namespace spdnn {
+
+// Bits of an activation, widened to 64 (for row hashes and bitwise comparison).
+__device__ __forceinline__ unsigned long long value_bits(float v) { return __float_as_uint(v); }
+__device__ __forceinline__ unsigned long long value_bits(double v) {
+    return static_cast<unsigned long long>(__double_as_longlong(v));
+}
+
+// splitmix64's finalizer: a bijective 64-bit mix.
+__device__ __forceinline__ unsigned long long mix64(unsigned long long x) {
+    x ^= x >> 30;
+    x *= 0xBF58476D1CE4E5B9ull;
+    x ^= x >> 27;
+    x *= 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+// What output j holding z adds to its row's hash. The hash of a row is the sum (mod 2^64) of
+// its nonzero outputs' terms: commutative, so equal rows hash equal whoever computes them.
+template <typename T>
+__device__ __forceinline__ unsigned long long hash_term(T z, int j) {
+    return z != T(0) ? mix64(value_bits(z) + 0x9E3779B97F4A7C15ull * static_cast<unsigned long long>(j + 1)) : 0ull;
+}
+
+// Sum of `v` over the block (every thread calls it; the result is valid in thread 0).
+// `scratch` holds one value per warp.
+__device__ __forceinline__ unsigned long long block_sum(unsigned long long v, unsigned long long* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    unsigned long long total = 0;
+    if (threadIdx.x == 0)
+        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) total += scratch[w];
+    __syncthreads();  // scratch may be reused at once
+    return total;
+}
+
+}  // namespace spdnn
 
 namespace {
 constexpr int kMaxProbes = 64;
 }
 
 template <typename T>
-__global__ void spdnn_merge_find(const T* __restrict__ y, const int* __restrict__ wts,
+__global__ void spdnn_merge_find(const T* __restrict__ y, const int* __restrict__ mult,
                                  const int* __restrict__ count_in, unsigned long long* __restrict__ keys,
                                  int* __restrict__ vals, int tmask, int* __restrict__ rep,
-                                 int* __restrict__ wadd, int n) {
+                                 int* __restrict__ mult_add, int n) {
     __shared__ unsigned long long scratch[32];
     __shared__ int s_cand;
     const int count = *count_in;
@@ -68,7 +113,7 @@ __global__ void spdnn_merge_find(const T* __restrict__ y, const int* __restrict_
                 if (threadIdx.x == 0) rep[p] = p;  // a hash collision: keep the row
             } else if (threadIdx.x == 0) {
                 rep[p] = q;
-                atomicAdd(wadd + q, wts[p]);
+                atomicAdd(mult_add + q, mult[p]);
             }
         } else if (threadIdx.x == 0) {
             rep[p] = p;
@@ -80,9 +125,9 @@ __global__ void spdnn_merge_find(const T* __restrict__ y, const int* __restrict_
 template <typename T>
 __global__ void spdnn_merge_compact(const T* __restrict__ y_in, T* __restrict__ y_out,
                                     const int* __restrict__ ids_in, int* __restrict__ ids_out,
-                                    const int* __restrict__ wts_in, int* __restrict__ wts_out,
+                                    const int* __restrict__ mult_in, int* __restrict__ mult_out,
                                     const int* __restrict__ count_in, int* __restrict__ count_out,
-                                    const int* __restrict__ rep, int* __restrict__ wadd,
+                                    const int* __restrict__ rep, int* __restrict__ mult_add,
                                     int* __restrict__ parent, int n) {
     __shared__ int s_row;
     const int count = *count_in;
@@ -92,8 +137,8 @@ __global__ void spdnn_merge_compact(const T* __restrict__ y_in, T* __restrict__ 
             if (q == p) {
                 s_row = atomicAdd(count_out, 1);
                 ids_out[s_row] = ids_in[p];
-                wts_out[s_row] = wts_in[p] + wadd[p];
-                wadd[p] = 0;
+                mult_out[s_row] = mult_in[p] + mult_add[p];
+                mult_add[p] = 0;
             } else {
                 s_row = -1;
                 parent[ids_in[p]] = ids_in[q];
