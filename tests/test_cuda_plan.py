@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from spdnn.engines.cuda.layout import VALUE_ARRAY, VALUE_SCALAR, VALUE_SUM_THEN_SCALE, KernelConfig, stationary_smem_bytes
+from spdnn.engines.cuda.layout import (VALUE_ARRAY, VALUE_SCALAR, VALUE_SUM_THEN_SCALE, KernelConfig,
+                                      stationary_smem_bytes)
 from spdnn.engines.cuda.plan import (PREFETCH_STAGES, TAIL_STAGES, Counters, Phase, count_survivors, merge_points,
                                      merge_roots, merged_members, plan_challenge, plan_streaming)
 from spdnn.errors import DeviceMemoryError, OptionError

@@ -21,7 +21,7 @@ from . import kernel_args
 from .layout import KernelConfig
 
 __all__ = ["KERNEL_DIR", "kernel_source", "kernel_instances", "ctype", "CompiledKernel", "compiled_kernels",
-           "blocks_per_sm"]
+           "blocks_per_sm", "template_arguments", "instance_types", "bind_arguments"]
 
 KERNEL_DIR = Path(__file__).parent / "kernels"
 
@@ -43,9 +43,8 @@ def kernel_source(filename: str) -> str:
 
     NVRTC is given text, not an include path, so each line ``#include "name.cuh"`` is
     replaced by the text of ``kernels/name.cuh`` (its own includes resolved the same way,
-    recursively and in order), or for :data:`.kernel_args.HEADER` by the argument structs'
-    declarations generated from :mod:`.kernel_args`; a header comes in once, where first
-    named, and a later line naming it again is dropped. CuPy's compile cache is keyed by
+    recursively and in order); a header comes in once, where first named, and a later
+    line naming it again is dropped. CuPy's compile cache is keyed by
     the whole resulting text, so a change to any header recompiles the files that include it.
 
     Raises
@@ -56,8 +55,6 @@ def kernel_source(filename: str) -> str:
     included: set[str] = set()
 
     def text_of(name: str, named_by: str | None) -> str:
-        if name == kernel_args.HEADER:
-            return kernel_args.declarations()
         path = KERNEL_DIR / name
         if not path.is_file():
             if named_by is None:
@@ -126,13 +123,55 @@ def _module(device_id: int, filename: str, names: tuple[str, ...]):
         return cp.RawModule(code=kernel_source(filename), options=("-std=c++17",), name_expressions=list(names))
 
 
+#: numpy type of a template's type argument (half-precision weights are stored as float16,
+#: read by the kernels as their bits).
+_NUMPY_OF_C = {"float": np.float32, "double": np.float64, "unsigned short": np.float16}
+
+
+def template_arguments(name: str) -> tuple[str, list[str]]:
+    """('spdnn_x', ['a', 'b', 'c']) of a template instance name 'spdnn_x<a, b, c>'."""
+    if "<" not in name:
+        return name, []
+    base, rest = name.split("<", 1)
+    return base.strip(), [a.strip() for a in rest.rstrip().rstrip(">").split(",")]
+
+
+@functools.lru_cache(maxsize=None)
+def instance_types(name: str) -> tuple[np.dtype, np.dtype]:
+    """(T, V) of a template instance as numpy types: its first and second type arguments
+    (V defaults to T; T to float32 where the kernel has none)."""
+    types = [np.dtype(_NUMPY_OF_C[a]) for a in template_arguments(name)[1][:2] if a in _NUMPY_OF_C]
+    t = types[0] if types else np.dtype(np.float32)
+    return t, types[1] if len(types) > 1 else t
+
+
+def bind_arguments(name: str, values: dict) -> tuple:
+    """The arguments ``values`` ({parameter: value}) of the kernel instance ``name``, checked
+    and in its signature's order (:meth:`.kernel_args.KernelArgs.bind`)."""
+    return kernel_args.kernel_args(name).bind(values, *instance_types(name))
+
+
 @dataclass(frozen=True)
 class CompiledKernel:
-    """A compiled kernel (``fn``: a cupy RawKernel) and the template instance it is (named
-    in debug-mode errors)."""
+    """A compiled kernel (``fn``: a cupy RawKernel) and the template instance it is."""
 
     fn: object
     name: str
+
+    def launch(self, grid: int, block: int, values: dict, smem: int = 0, *, debug_device=None,
+               what: str = "") -> None:
+        """Queue the kernel on the current stream (capturable) with its arguments by name
+        (:func:`bind_arguments`). ``debug_device``: synchronize it after the launch and
+        turn a failure into a SpdnnError naming the kernel and ``what``."""
+        args = bind_arguments(self.name, values)
+        try:
+            self.fn((int(grid),), (int(block),), args, shared_mem=int(smem))
+            if debug_device is not None:
+                debug_device.synchronize()
+        except Exception as exc:
+            if debug_device is None:
+                raise
+            raise SpdnnError(f"cuda engine: kernel {self.name} failed ({what}): {exc}") from exc
 
 
 def compiled_kernels(device_id: int, filename: str, names: dict[str, str]) -> dict[str, CompiledKernel]:

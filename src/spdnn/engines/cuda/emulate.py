@@ -15,6 +15,8 @@ import scipy.sparse as sp
 
 from ...network import Network
 from .layout import VALUE_ARRAY, VALUE_SCALAR, VALUE_SUM_THEN_SCALE, KernelConfig, PackedLayer, entry_values
+from .compilation import bind_arguments, template_arguments
+from .kernel_args import kernel_args
 from .plan import plan_challenge
 
 __all__ = ["emulate_layer", "emulate_network", "packed_sums", "NumpyKernels"]
@@ -146,15 +148,6 @@ def emulate_network(network: Network, features, *, precision: str = "fp64",
     return np.sort(rows) + 1, survivors, rows, y
 
 
-def _template(name: str) -> tuple[str, list[str]]:
-    """('spdnn_x', [args]) of a template instance name 'spdnn_x<a, b, c>'."""
-    if "<" not in name:
-        return name, []
-    base, rest = name.split("<", 1)
-    return base, [a.strip() for a in rest.rstrip(">").split(",")]
-
-
-_NUMPY_TYPES = {"float": np.float32, "double": np.float64, "unsigned short": np.float16}
 
 
 class NumpyKernels:
@@ -162,7 +155,8 @@ class NumpyKernels:
     :class:`spdnn.engines.cuda.general.GeneralPath` on the CPU (tests).
 
     Each launch does what the kernel of that template instance does, on numpy arrays, with
-    the same arguments in the same order: ``spdnn_general_sparse`` (through
+    the same arguments, bound by name and checked as for the GPU
+    (:func:`.compilation.bind_arguments`): ``spdnn_general_sparse`` (through
     :func:`packed_sums`, its blocking read from the instance name), ``spdnn_general_dense``
     (every output summed over its inputs in ascending order), ``spdnn_general_count``, and
     ``layer.cu``'s ``spdnn_densify``, ``spdnn_compact`` and ``spdnn_copy_count``. Rows a
@@ -211,11 +205,12 @@ class NumpyKernels:
     def synchronize(self) -> None:
         pass
 
-    def launch(self, role: str, grid: int, block: int, args: tuple, smem: int = 0, *, what: str = "") -> None:
+    def launch(self, role: str, grid: int, block: int, args: dict, smem: int = 0, *, what: str = "") -> None:
         name = self.roles[role]
-        base, targs = _template(name)
+        base, targs = template_arguments(name)
         self.launches.append(base)
-        getattr(self, "_" + base)(targs, *args)
+        bound = bind_arguments(name, args)
+        getattr(self, "_" + base)(targs, **dict(zip((f.name for f in kernel_args(name).fields), bound)))
 
     # -- the kernels (arguments as the CUDA ones) ------------------------------------------
     @staticmethod
@@ -227,10 +222,10 @@ class NumpyKernels:
             z = np.where(z > 0, np.minimum(z, t_(cap)), t_(0))
         return z, (z != 0).any(axis=1)
 
-    def _spdnn_general_sparse(self, targs, y_in, y_out, ids_in, ids_out, wts_in, wts_out, count_in, count_out,
-                              wcount_out, flags, eidx, evals, meta, bias, scalar, dense_bias, relu, cap, n_in,
-                              n_out, chunk, nchunks, slices):
-        t = _NUMPY_TYPES[targs[0]]
+    def _spdnn_general_sparse(self, targs, y_in, y_out, ids_in, ids_out, mult_in, mult_out, count_in, count_out,
+                              samples_out, flags, entry_idx, entry_val, warp_slices, bias, scalar, dense_bias, relu,
+                              cap, n_in, n_out, chunk, nchunks, slices):
+        t = y_in.dtype.type                                   # T (checked against the instance's by the binding)
         mode, threads, mb, opt, compact = int(targs[2]), int(targs[3]), int(targs[4]), int(targs[5]), \
             targs[6] == "true"
         cfg = KernelConfig(threads=threads, opt=opt, mb=mb, chunk=int(chunk))
@@ -238,8 +233,8 @@ class NumpyKernels:
         assert not compact or slices == 1
         count = int(count_in[0])
         y = y_in[:count * n_in].reshape(count, n_in)
-        values = evals.astype(t) if mode == VALUE_ARRAY else None
-        acc = packed_sums(y, eidx, values, meta, cfg, int(n_in), int(slices), mode=mode, scalar=t(scalar))
+        values = entry_val.astype(t) if mode == VALUE_ARRAY else None
+        acc = packed_sums(y, entry_idx, values, warp_slices, cfg, int(n_in), int(slices), mode=mode, scalar=t(scalar))
         z, alive = self._finish(acc[:, :n_out], bias, dense_bias, relu, cap)
         if compact:
             live = np.flatnonzero(alive)
@@ -248,9 +243,9 @@ class NumpyKernels:
             out = y_out[:(first + live.size) * n_out].reshape(-1, n_out)
             out[dst] = z[live]
             ids_out[dst] = ids_in[live]
-            wts_out[dst] = wts_in[live]
+            mult_out[dst] = mult_in[live]
             count_out[0] += live.size
-            wcount_out[0] += int(wts_in[live].sum())
+            samples_out[0] += int(mult_in[live].sum())
         else:
             y_out[:count * n_out].reshape(count, n_out)[...] = z
             flags[:count][alive] = 1
@@ -273,8 +268,8 @@ class NumpyKernels:
         r = np.repeat(np.arange(int(rows)), np.diff(indptr[:rows + 1]))
         y[r * n + indices[:indptr[rows]]] = data[:indptr[rows]]
 
-    def _spdnn_compact(self, targs, src, dst, ids_in, ids_out, wts_in, wts_out, flags, count_in, count_out,
-                       wcount_out, n, rows_lo, rows_hi):
+    def _spdnn_compact(self, targs, src, dst, ids_in, ids_out, mult_in, mult_out, flags, count_in, count_out,
+                       samples_out, n, rows_lo, rows_hi):
         count = int(count_in[0])
         if not rows_lo <= count <= rows_hi:
             return
@@ -283,9 +278,9 @@ class NumpyKernels:
         to = first + np.arange(live.size)
         dst[:(first + live.size) * n].reshape(-1, n)[to] = src[:count * n].reshape(count, n)[live]
         ids_out[to] = ids_in[live]
-        wts_out[to] = wts_in[live]
+        mult_out[to] = mult_in[live]
         count_out[0] += live.size
-        wcount_out[0] += int(wts_in[live].sum())
+        samples_out[0] += int(mult_in[live].sum())
         flags[live] = 0
 
     def _spdnn_copy_count(self, targs, src, dst):

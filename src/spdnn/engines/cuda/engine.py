@@ -48,12 +48,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from ...config import cupy_status, env_bytes, env_flag
-from ...errors import DeviceMemoryError, OptionError, SpdnnError
+from ...errors import DeviceMemoryError, OptionError
 from ...network import Network
 from ...options import check_merge, check_tristate, optional_index, optional_positive_int
 from .._cupy import cupy, device, device_name, free_device_bytes, pinned_empty
 from ..base import Engine
 from .compilation import blocks_per_sm, compiled_kernels, kernel_instances
+from .kernel_args import row_arguments
 from .layout import KernelConfig, PackedLayer, entry_values
 from .plan import (ChallengePlan, Counters, Phase, batch_size, count_survivors, merge_roots,
                    merged_members, plan_challenge, samples_fitting)
@@ -388,7 +389,8 @@ class CudaEngine(Engine):
                 indices = cp.asarray(live.indices.astype(np.int32))
                 data = cp.asarray(live.data.astype(self.dtype))
                 self._launch("densify", min(m, 65535), 256,
-                             (indptr, indices, data, self._y[0], np.int32(m), np.int32(n)), what="load")
+                             {"indptr": indptr, "indices": indices, "data": data, "y": self._y[0], "rows": m, "n": n},
+                             what="load")
                 self._ids[0][:m].set(rows)
                 self._wts[0][:m].fill(1)
             self._parent[:loaded].fill(-1)
@@ -440,16 +442,9 @@ class CudaEngine(Engine):
         return self._stats[i:i + 1]
 
     # ------------------------------------------------------------------ launches
-    def _launch(self, role: str, grid, block, args, smem=0, *, what: str = ""):
-        kernel = self._k[role]
-        try:
-            kernel.fn((int(grid),), (int(block),), args, shared_mem=int(smem))
-            if self.debug:
-                self._device.synchronize()
-        except Exception as exc:
-            if not self.debug:
-                raise
-            raise SpdnnError(f"cuda engine: kernel {kernel.name} failed ({what}): {exc}") from exc
+    def _launch(self, role: str, grid, block, args: dict, smem=0, *, what: str = ""):
+        """Queue kernel ``role`` with its arguments by name (checked: :mod:`.kernel_args`)."""
+        self._k[role].launch(grid, block, args, smem, debug_device=self._device if self.debug else None, what=what)
 
     def _view(self, chunk: int) -> _WeightView:
         if chunk < 0:
@@ -480,22 +475,24 @@ class CudaEngine(Engine):
         view = self._view(ph.chunk)
         out = self._stat(("ctr", i))
         one = self._one_bias is not None
-        args = (self._y[cur], self._y[1 - cur], self._ids[cur], self._ids[1 - cur], self._wts[cur],
-                self._wts[1 - cur], src, out, self._stat(("tickets", i)),
-                self._stats[self._counters.at("deaths"):], self._stats[self._counters.at("wdeaths"):],
-                view.eidx, view.evals, self._meta, self._entry_off_dev, np.int64(view.ebase),
-                np.int32(self._plan.max_entries), view.out_map, np.int32(view.kbase), self._bias,
-                np.int64(-1 if one else self._bias_stride), self.dtype(self._one_bias if one else 0),
-                self._scalars_dev, self.dtype(self.network.ymax), np.int32(n), np.int32(ph.a), np.int32(ph.b))
+        args = {**row_arguments(cur, self._ids, self._wts, self._y), "count_in": src, "count_out": out,
+                "ticket": self._stat(("tickets", i)), "deaths": self._stats[self._counters.at("deaths"):],
+                "sample_deaths": self._stats[self._counters.at("wdeaths"):],
+                "entry_idx": view.eidx, "entry_val": view.evals, "warp_slices": self._meta,
+                "entry_off": self._entry_off_dev, "ebase": view.ebase, "max_entries": self._plan.max_entries,
+                "out_map": view.out_map, "kbase": view.kbase, "bias": self._bias,
+                "bias_stride": -1 if one else self._bias_stride, "ubias": self._one_bias if one else 0.0,
+                "scalars": self._scalars_dev, "ymax": self.network.ymax, "n": n, "k0": ph.a, "k1": ph.b}
         what = f"layers {ph.a + 1}..{ph.b}"
         tail = self.tail_config if ph.few else None
         few = self._sms * TAIL_ROWS_PER_SM      # rows the tail instance takes
         grid = max(1, min(-(-self._capacity // cfg.mb), self._sms * self._blocks_per_sm))
-        self._launch("stationary", grid, cfg.threads, args + (np.int32(0 if tail is None else few + 1), _ANY_ROWS),
+        self._launch("stationary", grid, cfg.threads,
+                     {**args, "rows_lo": 0 if tail is None else few + 1, "rows_hi": _ANY_ROWS},
                      self._plan.smem, what=what)
         if tail is not None:
-            self._launch("tail", max(1, min(self._capacity, few)), tail.threads, args + (np.int32(0), np.int32(few)),
-                         self._plan.tail_smem, what=what + " (tail)")
+            self._launch("tail", max(1, min(self._capacity, few)), tail.threads,
+                         {**args, "rows_lo": 0, "rows_hi": few}, self._plan.tail_smem, what=what + " (tail)")
         self._cur = 1 - cur
         return out
 
@@ -512,15 +509,16 @@ class CudaEngine(Engine):
         bias = self._bias[k if self._bias_stride else 0]
         count_out = self._stat(("counts", k + 1))
         wcount_out = self._stat(("wcounts", k + 1))
-        args = (self._y[cur], self._y[nxt], self._ids[cur], self._ids[nxt], self._wts[cur], self._wts[nxt],
-                src, count_out, wcount_out, self._flags, view.eidx[a:b], evals, meta, bias, out_map,
-                self._plan.scalars[k], self.dtype(self.network.ymax), np.int32(n), np.int32(cfg.chunk),
-                np.int32(cfg.nchunks(n)), np.int32(cfg.slices(n)))
+        args = {**row_arguments(cur, self._ids, self._wts, self._y), "count_in": src, "count_out": count_out,
+                "samples_out": wcount_out, "flags": self._flags, "entry_idx": view.eidx[a:b], "entry_val": evals,
+                "warp_slices": meta, "bias": bias, "out_map": out_map, "scalar": plan.scalars[k],
+                "ymax": self.network.ymax, "n": n, "chunk": cfg.chunk, "nchunks": cfg.nchunks(n),
+                "slices": cfg.slices(n)}
         items = -(-self._capacity // cfg.mb) * cfg.slices(n)
         grid = max(1, min(items, self._sms * self._blocks_per_sm))
         wide = self._wide_rows if ph.few else 0
-        self._launch("layer", grid, cfg.threads, args + (np.int32(wide + 1 if wide else 0), _ANY_ROWS), plan.smem,
-                     what=f"layer {k + 1}")
+        self._launch("layer", grid, cfg.threads, {**args, "rows_lo": wide + 1 if wide else 0, "rows_hi": _ANY_ROWS},
+                     plan.smem, what=f"layer {k + 1}")
         if wide:
             self._enqueue_wide(k, wide, src, count_out, wcount_out, view.eidx[a:b], evals, meta, bias, out_map)
         if plan.fused:
@@ -530,8 +528,9 @@ class CudaEngine(Engine):
         # back into buffer cur while their ids and weights move cur -> nxt, so the id and
         # weight buffers swap roles.
         self._launch("compact", max(1, min(self._capacity, self._sms * 16)), 256,
-                     (self._y[nxt], self._y[cur], self._ids[cur], self._ids[nxt], self._wts[cur], self._wts[nxt],
-                      self._flags, src, count_out, wcount_out, np.int32(n), np.int32(0), _ANY_ROWS),
+                     {"src": self._y[nxt], "dst": self._y[cur], **row_arguments(cur, self._ids, self._wts),
+                      "flags": self._flags, "count_in": src, "count_out": count_out, "samples_out": wcount_out, "n": n,
+                      "rows_lo": 0, "rows_hi": _ANY_ROWS},
                      what=f"layer {k + 1}, compaction")
         self._ids[cur], self._ids[nxt] = self._ids[nxt], self._ids[cur]
         self._wts[cur], self._wts[nxt] = self._wts[nxt], self._wts[cur]
@@ -543,20 +542,22 @@ class CudaEngine(Engine):
         into the next buffer with their ids and weights (where the per-layer kernel would
         have put them)."""
         cfg, n, cur, nxt = self.config, self.network.neurons, self._cur, 1 - self._cur
-        lo, hi = np.int32(1), np.int32(rows)
+        span = {"count_in": src, "rows_lo": 1, "rows_hi": rows}
+        scalar = self._plan.scalars[k]
         warps = rows * cfg.opt * cfg.nwarps
         self._launch("wide_sums", max(1, min(-(-warps // 8), self._sms * 8)), 256,
-                     (self._y[cur], src, lo, hi, eidx, evals, meta, self._plan.scalars[k], self._wide_sums,
-                      self._wide_live, np.int32(n),
-                      np.int32(cfg.chunk), np.int32(cfg.nchunks(n)), np.int32(cfg.opt), np.int32(cfg.nwarps)),
+                     {"y_in": self._y[cur], **span, "entry_idx": eidx, "entry_val": evals, "warp_slices": meta,
+                      "scalar": scalar, "sums": self._wide_sums, "live": self._wide_live, "n": n, "chunk": cfg.chunk,
+                      "nchunks": cfg.nchunks(n), "cols_per_thread": cfg.opt, "layout_warps": cfg.nwarps},
                      what=f"layer {k + 1}, wide sums")
         self._launch("wide_expand", max(1, min(-(-n // 256), self._sms * 4)), 256,
-                     (self._wide_sums, np.int32(cfg.outputs_per_block), src, lo, hi, out_map, bias, self._plan.scalars[k],
-                      self.dtype(self.network.ymax), self._wide_z, self._wide_live, np.int32(n)),
+                     {"sums": self._wide_sums, "vcols": cfg.outputs_per_block, **span, "out_map": out_map,
+                      "bias": bias, "scalar": scalar, "ymax": self.network.ymax, "z_out": self._wide_z,
+                      "live": self._wide_live, "n": n},
                      what=f"layer {k + 1}, wide expansion")
         self._launch("wide_place", max(1, min(-(-n // 256), self._sms * 4)), 256,
-                     (self._wide_z, self._y[nxt], self._ids[cur], self._ids[nxt], self._wts[cur], self._wts[nxt],
-                      self._wide_live, src, lo, hi, count_out, wcount_out, np.int32(n)),
+                     {"z": self._wide_z, "y_out": self._y[nxt], **row_arguments(cur, self._ids, self._wts),
+                      "live": self._wide_live, **span, "count_out": count_out, "samples_out": wcount_out, "n": n},
                      what=f"layer {k + 1}, wide placement")
 
     def _enqueue_merge(self, i: int, src):
@@ -567,13 +568,14 @@ class CudaEngine(Engine):
         for table in (self._keys, self._vals):
             cp.cuda.runtime.memsetAsync(table.data.ptr, 0, table.nbytes, stream.ptr)
         grid = max(1, min(self._capacity, self._sms * 16))
-        self._launch("find", grid, 256, (self._y[cur], self._wts[cur], src, self._keys, self._vals,
-                                         np.int32(self._keys.size - 1), self._rep, self._wadd, np.int32(n)),
-                     what="merge")
+        self._launch("find", grid, 256, {"y": self._y[cur], "mult": self._wts[cur], "count_in": src,
+                                         "keys": self._keys, "vals": self._vals, "tmask": self._keys.size - 1,
+                                         "rep": self._rep, "mult_add": self._wadd, "n": n}, what="merge")
         out = self._stat(("ctr", i))
-        self._launch("mcompact", grid, 256, (self._y[cur], self._y[1 - cur], self._ids[cur], self._ids[1 - cur],
-                                             self._wts[cur], self._wts[1 - cur], src, out, self._rep, self._wadd,
-                                             self._parent, np.int32(n)), what="merge, compaction")
+        self._launch("mcompact", grid, 256, {**row_arguments(cur, self._ids, self._wts, self._y), "count_in": src,
+                                             "count_out": out, "rep": self._rep, "mult_add": self._wadd,
+                                             "parent": self._parent, "n": n},
+                     what="merge, compaction")
         self._cur = 1 - cur
         return out
 
@@ -592,7 +594,7 @@ class CudaEngine(Engine):
         """Queue a whole run of ``phases`` on the current stream (capturable, no streaming)."""
         self._clear_counters(start)
         end = self._enqueue(phases, 0, self._count_cur)
-        self._launch("copy", 1, 32, (end, self._count_cur), what="count")
+        self._launch("copy", 1, 32, {"src": end, "dst": self._count_cur}, what="count")
 
     def _graph(self, start: int, stop: int, phases: list[Phase]):
         """The captured graph of a run (built once per range and buffer arrangement)."""
@@ -661,7 +663,7 @@ class CudaEngine(Engine):
                 if pending:
                     fetch(pending.pop(0))
             i = j
-        self._launch("copy", 1, 32, (src, self._count_cur), what="count")
+        self._launch("copy", 1, 32, {"src": src, "dst": self._count_cur}, what="count")
 
     # ------------------------------------------------------------------ infer
     def warm_up(self, start: int, stop: int) -> None:

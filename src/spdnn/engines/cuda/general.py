@@ -37,6 +37,7 @@ import scipy.sparse as sp
 from ...errors import DeviceMemoryError, SpdnnError
 from ...network import Network
 from ..base import check_weights
+from .kernel_args import row_arguments
 from .layout import (VALUE_ARRAY, VALUE_SCALAR, KernelConfig, choose_general_config, entry_values,
                      narrowest_exact_dtype, pack_layer)
 
@@ -231,16 +232,9 @@ class CupyKernels:
         stream = self.cp.cuda.get_current_stream()
         self.cp.cuda.runtime.memsetAsync(a.data.ptr, 0, a.nbytes, stream.ptr)
 
-    def launch(self, role: str, grid: int, block: int, args: tuple, smem: int = 0, *, what: str = "") -> None:
-        kernel = self.k[role]
-        try:
-            kernel.fn((int(grid),), (int(block),), args, shared_mem=int(smem))
-            if self.engine.debug:
-                self.dev.synchronize()
-        except Exception as exc:
-            if not self.engine.debug:
-                raise
-            raise SpdnnError(f"cuda engine: kernel {kernel.name} failed ({what}): {exc}") from exc
+    def launch(self, role: str, grid: int, block: int, args: dict, smem: int = 0, *, what: str = "") -> None:
+        """Queue kernel ``role`` with its arguments by name (checked: :mod:`.kernel_args`)."""
+        self.k[role].launch(grid, block, args, smem, debug_device=self.dev if self.engine.debug else None, what=what)
 
     def capture(self, enqueue):
         """A graph of what ``enqueue()`` queues, and the stream to launch it on."""
@@ -412,7 +406,8 @@ class GeneralPath:
             indptr = xp.asarray(live.indptr.astype(np.int64))
             indices = xp.asarray(live.indices.astype(np.int32) if live.nnz else np.zeros(1, np.int32))
             data = xp.asarray(live.data.astype(self.dtype) if live.nnz else np.zeros(1, self.dtype))
-            self.b.launch("densify", min(m, 65535), 256, (indptr, indices, data, self._y[0], np.int32(m), np.int32(n)),
+            self.b.launch("densify", min(m, 65535), 256,
+                          {"indptr": indptr, "indices": indices, "data": data, "y": self._y[0], "rows": m, "n": n},
                           what="load")
             self._ids[0][:m] = xp.asarray(rows)
             self._wts[0][:m] = 1
@@ -435,17 +430,17 @@ class GeneralPath:
         layer, dev, b = self.layers[k], self._dev[k], self.b
         cur, nxt = self._cur, 1 - self._cur
         rows_out, surv_out = self._stat("rows", k + 1), self._stat("surv", k + 1)
-        t = self.dtype.type
-        rule = (np.int32(layer.dense_bias), np.int32(layer.relu), t(layer.cap))
-        n_in, n_out, cap = np.int32(layer.n_in), np.int32(layer.n_out), self._capacity
+        rule = {"dense_bias": int(layer.dense_bias), "relu": int(layer.relu), "cap": layer.cap,
+                "n_in": layer.n_in, "n_out": layer.n_out}
+        cap = self._capacity
         role, what = layer.kernel(self.dtype), f"layer {k + 1}"
         if layer.dense:
             b.memset0(self._flags)
             bm, bn = DENSE_TILE
             items = -(-cap // bm) * -(-layer.n_out // bn)
             b.launch(role, self._grid(role, items, DENSE_THREADS, 0), DENSE_THREADS,
-                     (self._y[cur], self._y[nxt], src, self._flags, dev["w"], dev["bias"], *rule, n_in, n_out),
-                     what=what)
+                     {"y_in": self._y[cur], "y_out": self._y[nxt], "count_in": src, "flags": self._flags,
+                      "w": dev["w"], "bias": dev["bias"], **rule}, what=what)
         else:
             c = layer.config
             if not layer.compact:
@@ -454,10 +449,10 @@ class GeneralPath:
             slices = c.slices(layer.n_out)
             items = -(-cap // c.mb) * slices
             b.launch(role, self._grid(role, items, c.threads, smem), c.threads,
-                     (self._y[cur], self._y[nxt], self._ids[cur], self._ids[nxt], self._wts[cur], self._wts[nxt],
-                      src, rows_out, surv_out, self._flags, dev["idx"], dev["vals"], dev["meta"], dev["bias"],
-                      t(layer.scalar), *rule, n_in, n_out, np.int32(c.chunk), np.int32(c.nchunks(layer.n_in)),
-                      np.int32(slices)), smem, what=what)
+                     {**row_arguments(cur, self._ids, self._wts, self._y), "count_in": src, "count_out": rows_out,
+                      "samples_out": surv_out, "flags": self._flags, "entry_idx": dev["idx"], "entry_val": dev["vals"],
+                      "warp_slices": dev["meta"], "bias": dev["bias"], "scalar": layer.scalar, **rule,
+                      "chunk": c.chunk, "nchunks": c.nchunks(layer.n_in), "slices": slices}, smem, what=what)
             if layer.compact:              # the kernel placed the live rows and their ids in buffer nxt
                 self._cur = nxt
                 return rows_out
@@ -466,12 +461,13 @@ class GeneralPath:
             # The live rows move back into buffer cur, their ids and weights cur -> nxt: the
             # id and weight buffers swap roles.
             b.launch("compact", self._grid("compact", cap, 256, 0), 256,
-                     (self._y[nxt], self._y[cur], self._ids[cur], self._ids[nxt], self._wts[cur], self._wts[nxt],
-                      self._flags, src, rows_out, surv_out, n_out, np.int32(0), _ANY_ROWS), what=what + ", compaction")
+                     {"src": self._y[nxt], "dst": self._y[cur], **row_arguments(cur, self._ids, self._wts),
+                      "flags": self._flags, "count_in": src, "count_out": rows_out, "samples_out": surv_out,
+                      "n": layer.n_out, "rows_lo": 0, "rows_hi": _ANY_ROWS}, what=what + ", compaction")
         else:
-            b.launch("count", self._grid("count", -(-cap // 256), 256, 0), 256, (self._flags, src, surv_out),
-                     what=what + ", count")
-            b.launch("copy", 1, 32, (src, rows_out), what=what + ", rows")
+            b.launch("count", self._grid("count", -(-cap // 256), 256, 0), 256,
+                     {"flags": self._flags, "count_in": src, "count_out": surv_out}, what=what + ", count")
+            b.launch("copy", 1, 32, {"src": src, "dst": rows_out}, what=what + ", rows")
             self._cur = nxt                # the rows moved to buffer nxt, their ids stayed
         self._ids[cur], self._ids[nxt] = self._ids[nxt], self._ids[cur]
         self._wts[cur], self._wts[nxt] = self._wts[nxt], self._wts[cur]
@@ -486,7 +482,7 @@ class GeneralPath:
         src = self._stat("cur")
         for k in range(start, stop):
             src = self._enqueue_layer(k, src)
-        self.b.launch("copy", 1, 32, (src, self._stat("cur")), what="count")
+        self.b.launch("copy", 1, 32, {"src": src, "dst": self._stat("cur")}, what="count")
 
     def _state(self):
         return self._cur, list(self._ids), list(self._wts)
