@@ -100,6 +100,7 @@ def _memset(ptr, value, nbytes, stream):
 
 fake = SimpleNamespace(
     asarray=lambda a, dtype=None: _dev(np.array(a, dtype=dtype, copy=True)),
+    asnumpy=lambda a: np.array(a, copy=True),
     full=lambda shape, value, dtype=None: _dev(np.full(shape, value, dtype=dtype)),
     zeros=lambda shape, dtype=float: _dev(np.zeros(shape, dtype=dtype)),
     empty=lambda shape, dtype=float: _dev(np.full(shape, {"i": -7, "u": 7}.get(np.dtype(dtype).kind, np.nan),
@@ -114,13 +115,19 @@ fake = SimpleNamespace(
 def install(monkeypatch, module) -> list:
     """Replace CuPy and the device helpers of the CUDA engine's ``module`` by the stand-ins;
     returns the list the launches are recorded in ((kernel instance, what), in order)."""
+    import spdnn.engines._cupy as helpers
+    import spdnn.engines.cuda.compilation as compilation
+
     launches: list = []
     monkeypatch.setattr(module, "cupy", lambda name: fake)
+    monkeypatch.setattr(helpers, "cupy", lambda name: fake)          # the general path's backend
     monkeypatch.setattr(module, "device", lambda name, device_id: _Device())
     monkeypatch.setattr(module, "device_name", lambda dev: "fake device")
     monkeypatch.setattr(module, "free_device_bytes", lambda: 64 << 30)
     monkeypatch.setattr(module, "pinned_empty", lambda size, dtype: np.zeros(max(int(size), 1), dtype=dtype))
-    monkeypatch.setattr(module, "compiled_kernels",
-                        lambda device_id, filename, names: {role: FakeKernel(name, launches)
-                                                            for role, name in names.items()})
+    def compiled(device_id, filename, names):
+        return {role: FakeKernel(name, launches) for role, name in names.items()}
+
+    monkeypatch.setattr(module, "compiled_kernels", compiled)
+    monkeypatch.setattr(compilation, "compiled_kernels", compiled)
     return launches

@@ -16,7 +16,7 @@ from spdnn.engines.cuda.layout import KernelConfig
 from spdnn.generate import radixnet_network
 
 import fake_cupy
-from factories import random_features, random_network
+from factories import feedforward_network, random_features, random_network
 
 
 @pytest.fixture
@@ -96,3 +96,17 @@ def test_a_launch_with_a_wrong_argument_is_refused(launches, rng):
     engine._wts = [w.astype(np.int64).view(fake_cupy.DeviceArray) for w in engine._wts]
     with pytest.raises(TypeError, match=r"spdnn_stationary: mult_in \(const int\*\) needs an array of int32"):
         engine._infer(0, 4)
+
+
+@pytest.mark.parametrize("debug", [True, False], ids=["launch_by_launch", "graph"])
+def test_general_path_launches_bind_through_the_gpu_backend(launches, rng, debug):
+    """The general path's launches through CupyKernels (the numpy replay checks the same
+    launch dicts with results, tests/test_cuda_general.py)."""
+    net = feedforward_network(rng, widths=[40, 64, 64, 10], dense=[True, False, False, True])
+    engine = CudaEngine(precision="fp64", debug=debug)
+    engine.prepare(net)
+    assert engine._general is not None
+    engine.load(random_features(rng, 30, 40, 0.5))
+    engine._infer(0, net.depth)
+    kernels = _kernels(launches)
+    assert {"spdnn_densify", "spdnn_general_dense", "spdnn_general_sparse", "spdnn_copy_count"} <= kernels
