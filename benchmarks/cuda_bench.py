@@ -73,15 +73,15 @@ def variant_engine(variant: str, n: int):
     if variant == "sliced":
         from spdnn.engines.cuda.layout import KernelConfig
 
-        return "cuda", {"config": KernelConfig(threads=256, opt=1, mb=8, chunk=n)}
+        return "cuda", {"config": KernelConfig(threads=256, cols_per_thread=1, rows_per_tile=8, chunk=n)}
     if variant.startswith("nodedupe_mb"):
-        return "cuda", {"config": _config(n, mb=int(variant[len("nodedupe_mb"):]), stationary=False),
+        return "cuda", {"config": _config(n, rows_per_tile=int(variant[len("nodedupe_mb"):]), stationary=False),
                         "dedupe": False}
-    if variant.startswith("mb") and variant[2:].isdigit():
-        return "cuda", {"config": _config(n, virtual=n // 16, mb=int(variant[2:]))}
+    if variant.startswith("mb") and variant[2:].isdigit():               # variant names: mb = rows per tile
+        return "cuda", {"config": _config(n, virtual=n // 16, rows_per_tile=int(variant[2:]))}
     if variant.startswith("t") and "mb" in variant and variant[1:].replace("mb", "", 1).isdigit():
-        threads, mb = variant[1:].split("mb")
-        return "cuda", {"config": _config(n, virtual=n // 16, mb=int(mb), threads=int(threads))}
+        threads, rows = variant[1:].split("mb")
+        return "cuda", {"config": _config(n, virtual=n // 16, rows_per_tile=int(rows), threads=int(threads))}
     if variant == "cusparse":
         return "cusparse", ({"batch_samples": 15000 if n == 16384 else 4000} if n >= 16384 else {})
     raise SpdnnError(f"--variants: unknown variant {variant!r} (see variant_engine)")

@@ -44,7 +44,8 @@ def check_same(eng, net, feats, precision="fp64"):
 
 
 def stationary(n, **fields):
-    return KernelConfig(**{"threads": 128, "opt": 1, "mb": 4, "chunk": n, "stationary": True, **fields})
+    return KernelConfig(**{"threads": 128, "cols_per_thread": 1, "rows_per_tile": 4, "chunk": n, "stationary": True,
+                           **fields})
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +60,8 @@ def official(official_dir):
 @pytest.mark.parametrize("merge", ["auto", False])
 def test_official_subset_gives_the_truth(official, precision, kernel, merge):
     net, feats, truth = official
-    options = {"auto": {}, "per-layer": {"config": KernelConfig(threads=256, opt=1, mb=4, chunk=1024, dedupe=True)},
-               "no-dedupe": {"dedupe": False}}[kernel]
+    per_layer = KernelConfig(threads=256, cols_per_thread=1, rows_per_tile=4, chunk=1024, dedupe=True)
+    options = {"auto": {}, "per-layer": {"config": per_layer}, "no-dedupe": {"dedupe": False}}[kernel]
     res = get_engine("cuda", precision=precision, poison=POISON, merge=merge, **options).run(net, feats)
     np.testing.assert_array_equal(res.categories, truth)
     assert res.extra["config"]["stationary"] is (kernel != "per-layer")
@@ -84,9 +85,9 @@ def test_random_networks_fp64_exact(rng, values, n):
         assert res.extra["value_dtype"] == "float16"
 
 
-@pytest.mark.parametrize("config", [KernelConfig(threads=64, opt=2, mb=2, chunk=100),
-                                    KernelConfig(threads=32, opt=4, mb=4, chunk=700),
-                                    KernelConfig(threads=128, opt=1, mb=1, chunk=333)], ids=str)
+@pytest.mark.parametrize("config", [KernelConfig(threads=64, cols_per_thread=2, rows_per_tile=2, chunk=100),
+                                    KernelConfig(threads=32, cols_per_thread=4, rows_per_tile=4, chunk=700),
+                                    KernelConfig(threads=128, cols_per_thread=1, rows_per_tile=1, chunk=333)], ids=str)
 def test_per_layer_sliced_and_chunked_blockings_fp64_exact(rng, config):
     """Outputs sliced over blocks (compaction kernel) and inputs staged in chunks."""
     n = 700
@@ -97,10 +98,10 @@ def test_per_layer_sliced_and_chunked_blockings_fp64_exact(rng, config):
     assert res.extra["config"]["slices"] == config.slices(n) and res.extra["config"]["stationary"] is False
 
 
-@pytest.mark.parametrize("mb", [1, 2, 4, 8])
+@pytest.mark.parametrize("rows_per_tile", [1, 2, 4, 8])
 @pytest.mark.parametrize("prefetch", [False, True])
 @pytest.mark.parametrize("dedupe", [False, True])
-def test_stationary_blockings_fp64_exact(rng, mb, prefetch, dedupe):
+def test_stationary_blockings_fp64_exact(rng, rows_per_tile, prefetch, dedupe):
     """Tiles of 1..8 rows kept in shared memory, with and without the cp.async prefetch
     of the next layer, general and deduplicated layers, mixed-sign bias."""
     n = 480        # half-precision values: the prefetch stages of 8-row tiles fit shared memory
@@ -109,21 +110,22 @@ def test_stationary_blockings_fp64_exact(rng, mb, prefetch, dedupe):
     else:
         net = random_network(rng, n, 7, density=0.02, values="fp16")
     feats = dying_features(rng, 211, n)
-    cfg = stationary(n, mb=mb, prefetch=prefetch, dedupe=dedupe, opt=1 if dedupe else 4)
+    cfg = stationary(n, rows_per_tile=rows_per_tile, prefetch=prefetch, dedupe=dedupe,
+                     cols_per_thread=1 if dedupe else 4)
     res = check_same(get_engine("cuda", precision="fp64", poison=POISON, config=cfg, merge=False), net, feats)
     assert res.extra["config"]["stationary"] and res.extra["config"]["prefetch"] is prefetch
 
 
 @pytest.mark.parametrize("stages", [2, 4, 6])
-@pytest.mark.parametrize("mb", [1, 4])
-def test_prefetch_depths_fp64_exact(rng, stages, mb):
+@pytest.mark.parametrize("rows_per_tile", [1, 4])
+def test_prefetch_depths_fp64_exact(rng, stages, rows_per_tile):
     """Prefetch rings of 2..6 stages (1..5 layers in flight), segments shorter and longer
     than the ring (depth 3 without merging; 40 with merge passes at 16 and 32)."""
     n = 480
     for depth, merge in ((3, False), (40, True)):
         net = duplicate_column_network(rng, n, depth, 50, values="fp16")
         feats = dying_features(rng, 150, n)
-        cfg = stationary(n, mb=mb, prefetch=True, stages=stages, dedupe=True, opt=1)
+        cfg = stationary(n, rows_per_tile=rows_per_tile, prefetch=True, stages=stages, dedupe=True, cols_per_thread=1)
         res = check_same(get_engine("cuda", precision="fp64", poison=POISON, config=cfg, merge=merge), net, feats)
         assert res.extra["config"]["stages"] == stages
 
@@ -141,7 +143,7 @@ def test_tail_instance_fp64_exact(rng, monkeypatch, tail_rows_per_sm):
     feats = planted_duplicates(rng, n, 500)
     res = check_same(get_engine("cuda", precision="fp64", poison=POISON), net, feats)
     tail = res.extra["config"]["tail"]
-    assert tail is not None and tail["mb"] == 1 and res.extra["config"]["mb"] > 1
+    assert tail is not None and tail["rows_per_tile"] == 1 and res.extra["config"]["rows_per_tile"] > 1
     assert res.extra["merged_samples"] > 0 and res.survivors[-1] > 0
 
 
@@ -180,7 +182,7 @@ def test_streaming_in_chunks(rng, per_layer):
     n, depth = 256, 40
     net = random_network(rng, n, depth, density=0.1)
     feats = dying_features(rng, 120, n)
-    cfg = KernelConfig(threads=256, opt=1, mb=4, chunk=n) if per_layer else None
+    cfg = KernelConfig(threads=256, cols_per_thread=1, rows_per_tile=4, chunk=n) if per_layer else None
     eng = get_engine("cuda", precision="fp64", poison=POISON, memory_cap_bytes=6_000_000, config=cfg)
     res = check_same(eng, net, feats)
     assert res.extra["stream_weights"] is True and res.extra["weight_chunks"] >= 1
@@ -261,7 +263,7 @@ def test_debug_mode_synchronizes_every_launch(rng, monkeypatch):
 def test_forced_blocking_too_big_for_shared_memory(rng):
     n = 4000
     net = random_network(rng, n, 2, density=0.3)          # 1,200 entries a column
-    cfg = KernelConfig(threads=256, opt=16, mb=4, chunk=n, stationary=True, prefetch=True)
+    cfg = KernelConfig(threads=256, cols_per_thread=16, rows_per_tile=4, chunk=n, stationary=True, prefetch=True)
     with pytest.raises(OptionError, match="shared memory"):
         get_engine("cuda", precision="fp64", config=cfg).prepare(net)
 
@@ -287,7 +289,7 @@ def test_deduplicated_chunked_per_layer_fp64_exact(rng):
     n = 600
     net = duplicate_column_network(rng, n, 5, 90)
     feats = dying_features(rng, 77, n)
-    cfg = KernelConfig(threads=64, opt=2, mb=2, chunk=250, dedupe=True)
+    cfg = KernelConfig(threads=64, cols_per_thread=2, rows_per_tile=2, chunk=250, dedupe=True)
     res = check_same(get_engine("cuda", precision="fp64", poison=POISON, config=cfg), net, feats)
     assert res.extra["config"]["nchunks"] == 3
 
@@ -305,7 +307,7 @@ def test_wide_path_fp64_exact(rng, monkeypatch, wide_rows, values):
     n = 600
     net = duplicate_column_network(rng, n, 40, 90, values=values)
     feats = planted_duplicates(rng, n, 230)
-    cfg = KernelConfig(threads=64, opt=2, mb=2, chunk=250, dedupe=True)
+    cfg = KernelConfig(threads=64, cols_per_thread=2, rows_per_tile=2, chunk=250, dedupe=True)
     res = check_same(get_engine("cuda", precision="fp64", poison=POISON, config=cfg), net, feats)
     assert res.extra["config"]["nchunks"] == 3 and res.extra["merged_samples"] > 0
     assert res.survivors[-1] > 0
@@ -355,7 +357,7 @@ def _merge_on_off(rng, precision, per_layer, **options):
     w0[:4, :] = 0                                                    # inputs 0..3 are never read
     net = Network.from_layers([w0.tocsr(), *net.layers[1:]], net.bias)
     feats = planted_duplicates(rng, n, 400)
-    cfg = KernelConfig(threads=256, opt=1, mb=2, chunk=n) if per_layer else None
+    cfg = KernelConfig(threads=256, cols_per_thread=1, rows_per_tile=2, chunk=n) if per_layer else None
     on = get_engine("cuda", precision=precision, poison=POISON, merge=True, config=cfg, **options)
     off = get_engine("cuda", precision=precision, poison=POISON, merge=False, config=cfg, **options)
     a = check_same(on, net, feats, precision) if precision == "fp64" else on.run(net, feats)

@@ -24,8 +24,8 @@ from factories import GENERAL_CASES, general_case, random_layer
 #: and (with a small shared memory) chunk its inputs; one row a tile.
 BLOCKINGS = {
     "default": ({}, 227 * 1024),
-    "sliced_chunked": ({"threads": 32, "opt": 1, "mb": 2}, 2 * 8 * 24),
-    "mb1": ({"threads": 64, "opt": 2, "mb": 1}, 227 * 1024),
+    "sliced_chunked": ({"threads": 32, "cols_per_thread": 1, "rows_per_tile": 2}, 2 * 8 * 24),
+    "mb1": ({"threads": 64, "cols_per_thread": 2, "rows_per_tile": 1}, 227 * 1024),
 }
 
 
@@ -161,18 +161,18 @@ def test_plan_value_modes_and_kernels(rng):
 
 
 @pytest.mark.parametrize("shape", [(50, 130), (300, 20), (64, 64)])
-@pytest.mark.parametrize("config", [KernelConfig(threads=32, opt=2, mb=2, chunk=37),
-                                    KernelConfig(threads=64, opt=1, mb=4, chunk=300)], ids=str)
+@pytest.mark.parametrize("config", [KernelConfig(threads=32, cols_per_thread=2, rows_per_tile=2, chunk=37),
+                                    KernelConfig(threads=64, cols_per_thread=1, rows_per_tile=4, chunk=300)], ids=str)
 def test_pack_layer_rectangular_places_every_nonzero_once(rng, shape, config):
     n_in, n_out = shape
     w = random_layer(rng, n_in, 0.1, columns=n_out)
     p = pack_layer(w, config)
     nchunks, slices = config.nchunks(n_in), config.slices(n_out)
-    meta = p.meta.reshape(slices, nchunks, config.opt, config.nwarps, 2)
+    meta = p.meta.reshape(slices, nchunks, config.cols_per_thread, config.nwarps, 2)
     got = np.zeros(shape)
     for s in range(slices):
         for c in range(nchunks):
-            for t in range(config.opt):
+            for t in range(config.cols_per_thread):
                 for wp in range(config.nwarps):
                     off, width = meta[s, c, t, wp]
                     for lane in range(32):
@@ -193,13 +193,14 @@ def test_pack_layer_rectangular_places_every_nonzero_once(rng, shape, config):
 
 def test_choose_general_config():
     cfg = choose_general_config(4096, 4096, 4)
-    assert (cfg.threads, cfg.opt, cfg.mb, cfg.chunk) == (512, 8, 8, 4096) and cfg.slices(4096) == 1
+    assert (cfg.threads, cfg.cols_per_thread, cfg.rows_per_tile, cfg.chunk) == (512, 8, 8, 4096)
+    assert cfg.slices(4096) == 1
     cfg = choose_general_config(784, 10, 8)
-    assert cfg.threads == 32 and cfg.opt == 1 and cfg.chunk == 784
+    assert cfg.threads == 32 and cfg.cols_per_thread == 1 and cfg.chunk == 784
     cfg = choose_general_config(100_000, 64, 8, smem_limit=48 * 1024)
-    assert cfg.chunk * cfg.nchunks(100_000) >= 100_000 and (cfg.chunk + 1) * cfg.mb * 8 <= 48 * 1024
+    assert cfg.chunk * cfg.nchunks(100_000) >= 100_000 and (cfg.chunk + 1) * cfg.rows_per_tile * 8 <= 48 * 1024
     cfg = choose_general_config(16384, 16384, 4)
-    assert cfg.opt == 32 and cfg.mb == 2 and cfg.slices(16384) == 1
+    assert cfg.cols_per_thread == 32 and cfg.rows_per_tile == 2 and cfg.slices(16384) == 1
 
 
 def test_general_path_refuses_weights_beyond_the_budget(rng):

@@ -45,7 +45,8 @@ def test_general_cuda_fp32_predictions_equal_fp64(rng, case):
 
 
 @pytest.mark.parametrize("case", ["dense_and_sparse", "revive", "rectangular", "identity_output"])
-@pytest.mark.parametrize("options", [{"batch_samples": 70}, {"blocking": {"threads": 32, "opt": 1, "mb": 2}},
+@pytest.mark.parametrize("options", [{"batch_samples": 70},
+                                     {"blocking": {"threads": 32, "cols_per_thread": 1, "rows_per_tile": 2}},
                                      {"debug": True}], ids=["batches", "sliced", "debug"])
 def test_general_cuda_variants_fp64_bit_for_bit(rng, case, options):
     net, feats = general_case(rng, case, samples=300)

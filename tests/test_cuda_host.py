@@ -50,7 +50,7 @@ def test_stationary_segments_merges_and_tail(launches, rng, debug):
 
 def test_per_layer_deduplicated_blocking_queues_the_wide_path(launches, rng):
     net = radixnet_network(1024, 20)
-    cfg = KernelConfig(threads=128, opt=1, mb=4, chunk=1024, dedupe=True)
+    cfg = KernelConfig(threads=128, cols_per_thread=1, rows_per_tile=4, chunk=1024, dedupe=True)
     engine = CudaEngine(precision="fp64", config=cfg, debug=True)
     _run(engine, net, random_features(rng, 100, 1024, 0.2))
     kernels = _kernels(launches)
@@ -61,7 +61,7 @@ def test_per_layer_deduplicated_blocking_queues_the_wide_path(launches, rng):
 
 def test_sliced_per_layer_blocking_compacts_with_per_entry_values(launches, rng):
     net = random_network(rng, 512, 5, density=0.05, values="normal")
-    cfg = KernelConfig(threads=64, opt=2, mb=4, chunk=256)
+    cfg = KernelConfig(threads=64, cols_per_thread=2, rows_per_tile=4, chunk=256)
     engine = CudaEngine(precision="fp64", config=cfg, merge=False)
     _run(engine, net, random_features(rng, 50, 512, 0.3))
     assert engine.config.slices(512) == 4

@@ -38,8 +38,9 @@ def test_every_kernel_signature_is_its_definition():
 
 
 def test_every_instance_the_engine_asks_for_has_a_definition():
-    cfgs = [choose_config(1024, 4, virtual=64), KernelConfig(threads=64, opt=2, mb=4, chunk=256, dedupe=True),
-            KernelConfig(threads=64, opt=2, mb=4, chunk=256)]
+    cfgs = [choose_config(1024, 4, virtual=64),
+            KernelConfig(threads=64, cols_per_thread=2, rows_per_tile=4, chunk=256, dedupe=True),
+            KernelConfig(threads=64, cols_per_thread=2, rows_per_tile=4, chunk=256)]
     for cfg in cfgs:
         for names in kernel_instances(cfg, 1024, np.float32, np.float16, VALUE_ARRAY).values():
             for name in names.values():

@@ -22,16 +22,17 @@ _C1024 = choose_config(1024, 4, virtual=64).__dict__
 CASES = [  # (config, neurons, dtype, value dtype, value mode[, tail blocking])
     (choose_config(1024, 4, virtual=64), 1024, np.float32, None, VALUE_SUM_THEN_SCALE),
     (KernelConfig(**{**_C1024, "prefetch": True}), 1024, np.float32, None, VALUE_SUM_THEN_SCALE,
-     KernelConfig(**{**_C1024, "mb": 1, "prefetch": True, "stages": 5})),
+     KernelConfig(**{**_C1024, "rows_per_tile": 1, "prefetch": True, "stages": 5})),
     (KernelConfig(**{**_C1024, "prefetch": True, "stages": 2}), 1024, np.float64, None, VALUE_SCALAR,
-     KernelConfig(**{**_C1024, "mb": 1})),
+     KernelConfig(**{**_C1024, "rows_per_tile": 1})),
     (choose_config(16384, 8, virtual=1024), 16384, np.float64, None, VALUE_SCALAR),
     (choose_config(65536, 4, virtual=4096), 65536, np.float32, None, VALUE_SUM_THEN_SCALE),
     (choose_config(700, 8), 700, np.float64, np.float16, VALUE_ARRAY),
-    (KernelConfig(threads=32, opt=4, mb=4, chunk=700), 700, np.float64, np.float32, VALUE_ARRAY),
-    (KernelConfig(threads=64, opt=2, mb=2, chunk=250, dedupe=True), 600, np.float64, np.float16, VALUE_ARRAY),
-    (KernelConfig(threads=64, opt=2, mb=8, chunk=480, stationary=True, prefetch=True), 480, np.float32,
-     np.float16, VALUE_ARRAY),
+    (KernelConfig(threads=32, cols_per_thread=4, rows_per_tile=4, chunk=700), 700, np.float64, np.float32, VALUE_ARRAY),
+    (KernelConfig(threads=64, cols_per_thread=2, rows_per_tile=2, chunk=250, dedupe=True), 600, np.float64, np.float16,
+     VALUE_ARRAY),
+    (KernelConfig(threads=64, cols_per_thread=2, rows_per_tile=8, chunk=480, stationary=True, prefetch=True), 480,
+     np.float32, np.float16, VALUE_ARRAY),
 ]
 
 

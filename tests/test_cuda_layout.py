@@ -16,15 +16,16 @@ from factories import (duplicate_column_network, random_features, random_layer, 
 
 #: Small blockings that exercise several warps, output slices and input chunks.
 CONFIGS = [
-    KernelConfig(threads=64, opt=2, mb=4, chunk=1000),     # one slice, one chunk (fused path)
-    KernelConfig(threads=32, opt=2, mb=2, chunk=37),       # several slices and chunks
-    KernelConfig(threads=64, opt=1, mb=1, chunk=64),       # several slices, N not a multiple
+    KernelConfig(threads=64, cols_per_thread=2, rows_per_tile=4, chunk=1000),     # one slice, one chunk (fused path)
+    KernelConfig(threads=32, cols_per_thread=2, rows_per_tile=2, chunk=37),       # several slices and chunks
+    KernelConfig(threads=64, cols_per_thread=1, rows_per_tile=1, chunk=64),       # several slices, N not a multiple
 ]
 
 
 def stationary(n: int, **fields) -> KernelConfig:
     """A stationary blocking of the whole row (one chunk of n, one slice)."""
-    return KernelConfig(**{"threads": 64, "opt": 2, "mb": 4, "chunk": n, "stationary": True, **fields})
+    return KernelConfig(**{"threads": 64, "cols_per_thread": 2, "rows_per_tile": 4, "chunk": n, "stationary": True,
+                           **fields})
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
@@ -33,7 +34,7 @@ def test_pack_layer_places_every_nonzero_once(rng, config, n):
     w = random_layer(rng, n, 0.15)
     p = pack_layer(w, config, n)
     nchunks, slices = config.nchunks(n), config.slices(n)
-    assert p.meta.shape == (slices * nchunks * config.opt * config.nwarps, 2)
+    assert p.meta.shape == (slices * nchunks * config.cols_per_thread * config.nwarps, 2)
     assert p.entries == 32 * int(p.meta[:, 1].sum())
     assert p.nnz == w.nnz and p.entries >= p.nnz
     padding = p.idx == config.chunk
@@ -41,12 +42,12 @@ def test_pack_layer_places_every_nonzero_once(rng, config, n):
     assert np.all(p.values[padding] == 0)
     assert np.all(p.idx[~padding] < config.chunk)
     # Rebuild W from the packed entries: (input, output, value) must be W's nonzeros.
-    meta = p.meta.reshape(slices, nchunks, config.opt, config.nwarps, 2)
+    meta = p.meta.reshape(slices, nchunks, config.cols_per_thread, config.nwarps, 2)
     got = sp.lil_matrix((n, n))
     seen_inputs = {}
     for s in range(slices):
         for c in range(nchunks):
-            for t in range(config.opt):
+            for t in range(config.cols_per_thread):
                 for wp in range(config.nwarps):
                     off, width = meta[s, c, t, wp]
                     for lane in range(32):
@@ -101,11 +102,11 @@ def test_value_plan_modes():
 def test_choose_config_fits_the_device(n, itemsize):
     cfg = choose_config(n, itemsize)
     assert cfg.smem_bytes(itemsize) <= 227 * 1024
-    assert cfg.opt * cfg.mb <= 64
-    assert cfg.threads <= 512 or cfg.opt * cfg.mb <= 32
+    assert cfg.cols_per_thread * cfg.rows_per_tile <= 64
+    assert cfg.threads <= 512 or cfg.cols_per_thread * cfg.rows_per_tile <= 32
     assert cfg.nchunks(n) * cfg.chunk >= n
     if n <= 4096:
-        assert cfg.slices(n) == 1 and cfg.nchunks(n) == 1 and cfg.mb >= 2
+        assert cfg.slices(n) == 1 and cfg.nchunks(n) == 1 and cfg.rows_per_tile >= 2
     if cfg.stationary:
         assert cfg.fits_stationary(n) and stationary_smem_bytes(cfg, itemsize) <= 227 * 1024
 
@@ -121,7 +122,7 @@ def test_choose_config_stationary_where_rows_fit(n, virtual, itemsize, stationar
     if cfg.stationary:
         assert cfg.chunk == n and cfg.fits_stationary(n)
         assert stationary_smem_bytes(cfg, itemsize) <= 227 * 1024
-        assert cfg.threads * cfg.opt >= (virtual or n)
+        assert cfg.threads * cfg.cols_per_thread >= (virtual or n)
     else:
         assert cfg.smem_bytes(itemsize) <= 227 * 1024
     assert choose_config(n, itemsize, virtual=virtual, stationary=False).stationary is False
@@ -132,22 +133,22 @@ def test_choose_config_stationary_where_rows_fit(n, virtual, itemsize, stationar
 
 def test_stationary_smem_carving():
     """The same arithmetic as the kernel: rows + zero slot, sums, two prefetch stages."""
-    cfg = stationary(1000, dedupe=True, threads=64, opt=1, mb=4)
+    cfg = stationary(1000, dedupe=True, threads=64, cols_per_thread=1, rows_per_tile=4)
     assert stationary_smem_bytes(cfg, 4) == 16016 + 64 * 4 * 4
     pre = KernelConfig(**{**cfg.__dict__, "prefetch": True})
     stage = 16 + 2 * 2048 + 4 * 2048 + 2 * 1000   # warp-slice table, indices, fp32 values, out_map
     assert stationary_smem_bytes(pre, 4, max_entries=2048, value_bytes=4) == 16016 + 1024 + 3 * stage
     with pytest.raises(OptionError, match="prefetch"):
-        KernelConfig(threads=32, opt=1, mb=1, chunk=10, prefetch=True)
+        KernelConfig(threads=32, cols_per_thread=1, rows_per_tile=1, chunk=10, prefetch=True)
 
 
 def test_kernel_config_rejects_bad_values():
     with pytest.raises(OptionError, match="threads"):
-        KernelConfig(threads=48, opt=1, mb=1, chunk=10)
+        KernelConfig(threads=48, cols_per_thread=1, rows_per_tile=1, chunk=10)
     with pytest.raises(OptionError, match="chunk"):
-        KernelConfig(threads=32, opt=1, mb=1, chunk=70000)
-    with pytest.raises(OptionError, match="mb"):
-        KernelConfig(threads=32, opt=1, mb=3, chunk=10)
+        KernelConfig(threads=32, cols_per_thread=1, rows_per_tile=1, chunk=70000)
+    with pytest.raises(OptionError, match="rows_per_tile"):
+        KernelConfig(threads=32, cols_per_thread=1, rows_per_tile=3, chunk=10)
 
 
 @pytest.mark.parametrize("config", [*CONFIGS, stationary(96)], ids=str)
@@ -239,9 +240,9 @@ def test_unique_columns_survive_hash_collisions(rng, fmt):
     assert reps.size == w.shape[1] - len(copies_of_first) + 1 and len(copies_of_first) > 1
 
 
-@pytest.mark.parametrize("config", [KernelConfig(threads=32, opt=1, mb=4, chunk=1000, dedupe=True),
-                                    KernelConfig(threads=64, opt=1, mb=2, chunk=30, dedupe=True),
-                                    stationary(96, dedupe=True, threads=32, opt=1, mb=1)],
+@pytest.mark.parametrize("config", [KernelConfig(threads=32, cols_per_thread=1, rows_per_tile=4, chunk=1000, dedupe=True),
+                                    KernelConfig(threads=64, cols_per_thread=1, rows_per_tile=2, chunk=30, dedupe=True),
+                                    stationary(96, dedupe=True, threads=32, cols_per_thread=1, rows_per_tile=1)],
                          ids=str)
 @pytest.mark.parametrize("values", ["normal", 0.0625])
 def test_emulation_with_deduplication_equals_reference(rng, config, values):
@@ -266,11 +267,11 @@ def test_radixnet_has_n_over_16_distinct_columns():
     cfg = choose_config(1024, 4, virtual=64)
     assert cfg.dedupe and cfg.slices(1024) == 1 and stationary_smem_bytes(cfg, 4) <= 227 * 1024
     cfg = choose_config(65536, 4, virtual=4096)
-    assert cfg.dedupe and cfg.opt * cfg.threads >= 4096 and cfg.smem_bytes(4) <= 227 * 1024
+    assert cfg.dedupe and cfg.cols_per_thread * cfg.threads >= 4096 and cfg.smem_bytes(4) <= 227 * 1024
 
 
 @pytest.mark.parametrize("case", ["subnormal", "overflow"])
-@pytest.mark.parametrize("config", [CONFIGS[0], stationary(32, threads=32, opt=1)], ids=str)
+@pytest.mark.parametrize("config", [CONFIGS[0], stationary(32, threads=32, cols_per_thread=1)], ids=str)
 def test_emulation_keeps_bits_on_sum_then_scale_traps(case, config):
     """The kernels' fp64 value plan multiplies every term (no bounds are known on the
     device), so the replay equals the reference where summing first would not."""

@@ -32,8 +32,9 @@ def test_radixnet_plan_is_stationary_deduplicated_with_prefetch_and_a_tail(dtype
     assert cfg.stationary and cfg.dedupe and cfg.fits_stationary(1024)
     assert cfg.prefetch and cfg.prefetch_stages == PREFETCH_STAGES
     tail = plan.tail_config
-    assert tail is not None and tail.mb == 1 and tail.prefetch_stages == TAIL_STAGES
-    assert (tail.threads, tail.opt, tail.chunk, tail.dedupe) == (cfg.threads, cfg.opt, cfg.chunk, cfg.dedupe)
+    assert tail is not None and tail.rows_per_tile == 1 and tail.prefetch_stages == TAIL_STAGES
+    assert (tail.threads, tail.cols_per_thread, tail.chunk, tail.dedupe) == (cfg.threads, cfg.cols_per_thread,
+                                                                              cfg.chunk, cfg.dedupe)
     itemsize = np.dtype(dtype).itemsize
     assert plan.smem == stationary_smem_bytes(cfg, itemsize, max_entries=plan.max_entries) <= H100_SMEM
     assert plan.tail_smem == stationary_smem_bytes(tail, itemsize, max_entries=plan.max_entries) <= H100_SMEM
@@ -49,7 +50,7 @@ def test_radixnet_plan_is_stationary_deduplicated_with_prefetch_and_a_tail(dtype
     assert plan.weight_bytes == plan.layer_bytes.sum() + sum(p.meta.nbytes for p in packed)
     assert plan.padding_ratio >= 1.0
     assert not plan.streaming and plan.resident == net.depth
-    assert plan.describe()["config"]["tail"] == {"mb": 1, "stages": TAIL_STAGES}
+    assert plan.describe()["config"]["tail"] == {"rows_per_tile": 1, "stages": TAIL_STAGES}
 
 
 def test_per_entry_values_are_stored_in_the_narrowest_exact_type(rng):
@@ -74,13 +75,14 @@ def test_a_small_shared_memory_gives_up_prefetch_not_correctness(rng):
 
 def test_forced_blockings_are_checked_and_kept_as_given(rng):
     net = random_network(rng, 512, 4, density=0.05)
-    forced = KernelConfig(threads=128, opt=4, mb=4, chunk=512, stationary=True)
+    forced = KernelConfig(threads=128, cols_per_thread=4, rows_per_tile=4, chunk=512, stationary=True)
     plan, _ = _plan(net, forced=forced)
     assert plan.config == forced and plan.tail_config is None
     with pytest.raises(OptionError, match="stationary needs chunk == N"):
-        _plan(net, forced=KernelConfig(threads=128, opt=4, mb=4, chunk=256, stationary=True))
+        _plan(net, forced=KernelConfig(threads=128, cols_per_thread=4, rows_per_tile=4, chunk=256, stationary=True))
     with pytest.raises(OptionError, match="bytes of shared memory a block"):
-        _plan(net, forced=KernelConfig(threads=128, opt=4, mb=16, chunk=512, stationary=True), smem_limit=16 * 1024)
+        _plan(net, forced=KernelConfig(threads=128, cols_per_thread=4, rows_per_tile=16, chunk=512, stationary=True),
+              smem_limit=16 * 1024)
 
 
 # -- streaming -------------------------------------------------------------------------------
@@ -144,7 +146,7 @@ def test_stationary_phases_cut_at_merges_and_chunks(start, stop):
 
 def test_layer_phases_take_the_wide_path_after_the_first_merge(rng):
     net = random_network(rng, 256, 40, density=0.05)
-    plan, _ = _plan(net, forced=KernelConfig(threads=64, opt=2, mb=4, chunk=128))
+    plan, _ = _plan(net, forced=KernelConfig(threads=64, cols_per_thread=2, rows_per_tile=4, chunk=128))
     phases = plan.phases(0, 40)
     _covers(phases, 0, 40)
     assert [ph.a for ph in phases if ph.kind == "merge"] == [16, 32]
@@ -169,7 +171,8 @@ def test_survivors_are_recovered_from_what_the_kernels_count(rng, stationary):
     count_survivors gives back that history."""
     depth, start, stop = 40, 5, 40
     plan, _ = _plan(random_network(rng, 256, depth, density=0.05),
-                    forced=None if stationary else KernelConfig(threads=64, opt=2, mb=4, chunk=128))
+                    forced=None if stationary else KernelConfig(threads=64, cols_per_thread=2, rows_per_tile=4,
+                                                                chunk=128))
     if stationary:
         assert plan.config.stationary
     phases = plan.phases(start, stop)

@@ -94,8 +94,8 @@ def kernel_instances(config: KernelConfig, neurons: int, dtype, value_dtype, val
     out = {}
 
     def stationary(c: KernelConfig) -> str:
-        return (f"spdnn_stationary<{t}, {v}, {value_mode}, {c.threads}, {c.mb}, {c.opt}, {flag[c.dedupe]}, "
-                f"{c.prefetch_stages}>")
+        return (f"spdnn_stationary<{t}, {v}, {value_mode}, {c.threads}, {c.rows_per_tile}, {c.cols_per_thread}, "
+                f"{flag[c.dedupe]}, {c.prefetch_stages}>")
 
     if cfg.stationary:
         out["stationary.cu"] = {"stationary": stationary(cfg)}
@@ -103,8 +103,8 @@ def kernel_instances(config: KernelConfig, neurons: int, dtype, value_dtype, val
             out["stationary.cu"]["tail"] = stationary(tail)
     else:
         fused = cfg.slices(neurons) == 1
-        layer["layer"] = (f"spdnn_layer<{t}, {v}, {value_mode}, {cfg.threads}, {cfg.mb}, {cfg.opt}, "
-                          f"{flag[fused]}, {flag[cfg.dedupe]}>")
+        layer["layer"] = (f"spdnn_layer<{t}, {v}, {value_mode}, {cfg.threads}, {cfg.rows_per_tile}, "
+                          f"{cfg.cols_per_thread}, {flag[fused]}, {flag[cfg.dedupe]}>")
         if cfg.dedupe:
             layer["wide_sums"] = f"spdnn_wide_sums<{t}, {v}, {value_mode}>"
             layer["wide_expand"] = f"spdnn_wide_expand<{t}, {value_mode}>"

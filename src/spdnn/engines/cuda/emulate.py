@@ -50,10 +50,10 @@ def packed_sums(y: np.ndarray, idx: np.ndarray, values: np.ndarray | None, meta:
     nchunks = cfg.nchunks(n_in)
     ncols = slices * cfg.outputs_per_block
     acc = np.zeros((samples, ncols), dtype=y.dtype)
-    meta = meta.reshape(slices, nchunks, cfg.opt, cfg.nwarps, 2)
+    meta = meta.reshape(slices, nchunks, cfg.cols_per_thread, cfg.nwarps, 2)
     lane = np.arange(32)
     cols = (np.arange(slices)[:, None, None, None] * cfg.outputs_per_block
-            + np.arange(cfg.opt)[None, :, None, None] * cfg.threads
+            + np.arange(cfg.cols_per_thread)[None, :, None, None] * cfg.threads
             + np.arange(cfg.nwarps)[None, None, :, None] * 32 + lane)
     for c in range(nchunks):
         base = c * cfg.chunk
@@ -226,9 +226,10 @@ class NumpyKernels:
                               samples_out, flags, entry_idx, entry_val, warp_slices, bias, scalar, dense_bias, relu,
                               cap, n_in, n_out, chunk, nchunks, slices):
         t = y_in.dtype.type                                   # T (checked against the instance's by the binding)
-        mode, threads, mb, opt, compact = int(targs[2]), int(targs[3]), int(targs[4]), int(targs[5]), \
-            targs[6] == "true"
-        cfg = KernelConfig(threads=threads, opt=opt, mb=mb, chunk=int(chunk))
+        mode, threads, rows_per_tile, cols_per_thread = (int(a) for a in targs[2:6])
+        compact = targs[6] == "true"
+        cfg = KernelConfig(threads=threads, cols_per_thread=cols_per_thread, rows_per_tile=rows_per_tile,
+                           chunk=int(chunk))
         assert cfg.nchunks(int(n_in)) == nchunks and cfg.slices(int(n_out)) == slices
         assert not compact or slices == 1
         count = int(count_in[0])

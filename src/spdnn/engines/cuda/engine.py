@@ -13,7 +13,7 @@ Design:
   (``kernels/stationary.cu``): a block keeps a few rows in shared memory through a whole
   segment of layers, so activations cross device memory once per segment and a layer
   costs a block a few barriers; rows are independent, so no block waits for another.
-  A segment after a merge is queued twice, as tiles of ``mb`` rows and as one-row tiles
+  A segment after a merge is queued twice, as tiles of ``rows_per_tile`` rows and as one-row tiles
   with a deeper prefetch (the **tail** instance); the row count on the device decides
   which of the two runs (one-row tiles when at most one row per multiprocessor is left);
 * otherwise **one kernel per layer** (``kernels/layer.cu``): inputs staged in chunks, fused
@@ -126,7 +126,7 @@ class CudaEngine(Engine):
         Merge identical rows into one representative after layers 16, 32, 64, ...
         (exact). 'auto' is on: a pass costs a few launches (see benchmarks/RESULTS.md).
     blocking : dict, optional
-        General networks: ``threads``, ``opt`` and ``mb`` forced on every sparse layer
+        General networks: ``threads``, ``cols_per_thread`` and ``rows_per_tile`` forced on every sparse layer
         (:func:`.layout.choose_general_config`; benchmarks).
 
     Networks not of the challenge's form (``network.challenge_form`` False: several widths,
@@ -161,8 +161,10 @@ class CudaEngine(Engine):
         self._capacity = 0
         self._parent_size = 0
         self._graphs: dict = {}
-        if blocking is not None and (not isinstance(blocking, dict) or set(blocking) - {"threads", "opt", "mb"}):
-            raise OptionError(f"blocking={blocking!r}: expected a dict of 'threads', 'opt', 'mb'")
+        fields = {"threads", "cols_per_thread", "rows_per_tile"}
+        if blocking is not None and (not isinstance(blocking, dict) or set(blocking) - fields):
+            raise OptionError(f"blocking={blocking!r}: expected a dict of 'threads', 'cols_per_thread', "
+                              "'rows_per_tile'")
         self.blocking = blocking
         self._general = None
         self._plan: ChallengePlan | None = None
@@ -359,7 +361,7 @@ class CudaEngine(Engine):
         if self._general is not None:
             return self._general.batch_size(features)
         return batch_size(features, self._activation_budget(), self._plan.bytes_per_sample(),
-                          np.dtype(self.dtype).itemsize, cap=self.batch_samples, least=self.config.mb)
+                          np.dtype(self.dtype).itemsize, cap=self.batch_samples, least=self.config.rows_per_tile)
 
     def load(self, features) -> None:
         """Upload features (samples x N); rows with no nonzero are dead from the start."""
@@ -486,7 +488,7 @@ class CudaEngine(Engine):
         what = f"layers {ph.a + 1}..{ph.b}"
         tail = self.tail_config if ph.few else None
         few = self._sms * TAIL_ROWS_PER_SM      # rows the tail instance takes
-        grid = max(1, min(-(-self._capacity // cfg.mb), self._sms * self._blocks_per_sm))
+        grid = max(1, min(-(-self._capacity // cfg.rows_per_tile), self._sms * self._blocks_per_sm))
         self._launch("stationary", grid, cfg.threads,
                      {**args, "rows_lo": 0 if tail is None else few + 1, "rows_hi": _ANY_ROWS},
                      self._plan.smem, what=what)
@@ -514,7 +516,7 @@ class CudaEngine(Engine):
                 "warp_slices": meta, "bias": bias, "out_map": out_map, "scalar": plan.scalars[k],
                 "ymax": self.network.ymax, "n": n, "chunk": cfg.chunk, "nchunks": cfg.nchunks(n),
                 "slices": cfg.slices(n)}
-        items = -(-self._capacity // cfg.mb) * cfg.slices(n)
+        items = -(-self._capacity // cfg.rows_per_tile) * cfg.slices(n)
         grid = max(1, min(items, self._sms * self._blocks_per_sm))
         wide = self._wide_rows if ph.few else 0
         self._launch("layer", grid, cfg.threads, {**args, "rows_lo": wide + 1 if wide else 0, "rows_hi": _ANY_ROWS},
@@ -544,11 +546,11 @@ class CudaEngine(Engine):
         cfg, n, cur, nxt = self.config, self.network.neurons, self._cur, 1 - self._cur
         span = {"count_in": src, "rows_lo": 1, "rows_hi": rows}
         scalar = self._plan.scalars[k]
-        warps = rows * cfg.opt * cfg.nwarps
+        warps = rows * cfg.cols_per_thread * cfg.nwarps
         self._launch("wide_sums", max(1, min(-(-warps // 8), self._sms * 8)), 256,
                      {"y_in": self._y[cur], **span, "entry_idx": eidx, "entry_val": evals, "warp_slices": meta,
                       "scalar": scalar, "sums": self._wide_sums, "live": self._wide_live, "n": n, "chunk": cfg.chunk,
-                      "nchunks": cfg.nchunks(n), "cols_per_thread": cfg.opt, "layout_warps": cfg.nwarps},
+                      "nchunks": cfg.nchunks(n), "cols_per_thread": cfg.cols_per_thread, "layout_warps": cfg.nwarps},
                      what=f"layer {k + 1}, wide sums")
         self._launch("wide_expand", max(1, min(-(-n // 256), self._sms * 4)), 256,
                      {"sums": self._wide_sums, "vcols": cfg.outputs_per_block, **span, "out_map": out_map,

@@ -120,8 +120,8 @@ class GeneralLayer:
             return f"spdnn_general_dense<{t}>"
         c = self.config
         v = _CTYPES[np.dtype(self.value_dtype)]
-        return (f"spdnn_general_sparse<{t}, {v}, {self.value_mode}, {c.threads}, {c.mb}, {c.opt}, "
-                f"{'true' if self.compact else 'false'}>")
+        return (f"spdnn_general_sparse<{t}, {v}, {self.value_mode}, {c.threads}, {c.rows_per_tile}, "
+                f"{c.cols_per_thread}, {'true' if self.compact else 'false'}>")
 
     def smem_bytes(self, dtype) -> int:
         """Dynamic shared memory of one block (sparse: the staged inputs; dense: static only)."""
@@ -141,7 +141,7 @@ def plan_general(network: Network, dtype, *, smem_limit: int = 227 * 1024, block
     smem_limit : int
         Dynamic shared memory a block may use.
     blocking : dict, optional
-        ``threads``, ``opt``, ``mb`` forced on every sparse layer (benchmarks; see
+        ``threads``, ``cols_per_thread``, ``rows_per_tile`` forced on every sparse layer (benchmarks; see
         :func:`.layout.choose_general_config`).
     """
     dt = np.dtype(dtype)
@@ -447,7 +447,7 @@ class GeneralPath:
                 b.memset0(self._flags)
             smem = layer.smem_bytes(self.dtype)
             slices = c.slices(layer.n_out)
-            items = -(-cap // c.mb) * slices
+            items = -(-cap // c.rows_per_tile) * slices
             b.launch(role, self._grid(role, items, c.threads, smem), c.threads,
                      {**row_arguments(cur, self._ids, self._wts, self._y), "count_in": src, "count_out": rows_out,
                       "samples_out": surv_out, "flags": self._flags, "entry_idx": dev["idx"], "entry_val": dev["vals"],

@@ -1,15 +1,15 @@
 """Weight layout of the CUDA engine: plain numpy, no GPU needed (tested in CI).
 
-The layer kernel (``kernels/layer.cu``) is a *gather*: each thread owns ``opt`` output
-neurons and, for a tile of ``mb`` samples held in registers, sums
+The layer kernel (``kernels/layer.cu``) is a *gather*: each thread owns ``cols_per_thread`` output
+neurons and, for a tile of ``rows_per_tile`` samples held in registers, sums
 ``y[s, i] * w[i, j]`` over the inputs ``i`` of its columns ``j``. A thread block
-works on one *slice* of ``threads * opt`` output neurons; the inputs are staged in
+works on one *slice* of ``threads * cols_per_thread`` output neurons; the inputs are staged in
 shared memory one *chunk* of ``chunk`` consecutive input neurons at a time (a chunk
 of every sample of the tile: the block's input buffer), and the weights of that
 chunk are read from a warp-sliced ELLPACK:
 
 * a *warp slice* is (slice, chunk, t, warp): the 32 columns
-  ``j = slice*threads*opt + t*threads + warp*32 + lane``, lane = 0..31;
+  ``j = slice*threads*cols_per_thread + t*threads + warp*32 + lane``, lane = 0..31;
 * its entries are stored lane-interleaved, entry k of lane l at ``offset + 32*k + l``,
   ``width`` entries per lane (the most any of the 32 columns has in that chunk);
   missing entries are padding that point to the buffer's zero slot (index ``chunk``)
@@ -18,7 +18,7 @@ chunk are read from a warp-sliced ELLPACK:
   order within a column: the accumulation order is ascending input neuron, the fp64
   exactness contract of :mod:`spdnn.engines.base`.
 
-``meta[sid] = (offset, width)`` for warp slice ``sid = ((slice*nchunks + c)*opt + t)*nwarps
+``meta[sid] = (offset, width)`` for warp slice ``sid = ((slice*nchunks + c)*cols_per_thread + t)*nwarps
 + warp``. Everything here is 0-based.
 
 Two kernels read this layout. ``kernels/layer.cu`` runs one layer per launch, staging
@@ -59,11 +59,11 @@ class KernelConfig:
     ----------
     threads : int
         Threads per block (a multiple of 32, at most 1024).
-    opt : int
+    cols_per_thread : int
         Columns per thread (the register tile's second axis): outputs, or distinct columns
         with ``dedupe``.
-    mb : int
-        Rows per tile (the register tile's first axis; each weight load is reused ``mb``
+    rows_per_tile : int
+        Rows per tile (the register tile's first axis; each weight load is reused ``rows_per_tile``
         times).
     chunk : int
         Input neurons staged in shared memory at once (per row of the tile).
@@ -73,7 +73,7 @@ class KernelConfig:
         Identical columns give identical sums (same entries, same order), so this is
         exact; RadiX-Net layers have N/16 distinct columns.
     stationary : bool
-        Use ``kernels/stationary.cu``: a tile of ``mb`` rows stays in shared memory across
+        Use ``kernels/stationary.cu``: a tile of ``rows_per_tile`` rows stays in shared memory across
         the layers of a segment. Needs the whole row in one chunk and one slice.
     prefetch : bool
         (stationary) Copy the coming layers' warp-slice tables, indices, values and out_maps
@@ -84,8 +84,8 @@ class KernelConfig:
     """
 
     threads: int
-    opt: int
-    mb: int
+    cols_per_thread: int
+    rows_per_tile: int
     chunk: int
     dedupe: bool = False
     stationary: bool = False
@@ -95,10 +95,10 @@ class KernelConfig:
     def __post_init__(self):
         if not (32 <= self.threads <= 1024 and self.threads % 32 == 0):
             raise OptionError(f"threads={self.threads}: expected a multiple of 32 in 32..1024")
-        if not 1 <= self.opt <= 256:
-            raise OptionError(f"opt={self.opt}: expected 1..256")
-        if self.mb not in (1, 2, 4, 8, 16):
-            raise OptionError(f"mb={self.mb}: expected 1, 2, 4, 8 or 16")
+        if not 1 <= self.cols_per_thread <= 256:
+            raise OptionError(f"cols_per_thread={self.cols_per_thread}: expected 1..256")
+        if self.rows_per_tile not in (1, 2, 4, 8, 16):
+            raise OptionError(f"rows_per_tile={self.rows_per_tile}: expected 1, 2, 4, 8 or 16")
         if not 1 <= self.chunk <= _MAX_CHUNK:
             raise OptionError(f"chunk={self.chunk}: expected 1..{_MAX_CHUNK} (16-bit buffer indices)")
         if self.prefetch and not self.stationary:
@@ -118,7 +118,7 @@ class KernelConfig:
     @property
     def outputs_per_block(self) -> int:
         """Columns of one slice."""
-        return self.threads * self.opt
+        return self.threads * self.cols_per_thread
 
     def slices(self, neurons: int) -> int:
         """Slices of output neurons (1: a block owns whole rows, compaction is fused)."""
@@ -135,12 +135,12 @@ class KernelConfig:
         return self.nchunks(neurons) == 1 and self.slices(neurons) == 1
 
     def staging_bytes(self, itemsize: int) -> int:
-        """The input buffer: ``(chunk + 1) * mb`` activations (+1: the zero slot), 16-byte aligned."""
-        return _align16((self.chunk + 1) * self.mb * itemsize)
+        """The input buffer: ``(chunk + 1) * rows_per_tile`` activations (+1: the zero slot), 16-byte aligned."""
+        return _align16((self.chunk + 1) * self.rows_per_tile * itemsize)
 
     def sums_bytes(self, itemsize: int) -> int:
         """Shared memory of the distinct columns' sums (``dedupe``), else 0."""
-        return self.outputs_per_block * self.mb * itemsize if self.dedupe else 0
+        return self.outputs_per_block * self.rows_per_tile * itemsize if self.dedupe else 0
 
     def smem_bytes(self, itemsize: int) -> int:
         """Dynamic shared memory of one block of ``kernels/layer.cu``: input buffer (+ sums)."""
@@ -156,22 +156,23 @@ def stationary_smem_bytes(config: KernelConfig, itemsize: int, *, max_entries: i
     """Dynamic shared memory of one block of ``kernels/stationary.cu``.
 
     The tile's rows and zero slot, the distinct columns' sums (``dedupe``), and with
-    ``prefetch`` ``config.stages`` stages of a layer's warp-slice table (``opt *
+    ``prefetch`` ``config.stages`` stages of a layer's warp-slice table (``cols_per_thread *
     nwarps`` pairs of int32), ``max_entries`` 16-bit indices, their values (``value_bytes``
     each; 0 when values are not loaded) and out_map (``dedupe``). The same arithmetic as
     the kernel's carving of its shared memory.
     """
     total = config.staging_bytes(itemsize) + config.sums_bytes(itemsize)
     if config.prefetch:
-        stage = (_align16(8 * config.opt * config.nwarps) + max_entries * (2 + value_bytes)
+        stage = (_align16(8 * config.cols_per_thread * config.nwarps) + max_entries * (2 + value_bytes)
                  + (2 * config.chunk if config.dedupe else 0))
         total += config.prefetch_stages * _align16(stage)
     return total
 
 
 def choose_config(neurons: int, itemsize: int, *, smem_limit: int = 227 * 1024,
-                  max_accumulators: int = 64, threads: int | None = None, mb: int | None = None,
-                  opt: int | None = None, virtual: int | None = None, stationary: bool | None = None) -> KernelConfig:
+                  max_accumulators: int = 64, threads: int | None = None, rows_per_tile: int | None = None,
+                  cols_per_thread: int | None = None, virtual: int | None = None,
+                  stationary: bool | None = None) -> KernelConfig:
     """A blocking for N neurons and activations of ``itemsize`` bytes (4 or 8).
 
     Stationary first (``stationary`` None or True): the tile of rows stays in shared memory
@@ -180,7 +181,7 @@ def choose_config(neurons: int, itemsize: int, *, smem_limit: int = 227 * 1024,
     possible; N must fit 16-bit indices and one slice. Otherwise the per-layer kernel:
     256 threads up to N = 2048, else 512; each thread owns ``ceil(N / threads)`` outputs,
     at most 32 (wider layers are sliced over blocks); the tile has the most rows (8, 4,
-    2, 1) whose ``opt * mb`` accumulators fit ``max_accumulators`` and whose rows fit the
+    2, 1) whose ``cols_per_thread * rows_per_tile`` accumulators fit ``max_accumulators`` and whose rows fit the
     shared memory, preferring whole rows (one chunk) and else equal chunks.
 
     Parameters
@@ -191,8 +192,8 @@ def choose_config(neurons: int, itemsize: int, *, smem_limit: int = 227 * 1024,
     smem_limit : int
         Dynamic shared memory a block may use, in bytes (227 KiB on an H100 or H200).
     max_accumulators : int
-        Register budget of the tile, ``opt * mb``.
-    threads, mb, opt : int, optional
+        Register budget of the tile, ``cols_per_thread * rows_per_tile``.
+    threads, rows_per_tile, cols_per_thread : int, optional
         Force these (benchmark variants); the others follow the rules.
     virtual : int, optional
         Deduplicate (see :class:`KernelConfig`): the most distinct columns of a layer.
@@ -206,112 +207,116 @@ def choose_config(neurons: int, itemsize: int, *, smem_limit: int = 227 * 1024,
     if n < 1:
         raise OptionError(f"neurons={neurons}: expected >= 1")
     if stationary is not False:
-        cfg = _choose_stationary(n, itemsize, virtual, smem_limit, max_accumulators, threads, mb)
+        cfg = _choose_stationary(n, itemsize, virtual, smem_limit, max_accumulators, threads, rows_per_tile)
         if cfg is not None:
             return cfg
         if stationary:
             raise OptionError(f"N={n}: no stationary blocking fits {smem_limit} bytes of shared memory")
     if virtual is not None:
-        return _choose_dedupe(n, itemsize, int(virtual), smem_limit, max_accumulators, threads, mb)
+        return _choose_dedupe(n, itemsize, int(virtual), smem_limit, max_accumulators, threads, rows_per_tile)
     if threads is None:
         threads = 256 if n <= 2048 else 512
         threads = min(threads, -(-n // 32) * 32)
-    if opt is None:
-        opt = min(-(-n // threads), 32)
-    if mb is None:
-        mb = 1
+    if cols_per_thread is None:
+        cols_per_thread = min(-(-n // threads), 32)
+    if rows_per_tile is None:
+        rows_per_tile = 1
         for cand in (8, 4, 2):
-            if cand * opt <= max_accumulators and (n + 1) * cand * itemsize <= smem_limit:
-                mb = cand
+            if cand * cols_per_thread <= max_accumulators and (n + 1) * cand * itemsize <= smem_limit:
+                rows_per_tile = cand
                 break
         else:
-            if n > 16384 and 2 * opt <= max_accumulators:
-                mb = 2                      # rows do not fit anyway: reuse weights, chunk the rows
-    return KernelConfig(threads=threads, opt=opt, mb=mb, chunk=_chunk(n, mb, itemsize, smem_limit))
+            if n > 16384 and 2 * cols_per_thread <= max_accumulators:
+                rows_per_tile = 2                      # rows do not fit anyway: reuse weights, chunk the rows
+    return KernelConfig(threads=threads, cols_per_thread=cols_per_thread, rows_per_tile=rows_per_tile,
+                        chunk=_chunk(n, rows_per_tile, itemsize, smem_limit))
 
 
 def choose_general_config(n_in: int, n_out: int, itemsize: int, *, smem_limit: int = 227 * 1024,
-                          max_accumulators: int = 64, threads: int | None = None, opt: int | None = None,
-                          mb: int | None = None) -> KernelConfig:
+                          max_accumulators: int = 64, threads: int | None = None, cols_per_thread: int | None = None,
+                          rows_per_tile: int | None = None) -> KernelConfig:
     """A blocking of ``kernels/general.cu``'s sparse kernel for a layer of n_in inputs and
     n_out outputs (activations of ``itemsize`` bytes).
 
     The rules of :func:`choose_config`'s per-layer kernel with the two widths apart: 256
     threads up to n_out = 2048, else 512 (fewer for narrow layers); each thread owns
     ``ceil(n_out / threads)`` outputs, at most 32 (wider layers are sliced over blocks); the
-    tile has the most rows (8, 4, 2, 1) whose ``opt * mb`` accumulators fit
+    tile has the most rows (8, 4, 2, 1) whose ``cols_per_thread * rows_per_tile`` accumulators fit
     ``max_accumulators`` and whose n_in inputs fit the shared memory, else the rows are
-    staged in equal chunks. ``threads``, ``opt`` and ``mb`` force those (benchmarks).
+    staged in equal chunks. ``threads``, ``cols_per_thread`` and ``rows_per_tile`` force those (benchmarks).
     """
     n_in, n_out = int(n_in), int(n_out)
     if n_in < 1 or n_out < 1:
         raise OptionError(f"layer {n_in} x {n_out}: expected widths >= 1")
     if threads is None:
         threads = min(256 if n_out <= 2048 else 512, -(-n_out // 32) * 32)
-    if opt is None:
-        opt = min(-(-n_out // threads), 32)
-    if mb is None:
-        fits = [c for c in (8, 4, 2, 1) if c * opt <= max_accumulators]
-        mb = next((c for c in fits if (n_in + 1) * c * itemsize <= smem_limit), fits[0] if fits else 1)
-    return KernelConfig(threads=threads, opt=opt, mb=mb, chunk=_chunk(n_in, mb, itemsize, smem_limit))
+    if cols_per_thread is None:
+        cols_per_thread = min(-(-n_out // threads), 32)
+    if rows_per_tile is None:
+        fits = [c for c in (8, 4, 2, 1) if c * cols_per_thread <= max_accumulators]
+        rows_per_tile = next((c for c in fits if (n_in + 1) * c * itemsize <= smem_limit), fits[0] if fits else 1)
+    return KernelConfig(threads=threads, cols_per_thread=cols_per_thread, rows_per_tile=rows_per_tile,
+                        chunk=_chunk(n_in, rows_per_tile, itemsize, smem_limit))
 
 
-def _chunk(n_in: int, mb: int, itemsize: int, smem_limit: int) -> int:
-    """Inputs staged at once: all ``n_in`` when ``mb`` rows of them (and the zero slot) fit
+def _chunk(n_in: int, rows_per_tile: int, itemsize: int, smem_limit: int) -> int:
+    """Inputs staged at once: all ``n_in`` when ``rows_per_tile`` rows of them (and the zero slot) fit
     ``smem_limit`` bytes, else equal chunks (less padding in the last one)."""
-    chunk = min(n_in, smem_limit // (mb * itemsize) - 1, _MAX_CHUNK)
+    chunk = min(n_in, smem_limit // (rows_per_tile * itemsize) - 1, _MAX_CHUNK)
     if chunk < 1:
-        raise OptionError(f"mb={mb}: no room in {smem_limit} bytes of shared memory")
+        raise OptionError(f"rows_per_tile={rows_per_tile}: no room in {smem_limit} bytes of shared memory")
     if chunk < n_in:
         parts = -(-n_in // chunk)
         chunk = -(-n_in // parts)
     return chunk
 
 
-def _choose_stationary(n, itemsize, virtual, smem_limit, max_accumulators, threads, mb) -> KernelConfig | None:
+def _choose_stationary(n, itemsize, virtual, smem_limit, max_accumulators, threads,
+                       rows_per_tile) -> KernelConfig | None:
     """The stationary blocking of :func:`choose_config`, or None when whole rows do not fit."""
     if n > _MAX_CHUNK:                      # the zero slot's index, n, must fit 16 bits
         return None
     columns = n if virtual is None else int(virtual)
     if threads is None:                     # every thread has outputs to expand (n of them)
         threads = min(256 if n <= 4096 else 512, -(-n // 32) * 32)
-    opt = -(-columns // threads)
-    if opt > 32:
+    cols_per_thread = -(-columns // threads)
+    if cols_per_thread > 32:
         return None                         # would need output slices: not stationary
-    for cand in (mb,) if mb is not None else (4, 2, 1):
-        if cand * opt > max_accumulators and mb is None:
+    for cand in (rows_per_tile,) if rows_per_tile is not None else (4, 2, 1):
+        if cand * cols_per_thread > max_accumulators and rows_per_tile is None:
             continue
-        cfg = KernelConfig(threads=threads, opt=opt, mb=cand, chunk=n, dedupe=virtual is not None,
-                           stationary=True)
+        cfg = KernelConfig(threads=threads, cols_per_thread=cols_per_thread, rows_per_tile=cand, chunk=n,
+                           dedupe=virtual is not None, stationary=True)
         need = stationary_smem_bytes(cfg, itemsize)
-        if need > smem_limit or (mb is None and cand > 1 and 2 * need > smem_limit):
+        if need > smem_limit or (rows_per_tile is None and cand > 1 and 2 * need > smem_limit):
             continue                        # prefer two resident blocks to a bigger tile
         return cfg
     return None
 
 
-def _choose_dedupe(n, itemsize, virtual, smem_limit, max_accumulators, threads, mb) -> KernelConfig:
+def _choose_dedupe(n, itemsize, virtual, smem_limit, max_accumulators, threads, rows_per_tile) -> KernelConfig:
     if threads is None:
         threads = 256 if n <= 2048 else 512
         threads = min(threads, -(-max(virtual, n) // 32) * 32)
-    opt = -(-virtual // threads)
-    if opt > 32:
+    cols_per_thread = -(-virtual // threads)
+    if cols_per_thread > 32:
         raise OptionError(f"virtual={virtual}: too many distinct columns to deduplicate with {threads} threads")
     # At most 4 rows a tile: measured on an H100 (1024x120, 4096x120), 4 beats 8 and 2
     # (more blocks in flight per SM while the tile's rows are staged and written).
-    cands = (mb,) if mb is not None else (4, 2, 1)
+    cands = (rows_per_tile,) if rows_per_tile is not None else (4, 2, 1)
     for cand in cands:
-        if cand * opt > max_accumulators and mb is None:
+        if cand * cols_per_thread > max_accumulators and rows_per_tile is None:
             continue
-        room = smem_limit - threads * opt * cand * itemsize
+        room = smem_limit - threads * cols_per_thread * cand * itemsize
         chunk = min(n, room // (cand * itemsize) - 2, _MAX_CHUNK)
         if chunk < 1:
             continue
         parts = -(-n // chunk)
-        if parts > 4 and cand > 1 and mb is None:
+        if parts > 4 and cand > 1 and rows_per_tile is None:
             continue
         chunk = -(-n // parts)
-        return KernelConfig(threads=threads, opt=opt, mb=cand, chunk=chunk, dedupe=True)
+        return KernelConfig(threads=threads, cols_per_thread=cols_per_thread, rows_per_tile=cand, chunk=chunk,
+                            dedupe=True)
     raise OptionError(f"no blocking fits {smem_limit} bytes of shared memory for N={n}, virtual={virtual}")
 
 
@@ -325,7 +330,7 @@ class PackedLayer:
         Buffer-local input index of each entry (``chunk`` for padding).
     values : ndarray float64 (entries,)
         Weight of each entry (0 for padding). Callers may drop it (uniform layers).
-    meta : ndarray int32 (slices*nchunks*opt*nwarps, 2)
+    meta : ndarray int32 (slices*nchunks*cols_per_thread*nwarps, 2)
         ``(offset, width)`` per warp slice.
     nnz : int
         Real entries (the layer's nonzeros).
@@ -410,8 +415,8 @@ def pack_layer(w: sp.spmatrix, config: KernelConfig, neurons: int | None = None,
     rank = np.arange(i.size, dtype=np.int64) - group_start[key]  # position within (column, chunk)
 
     # Width of every warp slice: the most entries any of its 32 columns has.
-    counts = group.reshape(slices, cfg.opt, cfg.nwarps, 32, nchunks)
-    width = counts.max(axis=3).transpose(0, 3, 1, 2)              # (slices, nchunks, opt, nwarps)
+    counts = group.reshape(slices, cfg.cols_per_thread, cfg.nwarps, 32, nchunks)
+    width = counts.max(axis=3).transpose(0, 3, 1, 2)              # (slices, nchunks, cols_per_thread, nwarps)
     width = np.ascontiguousarray(width).reshape(-1).astype(np.int64)
     offsets = np.concatenate(([0], np.cumsum(width * 32)[:-1]))
     total = int(width.sum() * 32)
@@ -419,7 +424,7 @@ def pack_layer(w: sp.spmatrix, config: KernelConfig, neurons: int | None = None,
     sl, rem = np.divmod(j, cfg.outputs_per_block)
     t, tid = np.divmod(rem, cfg.threads)
     warp, lane = np.divmod(tid, 32)
-    sid = ((sl * nchunks + c) * cfg.opt + t) * cfg.nwarps + warp
+    sid = ((sl * nchunks + c) * cfg.cols_per_thread + t) * cfg.nwarps + warp
     pos = offsets[sid] + rank * 32 + lane
 
     idx = np.full(total, cfg.chunk, dtype=np.uint16)

@@ -263,11 +263,12 @@ class ChallengePlan:
         """The blocking and layout, as the engine reports them in ``InferenceResult.extra``."""
         cfg, n = self.config, self.neurons
         return {
-            "config": {"threads": cfg.threads, "opt": cfg.opt, "mb": cfg.mb, "chunk": cfg.chunk,
+            "config": {"threads": cfg.threads, "cols_per_thread": cfg.cols_per_thread,
+                       "rows_per_tile": cfg.rows_per_tile, "chunk": cfg.chunk,
                        "dedupe": cfg.dedupe, "stationary": cfg.stationary, "prefetch": cfg.prefetch,
                        "stages": cfg.prefetch_stages,
                        "tail": None if self.tail_config is None else {
-                           "mb": self.tail_config.mb, "stages": self.tail_config.prefetch_stages},
+                           "rows_per_tile": self.tail_config.rows_per_tile, "stages": self.tail_config.prefetch_stages},
                        "slices": cfg.slices(n), "nchunks": cfg.nchunks(n)},
             "value_mode": VALUE_MODE_NAMES[self.values.mode],
             "value_dtype": None if self.values.value_dtype is None else str(self.values.value_dtype),
@@ -420,9 +421,9 @@ def plan_challenge(network: Network, dtype, weights, *, smem_limit: int, budget:
     tail = None
     if cfg.stationary and forced is None:
         # Prefetch the next layers into shared memory when the stages fit beside the tile;
-        # the one-row tail instance keeps the packing (threads, opt, chunk), not mb.
+        # the one-row tail instance keeps the packing (threads, cols_per_thread, chunk), not rows_per_tile.
         cfg = _with_prefetch(cfg, PREFETCH_STAGES, fits)
-        tail = _with_prefetch(replace(cfg, mb=1, prefetch=False), TAIL_STAGES, fits)
+        tail = _with_prefetch(replace(cfg, rows_per_tile=1, prefetch=False), TAIL_STAGES, fits)
         tail = None if tail == cfg else tail
     smem = stationary_smem(cfg) if cfg.stationary else cfg.smem_bytes(itemsize)
     if smem > smem_limit:
