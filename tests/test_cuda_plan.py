@@ -2,15 +2,18 @@
 choices, shared memory, streaming splits, phases, counters and merge bookkeeping."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 from spdnn.engines.cuda.layout import (VALUE_ARRAY, VALUE_SCALAR, VALUE_SUM_THEN_SCALE, KernelConfig,
                                       stationary_smem_bytes)
-from spdnn.engines.cuda.plan import (PREFETCH_STAGES, TAIL_STAGES, Counters, Phase, count_survivors, merge_points,
-                                     merge_roots, merged_members, plan_challenge, plan_streaming)
-from spdnn.errors import DeviceMemoryError, OptionError
+from spdnn.engines.cuda.plan import (PREFETCH_STAGES, TAIL_STAGES, Counters, Phase, check_invariants,
+                                     count_survivors, merge_points, merge_roots, merged_members, plan_challenge,
+                                     plan_streaming)
+from spdnn.errors import DeviceMemoryError, OptionError, SpdnnError
 from spdnn.generate import radixnet_network
 
 from factories import duplicate_column_network, random_network
@@ -222,3 +225,17 @@ def test_the_plan_keeps_no_packed_layer(rng):
     held = [v for v in vars(plan).values() if isinstance(v, list) and v and not isinstance(v[0], (int, tuple))]
     assert not held and len(packed) == 3
     assert isinstance(net.layers[0], sp.csr_matrix)
+
+
+@pytest.mark.parametrize("n", [256, 1000, 1024])
+def test_plans_keep_what_the_kernels_assume(rng, n):
+    """Every plan passes check_invariants (plan_challenge runs it); a plan whose entries
+    are not multiples of 8 under prefetch is refused naming the rule."""
+    net = duplicate_column_network(rng, n, 4, n // 16, values=0.0625)
+    plan, _ = _plan(net)
+    assert np.all(plan.entry_off % 8 == 0) and plan.max_entries % 8 == 0
+    assert plan.config.prefetch or n != 1024              # RadiX-like 1024: prefetched
+    if plan.config.prefetch:
+        bent = dataclasses.replace(plan, entry_off=plan.entry_off + 4)
+        with pytest.raises(SpdnnError, match="entries are not multiples of 8"):
+            check_invariants(bent)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import scipy.sparse as sp
 
-from ...errors import DeviceMemoryError, OptionError
+from ...errors import DeviceMemoryError, OptionError, SpdnnError
 from ...network import Network
 from ..columns import pays_to_dedupe, unique_columns
 from .layout import (VALUE_ARRAY, KernelConfig, PackedLayer, ValuePlan, choose_config, narrowest_exact_dtype,
@@ -33,7 +33,7 @@ from .layout import (VALUE_ARRAY, KernelConfig, PackedLayer, ValuePlan, choose_c
 
 __all__ = ["ChallengePlan", "Phase", "Counters", "plan_challenge", "choose_blocking", "plan_streaming",
            "merge_points", "samples_fitting", "batch_size", "bytes_per_sample", "count_survivors",
-           "merge_roots", "merged_members", "map_layers", "PREFETCH_STAGES", "TAIL_STAGES"]
+           "merge_roots", "merged_members", "map_layers", "check_invariants", "PREFETCH_STAGES", "TAIL_STAGES"]
 
 #: Prefetch stages of the stationary kernel (the layer running and the next two in flight),
 #: and of its one-row tail instance.
@@ -445,7 +445,33 @@ def plan_challenge(network: Network, dtype, weights, *, smem_limit: int, budget:
     small = entry_off.nbytes + meta_bytes + network.bias.nbytes
     plan.resident, plan.chunks, plan.slot_bytes = plan_streaming(layer_bytes, small, budget,
                                                                  plan.bytes_per_sample(), stream_weights)
+    check_invariants(plan)
     return plan, packed
+
+
+def check_invariants(plan: ChallengePlan) -> None:
+    """Check what the kernels assume of a plan and do not check themselves (a check in a
+    kernel would cost every layer; ``kernels/*.cu`` state them): 16-bit indices reach the
+    zero slot (``chunk + 1 <= 65536``); with prefetch, every layer's first entry and the
+    largest layer's entries are multiples of 8 (16-byte ``cp.async`` of 16-bit indices) and
+    a deduplicated row's out_map copies in 16-byte pieces (``N % 8 == 0``); the dynamic
+    shared memory is the blocking's. Raises SpdnnError (an internal error: the layout broke
+    its own rule)."""
+    cfg, n = plan.config, plan.neurons
+    broken = []
+    if cfg.chunk + 1 > 65536:
+        broken.append(f"chunk {cfg.chunk} + 1 exceeds 16-bit indices")
+    for c in (cfg, plan.tail_config):
+        if c is None or not c.prefetch:
+            continue
+        if np.any(plan.entry_off % 8) or plan.max_entries % 8:
+            broken.append("prefetched layers' entries are not multiples of 8")
+        if c.dedupe and n % 8:
+            broken.append(f"prefetched out_maps need N % 8 == 0, N = {n}")
+    if cfg.stationary and not cfg.fits_stationary(n):
+        broken.append(f"a stationary blocking needs one chunk and one slice of {n}")
+    if broken:
+        raise SpdnnError(f"cuda engine (internal): the plan breaks what the kernels assume: {'; '.join(broken)}")
 
 
 def count_survivors(counters: Counters, stats: np.ndarray, phases: list[Phase], start: int, stop: int,
