@@ -7,6 +7,7 @@ import pytest
 
 from spdnn import bench_general as bg
 from spdnn.errors import OptionError
+from spdnn.floor import floor_check
 
 
 def test_cell_names():
@@ -34,8 +35,14 @@ def test_bench_loop_on_cpu_engines(monkeypatch):
                                   precision="fp64", bandwidth_gbs=100.0, truth_engine="reference")
     cell = report["cells"][0]
     assert report["passed"] and cell["widths"] == [128] * 4
+    assert set(report["floor_constants"]) == {"cpu"}
     for e in cell["engines"].values():
-        assert e["prediction_mismatches"] == 0 and len(e["times"]) == 2 and e["floor_ratio"] > 0
+        assert e["prediction_mismatches"] == 0 and len(e["times"]) == 2
+        # the honest floor (constants measured after the timings) and the first model's beside it
+        assert e["floor"]["device"] == "cpu" and e["floor"]["seconds"] > 0
+        assert e["floor_ratio"] == pytest.approx(e["median_seconds"] / e["floor"]["seconds"])
+        assert e["floor_check"] == floor_check(e["median_seconds"], e["floor"]["seconds"])
+        assert e["floor_ratio_v1"] == pytest.approx(e["median_seconds"] / e["floor_v1"]["seconds"])
     text = bg.format_general(report)
     assert "wide4096" in text and "PASS" in text
 

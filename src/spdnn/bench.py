@@ -398,6 +398,49 @@ class _Widths:
     widths: tuple
 
 
+class HonestFloors:
+    """The honest floors of a bench's timed runs, computed once the floor's constants are
+    known: :func:`floor_constants` measures them after every timing (the probe loads the
+    device for seconds and leaves memory in CuPy's pool: it must not run before a timed cell).
+
+    :meth:`add` an entry when its run is timed (its floor fields are None until then);
+    :meth:`resolve` measures or reads the constants, fills ``floor``, ``floor_ratio`` (median
+    / floor: ``xfloor``) and ``floor_check`` of every entry, and returns the constants.
+    """
+
+    def __init__(self):
+        self._pending: list = []
+
+    def add(self, label: str, entry: dict, device: str, widths, *, survivors, alive_inputs: int, extra: dict,
+            bytes_per_value: int, precision: str, nonzeros=None) -> None:
+        """Record the run of ``entry`` (its ``median_seconds`` set) for :meth:`resolve`;
+        the arguments are :func:`spdnn.floor.floor_of_run`'s (``nonzeros`` given where the
+        engine does not report its adds and weight bytes)."""
+        entry.update(floor={"device": device}, floor_ratio=None, floor_check=None)
+        run = functools.partial(floor_of_run, _Widths(tuple(widths)), survivors=survivors, alive_inputs=alive_inputs,
+                                extra=extra, bytes_per_value=bytes_per_value, precision=precision, nonzeros=nonzeros)
+        self._pending.append((label, entry, device, run))
+
+    def resolve(self, given=None, *, bandwidth_gbs: float | str = "auto",
+                log: Callable[[str], None] | None = None) -> dict[str, FloorConstants]:
+        """Fill every entry's floor; ``given``, ``bandwidth_gbs`` as :func:`floor_constants`."""
+        log = log or (lambda line: None)
+        constants = floor_constants({device for _, _, device, _ in self._pending}, given,
+                                    bandwidth_gbs=bandwidth_gbs, log=log)
+        for label, entry, device, run in self._pending:
+            fl = run(constants=constants[device])
+            median = entry["median_seconds"]
+            entry["floor"].update(fl.to_dict())
+            entry["floor_ratio"] = median / fl.seconds if fl.seconds > 0 else None
+            entry["floor_check"] = floor_check(median, fl.seconds)
+            ratio = "-" if entry["floor_ratio"] is None else f"{entry['floor_ratio']:.2f}"
+            log(f"{label}: x{ratio} floor ({fl.bound}: {fl.limit})")
+            if entry["floor_check"] != "ok":
+                log(f"{label}: {entry['floor_check']}")
+        self._pending = []
+        return constants
+
+
 @dataclass(frozen=True)
 class BenchRun:
     """One engine configuration of a bench: engine name, ``merge`` option (None: the
@@ -539,7 +582,7 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
         "engines": [run.label for run in runs],
         "floor_constants": {}, "cells": [],
     }
-    honest_floors = []       # (cell label, run label, entry, floor_of_run without constants): after every timing
+    honest = HonestFloors()
     def generated(neurons: int, layers: int) -> Callable[[], BenchData]:
         def make() -> BenchData:
             log(f"cell {neurons}x{layers}: preparing data (generated, seed {seed}, cached)")
@@ -585,9 +628,6 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
                 from .floor import layer_nonzeros
 
                 nonzeros = layer_nonzeros(network)
-            honest = functools.partial(floor_of_run, _Widths(network.widths), survivors=last.survivors,
-                                       alive_inputs=alive_inputs, extra=last.extra, bytes_per_value=bytes_per_value,
-                                       precision=precision, nonzeros=nonzeros)
             entry = {
                 "engine": run.engine, "merge": run.merge, "times": timing.seconds, "median_seconds": median,
                 "teraedges_per_second": last.samples * network.edges / median / 1e12 if median > 0 else None,
@@ -598,35 +638,23 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
                             for res, c in zip(timed, checks[1:])],
                 "passed": all(c.passed for c in checks), "categories_count": int(len(last.categories)),
                 "missing": bad.missing, "extra": bad.extra, "survivors": last.survivors,
-                "rows_computed": rows_computed, "floor": {"device": device},     # the honest floor: below
-                "floor_ratio": None, "floor_check": None,
+                "rows_computed": rows_computed, "floor": None, "floor_ratio": None, "floor_check": None,
                 "floor_v1": floor.to_dict(), "floor_ratio_v1": median / floor.seconds,
                 "extra_info": last.extra,
             }
             cell["engines"][run.label] = entry
             if cell["survivors"] is None and entry["passed"]:
                 cell["survivors"] = [int(s) for s in last.survivors]
-            honest_floors.append((f"{neurons}x{layers}", run.label, entry, honest))
+            honest.add(f"cell {neurons}x{layers}: {run.label}", entry, device, network.widths,
+                       survivors=last.survivors, alive_inputs=alive_inputs, extra=last.extra,
+                       bytes_per_value=bytes_per_value, precision=precision, nonzeros=nonzeros)
             log(f"cell {neurons}x{layers}: {run.label} median {median:.4g} s, x{entry['floor_ratio_v1']:.2f} "
                 f"floor v1 ({'PASS' if entry['passed'] else 'FAIL'})")
             del engine, timing, timed, last
             release_device_memory()      # the next engine or cell gets this one's device memory
         report["cells"].append(cell)
-    # The floor's constants are measured after every timing (the probe loads the device for
-    # seconds and leaves memory in the pool: it must not run before a timed cell).
-    constants = floor_constants({engine_device(run.engine) for run in runs}, floor_constants_from,
-                                bandwidth_gbs=bandwidth_gbs, log=log)
+    constants = honest.resolve(floor_constants_from, bandwidth_gbs=bandwidth_gbs, log=log)
     report["floor_constants"] = {device: c.to_dict() for device, c in constants.items()}
-    for cell_label, run_label, entry, honest in honest_floors:
-        fl = honest(constants=constants[entry["floor"]["device"]])
-        median = entry["median_seconds"]
-        entry["floor"].update(fl.to_dict())
-        entry["floor_ratio"] = median / fl.seconds if fl.seconds > 0 else None
-        entry["floor_check"] = floor_check(median, fl.seconds)
-        ratio = "-" if entry["floor_ratio"] is None else f"{entry['floor_ratio']:.2f}"
-        log(f"cell {cell_label}: {run_label} x{ratio} floor ({fl.bound}: {fl.limit})")
-        if entry["floor_check"] != "ok":
-            log(f"cell {cell_label}: {run_label}: {entry['floor_check']}")
     report["passed"] = all(e["passed"] for c in report["cells"] for e in c["engines"].values())
     return report
 

@@ -27,8 +27,10 @@ Peers (``torch-fp32``, ``torch-tf32``: ``relu(x @ W + b)`` with dense W, TF32 of
 bias rule, activation and cap, no pruning; they exist only here (``import torch`` happens
 when they run). Engines are timed by :func:`spdnn.bench.time_engine`, peers by
 :func:`spdnn.bench.time_runs` around a synchronized forward pass: one timing loop. The
-floor is :func:`spdnn.bench.floor_estimate` with the layers' widths and the weights'
-bytes (an index and a value per sparse weight, every value of a dense layer). Predictions
+floor is the honest floor of ``spdnn bench`` (:class:`spdnn.bench.HonestFloors`, its
+constants measured after every timing, docs/floor.md) with the layers' widths and the
+weights' bytes (an index and a value per sparse weight, every value of a dense layer); the
+first model's floor (:func:`spdnn.floor.floor_estimate`) stays beside it as ``floor_v1``. Predictions
 (argmax of the last layer) are checked against the CUDA engine's fp64 run, which equals
 the float64 reference bit for bit (tests/test_cuda_general_gpu.py).
 """
@@ -42,8 +44,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .bench import LAUNCH_LATENCY_S, _bandwidths, _machine, time_engine, time_runs
-from .floor import floor_estimate
+from .bench import LAUNCH_LATENCY_S, HonestFloors, _bandwidths, _machine, time_engine, time_runs
+from .floor import floor_estimate, layer_nonzeros
 from .engines import engine_device, get_engine
 from .errors import OptionError, SpdnnError
 from .network import Network
@@ -248,19 +250,21 @@ def run_general_bench(cells: Sequence[str], engines: Sequence[str] = ("cuda", "c
                       peers: Sequence[str] = PEERS, *, repeats: int = 3, samples: int = 60000,
                       precision: str = "fp32", seed: int = 0, bandwidth_gbs: float | str = "auto",
                       progress: bool | None = None, log: Callable[[str], None] | None = None,
-                      truth_engine: str = "cuda", checkpoint: Callable[[dict], None] | None = None
-                      ) -> dict[str, Any]:
+                      truth_engine: str = "cuda", checkpoint: Callable[[dict], None] | None = None,
+                      floor_constants_from=None) -> dict[str, Any]:
     """Time ``engines`` (the CUDA engine with merging off) and ``peers`` on general cells.
 
     Returns a JSON-ready report: ``cells`` (name, description, widths, edges, samples,
     ``engines``: per label median_seconds, times, teraedges_per_second, floor, floor_ratio,
+    floor_check (the honest floor, filled after the last cell), floor_v1, floor_ratio_v1,
     prediction_mismatches (against the CUDA engine's fp64 run), verdict (of
     :func:`spdnn.verify.explain_predictions` on the mismatches), passed, rows_computed, error
     (a peer that could not run, e.g. out of memory)), ``passed`` (every spdnn engine's
     predictions equal fp64's, or differ only where the verification finds near ties decided
     by rounding), ``machine``.
     ``truth_engine`` computes the fp64 predictions (any exact engine: they are the reference's);
-    ``checkpoint(report)`` is called after every cell (the CLI writes ``--json-out`` there).
+    ``checkpoint(report)`` is called after every cell (the CLI writes ``--json-out`` there)
+    and once more with the floors; ``floor_constants_from``: as :func:`spdnn.bench.run_bench`'s.
     """
     log = log or (lambda line: None)
     cell_names = parse_general_cells(cells)
@@ -272,6 +276,7 @@ def run_general_bench(cells: Sequence[str], engines: Sequence[str] = ("cuda", "c
     report: dict[str, Any] = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "machine": _machine(bandwidths),
         "precision": precision, "repeats": repeats, "seed": seed, "samples": samples, "cells": []}
+    honest = HonestFloors()
     for name in cell_names:
         t0 = time.perf_counter()
         network, features, about = _cell_data(name, samples, seed)
@@ -281,6 +286,9 @@ def run_general_bench(cells: Sequence[str], engines: Sequence[str] = ("cuda", "c
         exact = get_engine(truth_engine, precision="fp64").run(network, features, outputs="predictions")
         truth = exact.predictions
         cell["fp64_seconds"] = exact.inference_seconds
+        alive_inputs = int(np.count_nonzero(np.diff(features.indptr)))
+        nonzeros = layer_nonzeros(network)
+        weight_bytes = _weight_bytes(network, itemsize)
 
         def floor_of(rows, device):
             depth = network.depth
@@ -300,16 +308,19 @@ def run_general_bench(cells: Sequence[str], engines: Sequence[str] = ("cuda", "c
                     peer.load(features)
                     timing = time_runs(peer.forward, repeats, progress=progress, desc=f"{name} {label}")
                     predicted, rows = peer.predictions(), None
+                    survivors, extra = [features.shape[0]] * network.depth, {}       # no pruning
                     del peer
                 else:
                     options = {"merge": False} if label == "cuda" else {}
                     eng = get_engine(label, precision=precision, **options)
                     timing = time_engine(eng, network, features, repeats, progress=progress, desc=f"{name} {label}")
                     rows = timing.results[-1].extra.get("rows_computed")
+                    survivors, extra = timing.results[-1].survivors, dict(timing.results[-1].extra)
                     predicted = eng.run(network, features, outputs="predictions").predictions
                     del eng
                 median = timing.median_seconds
-                floor = floor_of(rows, "gpu" if label in PEERS else engine_device(label))
+                device = "gpu" if label in PEERS else engine_device(label)
+                floor = floor_of(rows, device)
                 mismatches = int(np.count_nonzero(predicted != truth))
                 verdict = "match"
                 if mismatches and label not in PEERS:
@@ -317,10 +328,13 @@ def run_general_bench(cells: Sequence[str], engines: Sequence[str] = ("cuda", "c
                                                   exact_limit=1, trace_limit=50).verdict
                 entry = {"times": timing.seconds, "median_seconds": median,
                          "teraedges_per_second": features.shape[0] * network.edges / median / 1e12,
-                         "floor": floor.to_dict(), "floor_ratio": median / floor.seconds, "rows_computed": rows,
-                         "prediction_mismatches": mismatches, "verdict": verdict,
+                         "floor_v1": floor.to_dict(), "floor_ratio_v1": median / floor.seconds,
+                         "rows_computed": rows, "prediction_mismatches": mismatches, "verdict": verdict,
                          "passed": label in PEERS or verdict in ("match", "rounding")}
-                log(f"{name}: {label} median {median:.4g} s, x{entry['floor_ratio']:.2f} floor, "
+                honest.add(f"{name}: {label}", entry, device, network.widths, survivors=survivors,
+                           alive_inputs=alive_inputs, extra={**extra, "weight_bytes": weight_bytes},
+                           bytes_per_value=itemsize, precision=precision, nonzeros=nonzeros)
+                log(f"{name}: {label} median {median:.4g} s, x{entry['floor_ratio_v1']:.2f} floor v1, "
                     f"{mismatches} predictions differ from fp64")
             except Exception as exc:           # a peer out of memory must not end the bench
                 if label not in PEERS:
@@ -334,7 +348,11 @@ def run_general_bench(cells: Sequence[str], engines: Sequence[str] = ("cuda", "c
         report["passed"] = all(e.get("passed", False) for c in report["cells"] for e in c["engines"].values())
         if checkpoint is not None:
             checkpoint(report)
+    constants = honest.resolve(floor_constants_from, bandwidth_gbs=bandwidth_gbs, log=log)
+    report["floor_constants"] = {device: c.to_dict() for device, c in constants.items()}
     report["passed"] = all(e.get("passed", False) for c in report["cells"] for e in c["engines"].values())
+    if checkpoint is not None:
+        checkpoint(report)
     return report
 
 
@@ -369,8 +387,9 @@ def format_general(report: dict[str, Any]) -> str:
                 lines.append(f"{cell['name']:<16} {label:<11} {'failed: ' + e['error'][:60]}")
                 continue
             speed = f"{e['median_seconds'] / cuda:7.2f}" if cuda else f"{'':>7}"
+            ratio = f"{e['floor_ratio']:7.2f}" if e.get("floor_ratio") is not None else f"{'-':>7}"
             lines.append(f"{cell['name']:<16} {label:<11} {e['median_seconds']:10.4g} {e['teraedges_per_second']:8.2f} "
-                         f"{e['floor_ratio']:7.2f} {speed} {e['prediction_mismatches']:7d}")
+                         f"{ratio} {speed} {e['prediction_mismatches']:7d}")
         peers = [e["median_seconds"] for k, e in cell["engines"].items() if k != "cuda" and "median_seconds" in e]
         if cuda and peers:
             lines.append(f"{'':<16} cuda is {min(peers) / cuda:.2f}x the best other")

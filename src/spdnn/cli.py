@@ -1015,13 +1015,14 @@ def _bandwidth(ctx, param, value):
 
 
 def _bench_general(items, engine_names, repeats, samples, precision, seed, json_out, bandwidth_gbs, as_json,
-                   progress):
+                   progress, floor_constants=None):
     """``spdnn bench`` on general cells (spdnn.bench_general): cuda, cusparse and the PyTorch peers."""
     from . import bench as benchmod
     from . import bench_general as general
 
     report = general.run_general_bench(items, engine_names or ("cuda", "cusparse"), repeats=repeats,
-                                       samples=OFFICIAL_SAMPLES if samples is None else samples, precision=precision, seed=seed, bandwidth_gbs=bandwidth_gbs,
+                                       samples=OFFICIAL_SAMPLES if samples is None else samples, precision=precision,
+                                       seed=seed, bandwidth_gbs=bandwidth_gbs, floor_constants_from=floor_constants,
                                        progress=_progress(progress), log=None if progress is False else _status,
                                        checkpoint=None if json_out is None else
                                        (lambda partial: benchmod.write_json(partial, json_out)))
@@ -1100,7 +1101,7 @@ def bench(cells, data, engine_names, repeats, samples, precision, seed, merge, j
 
     if items and all(is_general_cell(item) for item in items):
         return _bench_general(items, engine_names, repeats, samples, precision, seed, json_out, bandwidth_gbs, as_json,
-                              progress)
+                              progress, floor_constants)
     cell_list = benchmod.parse_cells(list(cells) or ["1024x120"])
     if plot is not None:
         benchmod.plot_format(plot)  # a missing matplotlib or an unknown extension fails before the run
