@@ -3,7 +3,8 @@
 Modules: :mod:`.plan` decides what runs where (blocking, packing, memory, phases,
 counters; pure numpy, tested on the CPU), :mod:`.layout` packs the weights,
 :mod:`.compilation` compiles the kernels (``kernels/*.cu``), :mod:`.general` runs networks
-not of the challenge's form; this module allocates, uploads, launches and reads back.
+not of the challenge's form; this module allocates, uploads, launches and reads back
+(docs/cuda-engine.md: which module to change for what, and how to check it without a GPU).
 
 Design:
 
