@@ -19,8 +19,8 @@ loads of ``__restrict__`` parameters lost, different scheduling), which no measu
 justified; the signatures stay as they are and are checked against these definitions.
 
 Types: ``T`` is the activation type (float or double), ``V`` the stored weight value
-type (float, double, or unsigned short for half-precision bits); pointers are written
-``const X*`` (read) or ``X*`` (written).
+type (float, double, or unsigned short: half-precision bits, passed as a float16 array);
+pointers are written ``const X*`` (read) or ``X*`` (written).
 """
 from __future__ import annotations
 
