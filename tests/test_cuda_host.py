@@ -25,9 +25,13 @@ def launches(monkeypatch):
 
 
 def _run(engine, network, features):
+    """prepare, load, warm_up (the graph's capture), infer and the activations' read-back."""
     engine.prepare(network)
     engine.load(features)
+    engine.warm_up(0, network.depth)
     engine._infer(0, network.depth)
+    rows, values = engine._activations()
+    assert values.shape[1] == network.outputs and len(rows) == values.shape[0]
 
 
 def _kernels(launches) -> set[str]:
