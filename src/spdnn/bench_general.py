@@ -182,6 +182,28 @@ def _weight_bytes(network: Network, itemsize: int) -> int:
     return total
 
 
+def _torch_on_gpu():
+    """(torch, '') where PyTorch runs on a CUDA device here, else (None, why not)."""
+    try:
+        import torch
+    except ImportError as exc:
+        return None, f"needs PyTorch: pip install torch ({exc})"
+    if not torch.cuda.is_available():
+        return None, "needs a CUDA device for PyTorch"
+    return torch, ""
+
+
+def _truth_engine(name: str) -> str:
+    """The engine of the fp64 predictions: ``name``, or for 'auto' the first of cuda, cpu
+    and reference that runs here (every one is exact in fp64)."""
+    if name != "auto":
+        return name
+    from .engines import available_engines
+
+    ready = available_engines()
+    return next(e for e in ("cuda", "cpu", "reference") if ready.get(e, (False,))[0])
+
+
 class TorchPeer:
     """A PyTorch forward pass of a network: ``relu(x @ W + b)`` layer by layer (``kind``
     'torch-fp32' or 'torch-tf32', dense weights) or ``torch.sparse.mm`` with W^T in CSR and
@@ -189,12 +211,9 @@ class TorchPeer:
     row computed (no pruning)."""
 
     def __init__(self, kind: str, precision: str):
-        try:
-            import torch
-        except ImportError as exc:
-            raise SpdnnError(f"peer {kind!r} needs PyTorch: pip install torch ({exc})") from None
-        if not torch.cuda.is_available():
-            raise SpdnnError(f"peer {kind!r} needs a CUDA device for PyTorch")
+        torch, why = _torch_on_gpu()
+        if torch is None:
+            raise SpdnnError(f"peer {kind!r} {why}")
         self.torch, self.kind = torch, kind
         self.dtype = torch.float32 if precision == "fp32" else torch.float64
 
@@ -250,7 +269,7 @@ def run_general_bench(cells: Sequence[str], engines: Sequence[str] = ("cuda", "c
                       peers: Sequence[str] = PEERS, *, repeats: int = 3, samples: int = 60000,
                       precision: str = "fp32", seed: int = 0, bandwidth_gbs: float | str = "auto",
                       progress: bool | None = None, log: Callable[[str], None] | None = None,
-                      truth_engine: str = "cuda", checkpoint: Callable[[dict], None] | None = None,
+                      truth_engine: str = "auto", checkpoint: Callable[[dict], None] | None = None,
                       floor_constants_from=None) -> dict[str, Any]:
     """Time ``engines`` (the CUDA engine with merging off) and ``peers`` on general cells.
 
@@ -262,7 +281,9 @@ def run_general_bench(cells: Sequence[str], engines: Sequence[str] = ("cuda", "c
     (a peer that could not run, e.g. out of memory)), ``passed`` (every spdnn engine's
     predictions equal fp64's, or differ only where the verification finds near ties decided
     by rounding), ``machine``.
-    ``truth_engine`` computes the fp64 predictions (any exact engine: they are the reference's);
+    ``truth_engine`` computes the fp64 predictions (any exact engine: they are the reference's;
+    'auto': cuda, else cpu, else reference). The peers need PyTorch on a GPU: where there
+    is none they are skipped, said in the log and in ``peers_skipped``;
     ``checkpoint(report)`` is called after every cell (the CLI writes ``--json-out`` there)
     and once more with the floors; ``floor_constants_from``: as :func:`spdnn.bench.run_bench`'s.
     """
@@ -270,12 +291,23 @@ def run_general_bench(cells: Sequence[str], engines: Sequence[str] = ("cuda", "c
     cell_names = parse_general_cells(cells)
     if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
         raise OptionError(f"--repeats {repeats}: expected an integer >= 1")
+    truth_engine = _truth_engine(truth_engine)
+    for name in (*engines, truth_engine):           # fail before any long step when one cannot run here
+        get_engine(name, precision="fp64" if name == truth_engine else precision,
+                   **({"merge": False} if name == "cuda" else {}))
+    skipped = None
+    if peers:
+        torch, why = _torch_on_gpu()
+        if torch is None:
+            skipped, peers = f"PyTorch peers {', '.join(peers)} skipped: {why}", ()
+            log(skipped)
     devices = {engine_device(e) for e in engines} | ({"gpu"} if peers else set())
     bandwidths = _bandwidths(devices, bandwidth_gbs)
     itemsize = 4 if precision == "fp32" else 8
     report: dict[str, Any] = {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "machine": _machine(bandwidths),
-        "precision": precision, "repeats": repeats, "seed": seed, "samples": samples, "cells": []}
+        "precision": precision, "repeats": repeats, "seed": seed, "samples": samples, "peers_skipped": skipped,
+        "cells": []}
     honest = HonestFloors()
     for name in cell_names:
         t0 = time.perf_counter()
