@@ -409,7 +409,8 @@ def _free_device_memory() -> None:
 def format_general(report: dict[str, Any]) -> str:
     """The report as a table: per cell and engine the median, TeraEdges/s, the ratio to the
     floor, the speed-up of the CUDA engine over each, and the predictions differing from fp64."""
-    lines = [f"general networks, {report['precision']}, {report['machine'].get('gpu', '?')}, "
+    machine = report["machine"]
+    lines = [f"general networks, {report['precision']}, {machine.get('gpu') or machine.get('processor') or '?'}, "
              f"{report['samples']} samples, median of {report['repeats']}"]
     lines.append(f"{'cell':<16} {'engine':<11} {'median s':>10} {'TE/s':>8} {'xfloor':>7} {'cuda x':>7} {'pred!=':>7}")
     for cell in report["cells"]:
