@@ -114,6 +114,6 @@ def test_bench_command_on_general_cells_reads_floor_constants(monkeypatch, tmp_p
     torch, why = bg._torch_on_gpu()
     if torch is None:        # no GPU here: the PyTorch peers are skipped and said to be, the engines still run
         assert "torch-fp32" in doc["peers_skipped"] and why in doc["peers_skipped"]
-        assert set(doc["cells"][0]["engines"]) == {"cpu"}
+        assert set(doc["cells"][0]["engines"]) == {"cpu"} and doc["peers_skipped"] in bg.format_general(doc)
     else:
         assert doc["peers_skipped"] is None and "torch-csr" in doc["cells"][0]["engines"]

@@ -432,5 +432,7 @@ def format_general(report: dict[str, Any]) -> str:
                  < c["engines"].get("cuda", {}).get("median_seconds", np.inf)]
     if any(c["name"].startswith("zeros4096:") for c in report["cells"]):
         lines.append("dense products beat the cuda engine at: " + (", ".join(dense_win) or "no density swept"))
+    if report.get("peers_skipped"):
+        lines.append(report["peers_skipped"])
     lines.append("PASS" if report["passed"] else "FAIL: predictions of an spdnn engine differ from fp64")
     return "\n".join(lines)
