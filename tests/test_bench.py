@@ -340,6 +340,41 @@ def test_cuda_bench_usage_errors_need_no_gpu(tmp_path):
         assert proc.returncode == 2 and proc.stderr.startswith("cuda_bench: error:"), proc.stderr
 
 
+def _sass(body: dict[str, list[str]]) -> str:
+    """A cuobjdump -sass listing of mangled functions (name -> instructions)."""
+    lines = []
+    for name, instructions in body.items():
+        lines.append(f"\t\tFunction : {name}")
+        lines += [f"        /*{16 * i:04x}*/                   {ins} ;                 /* 0x000 */"
+                  for i, ins in enumerate(instructions)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.skipif(shutil.which("c++filt") is None, reason="c++filt (binutils) is not on PATH")
+def test_kernel_sass_compare_pairs_instances_and_grades_differences(tmp_path):
+    """benchmarks/kernel_sass.py compare: instances paired by demangled name even when the
+    parameter list changed; identical, parameter-offset-only and real differences told apart."""
+    base = {"_Z11spdnn_layerIfEvPKf": ["LDC R1, c[0x0][0x28]", "LDG.E.CONSTANT R3, desc[UR4][R2.64]", "EXIT"],
+            "_Z10spdnn_copyv": ["EXIT"]}
+    files = ("stationary.cu", "layer.cu", "merge.cu", "general.cu")
+    old, same, moved, worse = (tmp_path / d for d in ("old", "same", "moved", "worse"))
+    variants = {
+        same: base,
+        moved: {"_Z11spdnn_layerIfEv4Args": ["LDC R1, c[0x0][0x30]", "LDG.E.CONSTANT R3, desc[UR4][R2.64]", "EXIT"],
+                "_Z10spdnn_copyv": ["EXIT"]},          # a struct parameter: other offsets, same code
+        worse: {"_Z11spdnn_layerIfEvPKf": ["LDC R1, c[0x0][0x28]", "LDG.E R3, desc[UR4][R2.64]", "EXIT"],
+                "_Z10spdnn_copyv": ["EXIT"]},
+    }
+    for folder, body in [(old, base), *variants.items()]:
+        folder.mkdir()
+        for name in files:
+            (folder / (name + ".sass")).write_text(_sass(body))
+    runs = {folder.name: _script("kernel_sass.py", "compare", old, folder, cache=tmp_path) for folder in variants}
+    assert runs["same"].returncode == 0 and "{'same': 8}" in runs["same"].stdout
+    assert runs["moved"].returncode == 0 and "param-offsets" in runs["moved"].stdout
+    assert runs["worse"].returncode == 1 and "DIFF" in runs["worse"].stdout
+
+
 def test_devdata_seeds_the_cache_with_carried_features(tmp_path, rng):
     """seed: carried bit-packed inputs become the cached full set; make: written back identically."""
     features = random_features(rng, 60000, 32, density=0.02)
