@@ -270,17 +270,22 @@ def test_bench_command_merge_grid_and_exit_status(small_cache, wrong_truth_cache
     assert grid.exit_code == 2 and "64x0" in grid.output       # 'grid' itself parsed, the bad item named
 
 
-def test_bench_command_reads_floor_constants(small_cache, tmp_path):
+@pytest.mark.parametrize("cell", ["challenge", "general"])
+def test_bench_command_reads_floor_constants(small_cache, tmp_path, monkeypatch, cell):
+    """--floor-constants FILE: the constants used (no probe) on challenge and general cells alike."""
     from click.testing import CliRunner
 
+    from spdnn import bench_general
     from spdnn.cli import cli
 
     given = FloorConstants(device="cpu", name="made-up host", bandwidth_gbs=3.5, cache_bytes=2**20,
                            cache_bandwidth_gbs=20.0, add_per_s={"fp32": 1e10}, launch_s=4e-6)
     path = write_constants(given, tmp_path / "constants.json")
+    monkeypatch.setitem(bench_general.WIDE, "wide4096", (128, 3, 8))
+    cells = f"{N}x{L}" if cell == "challenge" else "wide4096"
 
     def spdnn_bench(*args):
-        return CliRunner().invoke(cli, ["bench", "--cells", f"{N}x{L}", "--samples", str(S), "--repeats", "1",
+        return CliRunner().invoke(cli, ["bench", "--cells", cells, "--samples", str(S), "--repeats", "1",
                                         "--engines", "cpu", "--no-progress", *map(str, args)],
                                   env={"SPDNN_CACHE_DIR": str(small_cache)})
 
@@ -292,8 +297,19 @@ def test_bench_command_reads_floor_constants(small_cache, tmp_path):
     entry = doc["cells"][0]["engines"]["cpu"]
     assert entry["floor"]["launch_s"] == pytest.approx(4e-6)   # the file's launch, once (one batch)
     assert entry["floor_ratio"] == pytest.approx(entry["median_seconds"] / entry["floor"]["seconds"])
+    if cell == "general":
+        torch, why = bench_general._torch_on_gpu()
+        if torch is None:    # no GPU: the PyTorch peers are skipped and said to be, the engines still run
+            assert "torch-fp32" in doc["peers_skipped"] and why in doc["peers_skipped"]
+            assert set(doc["cells"][0]["engines"]) == {"cpu"}
+            assert doc["peers_skipped"] in bench_general.format_general(doc)
+        else:
+            assert doc["peers_skipped"] is None and "torch-csr" in doc["cells"][0]["engines"]
+    timed = []                        # a bad file is refused before any engine is timed
+    for module in (bench, bench_general):
+        monkeypatch.setattr(module, "time_engine", lambda *a, **k: timed.append(1) or pytest.fail("timed"))
     missing = spdnn_bench("--floor-constants", tmp_path / "none.json")
-    assert missing.exit_code == 2 and "none.json" in missing.output
+    assert missing.exit_code == 2 and "none.json" in missing.output and not timed
     bad = tmp_path / "bad.json"
     bad.write_text("{")
     broken = spdnn_bench("--floor-constants", bad)

@@ -86,34 +86,3 @@ def test_a_mismatch_the_verification_cannot_explain_fails_the_cell(monkeypatch):
     entry = report["cells"][0]["engines"]["cpu"]
     assert entry["prediction_mismatches"] > 0 and entry["verdict"] == "engine" and not report["passed"]
 
-
-def test_bench_command_on_general_cells_reads_floor_constants(monkeypatch, tmp_path):
-    """`spdnn bench --cells wide4096 --floor-constants FILE`: the general cells take the
-    file's constants (no probe) and report the honest floor from them."""
-    import json
-
-    from click.testing import CliRunner
-
-    from spdnn.cli import cli
-    from spdnn.floor import FloorConstants, write_constants
-
-    monkeypatch.setitem(bg.WIDE, "wide4096", (128, 3, 8))
-    given = FloorConstants(device="cpu", name="made-up host", bandwidth_gbs=3.5, cache_bytes=2**20,
-                           cache_bandwidth_gbs=20.0, add_per_s={"fp64": 1e10}, launch_s=4e-6)
-    path = write_constants(given, tmp_path / "constants.json")
-    out = tmp_path / "general.json"
-    result = CliRunner().invoke(cli, ["bench", "--cells", "wide4096", "--engines", "cpu", "--samples", "200",
-                                      "--repeats", "1", "--precision", "fp64", "--no-progress",
-                                      "--floor-constants", str(path), "--json-out", str(out)])
-    assert result.exit_code == 0, result.output
-    doc = json.loads(out.read_text())
-    assert FloorConstants.from_dict(doc["floor_constants"]["cpu"]) == given
-    entry = doc["cells"][0]["engines"]["cpu"]
-    assert entry["floor"]["launch_s"] == pytest.approx(4e-6)              # the file's launch, once (one batch)
-    assert entry["floor_ratio"] == pytest.approx(entry["median_seconds"] / entry["floor"]["seconds"])
-    torch, why = bg._torch_on_gpu()
-    if torch is None:        # no GPU here: the PyTorch peers are skipped and said to be, the engines still run
-        assert "torch-fp32" in doc["peers_skipped"] and why in doc["peers_skipped"]
-        assert set(doc["cells"][0]["engines"]) == {"cpu"} and doc["peers_skipped"] in bg.format_general(doc)
-    else:
-        assert doc["peers_skipped"] is None and "torch-csr" in doc["cells"][0]["engines"]

@@ -359,6 +359,17 @@ def _bandwidths(devices: set[str], bandwidth_gbs: float | str) -> dict[str, dict
     return out
 
 
+def given_constants(given) -> FloorConstants | None:
+    """``given`` as :class:`~spdnn.floor.FloorConstants`: None, the constants, their dict, or
+    a JSON file of :func:`spdnn.floor.write_constants` (read now: a bad file is refused
+    before any long step, naming it)."""
+    if isinstance(given, (str, os.PathLike)):
+        return read_constants(given)
+    if isinstance(given, dict):
+        return FloorConstants.from_dict(given)
+    return given
+
+
 def floor_constants(devices: set[str], given=None, *, bandwidth_gbs: float | str = "auto",
                     log: Callable[[str], None] | None = None) -> dict[str, FloorConstants]:
     """{device: constants} of the honest floor for ``devices`` ('cpu', 'gpu').
@@ -371,10 +382,7 @@ def floor_constants(devices: set[str], given=None, *, bandwidth_gbs: float | str
     from . import floor_probe
 
     log = log or (lambda line: None)
-    if isinstance(given, (str, os.PathLike)):
-        given = read_constants(given)
-    elif isinstance(given, dict):
-        given = FloorConstants.from_dict(given)
+    given = given_constants(given)
     out = {}
     for device in sorted(devices):
         if given is not None and given.device == device:
@@ -568,9 +576,10 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
     if bandwidth_gbs != "auto" and not float(bandwidth_gbs) > 0:
         raise OptionError(f"--bandwidth-gbs {bandwidth_gbs}: expected a positive number or 'auto'")
     runs = bench_runs(engines, merge)
-    # Fail before any long step when an engine cannot run here.
+    # Fail before any long step when an engine cannot run here or the constants' file is bad.
     for run in runs:
         get_engine(run.engine, precision=precision, **run.options)
+    floor_constants_from = given_constants(floor_constants_from)
     bandwidths = _bandwidths({engine_device(run.engine) for run in runs}, bandwidth_gbs)
     bytes_per_value = np.dtype(PRECISIONS[precision]).itemsize
 

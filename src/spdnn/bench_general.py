@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from .bench import LAUNCH_LATENCY_S, HonestFloors, _bandwidths, _machine, time_engine, time_runs
+from .bench import LAUNCH_LATENCY_S, HonestFloors, _bandwidths, _machine, given_constants, time_engine, time_runs
 from .floor import floor_estimate, layer_nonzeros
 from .engines import engine_device, get_engine
 from .errors import OptionError, SpdnnError
@@ -295,6 +295,7 @@ def run_general_bench(cells: Sequence[str], engines: Sequence[str] = ("cuda", "c
     for name in (*engines, truth_engine):           # fail before any long step when one cannot run here
         get_engine(name, precision="fp64" if name == truth_engine else precision,
                    **({"merge": False} if name == "cuda" else {}))
+    floor_constants_from = given_constants(floor_constants_from)      # a bad file fails now, not after the cells
     skipped = None
     if peers:
         torch, why = _torch_on_gpu()
