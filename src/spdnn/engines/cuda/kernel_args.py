@@ -16,7 +16,8 @@ of the kernels (:mod:`.emulate`) binds its launches through the same definitions
 Why not a struct parameter: a kernel taking one struct by value (forwarding to its body)
 changed the machine code of 29 of the 39 instances compiled for sm_90 (the non-coherent
 loads of ``__restrict__`` parameters lost, different scheduling), which no measurement
-justified; the signatures stay as they are and are checked against these definitions.
+justified; the signatures stay as they are and are checked against these definitions
+(the git branch ``struct-args`` holds the struct version, to be timed against this one).
 
 Types: ``T`` is the activation type (float or double), ``V`` the stored weight value
 type (float, double, or unsigned short: half-precision bits, passed as a float16 array);
