@@ -86,3 +86,23 @@ def test_a_mismatch_the_verification_cannot_explain_fails_the_cell(monkeypatch):
     entry = report["cells"][0]["engines"]["cpu"]
     assert entry["prediction_mismatches"] > 0 and entry["verdict"] == "engine" and not report["passed"]
 
+
+
+def test_the_table_says_where_dense_products_win():
+    def entry(ms):
+        return {"median_seconds": ms / 1e3, "teraedges_per_second": 1.0, "floor_ratio": 2.0,
+                "prediction_mismatches": 0}
+
+    def report(engines_by_cell):
+        return {"precision": "fp32", "machine": {"gpu": "test card"}, "samples": 10, "repeats": 1, "passed": True,
+                "cells": [{"name": name, "engines": {k: entry(ms) for k, ms in engines.items()}}
+                          for name, engines in engines_by_cell.items()]}
+
+    text = bg.format_general(report({"zeros4096:95": {"cuda": 10, "torch-tf32": 5, "torch-fp32": 30},
+                                     "zeros4096:99": {"cuda": 5, "torch-tf32": 20, "torch-fp32": 60}}))
+    assert "dense products beat the cuda engine at: zeros4096:95\n" in text
+    assert "cuda is 0.50x the best other" in text                       # at 95%, TF32 takes half the time
+    text = bg.format_general(report({"zeros4096:99": {"cuda": 5, "torch-tf32": 20}}))
+    assert "beat the cuda engine at: none of the densities swept" in text
+    text = bg.format_general(report({"zeros4096:99": {"cpu": 5}}))
+    assert "not compared (the sweep needs both)" in text
