@@ -15,7 +15,7 @@
 //   id           the sample a row is (ids_in/ids_out travel with the rows);
 //   multiplicity how many samples a row stands for: 1, or more once identical rows are merged
 //                (merge.cu); survivors' multiplicities are summed into the sample counts;
-//   tile         ROWS_PER_TILE consecutive rows (KernelConfig.mb) a block works on together;
+//   tile         ROWS_PER_TILE consecutive rows (KernelConfig.rows_per_tile) a block works on together;
 //   warp slice   32 weight columns, one a lane, whose entries are interleaved lane by lane
 //                (spdnn/engines/cuda/layout.py): warp_slices[..] = (first entry, entries a lane).
 

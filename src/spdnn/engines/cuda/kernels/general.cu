@@ -41,7 +41,7 @@ __device__ __forceinline__ T general_epilogue(T sum, T b, int dense_bias, int re
 // Sparse layers, layout of spdnn/engines/cuda/layout.py (warp-sliced ELLPACK per output slice
 // and input chunk, 16-bit chunk-local indices, lane-interleaved; chunks cut the n_in inputs,
 // slices the n_out outputs). Template parameters as spdnn_layer's (layer.cu): THREADS,
-// ROWS_PER_TILE (KernelConfig.mb), COLS_PER_THREAD (KernelConfig.opt); COMPACT as its FUSED.
+// ROWS_PER_TILE (KernelConfig.rows_per_tile), COLS_PER_THREAD (KernelConfig.cols_per_thread); COMPACT as its FUSED.
 //
 // Ownership. A block takes work items (tile of ROWS_PER_TILE rows) x (slice of
 // THREADS*COLS_PER_THREAD outputs) in a grid-stride loop. Thread tid owns outputs

@@ -14,8 +14,8 @@
 // spdnn_layer. Template parameters (the order the engine names them in):
 //   T, V, VMODE      activation type, stored weight type, spdnn::ValueMode;
 //   THREADS          block size (KernelConfig.threads);
-//   ROWS_PER_TILE    rows of a work item's tile (KernelConfig.mb);
-//   COLS_PER_THREAD  columns a thread sums for each row (KernelConfig.opt);
+//   ROWS_PER_TILE    rows of a work item's tile (KernelConfig.rows_per_tile);
+//   COLS_PER_THREAD  columns a thread sums for each row (KernelConfig.cols_per_thread);
 //   FUSED            one slice (the block owns whole rows): it drops its dead rows itself;
 //   DEDUP            the columns summed are the layer's distinct columns, expanded through out_map.
 //

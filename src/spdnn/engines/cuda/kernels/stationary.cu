@@ -16,7 +16,7 @@
 // out_map[(k - kbase)*n + j] is the distinct column of output j.
 //
 // Template parameters (the order the engine names them in): T, V, VMODE as spdnn_layer's;
-// THREADS; ROWS_PER_TILE (KernelConfig.mb); COLS_PER_THREAD (KernelConfig.opt); DEDUP;
+// THREADS; ROWS_PER_TILE (KernelConfig.rows_per_tile); COLS_PER_THREAD (KernelConfig.cols_per_thread); DEDUP;
 // STAGES (KernelConfig.prefetch_stages: 0 = no prefetch, else >= 2).
 //
 // Run-time assumptions (the engine's layout; not checked here, a check would cost every
