@@ -20,8 +20,8 @@ kept beside it so that tables stay comparable with earlier results.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import datetime as _dt
+import functools
 import os
 import platform
 import statistics
