@@ -33,7 +33,7 @@ from spdnn.network import Network
 __all__ = ["BIAS_KINDS", "GENERAL_WEIGHTS", "random_layer", "random_bias", "random_network",
            "duplicate_column_network", "random_features", "general_network", "general_features", "reference_run",
            "GENERAL_CAPS", "feedforward_network", "general_cases", "GENERAL_CASES", "general_case",
-           "engine_availability", "read_official_subset", "challenge_cache", "same_csr"]
+           "engine_availability", "read_official_subset", "challenge_cache", "same_csr", "packed_entries"]
 
 #: Per-neuron bias kinds of :func:`random_bias`: the sign pattern matters to the engines
 #: (a positive bias can revive a dead row's structural nonzeros, a negative one prunes).
@@ -418,3 +418,22 @@ def sum_then_scale_traps() -> dict[str, tuple[Network, sp.csr_matrix]]:
     huge = rng.uniform(1.0e307, 1.7e307, size=(5, n))                 # 32 of them overflow a sum
     overflow = (Network.from_layers([w, w], 0.0, ymax=1.5e308), sp.csr_matrix(huge))
     return {"subnormal": subnormal, "overflow": overflow}
+
+
+def packed_entries(p, config, n_in: int, n_out: int):
+    """(input i, output j, value) of every real entry of the packed layer ``p``
+    (spdnn.engines.cuda.layout), padding skipped, in the order the layer kernel adds a
+    column's terms: chunk by chunk, entry by entry of its lane."""
+    nchunks, slices = config.nchunks(n_in), config.slices(n_out)
+    meta = p.meta.reshape(slices, nchunks, config.cols_per_thread, config.nwarps, 2)
+    for s in range(slices):
+        for c in range(nchunks):
+            for t in range(config.cols_per_thread):
+                for wp in range(config.nwarps):
+                    off, width = meta[s, c, t, wp]
+                    for lane in range(32):
+                        j = s * config.outputs_per_block + t * config.threads + wp * 32 + lane
+                        for k in range(width):
+                            e = off + 32 * k + lane
+                            if p.idx[e] != config.chunk:
+                                yield c * config.chunk + int(p.idx[e]), j, p.values[e]

@@ -18,7 +18,7 @@ from spdnn.engines.cuda.layout import VALUE_ARRAY, VALUE_SCALAR, KernelConfig, c
 from spdnn.errors import DeviceMemoryError, OptionError
 from spdnn.network import Network
 
-from factories import GENERAL_CASES, general_case, random_layer
+from factories import GENERAL_CASES, general_case, packed_entries, random_layer
 
 #: Blockings of the sparse layers: the default; tiny blocks that slice every layer's outputs
 #: and (with a small shared memory) chunk its inputs; one row a tile.
@@ -167,25 +167,11 @@ def test_pack_layer_rectangular_places_every_nonzero_once(rng, shape, config):
     n_in, n_out = shape
     w = random_layer(rng, n_in, 0.1, columns=n_out)
     p = pack_layer(w, config)
-    nchunks, slices = config.nchunks(n_in), config.slices(n_out)
-    meta = p.meta.reshape(slices, nchunks, config.cols_per_thread, config.nwarps, 2)
-    got = np.zeros(shape)
-    for s in range(slices):
-        for c in range(nchunks):
-            for t in range(config.cols_per_thread):
-                for wp in range(config.nwarps):
-                    off, width = meta[s, c, t, wp]
-                    for lane in range(32):
-                        j = s * config.outputs_per_block + t * config.threads + wp * 32 + lane
-                        prev = -1
-                        for k in range(width):
-                            e = off + 32 * k + lane
-                            if p.idx[e] == config.chunk:
-                                continue
-                            i = c * config.chunk + int(p.idx[e])
-                            assert j < n_out and i < n_in and i > prev     # ascending inputs
-                            prev = i
-                            got[i, j] += p.values[e]
+    got, last = np.zeros(shape), {}
+    for i, j, value in packed_entries(p, config, n_in, n_out):
+        assert j < n_out and i < n_in and last.get(j, -1) < i           # ascending inputs in each column
+        last[j] = i
+        got[i, j] += value
     np.testing.assert_array_equal(got, w.toarray())
     with pytest.raises(OptionError, match="expected"):
         pack_layer(w, config, 64) if shape != (64, 64) else pack_layer(w, config, 65)

@@ -11,8 +11,8 @@ from spdnn.engines.cuda.layout import (VALUE_ARRAY, VALUE_SCALAR, VALUE_SUM_THEN
                                        stationary_smem_bytes, value_plan)
 from spdnn.errors import OptionError
 
-from factories import (duplicate_column_network, random_features, random_layer, random_network, reference_run,
-                       sum_then_scale_traps)
+from factories import (duplicate_column_network, packed_entries, random_features, random_layer, random_network,
+                       reference_run, sum_then_scale_traps)
 
 #: Small blockings that exercise several warps, output slices and input chunks.
 CONFIGS = [
@@ -42,27 +42,12 @@ def test_pack_layer_places_every_nonzero_once(rng, config, n):
     assert np.all(p.values[padding] == 0)
     assert np.all(p.idx[~padding] < config.chunk)
     # Rebuild W from the packed entries: (input, output, value) must be W's nonzeros.
-    meta = p.meta.reshape(slices, nchunks, config.cols_per_thread, config.nwarps, 2)
-    got = sp.lil_matrix((n, n))
-    seen_inputs = {}
-    for s in range(slices):
-        for c in range(nchunks):
-            for t in range(config.cols_per_thread):
-                for wp in range(config.nwarps):
-                    off, width = meta[s, c, t, wp]
-                    for lane in range(32):
-                        j = s * config.outputs_per_block + t * config.threads + wp * 32 + lane
-                        for k in range(width):
-                            e = off + 32 * k + lane
-                            if p.idx[e] == config.chunk:
-                                continue
-                            assert j < n
-                            i = c * config.chunk + int(p.idx[e])
-                            got[i, j] = p.values[e]
-                            # ascending input order within each column
-                            assert seen_inputs.get(j, -1) < i
-                            seen_inputs[j] = i
-    assert (got.tocsr() != w).nnz == 0
+    got, last = np.zeros((n, n)), {}
+    for i, j, value in packed_entries(p, config, n, n):
+        assert j < n and last.get(j, -1) < i                            # ascending inputs in each column
+        last[j] = i
+        got[i, j] += value
+    np.testing.assert_array_equal(got, w.toarray())
     # Padding only after the real entries of a lane (so sums start with real products).
     for s_ in range(p.meta.shape[0]):
         off, width = p.meta[s_]
