@@ -47,6 +47,7 @@ import scipy.sparse as sp
 from .bench import LAUNCH_LATENCY_S, HonestFloors, _bandwidths, _machine, given_constants, time_engine, time_runs
 from .floor import floor_estimate, layer_nonzeros
 from .engines import engine_device, get_engine
+from .engines._cupy import release_device_memory
 from .errors import OptionError, SpdnnError
 from .network import Network
 from .verify import explain_predictions
@@ -390,21 +391,13 @@ def run_general_bench(cells: Sequence[str], engines: Sequence[str] = ("cuda", "c
 
 
 def _free_device_memory() -> None:
-    import gc
+    """Give the device memory of the engine or peer just timed back (CuPy's pool:
+    :func:`spdnn.engines._cupy.release_device_memory`; PyTorch's cache where it is loaded)."""
+    import sys
 
-    gc.collect()
-    try:
-        import cupy
-
-        cupy.get_default_memory_pool().free_all_blocks()
-    except ImportError:
-        pass
-    try:
-        import torch
-
-        torch.cuda.empty_cache()
-    except ImportError:
-        pass
+    release_device_memory()
+    if "torch" in sys.modules:
+        sys.modules["torch"].cuda.empty_cache()
 
 
 def format_general(report: dict[str, Any]) -> str:
