@@ -201,11 +201,14 @@ def test_blocking_option_is_checked():
 
 
 def test_challenge_networks_keep_their_path(rng):
-    """A challenge-form network never reaches the general path (it would need CuPy here)."""
+    """A challenge-form network never reaches the general path (without CuPy, preparing it
+    fails on the challenge path's need for CuPy; with CuPy it prepares the challenge path)."""
     net = Network.from_layers([random_layer(rng, 64, 0.1) for _ in range(3)], -0.3)
     assert net.challenge_form
     eng = EmulatedCuda(precision="fp64")
-    with pytest.raises(Exception) as info:
+    try:
         eng.prepare(net)
-    assert eng._general is None and not eng.backends
-    assert "cupy" in str(info.value).lower() or "cuda" in str(info.value).lower()
+    except Exception as error:      # noqa: BLE001 - whatever the missing CuPy raises
+        assert "cupy" in str(error).lower() or "cuda" in str(error).lower()
+        assert not eng.backends
+    assert eng._general is None

@@ -147,10 +147,14 @@ def test_general_networks(engine_name, precision, rng, case, batched):
         np.testing.assert_array_equal(result.predictions, ref.predictions)
         np.testing.assert_array_equal(result.categories, ref.categories)
         np.testing.assert_array_equal(result.survivors, ref.survivors)
-        rows, values = engine.activations()
         ref_rows, ref_values = reference.activations()
-        np.testing.assert_array_equal(rows, ref_rows)
-        assert values.shape == ref_values.shape and (values != ref_values).nnz == 0
+        try:        # every sample's rows, or refused where the loaded rows would be one batch's alone
+            rows, values = engine.activations()
+        except SpdnnError as error:
+            assert "several batches" in str(error) and result.extra.get("batches", 1) > 1
+        else:
+            np.testing.assert_array_equal(rows, ref_rows)
+            assert values.shape == ref_values.shape and (values != ref_values).nnz == 0
     else:
         # Clear rows: the same prediction. Every row: the prediction is a top value of the
         # fp64 outputs up to fp32 rounding (a tie, e.g. two outputs at the cap, may go either way).
