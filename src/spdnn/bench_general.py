@@ -152,7 +152,9 @@ def mnist_features(samples: int) -> sp.csr_matrix:
     return sp.csr_matrix(images)
 
 
-def _cell_data(name: str, samples: int, seed: int) -> tuple[Network, sp.csr_matrix, str]:
+def general_cell_data(name: str, samples: int, seed: int) -> tuple[Network, sp.csr_matrix, str]:
+    """The network, features and a one-line description of general cell ``name`` (:data:`GENERAL_CELLS`,
+    ``zeros4096:P``, ``model:PATH``), ``samples`` rows made from ``seed``."""
     if name in WIDE:
         n, depth, per = WIDE[name]
         return (wide_network(n, depth, per, seed=seed), wide_features(samples, n, seed=seed),
@@ -313,7 +315,7 @@ def run_general_bench(cells: Sequence[str], engines: Sequence[str] = ("cuda", "c
     honest = HonestFloors()
     for name in cell_names:
         t0 = time.perf_counter()
-        network, features, about = _cell_data(name, samples, seed)
+        network, features, about = general_cell_data(name, samples, seed)
         log(f"{name}: {about} ({time.perf_counter() - t0:.1f} s to make)")
         cell: dict[str, Any] = {"name": name, "description": about, "widths": list(network.widths),
                                 "edges": network.edges, "samples": int(features.shape[0]), "engines": {}}
