@@ -178,9 +178,13 @@ def test_pack_layer_rectangular_places_every_nonzero_once(rng, shape, config):
 
 
 def test_choose_general_config():
-    cfg = choose_general_config(4096, 4096, 4)
-    assert (cfg.threads, cfg.cols_per_thread, cfg.rows_per_tile, cfg.chunk) == (512, 8, 8, 4096)
+    cfg = choose_general_config(4096, 4096, 4)      # 4-row tiles: two blocks' inputs fit (8 rows: one)
+    assert (cfg.threads, cfg.cols_per_thread, cfg.rows_per_tile, cfg.chunk) == (512, 8, 4, 4096)
+    assert 2 * cfg.staging_bytes(4) <= 227 * 1024 < 4 * cfg.staging_bytes(4)
     assert cfg.slices(4096) == 1
+    assert choose_general_config(1024, 1024, 4).rows_per_tile == 8        # 8 rows fit twice
+    cfg = choose_general_config(8192, 8192, 4)      # no 4-row tile fits twice: the largest that fits once
+    assert cfg.rows_per_tile == 4 and cfg.staging_bytes(4) <= 227 * 1024 < 2 * cfg.staging_bytes(4)
     cfg = choose_general_config(784, 10, 8)
     assert cfg.threads == 32 and cfg.cols_per_thread == 1 and cfg.chunk == 784
     cfg = choose_general_config(100_000, 64, 8, smem_limit=48 * 1024)
