@@ -220,6 +220,23 @@ def test_segments_of_a_rectangular_network(engine_name, precision, rng):
     np.testing.assert_array_equal(np.sort(rows[cats - 1] + 1), full.categories)
 
 
+def test_every_row_dead_before_the_last_layer(engine_name, precision, rng):
+    """Rows all dead after layer 1 of a network that widens: activations() is 0 rows of the
+    last layer's width (the reference once kept the width where its loop stopped), the
+    outputs are zeros of the last width, no category."""
+    network = feedforward_network(rng, widths=[9, 3, 13], bias_rules=["structural"] * 2, activations=["relu"] * 2,
+                                  bias=[-1e3, -0.1])       # every nonzero of layer 1 goes below 0
+    if not engine_class(engine_name).supports(network)[0]:
+        pytest.skip(f"engine {engine_name!r} does not run this network")
+    features = random_features(rng, 40, 9, 0.5)
+    engine = make_engine(engine_name, precision)
+    result = engine.run(network, features, outputs="activations")
+    assert result.survivors.tolist() == [0, 0] and result.categories.size == 0
+    assert result.outputs.shape == (40, 13) and not result.outputs.any()
+    rows, values = engine.activations()
+    assert rows.shape == (0,) and values.shape == (0, 13)
+
+
 def test_auto_picks_an_engine_that_supports_the_network(monkeypatch, rng):
     import spdnn.engines as engines
     from spdnn.network import Network

@@ -110,6 +110,7 @@ class ReferenceEngine(Engine):
                 self._drop_zero_rows()
             survivors[k - start] = int(np.count_nonzero(np.diff(self._y.indptr)))
             if len(self._rows) == 0:
+                self._y = sp.csr_matrix((0, net.widths[stop]), dtype=self.dtype)     # the last layer's width
                 break
         alive = np.diff(self._y.indptr) > 0
         return self._rows[alive] + 1, survivors, {}
