@@ -110,7 +110,8 @@ class CusparseEngine(Engine):
         with self._dev() as dev:
             yt, ids, live = self._yt, self._ids, self._alive
             for k in range(start, stop):
-                if ids.size == 0:
+                if ids.size == 0:               # every row gone: nothing held, at the last layer's width
+                    yt = cp.zeros((net.widths[stop], 0), dtype=self.dtype)
                     break
                 rule = net.rule(k)
                 z = self._wt[k] @ yt
