@@ -7,7 +7,7 @@ Usage (on a GPU machine)::
         --blockings default,t512c8r4,t256c16r4,t1024c4r8
 
 A blocking ``tTcCrR`` forces T threads a block, C columns a thread and tiles of R rows on
-every sparse layer (``CudaEngine(blocking=...)``; :func:`spdnn.engines.cuda.layout.choose_general_config`
+every sparse layer, and ``tTcCrRkK`` also stages at most K inputs at once (equal chunks) (``CudaEngine(blocking=...)``; :func:`spdnn.engines.cuda.layout.choose_general_config`
 says what ``default`` picks). Every run is fp32, merging off (what general networks get),
 60,000 samples by default; the timing loop is :func:`spdnn.bench.time_engine` (median of
 ``--reps`` after a warm-up, inference only). Each blocking's final activations must equal
@@ -31,20 +31,23 @@ from spdnn.report import write_json
 
 
 def parse_blocking(name: str) -> dict | None:
-    """``default`` -> None; ``t512c8r4`` -> threads 512, cols_per_thread 8, rows_per_tile 4."""
+    """``default`` -> None; ``t512c8r4`` -> threads 512, cols_per_thread 8, rows_per_tile 4;
+    ``t512c8r8k2048`` -> the same with 8 rows and chunk 2048."""
     if name == "default":
         return None
-    m = re.fullmatch(r"t(\d+)c(\d+)r(\d+)", name)
+    m = re.fullmatch(r"t(\d+)c(\d+)r(\d+)(?:k(\d+))?", name)
     if not m:
-        raise SystemExit(f"general_blockings: error: --blockings: {name!r} is not 'default' or tTcCrR")
-    return dict(threads=int(m[1]), cols_per_thread=int(m[2]), rows_per_tile=int(m[3]))
+        raise SystemExit(f"general_blockings: error: --blockings: {name!r} is not 'default', tTcCrR or tTcCrRkK")
+    out = dict(threads=int(m[1]), cols_per_thread=int(m[2]), rows_per_tile=int(m[3]))
+    return out if m[4] is None else {**out, "chunk": int(m[4])}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--cells", default="wide4096,zeros4096:99")
-    ap.add_argument("--blockings", default="default,t512c8r4,t512c8r8,t256c16r4,t1024c4r8,t512c8r2,t128c32r2")
+    ap.add_argument("--blockings", default="default,t512c8r8,t512c8r8k2048,t512c8r8k1366,t256c16r8k2048,"
+                                           "t1024c4r16k1024,t512c8r2")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--samples", type=int, default=60000)
     args = ap.parse_args(argv)

@@ -106,3 +106,30 @@ def test_the_table_says_where_dense_products_win():
     assert "beat the cuda engine at: none of the densities swept" in text
     text = bg.format_general(report({"zeros4096:99": {"cpu": 5}}))
     assert "not compared (the sweep needs both)" in text
+
+
+def test_general_blockings_script_parses_and_reports_each_blocking(tmp_path):
+    """benchmarks/general_blockings.py: a bad blocking name is refused before any work; on a
+    machine without the cuda engine every blocking is reported as an error in the JSON (the
+    device runs it for real)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "general_blockings.py"
+    env = dict(os.environ, SPDNN_CACHE_DIR=str(tmp_path), NUMBA_NUM_THREADS="1")
+    bad = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--blockings", "default,t5c"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "'t5c' is not" in bad.stderr
+    from factories import engine_availability
+
+    if engine_availability("cuda")[0]:
+        pytest.skip("the cuda engine runs here: the device runs this script")
+    run = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--cells", "wide4096", "--samples", "20",
+                          "--blockings", "default,t512c8r8k2048"], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    report = json.loads((tmp_path / "general_blockings.json").read_text())
+    runs = report["cells"][0]["runs"]
+    assert [r["blocking"] for r in runs] == ["default", "t512c8r8k2048"] and all("error" in r for r in runs)

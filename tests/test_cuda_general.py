@@ -26,6 +26,7 @@ BLOCKINGS = {
     "default": ({}, 227 * 1024),
     "sliced_chunked": ({"threads": 32, "cols_per_thread": 1, "rows_per_tile": 2}, 2 * 8 * 24),
     "mb1": ({"threads": 64, "cols_per_thread": 2, "rows_per_tile": 1}, 227 * 1024),
+    "forced_chunk": ({"threads": 64, "cols_per_thread": 1, "rows_per_tile": 4, "chunk": 5}, 227 * 1024),
 }
 
 
@@ -177,6 +178,17 @@ def test_pack_layer_rectangular_places_every_nonzero_once(rng, shape, config):
         pack_layer(w, config, 64) if shape != (64, 64) else pack_layer(w, config, 65)
 
 
+def test_a_forced_chunk_cuts_the_inputs_in_equal_parts():
+    cfg = choose_general_config(4096, 4096, 4, rows_per_tile=8, chunk=2048)
+    assert cfg.chunk == 2048 and cfg.nchunks(4096) == 2 and 3 * cfg.staging_bytes(4) <= 227 * 1024
+    assert choose_general_config(4096, 4096, 4, rows_per_tile=8, chunk=1500).chunk == 1366     # 3 equal parts
+    for bad in (0, 4097, 2.5, True):        # 8 rows of 4096 inputs fit: at most 4096
+        with pytest.raises(OptionError, match="chunk="):
+            choose_general_config(4096, 4096, 4, rows_per_tile=8, chunk=bad)
+    with pytest.raises(OptionError, match="chunk="):         # 16 rows: at most what fits the shared memory
+        choose_general_config(4096, 4096, 4, rows_per_tile=16, chunk=4096)
+
+
 def test_choose_general_config():
     cfg = choose_general_config(4096, 4096, 4)      # 4-row tiles: two blocks' inputs fit (8 rows: one)
     assert (cfg.threads, cfg.cols_per_thread, cfg.rows_per_tile, cfg.chunk) == (512, 8, 4, 4096)
@@ -201,7 +213,7 @@ def test_general_path_refuses_weights_beyond_the_budget(rng):
 
 def test_blocking_option_is_checked():
     with pytest.raises(OptionError, match="blocking="):
-        CudaEngine(blocking={"threads": 32, "chunk": 4})
+        CudaEngine(blocking={"threads": 32, "mb": 4})
 
 
 def test_challenge_networks_keep_their_path(rng):

@@ -234,7 +234,7 @@ def choose_config(neurons: int, itemsize: int, *, smem_limit: int = 227 * 1024,
 
 def choose_general_config(n_in: int, n_out: int, itemsize: int, *, smem_limit: int = 227 * 1024,
                           max_accumulators: int = 64, threads: int | None = None, cols_per_thread: int | None = None,
-                          rows_per_tile: int | None = None) -> KernelConfig:
+                          rows_per_tile: int | None = None, chunk: int | None = None) -> KernelConfig:
     """A blocking of ``kernels/general.cu``'s sparse kernel for a layer of n_in inputs and
     n_out outputs (activations of ``itemsize`` bytes).
 
@@ -245,7 +245,9 @@ def choose_general_config(n_in: int, n_out: int, itemsize: int, *, smem_limit: i
     ``max_accumulators`` and whose n_in inputs fit the shared memory of two resident blocks
     (tiles of 4 rows or more; N = 4096 fp32: 4 rows, 43.6 ms against 52.8 for 8 rows and one
     block, wide4096 on an H100, benchmarks/RESULTS.md), else of one block, else the rows are
-    staged in equal chunks. ``threads``, ``cols_per_thread`` and ``rows_per_tile`` force those (benchmarks).
+    staged in equal chunks. ``threads``, ``cols_per_thread`` and ``rows_per_tile`` force those (benchmarks);
+    ``chunk`` stages at most that many inputs at once (cut into equal chunks; benchmarks: more
+    resident blocks for larger tiles).
     """
     n_in, n_out = int(n_in), int(n_out)
     if n_in < 1 or n_out < 1:
@@ -259,8 +261,14 @@ def choose_general_config(n_in: int, n_out: int, itemsize: int, *, smem_limit: i
         staged = [c for c in fits if (n_in + 1) * c * itemsize <= smem_limit]        # whole inputs, one block
         twice = [c for c in staged if c >= 4 and 2 * (n_in + 1) * c * itemsize <= smem_limit]
         rows_per_tile = (twice or staged or fits or [1])[0]
+    staged = _chunk(n_in, rows_per_tile, itemsize, smem_limit)
+    if chunk is not None:
+        if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or not 1 <= chunk <= staged:
+            raise OptionError(f"chunk={chunk!r}: expected an integer from 1 to {staged} (inputs of "
+                              f"{rows_per_tile} rows that fit {smem_limit} bytes of shared memory)")
+        staged = -(-n_in // -(-n_in // int(chunk)))          # equal chunks of at most `chunk`
     return KernelConfig(threads=threads, cols_per_thread=cols_per_thread, rows_per_tile=rows_per_tile,
-                        chunk=_chunk(n_in, rows_per_tile, itemsize, smem_limit))
+                        chunk=staged)
 
 
 def _chunk(n_in: int, rows_per_tile: int, itemsize: int, smem_limit: int) -> int:
