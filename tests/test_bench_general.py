@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from spdnn import bench_general as bg
 from spdnn.errors import OptionError
@@ -26,7 +27,17 @@ def test_wide_data_have_the_stated_shape():
     assert all(np.all(np.diff(w.tocsc().indptr) == 8) for w in net.layers)
     assert not net.challenge_form and net.prunes_after(0)
     f = bg.wide_features(300, 256)
-    assert f.shape == (300, 256) and 0.15 < f.nnz / (300 * 256) < 0.25 and f.data.min() >= 0
+    assert f.shape == (300, 256) and 0.15 < f.nnz / (300 * 256) < 0.25 and f.data.min() > 0
+    f = bg.wide_features(5000, 64, seed=3)          # two blocks of 4096 rows: the plain construction's matrix
+    rng = np.random.default_rng(4)
+    plain = []
+    for rows in (4096, 904):
+        values = rng.random((rows, 64), dtype=np.float32)
+        keep = rng.random((rows, 64), dtype=np.float32) < 0.2
+        plain.append(np.where(keep, values, np.float32(0)).astype(np.float64))
+    want = sp.csr_matrix(np.vstack(plain))
+    assert f.has_canonical_format and np.array_equal(f.indptr, want.indptr) and np.array_equal(f.indices, want.indices)
+    assert np.array_equal(f.data, want.data)
 
 
 def test_bench_loop_on_cpu_engines(monkeypatch):

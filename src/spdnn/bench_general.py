@@ -125,8 +125,11 @@ def wide_features(samples: int, n: int, *, density: float = 0.2, seed: int = 0) 
     for first in range(0, samples, 4096):
         rows = min(4096, samples - first)
         values = rng.random((rows, n), dtype=np.float32)
-        keep = rng.random((rows, n), dtype=np.float32) < density
-        parts.append(sp.csr_matrix(np.where(keep, values, np.float32(0)).astype(np.float64)))
+        keep = (rng.random((rows, n), dtype=np.float32) < density) & (values != 0)
+        r, c = np.nonzero(keep)                     # row-major, as CSR stores them
+        indptr = np.zeros(rows + 1, dtype=np.int64)
+        np.cumsum(np.bincount(r, minlength=rows), out=indptr[1:])
+        parts.append(sp.csr_matrix((values[r, c].astype(np.float64), c.astype(np.int32), indptr), shape=(rows, n)))
     return sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, n))
 
 
