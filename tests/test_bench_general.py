@@ -58,6 +58,26 @@ def test_bench_loop_on_cpu_engines(monkeypatch):
     assert "wide4096" in text and "PASS" in text
 
 
+def test_given_constants_fill_each_cell_s_floor_as_it_is_timed(monkeypatch):
+    """With the constants given, the checkpoint after the first cell already holds its honest
+    floor (a bench cut short keeps them); without, floors wait for the end."""
+    from spdnn.floor import FloorConstants
+
+    monkeypatch.setitem(bg.WIDE, "wide4096", (64, 2, 4))
+    monkeypatch.setitem(bg.WIDE, "wide16384", (96, 2, 4))
+    given = FloorConstants(device="cpu", name="made-up host", bandwidth_gbs=3.5, cache_bytes=2**20,
+                           cache_bandwidth_gbs=20.0, add_per_s={"fp64": 1e9}, launch_s=4e-6)
+    for constants in (given, None):
+        seen = []
+        bg.run_general_bench(["wide4096", "wide16384"], engines=("cpu",), peers=(), repeats=1, samples=50,
+                             precision="fp64", truth_engine="reference", floor_constants_from=constants,
+                             checkpoint=lambda report: seen.append(
+                                 [e["floor_ratio"] for c in report["cells"] for e in c["engines"].values()]))
+        first = seen[0]                              # after the first cell
+        assert len(first) == 1 and (first[0] is not None) == (constants is not None)
+        assert all(r is not None for r in seen[-1]) and len(seen[-1]) == 2
+
+
 def test_model_cell_runs_a_model_file_on_mnist():
     from spdnn.models.example import example_files
 

@@ -411,13 +411,20 @@ class HonestFloors:
     known: :func:`floor_constants` measures them after every timing (the probe loads the
     device for seconds and leaves memory in CuPy's pool: it must not run before a timed cell).
 
-    :meth:`add` an entry when its run is timed (its floor fields are None until then);
-    :meth:`resolve` measures or reads the constants, fills ``floor``, ``floor_ratio`` (median
-    / floor: ``xfloor``) and ``floor_check`` of every entry, and returns the constants.
+    :meth:`add` an entry when its run is timed: where ``given`` constants (as
+    :func:`floor_constants`'s) are for the entry's device, its floor is filled at once (a
+    bench cut short keeps the floors of the cells it finished); otherwise its floor fields
+    are None until :meth:`resolve` measures the constants and fills ``floor``,
+    ``floor_ratio`` (median / floor: ``xfloor``) and ``floor_check`` of every entry left.
     """
 
-    def __init__(self):
+    def __init__(self, given=None, *, bandwidth_gbs: float | str = "auto",
+                 log: Callable[[str], None] | None = None):
         self._pending: list = []
+        self._devices: set = set()
+        self._given = given_constants(given)
+        self._bandwidth = bandwidth_gbs
+        self._log = log or (lambda line: None)
 
     def add(self, label: str, entry: dict, device: str, widths, *, survivors, alive_inputs: int, extra: dict,
             bytes_per_value: int, precision: str, nonzeros=None) -> None:
@@ -425,26 +432,31 @@ class HonestFloors:
         the arguments are :func:`spdnn.floor.floor_of_run`'s (``nonzeros`` given where the
         engine does not report its adds and weight bytes)."""
         entry.update(floor={"device": device}, floor_ratio=None, floor_check=None)
+        self._devices.add(device)
         run = functools.partial(floor_of_run, _Widths(tuple(widths)), survivors=survivors, alive_inputs=alive_inputs,
                                 extra=extra, bytes_per_value=bytes_per_value, precision=precision, nonzeros=nonzeros)
-        self._pending.append((label, entry, device, run))
+        if self._given is not None and self._given.device == device:
+            self._fill(label, entry, run, floor_constants({device}, self._given, bandwidth_gbs=self._bandwidth)[device])
+        else:
+            self._pending.append((label, entry, device, run))
 
-    def resolve(self, given=None, *, bandwidth_gbs: float | str = "auto",
-                log: Callable[[str], None] | None = None) -> dict[str, FloorConstants]:
-        """Fill every entry's floor; ``given``, ``bandwidth_gbs`` as :func:`floor_constants`."""
-        log = log or (lambda line: None)
-        constants = floor_constants({device for _, _, device, _ in self._pending}, given,
-                                    bandwidth_gbs=bandwidth_gbs, log=log)
+    def _fill(self, label: str, entry: dict, run, constants: FloorConstants) -> None:
+        fl = run(constants=constants)
+        median = entry["median_seconds"]
+        entry["floor"].update(fl.to_dict())
+        entry["floor_ratio"] = median / fl.seconds if fl.seconds > 0 else None
+        entry["floor_check"] = floor_check(median, fl.seconds)
+        ratio = "-" if entry["floor_ratio"] is None else f"{entry['floor_ratio']:.2f}"
+        self._log(f"{label}: x{ratio} floor ({fl.bound}: {fl.limit})")
+        if entry["floor_check"] != "ok":
+            self._log(f"{label}: {entry['floor_check']}")
+
+    def resolve(self) -> dict[str, FloorConstants]:
+        """Fill the floor of every entry still without one (measuring the constants of its
+        device now); returns the constants of every device added."""
+        constants = floor_constants(self._devices, self._given, bandwidth_gbs=self._bandwidth, log=self._log)
         for label, entry, device, run in self._pending:
-            fl = run(constants=constants[device])
-            median = entry["median_seconds"]
-            entry["floor"].update(fl.to_dict())
-            entry["floor_ratio"] = median / fl.seconds if fl.seconds > 0 else None
-            entry["floor_check"] = floor_check(median, fl.seconds)
-            ratio = "-" if entry["floor_ratio"] is None else f"{entry['floor_ratio']:.2f}"
-            log(f"{label}: x{ratio} floor ({fl.bound}: {fl.limit})")
-            if entry["floor_check"] != "ok":
-                log(f"{label}: {entry['floor_check']}")
+            self._fill(label, entry, run, constants[device])
         self._pending = []
         return constants
 
@@ -538,7 +550,7 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
     launch_latency_s : float, optional
         Per-layer launch cost of the v1 floor (default :data:`LAUNCH_LATENCY_S` per device).
     floor_constants_from : FloorConstants, dict, path or None
-        Constants of the honest floor (:func:`floor_constants`); None: measured at the start.
+        Constants of the honest floor (:func:`floor_constants`); None: measured after the last timed run.
     progress : bool or None
         Progress bars on stderr (None: when stderr is a terminal).
     log : callable(str), optional
@@ -591,7 +603,7 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
         "engines": [run.label for run in runs],
         "floor_constants": {}, "cells": [],
     }
-    honest = HonestFloors()
+    honest = HonestFloors(floor_constants_from, bandwidth_gbs=bandwidth_gbs, log=log)
     def generated(neurons: int, layers: int) -> Callable[[], BenchData]:
         def make() -> BenchData:
             log(f"cell {neurons}x{layers}: preparing data (generated, seed {seed}, cached)")
@@ -662,7 +674,7 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
             del engine, timing, timed, last
             release_device_memory()      # the next engine or cell gets this one's device memory
         report["cells"].append(cell)
-    constants = honest.resolve(floor_constants_from, bandwidth_gbs=bandwidth_gbs, log=log)
+    constants = honest.resolve()
     report["floor_constants"] = {device: c.to_dict() for device, c in constants.items()}
     report["passed"] = all(e["passed"] for c in report["cells"] for e in c["engines"].values())
     return report

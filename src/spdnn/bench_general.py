@@ -281,7 +281,8 @@ def run_general_bench(cells: Sequence[str], engines: Sequence[str] = ("cuda", "c
 
     Returns a JSON-ready report: ``cells`` (name, description, widths, edges, samples,
     ``engines``: per label median_seconds, times, teraedges_per_second, floor, floor_ratio,
-    floor_check (the honest floor, filled after the last cell), floor_v1, floor_ratio_v1,
+    floor_check (the honest floor: filled as the cell is timed where ``floor_constants_from`` is for
+    its device, else after the last cell), floor_v1, floor_ratio_v1,
     prediction_mismatches (against the CUDA engine's fp64 run), verdict (of
     :func:`spdnn.verify.explain_predictions` on the mismatches), passed, rows_computed, error
     (a peer that could not run, e.g. out of memory)), ``passed`` (every spdnn engine's
@@ -315,7 +316,7 @@ def run_general_bench(cells: Sequence[str], engines: Sequence[str] = ("cuda", "c
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "machine": _machine(bandwidths),
         "precision": precision, "repeats": repeats, "seed": seed, "samples": samples, "peers_skipped": skipped,
         "cells": []}
-    honest = HonestFloors()
+    honest = HonestFloors(floor_constants_from, bandwidth_gbs=bandwidth_gbs, log=log)
     for name in cell_names:
         t0 = time.perf_counter()
         network, features, about = general_cell_data(name, samples, seed)
@@ -387,7 +388,7 @@ def run_general_bench(cells: Sequence[str], engines: Sequence[str] = ("cuda", "c
         report["passed"] = all(e.get("passed", False) for c in report["cells"] for e in c["engines"].values())
         if checkpoint is not None:
             checkpoint(report)
-    constants = honest.resolve(floor_constants_from, bandwidth_gbs=bandwidth_gbs, log=log)
+    constants = honest.resolve()
     report["floor_constants"] = {device: c.to_dict() for device, c in constants.items()}
     report["passed"] = all(e.get("passed", False) for c in report["cells"] for e in c["engines"].values())
     if checkpoint is not None:
