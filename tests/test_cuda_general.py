@@ -178,6 +178,18 @@ def test_pack_layer_rectangular_places_every_nonzero_once(rng, shape, config):
         pack_layer(w, config, 64) if shape != (64, 64) else pack_layer(w, config, 65)
 
 
+def test_survivors_continue_at_a_later_layer_s_width_emulated():
+    """The general path loads survivors of a later layer as rows of that layer's width
+    (it once took every load for the inputs' width: layer 4 refused rows of 12)."""
+    from test_engines import survivors_continue_mid_network
+
+    net, feats = survivors_continue_mid_network()
+    eng = EmulatedCuda(precision="fp64", batch_samples=10, poison=1e30)
+    got = eng.run(net, feats, outputs="activations")
+    assert got.extra["merged_batches"]["layer"] == 3
+    assert_bitwise(got, get_reference(net, feats, "fp64"))
+
+
 def test_a_forced_chunk_cuts_the_inputs_in_equal_parts():
     cfg = choose_general_config(4096, 4096, 4, rows_per_tile=8, chunk=2048)
     assert cfg.chunk == 2048 and cfg.nchunks(4096) == 2 and 3 * cfg.staging_bytes(4) <= 227 * 1024

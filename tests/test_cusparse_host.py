@@ -77,3 +77,11 @@ def test_every_row_dead_before_the_last_layer_on_the_host(host_cupy, rng):
     assert result.survivors.tolist() == [0, 0]
     rows, values = engine.activations()
     assert rows.shape == (0,) and values.shape == (0, 13)
+
+
+def test_survivors_continue_at_a_later_layer_s_width_on_the_host(host_cupy):
+    from test_engines import survivors_continue_mid_network
+
+    network, features = survivors_continue_mid_network()
+    _, result = _same_as_reference(network, features, batch_samples=10)
+    assert result.extra["merged_batches"]["layer"] == 3

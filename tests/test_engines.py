@@ -237,6 +237,37 @@ def test_every_row_dead_before_the_last_layer(engine_name, precision, rng):
     assert rows.shape == (0,) and values.shape == (0, 13)
 
 
+def survivors_continue_mid_network():
+    """(network, features): a rectangular network whose batches of 10 samples run a head of
+    layers, after which the survivors of every batch, 12 values wide no more, continue
+    together (seeded: the path is certain)."""
+    rng = np.random.default_rng(9)
+    network = feedforward_network(rng, widths=[12, 20, 9, 30, 7], bias_rules=["structural"] * 4,
+                                  activations=["relu"] * 4, bias=[-0.6, -0.3, -0.3, -0.1])
+    return network, random_features(rng, 60, 12, 0.3)
+
+
+def test_survivors_continue_at_a_later_layer_s_width(engine_name):
+    """Batches, then the survivors of all of them loaded at once before layer 4 (30 values
+    a row, not the inputs' 12): every engine equals the float64 reference (the cuda
+    engine's general path once loaded them as rows of 12; the emulated test in
+    test_cuda_general.py shows the path is taken)."""
+    cls = engine_class(engine_name)
+    if "batch_samples" not in inspect.signature(cls).parameters:
+        pytest.skip(f"engine {engine_name!r} has no batch_samples")
+    network, features = survivors_continue_mid_network()
+    ref = ReferenceEngine(precision="fp64").run(network, features, outputs="activations")
+    result = cls(precision="fp64", batch_samples=10).run(network, features, outputs="activations")
+    if "merged_batches" in result.extra:       # engines batched by Engine.run (the cpu engine batches inside)
+        assert result.extra["merged_batches"]["layer"] == 3
+    np.testing.assert_array_equal(result.survivors, ref.survivors)
+    np.testing.assert_array_equal(result.categories, ref.categories)
+    if cls.exact_fp64:
+        assert np.array_equal(result.outputs.view(np.int64), ref.outputs.view(np.int64))
+    else:
+        np.testing.assert_allclose(result.outputs, ref.outputs, rtol=1e-12, atol=1e-12)
+
+
 def test_auto_picks_an_engine_that_supports_the_network(monkeypatch, rng):
     import spdnn.engines as engines
     from spdnn.network import Network

@@ -375,8 +375,10 @@ class GeneralPath:
 
     # -- load ---------------------------------------------------------------------------
     def load(self, features: sp.csr_matrix) -> None:
-        """Hold the samples of ``features`` (CSR, samples x n_0): the nonzero rows where the
-        network lets zero rows go (``prunes_after(0)``), else every row."""
+        """Hold the samples of ``features`` (CSR, samples x n_k: the inputs, or the activations
+        of a later layer for a segment that starts there): the nonzero rows where the network
+        lets zero rows go (``prunes_after(0)``, which holds for every later layer too), else
+        every row."""
         with self.b.context():
             self._load(features)
 
@@ -395,7 +397,7 @@ class GeneralPath:
                 raise DeviceMemoryError(f"cuda engine: {m} samples do not fit the device memory budget (at most "
                                         f"{fit}); use run() (which batches) or pass batch_samples=")
             self._allocate(m)
-        xp, n = self.b, self.network.inputs
+        xp, n = self.b, int(f.shape[1])               # the rows' width: n_0, or n_k mid-network
         if self.poison is not None:
             for y in self._y:
                 y.fill(self.poison)
