@@ -64,6 +64,22 @@ def test_matmul_add_relu_clip_gemm(rng, tmp_path):
     check_same(model, net, rng)
 
 
+def test_identity_aliases_of_initializers(rng):
+    """Exporters share equal initializers through Identity nodes (torch.onnx gave one when two
+    layers' weights were equal): the alias is the same constant, not a step of the chain."""
+    w = weights(rng, 4, 4)
+    nodes = [helper.make_node("Identity", ["w"], ["w_again"], name="alias"),
+             helper.make_node("MatMul", ["x", "w"], ["h1"], name="mm1"),
+             helper.make_node("Relu", ["h1"], ["h2"], name="relu"),
+             helper.make_node("Identity", ["h2"], ["h3"], name="noop"),
+             helper.make_node("MatMul", ["h3", "w_again"], ["y"], name="mm2")]
+    model = make_model(nodes, {"w": w}, n_in=4)
+    onnx.checker.check_model(model)
+    net = from_onnx(model)
+    assert net.widths == (4, 4, 4) and net.activations == ("relu", "identity")
+    check_same(model, net, rng, n_in=4)
+
+
 def test_clip_attributes_of_old_opsets_and_constants(rng):
     w = weights(rng, 6, 3)
     nodes = [helper.make_node("Constant", [], ["w"], name="const", value=numpy_helper.from_array(w)),

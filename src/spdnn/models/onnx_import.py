@@ -13,7 +13,8 @@ What is read (the graph must be one chain from its one input to its one output):
   attributes of older opsets): a ReLU, capped at max; folded as
   :meth:`~spdnn.models.assemble.LayerSpec.clamp` says. A layer that nothing follows is
   an identity layer.
-* no-ops: ``Identity``, ``Dropout`` (inference), ``Flatten`` with ``axis = 1``.
+* no-ops: ``Identity`` (of a constant: another name for it, as exporters share equal
+  initializers), ``Dropout`` (inference), ``Flatten`` with ``axis = 1``.
 
 Initializers may be dense or sparse (``sparse_initializer``). Anything else is refused
 naming the node, its op type and what is supported. Weights are taken in float64.
@@ -143,6 +144,10 @@ def from_onnx(model, *, storage="auto", sparse_threshold: float = SPARSE_THRESHO
             if "value" not in attrs:
                 refuse(f"{label}: only a 'value' tensor constant is supported")
             constants[node.output[0]] = numpy_helper.to_array(attrs["value"])
+            continue
+        if op == "Identity" and node.input and node.input[0] in constants:
+            # another name for a constant: exporters alias equal initializers this way
+            constants[node.output[0]] = constants[node.input[0]]
             continue
         data_inputs = [i for i in node.input if i and i not in constants]
         if op == "Add":
