@@ -14,8 +14,11 @@ Life cycle (what :meth:`Engine.run` does per batch, and what a caller may do by 
 Segments (used by MPI rebalancing): ``infer(start, stop)`` runs layers
 ``start..stop-1`` (0-based) over the samples currently loaded, and
 ``activations()`` then returns the survivors' rows, which can be ``load``-ed again
-(here or on another rank) before the next segment. In fp32 the round trip through
-float64 CSR is exact.
+(here or on another rank) before the next segment. Where the network does not let zero
+rows go after that layer (``network.prunes_after(stop)`` False: a later positive dense
+bias revives them), the zero rows are samples too and must be loaded with them, as empty
+rows (``spdnn.distributed`` does this). In fp32 the round trip through float64 CSR is
+exact.
 
 Exactness contract for ``precision='fp64'``: each output is accumulated as
 ``((0 + y[i1]*w[i1,j]) + y[i2]*w[i2,j]) + ...`` over the input neurons i in ascending
@@ -617,7 +620,8 @@ class Engine(abc.ABC):
         -------
         rows : int64 array (alive,)
             0-based rows of the loaded features whose rows are nonzero, ascending (every
-            sample, merged ones included).
+            sample, merged ones included). Zero rows are not listed, also where the network
+            does not let them go (module docstring, Segments).
         values : csr_matrix (alive, n), float64
             Their activations (exactly the engine's values, widened to float64).
 
