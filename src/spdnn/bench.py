@@ -425,6 +425,9 @@ class HonestFloors:
         self._given = given_constants(given)
         self._bandwidth = bandwidth_gbs
         self._log = log or (lambda line: None)
+        # known from the start (no probe): the given device's constants, bandwidth applied
+        self._known = {} if self._given is None else floor_constants({self._given.device}, self._given,
+                                                                      bandwidth_gbs=bandwidth_gbs)
 
     def add(self, label: str, entry: dict, device: str, widths, *, survivors, alive_inputs: int, extra: dict,
             bytes_per_value: int, precision: str, nonzeros=None) -> None:
@@ -435,8 +438,8 @@ class HonestFloors:
         self._devices.add(device)
         run = functools.partial(floor_of_run, _Widths(tuple(widths)), survivors=survivors, alive_inputs=alive_inputs,
                                 extra=extra, bytes_per_value=bytes_per_value, precision=precision, nonzeros=nonzeros)
-        if self._given is not None and self._given.device == device:
-            self._fill(label, entry, run, floor_constants({device}, self._given, bandwidth_gbs=self._bandwidth)[device])
+        if device in self._known:
+            self._fill(label, entry, run, self._known[device])
         else:
             self._pending.append((label, entry, device, run))
 

@@ -46,7 +46,7 @@ import scipy.sparse as sp
 
 from .bench import LAUNCH_LATENCY_S, HonestFloors, _bandwidths, _machine, given_constants, time_engine, time_runs
 from .floor import floor_estimate, layer_nonzeros
-from .engines import engine_device, get_engine
+from .engines import engine_device, fastest_exact_engine, get_engine
 from .engines._cupy import release_device_memory
 from .errors import OptionError, SpdnnError
 from .network import Network
@@ -199,17 +199,6 @@ def _torch_on_gpu():
     return torch, ""
 
 
-def _truth_engine(name: str) -> str:
-    """The engine of the fp64 predictions: ``name``, or for 'auto' the first of cuda, cpu
-    and reference that runs here (every one is exact in fp64)."""
-    if name != "auto":
-        return name
-    from .engines import available_engines
-
-    ready = available_engines()
-    return next(e for e in ("cuda", "cpu", "reference") if ready.get(e, (False,))[0])
-
-
 class TorchPeer:
     """A PyTorch forward pass of a network: ``relu(x @ W + b)`` layer by layer (``kind``
     'torch-fp32' or 'torch-tf32', dense weights) or ``torch.sparse.mm`` with W^T in CSR and
@@ -298,7 +287,7 @@ def run_general_bench(cells: Sequence[str], engines: Sequence[str] = ("cuda", "c
     cell_names = parse_general_cells(cells)
     if isinstance(repeats, bool) or not isinstance(repeats, (int, np.integer)) or repeats < 1:
         raise OptionError(f"--repeats {repeats}: expected an integer >= 1")
-    truth_engine = _truth_engine(truth_engine)
+    truth_engine = fastest_exact_engine() if truth_engine == "auto" else truth_engine
     for name in (*engines, truth_engine):           # fail before any long step when one cannot run here
         get_engine(name, precision="fp64" if name == truth_engine else precision,
                    **({"merge": False} if name == "cuda" else {}))
@@ -337,7 +326,7 @@ def run_general_bench(cells: Sequence[str], engines: Sequence[str] = ("cuda", "c
                                   bytes_per_value=itemsize, edges=network.edges,
                                   bandwidth_gbs=bandwidths[device]["gbs"], launch_latency_s=LAUNCH_LATENCY_S[device],
                                   device=device, rows_computed=rows,
-                                  widths=network.widths, weight_bytes=_weight_bytes(network, itemsize))
+                                  widths=network.widths, weight_bytes=weight_bytes)
 
         for label in [*engines, *peers]:
             entry: dict[str, Any] = {}

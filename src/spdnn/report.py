@@ -17,7 +17,7 @@ import numpy as np
 from ._atomic import atomic_open
 from .errors import SpdnnError, format_bytes
 
-__all__ = ["to_json", "jsonable", "format_ids", "format_seconds", "format_run", "format_comparison",
+__all__ = ["to_json", "write_json", "jsonable", "format_ids", "format_seconds", "format_run", "format_comparison",
            "format_info", "format_cache", "format_bench"]
 
 
