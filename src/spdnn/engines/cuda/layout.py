@@ -258,17 +258,23 @@ def choose_general_config(n_in: int, n_out: int, itemsize: int, *, smem_limit: i
         cols_per_thread = min(-(-n_out // threads), 32)
     if rows_per_tile is None:
         fits = [c for c in (8, 4, 2, 1) if c * cols_per_thread <= max_accumulators]
-        staged = [c for c in fits if (n_in + 1) * c * itemsize <= smem_limit]        # whole inputs, one block
-        twice = [c for c in staged if c >= 4 and 2 * (n_in + 1) * c * itemsize <= smem_limit]
-        rows_per_tile = (twice or staged or fits or [1])[0]
-    staged = _chunk(n_in, rows_per_tile, itemsize, smem_limit)
+        once = [c for c in fits if (n_in + 1) * c * itemsize <= smem_limit]        # whole inputs, one block
+        twice = [c for c in once if c >= 4 and 2 * (n_in + 1) * c * itemsize <= smem_limit]
+        rows_per_tile = (twice or once or fits or [1])[0]
+    most = _chunk(n_in, rows_per_tile, itemsize, smem_limit)
     if chunk is not None:
-        if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or not 1 <= chunk <= staged:
-            raise OptionError(f"chunk={chunk!r}: expected an integer from 1 to {staged} (inputs of "
+        if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or not 1 <= chunk <= most:
+            raise OptionError(f"chunk={chunk!r}: expected an integer from 1 to {most} (inputs of "
                               f"{rows_per_tile} rows that fit {smem_limit} bytes of shared memory)")
-        staged = -(-n_in // -(-n_in // int(chunk)))          # equal chunks of at most `chunk`
+        most = _equal_chunks(n_in, int(chunk))
     return KernelConfig(threads=threads, cols_per_thread=cols_per_thread, rows_per_tile=rows_per_tile,
-                        chunk=staged)
+                        chunk=most)
+
+
+def _equal_chunks(n_in: int, most: int) -> int:
+    """The size of the fewest equal chunks of at most ``most`` inputs that cover ``n_in``
+    (less padding in the last one)."""
+    return -(-n_in // -(-n_in // most))
 
 
 def _chunk(n_in: int, rows_per_tile: int, itemsize: int, smem_limit: int) -> int:
@@ -277,10 +283,7 @@ def _chunk(n_in: int, rows_per_tile: int, itemsize: int, smem_limit: int) -> int
     chunk = min(n_in, smem_limit // (rows_per_tile * itemsize) - 1, _MAX_CHUNK)
     if chunk < 1:
         raise OptionError(f"rows_per_tile={rows_per_tile}: no room in {smem_limit} bytes of shared memory")
-    if chunk < n_in:
-        parts = -(-n_in // chunk)
-        chunk = -(-n_in // parts)
-    return chunk
+    return _equal_chunks(n_in, chunk)
 
 
 def _choose_stationary(n, itemsize, virtual, smem_limit, max_accumulators, threads,
