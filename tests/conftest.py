@@ -69,6 +69,16 @@ def rng(seed):
     return np.random.default_rng(seed)
 
 
+@pytest.fixture
+def host_cupy(monkeypatch):
+    """numpy as ``cupy`` and scipy.sparse as ``cupyx.scipy.sparse`` for the cusparse engine
+    (tests/fake_cupy.py, :func:`install_numpy`)."""
+    import fake_cupy
+    from spdnn.engines import cusparse
+
+    return fake_cupy.install_numpy(monkeypatch, cusparse)
+
+
 @pytest.fixture(scope="session")
 def official_dir() -> Path:
     """../shared/data/official; tests using it skip with a reason where it is absent."""

@@ -269,6 +269,24 @@ GENERAL_CASES = ("rectangular", "dense_and_sparse", "dense_bias_negative", "dens
                  "uncapped", "identity_output", "revive", "one_value")
 
 
+def dies_before_the_last_layer(rng: np.random.Generator) -> tuple[Network, sp.csr_matrix]:
+    """(network, 40 features): 9 -> 3 -> 13 whose first layer kills every row (a structural
+    bias of -1000 sends every nonzero below 0): nothing is held at the last, wider layer."""
+    network = feedforward_network(rng, widths=[9, 3, 13], bias_rules=["structural"] * 2, activations=["relu"] * 2,
+                                  bias=[-1e3, -0.1])
+    return network, random_features(rng, 40, 9, 0.5)
+
+
+def survivors_continue_mid_network() -> tuple[Network, sp.csr_matrix]:
+    """(network, 60 features): a rectangular network whose batches of 10 samples run a head
+    of layers, after which the survivors of every batch (3 of them, 30 values wide) continue
+    together before layer 4 (seeded: the path is certain)."""
+    rng = np.random.default_rng(9)
+    network = feedforward_network(rng, widths=[12, 20, 9, 30, 7], bias_rules=["structural"] * 4,
+                                  activations=["relu"] * 4, bias=[-0.6, -0.3, -0.3, -0.1])
+    return network, random_features(rng, 60, 12, 0.3)
+
+
 def general_case(rng: np.random.Generator, name: str, samples: int = 120) -> tuple[Network, sp.csr_matrix]:
     """(network, features) of the general case ``name`` of :data:`GENERAL_CASES`.
 

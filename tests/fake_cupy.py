@@ -6,13 +6,18 @@ their arguments bound and checked by name (:func:`spdnn.engines.cuda.compilation
 exactly as for a GPU launch, and not run (the counters they would write stay zero).
 Streams, events and graphs do nothing but let the code paths run. Used by
 ``tests/test_cuda_host.py`` to check the host side of the challenge path without a GPU.
+
+:func:`install_numpy` is the other stand-in: numpy itself as ``cupy`` and scipy.sparse as
+``cupyx.scipy.sparse``, for engines whose device code is library calls (cusparse).
 """
 from __future__ import annotations
 
 import ctypes
-from types import SimpleNamespace
+import sys
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
+import scipy.sparse as sp
 
 from spdnn.engines.cuda.compilation import bind_arguments
 
@@ -49,17 +54,24 @@ class FakeKernel:
         self._launches.append((self.name, what))
 
 
-class _Stream:
-    ptr = 0
-
-    def __init__(self, *args, **kwargs):
-        pass
+class _Context:
+    """A do-nothing ``with`` target that can be synchronized (streams, devices)."""
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         return False
+
+    def synchronize(self):
+        pass
+
+
+class _Stream(_Context):
+    ptr = 0
+
+    def __init__(self, *args, **kwargs):
+        pass
 
     def begin_capture(self):
         pass
@@ -70,24 +82,12 @@ class _Stream:
     def wait_event(self, event):
         pass
 
-    def synchronize(self):
-        pass
 
-
-class _Device:
+class _Device(_Context):
     id = 0
     attributes = {"MultiProcessorCount": 132, "MaxSharedMemoryPerBlockOptin": 227 * 1024,
                   "MaxSharedMemoryPerMultiprocessor": 228 * 1024, "MaxRegistersPerMultiprocessor": 65536,
                   "MaxThreadsPerMultiProcessor": 2048}
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def synchronize(self):
-        pass
 
 
 def _memcpy(dst, src, nbytes, kind, stream):
@@ -131,3 +131,25 @@ def install(monkeypatch, module) -> list:
     monkeypatch.setattr(module, "compiled_kernels", compiled)
     monkeypatch.setattr(compilation, "compiled_kernels", compiled)
     return launches
+
+
+def install_numpy(monkeypatch, module):
+    """Make numpy ``cupy`` and scipy.sparse ``cupyx.scipy.sparse`` (in ``sys.modules``) and
+    ``module.cupy_status`` report CuPy present: the array calls of an engine written against
+    CuPy's numpy-like API then run on the host. Returns the ``cupy`` stand-in."""
+    cp = ModuleType("cupy")
+    for name in ("asarray", "ascontiguousarray", "where", "clip", "zeros", "float32", "float64"):
+        setattr(cp, name, getattr(np, name))
+    cp.asnumpy = np.asarray
+    cp.cuda = SimpleNamespace(
+        get_current_stream=lambda: _Stream(), Device=lambda i=0: _Device(),
+        runtime=SimpleNamespace(getDevice=lambda: 0, memGetInfo=lambda: (1 << 30, 1 << 31),
+                                getDeviceProperties=lambda i: {"name": b"host stand-in"}))
+    cp.get_default_memory_pool = lambda: SimpleNamespace(free_bytes=lambda: 0)
+    cupyx = ModuleType("cupyx")
+    cupyx.scipy = ModuleType("cupyx.scipy")
+    cupyx.scipy.sparse = sp
+    for name, stand_in in {"cupy": cp, "cupyx": cupyx, "cupyx.scipy": cupyx.scipy, "cupyx.scipy.sparse": sp}.items():
+        monkeypatch.setitem(sys.modules, name, stand_in)
+    monkeypatch.setattr(module, "cupy_status", lambda: (True, "host stand-in"))
+    return cp

@@ -18,7 +18,7 @@ from spdnn.engines.cuda.layout import VALUE_ARRAY, VALUE_SCALAR, KernelConfig, c
 from spdnn.errors import DeviceMemoryError, OptionError
 from spdnn.network import Network
 
-from factories import GENERAL_CASES, general_case, packed_entries, random_layer
+from factories import GENERAL_CASES, general_case, packed_entries, random_layer, survivors_continue_mid_network
 
 #: Blockings of the sparse layers: the default; tiny blocks that slice every layer's outputs
 #: and (with a small shared memory) chunk its inputs; one row a tile.
@@ -181,8 +181,6 @@ def test_pack_layer_rectangular_places_every_nonzero_once(rng, shape, config):
 def test_survivors_continue_at_a_later_layer_s_width_emulated():
     """The general path loads survivors of a later layer as rows of that layer's width
     (it once took every load for the inputs' width: layer 4 refused rows of 12)."""
-    from test_engines import survivors_continue_mid_network
-
     net, feats = survivors_continue_mid_network()
     eng = EmulatedCuda(precision="fp64", batch_samples=10, poison=1e30)
     got = eng.run(net, feats, outputs="activations")

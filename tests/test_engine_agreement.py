@@ -1,9 +1,9 @@
 """Random general networks through every engine that runs on the CPU, against the float64
 reference: the cpu engine, the cuda engine's general path (numpy replay of its kernels)
-and the cusparse engine's host logic (numpy standing in for CuPy). Each run draws new
-networks, features, batch sizes and outputs from the test's seed (replay with
-SPDNN_TEST_SEED); a random search of this kind found the general path's mid-network
-load bug (benchmarks/RESULTS.md)."""
+and the cusparse engine's host logic (numpy standing in for CuPy: the ``host_cupy``
+fixture). Each run draws new networks, features and batch sizes from the test's seed
+(replay with SPDNN_TEST_SEED); a random search of this kind found the general path's
+mid-network load bug (benchmarks/RESULTS.md)."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,7 +14,6 @@ from spdnn.engines.reference import ReferenceEngine
 
 from factories import engine_availability, feedforward_network, random_features
 from test_cuda_general import EmulatedCuda
-from test_cusparse_host import host_cupy  # noqa: F401  (fixture)
 
 CASES = 150
 
@@ -29,7 +28,7 @@ def _case(rng):
     return network, features, batch
 
 
-def test_random_general_networks_agree_with_the_reference(rng, host_cupy):  # noqa: F811
+def test_random_general_networks_agree_with_the_reference(rng, host_cupy):
     for case in range(CASES):
         network, features, batch = _case(rng)
         ref = ReferenceEngine(precision="fp64").run(network, features, outputs="activations")

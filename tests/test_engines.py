@@ -27,8 +27,9 @@ from spdnn.errors import OptionError, SpdnnError
 from spdnn.engines.reference import ReferenceEngine
 from spdnn.verify import explain_differences
 
-from factories import (engine_availability, feedforward_network, general_cases, general_features, general_network,
-                       random_features, read_official_subset, sum_then_scale_traps)
+from factories import (dies_before_the_last_layer, engine_availability, feedforward_network, general_cases,
+                       general_features, general_network, random_features, read_official_subset,
+                       sum_then_scale_traps, survivors_continue_mid_network)
 
 PRECISIONS = ["fp32", "fp64"]
 
@@ -224,27 +225,15 @@ def test_every_row_dead_before_the_last_layer(engine_name, precision, rng):
     """Rows all dead after layer 1 of a network that widens: activations() is 0 rows of the
     last layer's width (the reference once kept the width where its loop stopped), the
     outputs are zeros of the last width, no category."""
-    network = feedforward_network(rng, widths=[9, 3, 13], bias_rules=["structural"] * 2, activations=["relu"] * 2,
-                                  bias=[-1e3, -0.1])       # every nonzero of layer 1 goes below 0
+    network, features = dies_before_the_last_layer(rng)
     if not engine_class(engine_name).supports(network)[0]:
         pytest.skip(f"engine {engine_name!r} does not run this network")
-    features = random_features(rng, 40, 9, 0.5)
     engine = make_engine(engine_name, precision)
     result = engine.run(network, features, outputs="activations")
     assert result.survivors.tolist() == [0, 0] and result.categories.size == 0
     assert result.outputs.shape == (40, 13) and not result.outputs.any()
     rows, values = engine.activations()
     assert rows.shape == (0,) and values.shape == (0, 13)
-
-
-def survivors_continue_mid_network():
-    """(network, features): a rectangular network whose batches of 10 samples run a head of
-    layers, after which the survivors of every batch, 12 values wide no more, continue
-    together (seeded: the path is certain)."""
-    rng = np.random.default_rng(9)
-    network = feedforward_network(rng, widths=[12, 20, 9, 30, 7], bias_rules=["structural"] * 4,
-                                  activations=["relu"] * 4, bias=[-0.6, -0.3, -0.3, -0.1])
-    return network, random_features(rng, 60, 12, 0.3)
 
 
 def test_survivors_continue_at_a_later_layer_s_width(engine_name):
