@@ -7,7 +7,8 @@ Usage (on a GPU machine)::
         --blockings default,t512c8r4,t256c16r4,t1024c4r8
 
 A blocking ``tTcCrR`` forces T threads a block, C columns a thread and tiles of R rows on
-every sparse layer, and ``tTcCrRkK`` also stages at most K inputs at once (equal chunks)
+every sparse layer, ``tTcCrRkK`` also stages at most K inputs at once (equal chunks), and a
+final ``p`` stages the next tile while the current one is summed (``pipelined``)
 (``CudaEngine(blocking=...)``; :func:`spdnn.engines.cuda.layout.choose_general_config`
 says what ``default`` picks). Every run is fp32, merging off (what general networks get),
 60,000 samples by default; the timing loop is :func:`spdnn.bench.time_engine` (median of
@@ -34,14 +35,18 @@ from spdnn.report import write_json
 
 def parse_blocking(name: str) -> dict | None:
     """``default`` -> None; ``t512c8r4`` -> threads 512, cols_per_thread 8, rows_per_tile 4;
-    ``t512c8r8k2048`` -> the same with 8 rows and chunk 2048."""
+    ``t512c8r8k2048`` -> the same with 8 rows and chunk 2048; a final ``p``: pipelined."""
     if name == "default":
         return None
-    m = re.fullmatch(r"t(\d+)c(\d+)r(\d+)(?:k(\d+))?", name)
+    m = re.fullmatch(r"t(\d+)c(\d+)r(\d+)(?:k(\d+))?(p?)", name)
     if not m:
-        raise SystemExit(f"general_blockings: error: --blockings: {name!r} is not 'default', tTcCrR or tTcCrRkK")
+        raise SystemExit(f"general_blockings: error: --blockings: {name!r} is not 'default', tTcCrR[kK][p]")
     out = dict(threads=int(m[1]), cols_per_thread=int(m[2]), rows_per_tile=int(m[3]))
-    return out if m[4] is None else {**out, "chunk": int(m[4])}
+    if m[4] is not None:
+        out["chunk"] = int(m[4])
+    if m[5]:
+        out["pipelined"] = True
+    return out
 
 
 def main(argv=None) -> int:

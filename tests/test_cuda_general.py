@@ -27,6 +27,7 @@ BLOCKINGS = {
     "sliced_chunked": ({"threads": 32, "cols_per_thread": 1, "rows_per_tile": 2}, 2 * 8 * 24),
     "mb1": ({"threads": 64, "cols_per_thread": 2, "rows_per_tile": 1}, 227 * 1024),
     "forced_chunk": ({"threads": 64, "cols_per_thread": 1, "rows_per_tile": 4, "chunk": 5}, 227 * 1024),
+    "pipelined": ({"threads": 32, "cols_per_thread": 2, "rows_per_tile": 4, "pipelined": True}, 227 * 1024),
 }
 
 
@@ -197,6 +198,22 @@ def test_a_forced_chunk_cuts_the_inputs_in_equal_parts():
             choose_general_config(4096, 4096, 4, rows_per_tile=8, chunk=bad)
     with pytest.raises(OptionError, match="chunk="):         # 16 rows: at most what fits the shared memory
         choose_general_config(4096, 4096, 4, rows_per_tile=16, chunk=4096)
+
+
+def test_a_pipelined_blocking_stages_whole_rows_twice():
+    cfg = choose_general_config(4096, 4096, 4, threads=1024, cols_per_thread=4, rows_per_tile=4, pipelined=True)
+    assert cfg.pipelined and cfg.nchunks(4096) == 1
+    plain = choose_general_config(4096, 4096, 4, threads=1024, cols_per_thread=4, rows_per_tile=4)
+    assert cfg.staging_bytes(4) == 2 * plain.staging_bytes(4) <= 227 * 1024
+    with pytest.raises(OptionError, match="pipelined=True: two buffers"):    # 8 rows: one buffer fits, not two
+        choose_general_config(4096, 4096, 4, rows_per_tile=8, pipelined=True)
+    with pytest.raises(OptionError, match="pipelined=True: two buffers"):    # a chunked row cannot be
+        choose_general_config(4096, 4096, 4, rows_per_tile=2, chunk=2048, pipelined=True)
+    with pytest.raises(OptionError, match="pipelined="):
+        choose_general_config(64, 64, 4, pipelined="yes")
+    with pytest.raises(OptionError, match="general sparse kernel"):
+        KernelConfig(threads=32, cols_per_thread=1, rows_per_tile=1, chunk=8, stationary=True, pipelined=True)
+    assert CudaEngine(blocking={"pipelined": True}).blocking == {"pipelined": True}
 
 
 def test_choose_general_config():

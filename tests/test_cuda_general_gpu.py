@@ -47,7 +47,9 @@ def test_general_cuda_fp32_predictions_equal_fp64(rng, case):
 @pytest.mark.parametrize("case", ["dense_and_sparse", "revive", "rectangular", "identity_output"])
 @pytest.mark.parametrize("options", [{"batch_samples": 70},
                                      {"blocking": {"threads": 32, "cols_per_thread": 1, "rows_per_tile": 2}},
-                                     {"debug": True}], ids=["batches", "sliced", "debug"])
+                                     {"blocking": {"threads": 64, "cols_per_thread": 1, "rows_per_tile": 4,
+                                                   "pipelined": True}},
+                                     {"debug": True}], ids=["batches", "sliced", "pipelined", "debug"])
 def test_general_cuda_variants_fp64_bit_for_bit(rng, case, options):
     net, feats = general_case(rng, case, samples=300)
     got = get_engine("cuda", precision="fp64", poison=POISON, **options).run(net, feats, outputs="activations")
@@ -56,8 +58,11 @@ def test_general_cuda_variants_fp64_bit_for_bit(rng, case, options):
         assert got.extra["batches"] == 5
 
 
-def test_general_cuda_wide_layers_fp64(rng):
-    """N = 4096 (the bench's width), 32 nonzeros a column, a dense bias: the default blocking."""
+@pytest.mark.parametrize("blocking", [None, {"threads": 1024, "cols_per_thread": 4, "rows_per_tile": 2,
+                                              "pipelined": True}], ids=["default", "pipelined"])
+def test_general_cuda_wide_layers_fp64(rng, blocking):
+    """N = 4096 (the bench's width), 32 nonzeros a column, a dense bias: the default blocking,
+    and tiles staged while the one before is summed (many items a block: 500 rows)."""
     import scipy.sparse as sp
     from spdnn.network import Network
 
@@ -70,7 +75,8 @@ def test_general_cuda_wide_layers_fp64(rng):
         layers.append(w)
     net = Network.from_layers(layers, rng.uniform(-0.05, 0.0, (3, n)), bias_rule="dense", ymax=None)
     feats = sp.random(500, n, density=0.05, format="csr", random_state=1)
-    got = get_engine("cuda", precision="fp64", poison=POISON).run(net, feats, outputs="activations")
+    got = get_engine("cuda", precision="fp64", poison=POISON, blocking=blocking).run(net, feats,
+                                                                                   outputs="activations")
     assert_bitwise(got, reference(net, feats))
 
 

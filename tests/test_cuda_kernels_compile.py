@@ -52,14 +52,15 @@ def test_kernel_source_resolves_includes_once_recursively_in_order(tmp_path, mon
 @pytest.mark.parametrize("filename", ["stationary.cu", "layer.cu", "merge.cu", "general.cu"])
 def test_every_kernel_file_names_its_headers(filename):
     """Each kernel file includes common.cuh first; nothing is left unresolved; no header
-    comes in twice; the cp.async helpers reach only the file that stages asynchronously."""
+    comes in twice; the cp.async helpers reach only the files that stage asynchronously
+    (stationary.cu; layer.cu and general.cu through chunked_tile.cuh)."""
     text = (KERNEL_DIR / filename).read_text()
     includes = [line.split('"')[1] for line in text.splitlines() if line.startswith("#include")]
     assert includes[0] == "common.cuh"
     code = kernel_source(filename)
     assert "#include" not in "\n".join(line for line in code.splitlines() if not line.lstrip().startswith("//"))
     assert code.count("enum ValueMode") == 1
-    assert ("cp_async16" in code) == (filename == "stationary.cu")
+    assert ("cp_async16" in code) == (filename != "merge.cu")
     assert ("mix64" in code) == (filename == "merge.cu")
 
 
@@ -87,8 +88,8 @@ def test_kernels_compile_for_sm90(tmp_path, filename):
 
 def _general_names(filename):
     """Every instance of ``filename`` the general path asks for on the general test cases
-    (fp32 and fp64; one value, per-entry values, half-precision values; compacting or not;
-    dense layers) and on a wide layer (N = 16384: 32 outputs a thread)."""
+    (fp32 and fp64; one value, per-entry values, half-precision values; compacting or not,
+    pipelined or not; dense layers) and on a wide layer (N = 16384: 32 outputs a thread)."""
     import sys
     from pathlib import Path
 
@@ -105,14 +106,18 @@ def _general_names(filename):
     names = set()
     for net in nets:
         for dtype in (np.float32, np.float64):
-            names |= set(general_instances(plan_general(net, dtype), dtype).get(filename, {}).values())
-    # one instance of each (types, value mode, compacting) and every 32-outputs-a-thread one
-    # (about twenty in all would take two minutes)
+            for blocking in (None, {"pipelined": True}):
+                if blocking and net is nets[-1]:
+                    continue                # N = 16384: two buffers of its rows do not fit
+                layers = plan_general(net, dtype, blocking=blocking)
+                names |= set(general_instances(layers, dtype).get(filename, {}).values())
+    # one instance of each (types, value mode, compacting, pipelined) and every
+    # 32-outputs-a-thread one (about twenty in all would take two minutes)
     kept = {}
     for name in sorted(names):
         args = name.partition("<")[2].rstrip(">").split(", ")
-        key = (name.partition("<")[0], *args[:3], args[-1]) if len(args) == 7 else (name,)
-        if len(args) == 7 and args[5] == "32":
+        key = (name.partition("<")[0], *args[:3], *args[-2:]) if len(args) == 8 else (name,)
+        if len(args) == 8 and args[5] == "32":
             key = (name,)
         kept.setdefault(key, name)
     return sorted(kept.values())
@@ -122,6 +127,7 @@ def _general_names(filename):
 def test_general_kernels_compile_for_sm90(tmp_path):
     names = _general_names("general.cu")
     assert any("true>" in n for n in names) and any("false>" in n for n in names)
+    assert any(n.endswith(", true, true>") for n in names) and any(n.endswith(", false, true>") for n in names)
     assert "spdnn_general_dense<double>" in names and "spdnn_general_count" in names
     code = kernel_source("general.cu") + "\n" + "\n".join(
         f"static const void* spdnn_instance_{i} = reinterpret_cast<const void*>(&{name});"

@@ -227,9 +227,10 @@ class NumpyKernels:
                               cap, n_in, n_out, chunk, nchunks, slices):
         t = y_in.dtype.type                                   # T (checked against the instance's by the binding)
         mode, threads, rows_per_tile, cols_per_thread = (int(a) for a in targs[2:6])
-        compact = targs[6] == "true"
+        compact, pipelined = targs[6] == "true", targs[7] == "true"
         cfg = KernelConfig(threads=threads, cols_per_thread=cols_per_thread, rows_per_tile=rows_per_tile,
-                           chunk=int(chunk))
+                           chunk=int(chunk), pipelined=pipelined)
+        assert not pipelined or nchunks == 1          # the kernel sums chunk 0 only
         assert cfg.nchunks(int(n_in)) == nchunks and cfg.slices(int(n_out)) == slices
         assert not compact or slices == 1
         count = int(count_in[0])

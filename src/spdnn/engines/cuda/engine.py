@@ -127,8 +127,9 @@ class CudaEngine(Engine):
         Merge identical rows into one representative after layers 16, 32, 64, ...
         (exact). 'auto' is on: a pass costs a few launches (see benchmarks/RESULTS.md).
     blocking : dict, optional
-        General networks: ``threads``, ``cols_per_thread``, ``rows_per_tile`` and ``chunk`` (inputs staged
-        at once) forced on every sparse layer (:func:`.layout.choose_general_config`; benchmarks).
+        General networks: ``threads``, ``cols_per_thread``, ``rows_per_tile``, ``chunk`` (inputs staged
+        at once) and ``pipelined`` (two input buffers) forced on every sparse layer
+        (:func:`.layout.choose_general_config`; benchmarks).
 
     Networks not of the challenge's form (``network.challenge_form`` False: several widths,
     dense layers, a dense bias, other caps or none, identity layers) run on the general path
@@ -162,10 +163,10 @@ class CudaEngine(Engine):
         self._capacity = 0
         self._parent_size = 0
         self._graphs: dict = {}
-        fields = {"threads", "cols_per_thread", "rows_per_tile", "chunk"}
+        fields = {"threads", "cols_per_thread", "rows_per_tile", "chunk", "pipelined"}
         if blocking is not None and (not isinstance(blocking, dict) or set(blocking) - fields):
             raise OptionError(f"blocking={blocking!r}: expected a dict of 'threads', 'cols_per_thread', "
-                              "'rows_per_tile', 'chunk'")
+                              "'rows_per_tile', 'chunk', 'pipelined'")
         self.blocking = blocking
         self._general = None
         self._plan: ChallengePlan | None = None

@@ -121,7 +121,7 @@ class GeneralLayer:
         c = self.config
         v = _CTYPES[np.dtype(self.value_dtype)]
         return (f"spdnn_general_sparse<{t}, {v}, {self.value_mode}, {c.threads}, {c.rows_per_tile}, "
-                f"{c.cols_per_thread}, {'true' if self.compact else 'false'}>")
+                f"{c.cols_per_thread}, {'true' if self.compact else 'false'}, {'true' if c.pipelined else 'false'}>")
 
     def smem_bytes(self, dtype) -> int:
         """Dynamic shared memory of one block (sparse: the staged inputs; dense: static only)."""
@@ -141,8 +141,8 @@ def plan_general(network: Network, dtype, *, smem_limit: int = 227 * 1024, block
     smem_limit : int
         Dynamic shared memory a block may use.
     blocking : dict, optional
-        ``threads``, ``cols_per_thread``, ``rows_per_tile`` forced on every sparse layer (benchmarks; see
-        :func:`.layout.choose_general_config`).
+        ``threads``, ``cols_per_thread``, ``rows_per_tile``, ``chunk``, ``pipelined`` forced on every
+        sparse layer (benchmarks; see :func:`.layout.choose_general_config`).
     """
     dt = np.dtype(dtype)
     widths = network.widths

@@ -81,6 +81,9 @@ class KernelConfig:
     stages : int
         (prefetch) Shared-memory stages: the layer running and the ``stages - 1`` after it
         in flight (at least 2).
+    pipelined : bool
+        (general sparse kernel) Two input buffers: the next tile's inputs are copied in
+        (cp.async) while the current tile is summed. Needs the whole row in one chunk.
     """
 
     threads: int
@@ -91,6 +94,7 @@ class KernelConfig:
     stationary: bool = False
     prefetch: bool = False
     stages: int = 3
+    pipelined: bool = False
 
     def __post_init__(self):
         if not (32 <= self.threads <= 1024 and self.threads % 32 == 0):
@@ -105,6 +109,8 @@ class KernelConfig:
             raise OptionError("prefetch=True needs stationary=True")
         if not 2 <= self.stages <= 16:
             raise OptionError(f"stages={self.stages}: expected 2..16")
+        if self.pipelined and (self.stationary or self.dedupe):
+            raise OptionError("pipelined=True is for the general sparse kernel (not stationary, not dedupe)")
 
     @property
     def prefetch_stages(self) -> int:
@@ -135,8 +141,9 @@ class KernelConfig:
         return self.nchunks(neurons) == 1 and self.slices(neurons) == 1
 
     def staging_bytes(self, itemsize: int) -> int:
-        """The input buffer: ``(chunk + 1) * rows_per_tile`` activations (+1: the zero slot), 16-byte aligned."""
-        return _align16((self.chunk + 1) * self.rows_per_tile * itemsize)
+        """The input buffer: ``(chunk + 1) * rows_per_tile`` activations (+1: the zero slot), two of
+        them when ``pipelined``, 16-byte aligned."""
+        return _align16((2 if self.pipelined else 1) * (self.chunk + 1) * self.rows_per_tile * itemsize)
 
     def sums_bytes(self, itemsize: int) -> int:
         """Shared memory of the distinct columns' sums (``dedupe``), else 0."""
@@ -234,7 +241,8 @@ def choose_config(neurons: int, itemsize: int, *, smem_limit: int = 227 * 1024,
 
 def choose_general_config(n_in: int, n_out: int, itemsize: int, *, smem_limit: int = 227 * 1024,
                           max_accumulators: int = 64, threads: int | None = None, cols_per_thread: int | None = None,
-                          rows_per_tile: int | None = None, chunk: int | None = None) -> KernelConfig:
+                          rows_per_tile: int | None = None, chunk: int | None = None,
+                          pipelined: bool = False) -> KernelConfig:
     """A blocking of ``kernels/general.cu``'s sparse kernel for a layer of n_in inputs and
     n_out outputs (activations of ``itemsize`` bytes).
 
@@ -247,7 +255,8 @@ def choose_general_config(n_in: int, n_out: int, itemsize: int, *, smem_limit: i
     block, wide4096 on an H100, benchmarks/RESULTS.md), else of one block, else the rows are
     staged in equal chunks. ``threads``, ``cols_per_thread`` and ``rows_per_tile`` force those (benchmarks);
     ``chunk`` stages at most that many inputs at once (cut into equal chunks; benchmarks: more
-    resident blocks for larger tiles).
+    resident blocks for larger tiles). ``pipelined`` forces two input buffers
+    (:class:`KernelConfig`); the whole row of inputs must then fit twice.
     """
     n_in, n_out = int(n_in), int(n_out)
     if n_in < 1 or n_out < 1:
@@ -267,8 +276,13 @@ def choose_general_config(n_in: int, n_out: int, itemsize: int, *, smem_limit: i
             raise OptionError(f"chunk={chunk!r}: expected an integer from 1 to {most} (inputs of "
                               f"{rows_per_tile} rows that fit {smem_limit} bytes of shared memory)")
         most = _equal_chunks(n_in, int(chunk))
+    if not isinstance(pipelined, (bool, np.bool_)):
+        raise OptionError(f"pipelined={pipelined!r}: expected True or False")
+    if pipelined and (most < n_in or 2 * (n_in + 1) * rows_per_tile * itemsize > smem_limit):
+        raise OptionError(f"pipelined=True: two buffers of {rows_per_tile} rows of {n_in} inputs do not fit "
+                          f"{smem_limit} bytes of shared memory (the whole row must be staged at once)")
     return KernelConfig(threads=threads, cols_per_thread=cols_per_thread, rows_per_tile=rows_per_tile,
-                        chunk=most)
+                        chunk=most, pipelined=bool(pipelined))
 
 
 def _equal_chunks(n_in: int, most: int) -> int:

@@ -19,6 +19,15 @@ __device__ __forceinline__ void cp_async8(void* smem, const void* gmem) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 8;\n" ::"r"(s), "l"(gmem));
 }
 
+// One element of BYTES (4, 8 or 16) bytes to shared memory, asynchronously; src_bytes = 0
+// writes zeros and reads nothing (src must still be a valid address), else src_bytes = BYTES.
+template <int BYTES>
+__device__ __forceinline__ void cp_async_zfill(void* smem, const void* gmem, int src_bytes) {
+    static_assert(BYTES == 4 || BYTES == 8 || BYTES == 16, "cp.async copies 4, 8 or 16 bytes");
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(s), "l"(gmem), "n"(BYTES), "r"(src_bytes));
+}
+
 // The block copies `bytes` (a multiple of 16, both addresses 16-byte aligned) to shared memory.
 __device__ __forceinline__ void stage_async(void* dst, const void* src, long long bytes) {
     for (long long o = 16LL * threadIdx.x; o < bytes; o += 16LL * blockDim.x)

@@ -9,6 +9,8 @@
 // every weight load ROWS_PER_TILE times. Warp w of the block sums warp slice t*NWARPS + w
 // (lane = column within it) of each chunk.
 
+#include "async_copy.cuh"
+
 namespace spdnn {
 
 // Stage inputs base..base+len-1 of the tile's rows first_row..first_row+ROWS_PER_TILE-1
@@ -28,13 +30,58 @@ __device__ __forceinline__ void stage_tile_chunk(Tile<T, ROWS_PER_TILE>* inputs,
     }
 }
 
+// Stage inputs 0..width-1 of the tile's rows first_row..first_row+ROWS_PER_TILE-1 into
+// inputs[0..width-1] asynchronously (cp.async, one element a copy; rows at or past `count`
+// are zero-filled): what stage_tile_chunk does for a whole row, completed by the caller's
+// cp_async_commit / cp_async_wait and a barrier. Thread tid of the block's THREADS copies
+// inputs tid, tid + THREADS, ...
+template <typename T, int ROWS_PER_TILE, int THREADS>
+__device__ __forceinline__ void stage_tile_async(Tile<T, ROWS_PER_TILE>* inputs, const T* __restrict__ y_in,
+                                                 int width, int first_row, int count, int tid) {
+    for (int i = tid; i < width; i += THREADS) {
+#pragma unroll
+        for (int s = 0; s < ROWS_PER_TILE; ++s) {
+            const bool real = first_row + s < count;
+            const T* src = real ? y_in + (size_t)(first_row + s) * width + i : y_in;
+            cp_async_zfill<sizeof(T)>(&inputs[i].v[s], src, real ? int(sizeof(T)) : 0);
+        }
+    }
+}
+
+// Chunk c of the sum phase, its inputs already staged in `inputs` (the zero slot included):
+// acc[t][s] += the terms of the chunk's entries, warp slice by warp slice:
+// warp_slices[((slice*nchunks + c)*COLS_PER_THREAD + t) * NWARPS + warp] = (first entry,
+// entries a lane) in entry_idx/entry_val.
+template <typename T, typename V, int VMODE, int THREADS, int ROWS_PER_TILE, int COLS_PER_THREAD>
+__device__ __forceinline__ void sum_staged_chunk(T (&acc)[COLS_PER_THREAD][ROWS_PER_TILE],
+                                                 const Tile<T, ROWS_PER_TILE>* inputs, int slice, int c, int nchunks,
+                                                 const int2* __restrict__ warp_slices,
+                                                 const unsigned short* __restrict__ entry_idx,
+                                                 const V* __restrict__ entry_val, T scalar) {
+    constexpr int NWARPS = THREADS / 32;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int t = 0; t < COLS_PER_THREAD; ++t) {
+        const int2 m = warp_slices[((slice * nchunks + c) * COLS_PER_THREAD + t) * NWARPS + warp];
+        sum_column<T, V, VMODE, ROWS_PER_TILE>(acc[t], inputs, entry_idx + m.x + lane, entry_val + m.x + lane, m.y,
+                                               scalar);
+    }
+}
+
+template <typename T, int ROWS_PER_TILE, int COLS_PER_THREAD>
+__device__ __forceinline__ void zero_acc(T (&acc)[COLS_PER_THREAD][ROWS_PER_TILE]) {
+#pragma unroll
+    for (int t = 0; t < COLS_PER_THREAD; ++t)
+#pragma unroll
+        for (int s = 0; s < ROWS_PER_TILE; ++s) acc[t][s] = T(0);
+}
+
 // The sum phase of one work item: acc[t][s] = the sum over all n_in inputs of the tile's row
 // s times column t of this thread, chunk by chunk (`chunk` inputs each, `nchunks` of them).
 // For each chunk the block stages the tile's inputs in `inputs` (chunk + 1 Tiles: the zero
 // slot inputs[chunk] is set by the caller once and never overwritten) between two barriers,
-// then each warp sums its warp slices: warp_slices[((slice*nchunks + c)*COLS_PER_THREAD + t)
-// * NWARPS + warp] = (first entry, entries a lane) in entry_idx/entry_val. Every thread of
-// the block must call it.
+// then each warp sums its warp slices (sum_staged_chunk). Every thread of the block must
+// call it.
 template <typename T, typename V, int VMODE, int THREADS, int ROWS_PER_TILE, int COLS_PER_THREAD>
 __device__ __forceinline__ void sum_tile_over_chunks(T (&acc)[COLS_PER_THREAD][ROWS_PER_TILE],
                                                      Tile<T, ROWS_PER_TILE>* inputs, const T* __restrict__ y_in,
@@ -42,25 +89,16 @@ __device__ __forceinline__ void sum_tile_over_chunks(T (&acc)[COLS_PER_THREAD][R
                                                      int nchunks, const int2* __restrict__ warp_slices,
                                                      const unsigned short* __restrict__ entry_idx,
                                                      const V* __restrict__ entry_val, T scalar) {
-    constexpr int NWARPS = THREADS / 32;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-#pragma unroll
-    for (int t = 0; t < COLS_PER_THREAD; ++t)
-#pragma unroll
-        for (int s = 0; s < ROWS_PER_TILE; ++s) acc[t][s] = T(0);
-
+    zero_acc<T, ROWS_PER_TILE, COLS_PER_THREAD>(acc);
     for (int c = 0; c < nchunks; ++c) {
         const int base = c * chunk;
         const int len = min(chunk, n_in - base);
         __syncthreads();  // the previous chunk's (or item's) readers are done with inputs
-        stage_tile_chunk<T, ROWS_PER_TILE, THREADS>(inputs, y_in, n_in, first_row, count, base, len, tid);
+        stage_tile_chunk<T, ROWS_PER_TILE, THREADS>(inputs, y_in, n_in, first_row, count, base, len, threadIdx.x);
         __syncthreads();
-#pragma unroll
-        for (int t = 0; t < COLS_PER_THREAD; ++t) {
-            const int2 m = warp_slices[((slice * nchunks + c) * COLS_PER_THREAD + t) * NWARPS + warp];
-            sum_column<T, V, VMODE, ROWS_PER_TILE>(acc[t], inputs, entry_idx + m.x + lane, entry_val + m.x + lane,
-                                                   m.y, scalar);
-        }
+        sum_staged_chunk<T, V, VMODE, THREADS, ROWS_PER_TILE, COLS_PER_THREAD>(acc, inputs, slice, c, nchunks,
+                                                                                warp_slices, entry_idx, entry_val,
+                                                                                scalar);
     }
 }
 

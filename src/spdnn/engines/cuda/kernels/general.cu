@@ -52,11 +52,18 @@ __device__ __forceinline__ T general_epilogue(T sum, T b, int dense_bias, int re
 // i, plus the zero slot inputs[chunk] that padding reads). COMPACT needs one slice (the block
 // owns whole rows); thread 0 of the block reserves the output rows.
 //
+// PIPELINED (whole rows in one chunk, nchunks == 1): two input buffers, each chunk + 1 Tiles
+// with its own zero slot; while the block sums item k from one buffer, the next item's inputs
+// arrive in the other (cp.async, issued before item k's sum), so staging overlaps the sums
+// within one block. The terms and their order are the same: the outputs equal the
+// unpipelined kernel's bit for bit.
+//
 // Differences from spdnn_layer (the rest is the same code, chunked_tile.cuh): the general
 // epilogue (bias rule, optional ReLU, any cap), and a row lives when any output is nonzero
 // (identity layers give negative ones) and the row exists (p < count: a dense bias makes
 // padding rows nonzero); no DEDUP, no row-count range.
-template <typename T, typename V, int VMODE, int THREADS, int ROWS_PER_TILE, int COLS_PER_THREAD, bool COMPACT>
+template <typename T, typename V, int VMODE, int THREADS, int ROWS_PER_TILE, int COLS_PER_THREAD, bool COMPACT,
+          bool PIPELINED>
 __global__ void __launch_bounds__(THREADS) spdnn_general_sparse(
         const T* __restrict__ y_in, T* __restrict__ y_out, const int* __restrict__ ids_in, int* __restrict__ ids_out,
         const int* __restrict__ mult_in, int* __restrict__ mult_out, const int* __restrict__ count_in,
@@ -75,17 +82,8 @@ __global__ void __launch_bounds__(THREADS) spdnn_general_sparse(
     constexpr int cols_per_slice = THREADS * COLS_PER_THREAD;
     const int count = *count_in;
     const int items = ((count + ROWS_PER_TILE - 1) / ROWS_PER_TILE) * slices;
-    if (tid == 0) spdnn::zero_tile(inputs + chunk);
-
-    for (int item = blockIdx.x; item < items; item += gridDim.x) {
-        const int tile = item / slices;
-        const int slice = item - tile * slices;
-        const int first_row = tile * ROWS_PER_TILE;
-        const int slice_col = slice * cols_per_slice;  // the slice's first output
-        T acc[COLS_PER_THREAD][ROWS_PER_TILE];
-        spdnn::sum_tile_over_chunks<T, V, VMODE, THREADS, ROWS_PER_TILE, COLS_PER_THREAD>(
-            acc, inputs, y_in, n_in, first_row, count, slice, chunk, nchunks, warp_slices, entry_idx, entry_val,
-            scalar);
+    // The end of an item: the epilogue in registers, then the stores (every thread calls it).
+    auto finish_item = [&](T (&acc)[COLS_PER_THREAD][ROWS_PER_TILE], int first_row, int slice_col) {
         const unsigned alive = spdnn::finish_tile<T, THREADS, ROWS_PER_TILE, COLS_PER_THREAD, true>(
             acc, bias, slice_col, n_out, first_row, count,
             [&](T sum, T b) { return spdnn::general_epilogue<T>(sum, b, dense_bias, relu, cap); },
@@ -93,6 +91,49 @@ __global__ void __launch_bounds__(THREADS) spdnn_general_sparse(
         spdnn::store_tile<T, THREADS, ROWS_PER_TILE, COLS_PER_THREAD, COMPACT>(
             acc, alive, y_out, first_row, count, slice_col, n_out, ids_in, ids_out, mult_in, mult_out, count_out,
             samples_out, flags, s_out_row);
+    };
+
+    if constexpr (PIPELINED) {
+        TileT* buffers[2] = {inputs, inputs + (chunk + 1)};  // buffer b: chunk + 1 Tiles
+        if (tid == 0) {
+            spdnn::zero_tile(buffers[0] + chunk);
+            spdnn::zero_tile(buffers[1] + chunk);
+        }
+        int item = blockIdx.x;
+        if (item < items)
+            spdnn::stage_tile_async<T, ROWS_PER_TILE, THREADS>(buffers[0], y_in, n_in, (item / slices) * ROWS_PER_TILE,
+                                                               count, tid);
+        spdnn::cp_async_commit();
+        for (int b = 0; item < items; item += gridDim.x, b ^= 1) {
+            const int next = item + gridDim.x;
+            if (next < items)  // into the buffer item - gridDim.x was summed from (a barrier ago)
+                spdnn::stage_tile_async<T, ROWS_PER_TILE, THREADS>(buffers[b ^ 1], y_in, n_in,
+                                                                   (next / slices) * ROWS_PER_TILE, count, tid);
+            spdnn::cp_async_commit();
+            spdnn::cp_async_wait<1>();  // this thread's copies for `item` are done...
+            __syncthreads();            // ...and every thread's (and the zero slots)
+            const int tile = item / slices;
+            const int slice = item - tile * slices;
+            T acc[COLS_PER_THREAD][ROWS_PER_TILE];
+            spdnn::zero_acc<T, ROWS_PER_TILE, COLS_PER_THREAD>(acc);
+            spdnn::sum_staged_chunk<T, V, VMODE, THREADS, ROWS_PER_TILE, COLS_PER_THREAD>(
+                acc, buffers[b], slice, 0, 1, warp_slices, entry_idx, entry_val, scalar);
+            finish_item(acc, tile * ROWS_PER_TILE, slice * cols_per_slice);
+            __syncthreads();  // buffer b is read: the next item may stage into it
+        }
+        spdnn::cp_async_wait<0>();
+    } else {
+        if (tid == 0) spdnn::zero_tile(inputs + chunk);
+        for (int item = blockIdx.x; item < items; item += gridDim.x) {
+            const int tile = item / slices;
+            const int slice = item - tile * slices;
+            const int first_row = tile * ROWS_PER_TILE;
+            T acc[COLS_PER_THREAD][ROWS_PER_TILE];
+            spdnn::sum_tile_over_chunks<T, V, VMODE, THREADS, ROWS_PER_TILE, COLS_PER_THREAD>(
+                acc, inputs, y_in, n_in, first_row, count, slice, chunk, nchunks, warp_slices, entry_idx, entry_val,
+                scalar);
+            finish_item(acc, first_row, slice * cols_per_slice);
+        }
     }
 }
 
