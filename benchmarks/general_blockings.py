@@ -8,14 +8,16 @@ Usage (on a GPU machine)::
 
 A blocking ``tTcCrR`` forces T threads a block, C columns a thread and tiles of R rows on
 every sparse layer, ``tTcCrRkK`` also stages at most K inputs at once (equal chunks), and a
-final ``p`` stages the next tile while the current one is summed (``pipelined``)
-(``CudaEngine(blocking=...)``; :func:`spdnn.engines.cuda.layout.choose_general_config`
+final ``p`` stages the next tile while the current one is summed (``pipelined``), and a
+final ``b`` (or ``b`` alone: the default blocking) orders each column's entries for the
+shared-memory banks (``bank_order``) (``CudaEngine(blocking=...)``; :func:`spdnn.engines.cuda.layout.choose_general_config`
 says what ``default`` picks). Every run is fp32, merging off (what general networks get),
 60,000 samples by default; the timing loop is :func:`spdnn.bench.time_engine` (median of
 ``--reps`` after a warm-up, inference only). Each blocking's final activations must equal
-those of the first blocking that ran (``default`` unless the list says otherwise) bit for
-bit (the sum order of an output does not depend on the blocking):
-a difference fails the script (exit 1). Writes OUT/general_blockings.json after every
+those of the first blocking of the same order of summation that ran bit for bit (the sum
+order of an output depends on the bank order only, not on the blocking): a difference
+fails the script (exit 1). Bank-ordered runs also report how many predictions and how
+far their activations differ from the ascending order's. Writes OUT/general_blockings.json after every
 blocking and prints one line per run.
 """
 from __future__ import annotations
@@ -35,17 +37,23 @@ from spdnn.report import write_json
 
 def parse_blocking(name: str) -> dict | None:
     """``default`` -> None; ``t512c8r4`` -> threads 512, cols_per_thread 8, rows_per_tile 4;
-    ``t512c8r8k2048`` -> the same with 8 rows and chunk 2048; a final ``p``: pipelined."""
+    ``t512c8r8k2048`` -> the same with 8 rows and chunk 2048; a final ``p``: pipelined, ``b``:
+    bank order (both: ``pb``); ``default``/``b`` alone: the default blocking (with bank order)."""
     if name == "default":
         return None
-    m = re.fullmatch(r"t(\d+)c(\d+)r(\d+)(?:k(\d+))?(p?)", name)
+    if name == "b":
+        return {"bank_order": True}
+    m = re.fullmatch(r"t(\d+)c(\d+)r(\d+)(?:k(\d+))?(p?)(b?)", name)
     if not m:
-        raise SystemExit(f"general_blockings: error: --blockings: {name!r} is not 'default', tTcCrR[kK][p]")
+        raise SystemExit(f"general_blockings: error: --blockings: {name!r} is not 'default', 'b' or "
+                         "tTcCrR[kK][p][b]")
     out = dict(threads=int(m[1]), cols_per_thread=int(m[2]), rows_per_tile=int(m[3]))
     if m[4] is not None:
         out["chunk"] = int(m[4])
     if m[5]:
         out["pipelined"] = True
+    if m[6]:
+        out["bank_order"] = True
     return out
 
 
@@ -66,21 +74,28 @@ def main(argv=None) -> int:
         print(f"{cell}: {about}", flush=True)
         entry = {"name": cell, "description": about, "edges": network.edges, "runs": []}
         report["cells"].append(entry)
-        first = None
+        first = {}                  # the first outputs of each order of summation
         for name, blocking in blockings:
             run = {"blocking": name}
             try:
                 engine = get_engine("cuda", precision="fp32", merge=False, blocking=blocking)
                 timing = time_engine(engine, network, features, args.reps)
                 outputs = engine.run(network, features, outputs="activations").outputs
-                if first is None:
-                    first = outputs
-                same = np.array_equal(outputs.view(np.uint32), first.view(np.uint32))
+                order = bool((blocking or {}).get("bank_order"))
+                base = first.setdefault(order, outputs)
+                same = np.array_equal(outputs.view(np.uint32), base.view(np.uint32))
                 failed |= not same
-                run.update(median_seconds=timing.median_seconds, seconds=timing.seconds, equal_to_default=same,
+                run.update(median_seconds=timing.median_seconds, seconds=timing.seconds, equal_to_first=same,
                            teraedges_per_second=features.shape[0] * network.edges / timing.median_seconds / 1e12)
+                note = "equal" if same else "DIFFERENT"
+                if order and False in first:    # another order of summation: how far from ascending
+                    asc = first[False]
+                    run["predictions_differing"] = int((outputs.argmax(1) != asc.argmax(1)).sum())
+                    run["max_abs_difference"] = float(np.abs(outputs.astype(np.float64) - asc).max())
+                    note += (f"; vs ascending order: {run['predictions_differing']} predictions differ, "
+                             f"max |diff| {run['max_abs_difference']:.3g}")
                 print(f"  {name:12s} {1e3 * timing.median_seconds:9.2f} ms  "
-                      f"{run['teraedges_per_second']:6.2f} TE/s  {'equal' if same else 'DIFFERENT'}", flush=True)
+                      f"{run['teraedges_per_second']:6.2f} TE/s  {note}", flush=True)
             except Exception as exc:  # noqa: BLE001 - one blocking that cannot run does not stop the others
                 run["error"] = f"{type(exc).__name__}: {exc}"
                 print(f"  {name:12s} error: {run['error'][:160]}", flush=True)

@@ -14,7 +14,8 @@ import pytest
 from spdnn.engines.cuda.emulate import NumpyKernels
 from spdnn.engines.cuda.engine import CudaEngine
 from spdnn.engines.cuda.general import GeneralPath, general_instances, plan_general
-from spdnn.engines.cuda.layout import VALUE_ARRAY, VALUE_SCALAR, KernelConfig, choose_general_config, pack_layer
+from spdnn.engines.cuda.layout import (VALUE_ARRAY, VALUE_SCALAR, KernelConfig, bank_phase, choose_general_config,
+                                       gather_wavefronts, pack_layer)
 from spdnn.errors import DeviceMemoryError, OptionError
 from spdnn.network import Network
 
@@ -85,9 +86,10 @@ def test_general_cases_fp64_equal_the_reference_bit_for_bit(rng, case, blocking)
 
 
 @pytest.mark.parametrize("case", GENERAL_CASES)
-def test_general_cases_fp32_predictions_equal_fp64(rng, case):
+@pytest.mark.parametrize("blocking", [None, {"bank_order": True}], ids=["ascending", "bank_order"])
+def test_general_cases_fp32_predictions_equal_fp64(rng, case, blocking):
     net, feats = general_case(rng, case)
-    got = EmulatedCuda(precision="fp32").run(net, feats, outputs="activations")
+    got = EmulatedCuda(precision="fp32", blocking=blocking).run(net, feats, outputs="activations")
     want = get_reference(net, feats, "fp64")
     assert got.outputs.dtype == np.float32
     np.testing.assert_array_equal(got.predictions, want.predictions)
@@ -198,6 +200,49 @@ def test_a_forced_chunk_cuts_the_inputs_in_equal_parts():
             choose_general_config(4096, 4096, 4, rows_per_tile=8, chunk=bad)
     with pytest.raises(OptionError, match="chunk="):         # 16 rows: at most what fits the shared memory
         choose_general_config(4096, 4096, 4, rows_per_tile=16, chunk=4096)
+
+
+@pytest.mark.parametrize("rows_per_tile", [1, 2, 4, 8])
+def test_bank_order_reorders_each_column_and_reads_fewer_conflicting_banks(rng, rows_per_tile):
+    """The bank-aware order packs every nonzero once, keeps every warp slice's width, and
+    (a random layer: conflicts are likely) models fewer shared-memory wavefronts than the
+    ascending order for the Tile of its blocking (4 to 32 bytes)."""
+    w = random_layer(rng, 300, 0.08)[:, :260].tocsr()
+    shape = w.shape
+    base = choose_general_config(*shape, 4, threads=64, cols_per_thread=2, rows_per_tile=rows_per_tile, chunk=150)
+    bank = choose_general_config(*shape, 4, threads=64, cols_per_thread=2, rows_per_tile=rows_per_tile, chunk=150,
+                                 bank_order=True)
+    p, q = pack_layer(w, base, itemsize=4), pack_layer(w, bank, itemsize=4)
+    np.testing.assert_array_equal(p.meta, q.meta)                    # same widths, same offsets
+    got = np.zeros(shape)
+    seen = set()
+    for i, j, value in packed_entries(q, bank, *shape):
+        assert (i, j) not in seen
+        seen.add((i, j))
+        got[i, j] += value
+    np.testing.assert_array_equal(got, w.toarray())
+    order = [i for i, j, _ in packed_entries(q, bank, *shape) if j == 7]
+    assert sorted(order) == list(w[:, 7].nonzero()[0])
+    tile = 4 * rows_per_tile
+    before, steps = gather_wavefronts(p.idx, p.meta, tile)
+    after, steps_after = gather_wavefronts(q.idx, q.meta, tile)
+    assert steps == steps_after and steps <= after
+    if tile <= 16:                  # a Tile a bank group: strictly fewer conflicts
+        assert after < before
+    else:                           # 32 bytes: two loads of 16, half the groups for the first
+        assert after <= 1.02 * before
+    assert bank_phase(tile)[0] == {4: 32, 8: 16}.get(tile, 8)
+
+
+def test_bank_order_is_float32_only():
+    with pytest.raises(OptionError, match="float32 only"):
+        choose_general_config(64, 64, 8, bank_order=True)
+    with pytest.raises(OptionError, match="bank_order="):
+        choose_general_config(64, 64, 4, bank_order=1)
+    with pytest.raises(OptionError, match="itemsize"):
+        pack_layer(random_layer(np.random.default_rng(1), 64, 0.1), choose_general_config(64, 64, 4, bank_order=True))
+    with pytest.raises(OptionError, match="general sparse kernel"):
+        KernelConfig(threads=32, cols_per_thread=1, rows_per_tile=1, chunk=8, dedupe=True, bank_order=True)
 
 
 def test_a_pipelined_blocking_stages_whole_rows_twice():

@@ -36,9 +36,12 @@ def test_general_cuda_fp64_bit_for_bit(rng, case):
 
 
 @pytest.mark.parametrize("case", GENERAL_CASES)
-def test_general_cuda_fp32_predictions_equal_fp64(rng, case):
+@pytest.mark.parametrize("blocking", [None, {"bank_order": True}, {"bank_order": True, "pipelined": True}],
+                         ids=["default", "bank_order", "bank_order_pipelined"])
+def test_general_cuda_fp32_predictions_equal_fp64(rng, case, blocking):
     net, feats = general_case(rng, case, samples=300)
-    got = get_engine("cuda", precision="fp32", poison=POISON).run(net, feats, outputs="activations")
+    got = get_engine("cuda", precision="fp32", poison=POISON, blocking=blocking).run(net, feats,
+                                                                                   outputs="activations")
     want = reference(net, feats)
     np.testing.assert_array_equal(got.predictions, want.predictions)
     np.testing.assert_allclose(got.outputs, want.outputs, rtol=1e-4, atol=1e-5)

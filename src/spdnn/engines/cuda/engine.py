@@ -128,7 +128,8 @@ class CudaEngine(Engine):
         (exact). 'auto' is on: a pass costs a few launches (see benchmarks/RESULTS.md).
     blocking : dict, optional
         General networks: ``threads``, ``cols_per_thread``, ``rows_per_tile``, ``chunk`` (inputs staged
-        at once) and ``pipelined`` (two input buffers) forced on every sparse layer
+        at once), ``pipelined`` (two input buffers) and ``bank_order`` (float32: entries ordered
+        for the shared-memory banks) forced on every sparse layer
         (:func:`.layout.choose_general_config`; benchmarks).
 
     Networks not of the challenge's form (``network.challenge_form`` False: several widths,
@@ -163,10 +164,10 @@ class CudaEngine(Engine):
         self._capacity = 0
         self._parent_size = 0
         self._graphs: dict = {}
-        fields = {"threads", "cols_per_thread", "rows_per_tile", "chunk", "pipelined"}
+        fields = {"threads", "cols_per_thread", "rows_per_tile", "chunk", "pipelined", "bank_order"}
         if blocking is not None and (not isinstance(blocking, dict) or set(blocking) - fields):
             raise OptionError(f"blocking={blocking!r}: expected a dict of 'threads', 'cols_per_thread', "
-                              "'rows_per_tile', 'chunk', 'pipelined'")
+                              "'rows_per_tile', 'chunk', 'pipelined', 'bank_order'")
         self.blocking = blocking
         self._general = None
         self._plan: ChallengePlan | None = None

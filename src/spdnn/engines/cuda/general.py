@@ -141,8 +141,8 @@ def plan_general(network: Network, dtype, *, smem_limit: int = 227 * 1024, block
     smem_limit : int
         Dynamic shared memory a block may use.
     blocking : dict, optional
-        ``threads``, ``cols_per_thread``, ``rows_per_tile``, ``chunk``, ``pipelined`` forced on every
-        sparse layer (benchmarks; see :func:`.layout.choose_general_config`).
+        ``threads``, ``cols_per_thread``, ``rows_per_tile``, ``chunk``, ``pipelined``, ``bank_order``
+        forced on every sparse layer (benchmarks; see :func:`.layout.choose_general_config`).
     """
     dt = np.dtype(dtype)
     widths = network.widths
@@ -160,7 +160,7 @@ def plan_general(network: Network, dtype, *, smem_limit: int = 227 * 1024, block
             continue
         cfg = choose_general_config(n_in, n_out, dt.itemsize, smem_limit=smem_limit, **(blocking or {}))
         w = sp.csr_matrix(w, dtype=dt).astype(np.float64)     # the weights the reference multiplies by
-        p = pack_layer(w, cfg)
+        p = pack_layer(w, cfg, itemsize=dt.itemsize)
         real = p.values[p.idx != cfg.chunk]
         if p.uniform_value is not None:
             out.append(GeneralLayer(dense=False, config=cfg, value_mode=VALUE_SCALAR, value_dtype=dt,

@@ -84,6 +84,11 @@ class KernelConfig:
     pipelined : bool
         (general sparse kernel) Two input buffers: the next tile's inputs are copied in
         (cp.async) while the current tile is summed. Needs the whole row in one chunk.
+    bank_order : bool
+        (general sparse kernel, float32 only) Order each column's entries so that the lanes
+        of one shared-memory phase read different banks where they can
+        (:func:`bank_order_ranks`); this changes the order of each output's sum, so it is
+        not the reference's order (float64 keeps ascending inputs).
     """
 
     threads: int
@@ -95,6 +100,7 @@ class KernelConfig:
     prefetch: bool = False
     stages: int = 3
     pipelined: bool = False
+    bank_order: bool = False
 
     def __post_init__(self):
         if not (32 <= self.threads <= 1024 and self.threads % 32 == 0):
@@ -109,6 +115,8 @@ class KernelConfig:
             raise OptionError("prefetch=True needs stationary=True")
         if not 2 <= self.stages <= 16:
             raise OptionError(f"stages={self.stages}: expected 2..16")
+        if self.bank_order and (self.stationary or self.dedupe):
+            raise OptionError("bank_order=True is for the general sparse kernel (not stationary, not dedupe)")
         if self.pipelined and (self.stationary or self.dedupe):
             raise OptionError("pipelined=True is for the general sparse kernel (not stationary, not dedupe)")
 
@@ -242,7 +250,7 @@ def choose_config(neurons: int, itemsize: int, *, smem_limit: int = 227 * 1024,
 def choose_general_config(n_in: int, n_out: int, itemsize: int, *, smem_limit: int = 227 * 1024,
                           max_accumulators: int = 64, threads: int | None = None, cols_per_thread: int | None = None,
                           rows_per_tile: int | None = None, chunk: int | None = None,
-                          pipelined: bool = False) -> KernelConfig:
+                          pipelined: bool = False, bank_order: bool = False) -> KernelConfig:
     """A blocking of ``kernels/general.cu``'s sparse kernel for a layer of n_in inputs and
     n_out outputs (activations of ``itemsize`` bytes).
 
@@ -256,7 +264,9 @@ def choose_general_config(n_in: int, n_out: int, itemsize: int, *, smem_limit: i
     staged in equal chunks. ``threads``, ``cols_per_thread`` and ``rows_per_tile`` force those (benchmarks);
     ``chunk`` stages at most that many inputs at once (cut into equal chunks; benchmarks: more
     resident blocks for larger tiles). ``pipelined`` forces two input buffers
-    (:class:`KernelConfig`); the whole row of inputs must then fit twice.
+    (:class:`KernelConfig`); the whole row of inputs must then fit twice. ``bank_order``
+    forces the bank-aware entry order (float32 activations only: it is not the
+    reference's order of summation).
     """
     n_in, n_out = int(n_in), int(n_out)
     if n_in < 1 or n_out < 1:
@@ -276,13 +286,17 @@ def choose_general_config(n_in: int, n_out: int, itemsize: int, *, smem_limit: i
             raise OptionError(f"chunk={chunk!r}: expected an integer from 1 to {most} (inputs of "
                               f"{rows_per_tile} rows that fit {smem_limit} bytes of shared memory)")
         most = _equal_chunks(n_in, int(chunk))
-    if not isinstance(pipelined, (bool, np.bool_)):
-        raise OptionError(f"pipelined={pipelined!r}: expected True or False")
+    for name, flag in (("pipelined", pipelined), ("bank_order", bank_order)):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise OptionError(f"{name}={flag!r}: expected True or False")
+    if bank_order and itemsize != 4:
+        raise OptionError("bank_order=True: float32 only (float64 sums every output in ascending input "
+                          "order, the reference's, to be exact)")
     if pipelined and (most < n_in or 2 * (n_in + 1) * rows_per_tile * itemsize > smem_limit):
         raise OptionError(f"pipelined=True: two buffers of {rows_per_tile} rows of {n_in} inputs do not fit "
                           f"{smem_limit} bytes of shared memory (the whole row must be staged at once)")
     return KernelConfig(threads=threads, cols_per_thread=cols_per_thread, rows_per_tile=rows_per_tile,
-                        chunk=most, pipelined=bool(pipelined))
+                        chunk=most, pipelined=bool(pipelined), bank_order=bool(bank_order))
 
 
 def _equal_chunks(n_in: int, most: int) -> int:
@@ -393,7 +407,7 @@ class PackedLayer:
 
 
 def pack_layer(w: sp.spmatrix, config: KernelConfig, neurons: int | None = None, *,
-               columns: tuple[np.ndarray, np.ndarray] | None = None) -> PackedLayer:
+               columns: tuple[np.ndarray, np.ndarray] | None = None, itemsize: int | None = None) -> PackedLayer:
     """Pack one layer (rows = input neurons, columns = output neurons) for ``config``.
 
     Chunks of ``config.chunk`` cut the n_in inputs, slices the n_out outputs (the
@@ -407,6 +421,10 @@ def pack_layer(w: sp.spmatrix, config: KernelConfig, neurons: int | None = None,
         N of a square layer: ``w`` must be (N, N).
     columns : (reps, inverse), optional
         :func:`unique_columns` of ``w`` when already known (``config.dedupe``).
+    itemsize : int, optional
+        Bytes of an activation; needed with ``config.bank_order`` (the staged Tile is
+        ``rows_per_tile * itemsize`` bytes). Without bank order each column's entries are
+        in ascending input order (the reference's).
 
     Returns
     -------
@@ -454,6 +472,10 @@ def pack_layer(w: sp.spmatrix, config: KernelConfig, neurons: int | None = None,
     t, tid = np.divmod(rem, cfg.threads)
     warp, lane = np.divmod(tid, 32)
     sid = ((sl * nchunks + c) * cfg.cols_per_thread + t) * cfg.nwarps + warp
+    if cfg.bank_order:
+        if itemsize is None:
+            raise OptionError("bank_order=True: pack_layer needs the activations' itemsize")
+        rank = bank_order_ranks(sid, lane, i - c * cfg.chunk, rank, cfg.rows_per_tile * int(itemsize), cfg.chunk)
     pos = offsets[sid] + rank * 32 + lane
 
     idx = np.full(total, cfg.chunk, dtype=np.uint16)
@@ -465,6 +487,104 @@ def pack_layer(w: sp.spmatrix, config: KernelConfig, neurons: int | None = None,
     meta = np.stack([offsets, width], axis=1).astype(np.int32)
     return PackedLayer(idx=idx, values=values, meta=meta, nnz=int(data_all.size), uniform_value=uniform,
                        out_map=out_map, virtual=nv, packed_nnz=int(csc.nnz))
+
+
+def bank_phase(tile_bytes: int) -> tuple[int, int, int]:
+    """How a warp's gather of ``tile_bytes``-byte Tiles from shared memory is served:
+    ``(lanes a phase, bank groups, slots a Tile)``. Shared memory has 32 banks of 4 bytes
+    (128 bytes a wavefront); a 4-, 8- or 16-byte load serves 32, 16 or 8 lanes a phase, and
+    Tile i sits at byte ``tile_bytes * i``, so in bank group ``(i * slots) mod groups`` of
+    ``groups = 128 / min(tile_bytes, 16)``; a wider Tile is loaded 16 bytes at a time."""
+    unit = min(int(tile_bytes), 16)
+    if unit not in (4, 8, 16) or tile_bytes % unit:
+        raise OptionError(f"tile of {tile_bytes} bytes: expected 4, 8 or a multiple of 16")
+    return 128 // unit, 128 // unit, int(tile_bytes) // unit
+
+
+def bank_order_ranks(sid: np.ndarray, lane: np.ndarray, index: np.ndarray, rank: np.ndarray,
+                     tile_bytes: int, zero_slot: int) -> np.ndarray:
+    """A step for every entry (its new ``rank`` in its column) such that the lanes of one
+    shared-memory phase read different bank groups at one step where they can.
+
+    Entries are given by warp slice ``sid``, ``lane`` (0..31), buffer-local input ``index``
+    and ``rank`` (0..count-1 in its column). A phase is ``lanes`` consecutive lanes of a
+    warp slice (:func:`bank_phase`). Greedy, step by step for every phase at once: the
+    lanes with the most entries left choose first, each the group it has most entries of
+    among those no lane of its phase has taken at this step (the zero slot's, ``zero_slot``,
+    is taken where a lane of the phase has nothing left: it reads the zero slot), or (none
+    left) the group it has most of (a conflict). Each lane still takes one entry a step, so every column keeps
+    its count of steps (the warp slice's width is unchanged); within a group a lane takes
+    its entries in ascending input order. Returns int64 ranks, a permutation of ``rank``
+    within each column.
+    """
+    lanes, groups, slots = bank_phase(tile_bytes)
+    sid, lane, index = (np.asarray(a, dtype=np.int64) for a in (sid, lane, index))
+    n = sid.size
+    if n == 0:
+        return np.asarray(rank, dtype=np.int64)
+    group = (index * slots) % groups
+    phase_key = sid * (32 // lanes) + lane // lanes
+    phases, phase = np.unique(phase_key, return_inverse=True)
+    sub = lane % lanes
+    counts = np.zeros((phases.size, lanes, groups), dtype=np.int64)
+    np.add.at(counts, (phase, sub, group), 1)
+    left = counts.sum(axis=2)                                       # (phases, lanes)
+    rows = np.arange(phases.size)
+    picks_phase, picks_sub, picks_group, picks_step = [], [], [], []
+    step = 0
+    zero_group = (int(zero_slot) * slots) % groups
+    while left.any():
+        taken = np.zeros((phases.size, groups), dtype=bool)
+        taken[:, zero_group] = (left == 0).any(axis=1)              # padding lanes read the zero slot
+        done = np.zeros((phases.size, lanes), dtype=bool)
+        for _ in range(lanes):
+            # the lane with the fewest groups still free to it chooses next (ties: most left)
+            options = ((counts > 0) & ~taken[:, None, :]).sum(axis=2)
+            key = np.where(done | (left == 0), 1 << 40, options * (1 << 20) - left)
+            s = key.argmin(axis=1)
+            chooses = key[rows, s] < (1 << 40)                      # a lane with entries is left
+            done[rows, s] = True
+            c = counts[rows, s]                                     # (phases, groups)
+            free = np.where(taken, -1, c)
+            g = free.argmax(axis=1)
+            conflict = free[rows, g] <= 0
+            g = np.where(conflict, c.argmax(axis=1), g)
+            ok = chooses & (c[rows, g] > 0)
+            r, gs, ss = rows[ok], g[ok], s[ok]
+            counts[r, ss, gs] -= 1
+            left[r, ss] -= 1
+            taken[r, gs] = True
+            picks_phase.append(r), picks_sub.append(ss), picks_group.append(gs)
+            picks_step.append(np.full(r.size, step, dtype=np.int64))
+        step += 1
+    pp, ps, pg, pt = (np.concatenate(a) for a in (picks_phase, picks_sub, picks_group, picks_step))
+    pick_order = np.lexsort((pt, pg, ps, pp))                       # by phase, lane, group, step
+    entry_order = np.lexsort((index, group, sub, phase))            # by phase, lane, group, input
+    out = np.empty(n, dtype=np.int64)
+    out[entry_order] = pt[pick_order]
+    return out
+
+
+def gather_wavefronts(idx: np.ndarray, meta: np.ndarray, tile_bytes: int) -> tuple[int, int]:
+    """(wavefronts, steps) of every phase-step of a packed layer's shared-memory gathers:
+    at each step of a warp slice, each phase (:func:`bank_phase`) costs the most distinct
+    Tiles its lanes read in one bank group (reads of one Tile are one broadcast); ``steps``
+    counts phase-steps (the wavefronts without conflicts). A model of the sum phase's
+    shared-memory traffic (tests, benchmarks), not a measurement."""
+    lanes, groups, slots = bank_phase(tile_bytes)
+    waves = steps = 0
+    for offset, width in np.asarray(meta, dtype=np.int64):
+        if width == 0:
+            continue
+        tiles = np.sort(np.asarray(idx[offset:offset + 32 * width], dtype=np.int64)
+                        .reshape(width, 32 // lanes, lanes), axis=2)
+        first = np.ones(tiles.shape, dtype=bool)
+        first[..., 1:] = tiles[..., 1:] != tiles[..., :-1]          # one read of each distinct Tile
+        g = (tiles * slots) % groups
+        per_group = (first[..., None] & (g[..., None] == np.arange(groups))).sum(axis=2)
+        waves += int(per_group.max(axis=2).sum())
+        steps += tiles.shape[0] * tiles.shape[1]
+    return waves, steps
 
 
 def narrowest_exact_dtype(values: np.ndarray, activation_dtype) -> np.dtype:
