@@ -519,50 +519,79 @@ def bank_order_ranks(sid: np.ndarray, lane: np.ndarray, index: np.ndarray, rank:
     """
     lanes, groups, slots = bank_phase(tile_bytes)
     sid, lane, index = (np.asarray(a, dtype=np.int64) for a in (sid, lane, index))
-    n = sid.size
-    if n == 0:
+    if sid.size == 0:
         return np.asarray(rank, dtype=np.int64)
     group = (index * slots) % groups
-    phase_key = sid * (32 // lanes) + lane // lanes
-    phases, phase = np.unique(phase_key, return_inverse=True)
+    phases, phase = np.unique(sid * (32 // lanes) + lane // lanes, return_inverse=True)
     sub = lane % lanes
-    counts = np.zeros((phases.size, lanes, groups), dtype=np.int64)
-    np.add.at(counts, (phase, sub, group), 1)
-    left = counts.sum(axis=2)                                       # (phases, lanes)
-    rows = np.arange(phases.size)
-    picks_phase, picks_sub, picks_group, picks_step = [], [], [], []
-    step = 0
-    zero_group = (int(zero_slot) * slots) % groups
-    while left.any():
-        taken = np.zeros((phases.size, groups), dtype=bool)
-        taken[:, zero_group] = (left == 0).any(axis=1)              # padding lanes read the zero slot
-        done = np.zeros((phases.size, lanes), dtype=bool)
-        for _ in range(lanes):
-            # the lane with the fewest groups still free to it chooses next (ties: most left)
-            options = ((counts > 0) & ~taken[:, None, :]).sum(axis=2)
-            key = np.where(done | (left == 0), 1 << 40, options * (1 << 20) - left)
-            s = key.argmin(axis=1)
-            chooses = key[rows, s] < (1 << 40)                      # a lane with entries is left
-            done[rows, s] = True
-            c = counts[rows, s]                                     # (phases, groups)
-            free = np.where(taken, -1, c)
-            g = free.argmax(axis=1)
-            conflict = free[rows, g] <= 0
-            g = np.where(conflict, c.argmax(axis=1), g)
-            ok = chooses & (c[rows, g] > 0)
-            r, gs, ss = rows[ok], g[ok], s[ok]
-            counts[r, ss, gs] -= 1
-            left[r, ss] -= 1
-            taken[r, gs] = True
-            picks_phase.append(r), picks_sub.append(ss), picks_group.append(gs)
-            picks_step.append(np.full(r.size, step, dtype=np.int64))
-        step += 1
-    pp, ps, pg, pt = (np.concatenate(a) for a in (picks_phase, picks_sub, picks_group, picks_step))
-    pick_order = np.lexsort((pt, pg, ps, pp))                       # by phase, lane, group, step
-    entry_order = np.lexsort((index, group, sub, phase))            # by phase, lane, group, input
-    out = np.empty(n, dtype=np.int64)
-    out[entry_order] = pt[pick_order]
-    return out
+    # Entries sorted by (phase, lane, group, input): a lane takes a group's entries in this order.
+    order = np.lexsort((index, group, sub, phase))
+    cell = (phase * lanes + sub) * groups + group                   # (phase, lane, group) of an entry
+    counts = np.bincount(cell, minlength=phases.size * lanes * groups)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    steps = np.empty(sid.size, dtype=np.int64)
+    _greedy_bank_steps(counts.reshape(phases.size, lanes, groups), starts.reshape(phases.size, lanes, groups),
+                       order, steps, (int(zero_slot) * slots) % groups)
+    return steps
+
+
+def _greedy_bank_steps(counts, starts, order, steps, zero_group):
+    """bank_order_ranks' greedy, phase by phase (numba, compiled at first use and cached)."""
+    global _greedy_bank_steps_jit
+    if _greedy_bank_steps_jit is None:
+        from numba import njit, prange
+
+        @njit(parallel=True, cache=True, nogil=True)
+        def greedy(counts, starts, order, steps, zero_group):
+            phases, lanes, groups = counts.shape
+            for ph in prange(phases):
+                c = counts[ph].copy()
+                cursor = starts[ph].copy()
+                left = c.sum(axis=1)
+                step = 0
+                while left.sum() > 0:
+                    taken = np.zeros(groups, dtype=np.bool_)
+                    done = np.zeros(lanes, dtype=np.bool_)
+                    for s in range(lanes):
+                        if left[s] == 0:
+                            taken[zero_group] = True            # a padding lane reads the zero slot
+                    for _ in range(lanes):
+                        best, best_key = -1, 0
+                        for s in range(lanes):              # fewest free groups first, then most left
+                            if done[s] or left[s] == 0:
+                                continue
+                            free = 0
+                            for g in range(groups):
+                                if c[s, g] > 0 and not taken[g]:
+                                    free += 1
+                            key = free * (1 << 20) - left[s]
+                            if best < 0 or key < best_key:
+                                best, best_key = s, key
+                        if best < 0:
+                            break
+                        s = best
+                        done[s] = True
+                        pick, most_free, most = -1, 0, 0
+                        any_pick = -1
+                        for g in range(groups):             # the free group it has most of, else any
+                            if c[s, g] > 0 and not taken[g] and c[s, g] > most_free:
+                                pick, most_free = g, c[s, g]
+                            if c[s, g] > most:
+                                any_pick, most = g, c[s, g]
+                        if pick < 0:
+                            pick = any_pick
+                        steps[order[cursor[s, pick]]] = step
+                        cursor[s, pick] += 1
+                        c[s, pick] -= 1
+                        left[s] -= 1
+                        taken[pick] = True
+                    step += 1
+
+        _greedy_bank_steps_jit = greedy
+    _greedy_bank_steps_jit(counts, starts, order, steps, zero_group)
+
+
+_greedy_bank_steps_jit = None
 
 
 def gather_wavefronts(idx: np.ndarray, meta: np.ndarray, tile_bytes: int) -> tuple[int, int]:
