@@ -508,14 +508,14 @@ def bank_order_ranks(sid: np.ndarray, lane: np.ndarray, index: np.ndarray, rank:
 
     Entries are given by warp slice ``sid``, ``lane`` (0..31), buffer-local input ``index``
     and ``rank`` (0..count-1 in its column). A phase is ``lanes`` consecutive lanes of a
-    warp slice (:func:`bank_phase`). Greedy, step by step for every phase at once: the
-    lanes with the most entries left choose first, each the group it has most entries of
-    among those no lane of its phase has taken at this step (the zero slot's, ``zero_slot``,
-    is taken where a lane of the phase has nothing left: it reads the zero slot), or (none
-    left) the group it has most of (a conflict). Each lane still takes one entry a step, so every column keeps
-    its count of steps (the warp slice's width is unchanged); within a group a lane takes
-    its entries in ascending input order. Returns int64 ranks, a permutation of ``rank``
-    within each column.
+    warp slice (:func:`bank_phase`). Greedy, phase by phase and step by step: the lane with
+    the fewest groups still unread at this step chooses next (ties: the most entries left),
+    and takes an entry of the least read group it has entries in (ties: the group it has
+    most of); the zero slot's group (``zero_slot``) counts as read where a lane of the phase
+    has nothing left (it reads the zero slot). Each lane takes one entry a step, so every
+    column keeps its count of steps (the warp slice's width is unchanged); within a group a
+    lane takes its entries in ascending input order. Returns int64 ranks, a permutation of
+    ``rank`` within each column.
     """
     lanes, groups, slots = bank_phase(tile_bytes)
     sid, lane, index = (np.asarray(a, dtype=np.int64) for a in (sid, lane, index))
@@ -550,11 +550,11 @@ def _greedy_bank_steps(counts, starts, order, steps, zero_group):
                 left = c.sum(axis=1)
                 step = 0
                 while left.sum() > 0:
-                    taken = np.zeros(groups, dtype=np.bool_)
+                    load = np.zeros(groups, dtype=np.int64)     # distinct Tiles read a group
                     done = np.zeros(lanes, dtype=np.bool_)
                     for s in range(lanes):
                         if left[s] == 0:
-                            taken[zero_group] = True            # a padding lane reads the zero slot
+                            load[zero_group] = 1                # a padding lane reads the zero slot
                     for _ in range(lanes):
                         best, best_key = -1, 0
                         for s in range(lanes):              # fewest free groups first, then most left
@@ -562,7 +562,7 @@ def _greedy_bank_steps(counts, starts, order, steps, zero_group):
                                 continue
                             free = 0
                             for g in range(groups):
-                                if c[s, g] > 0 and not taken[g]:
+                                if c[s, g] > 0 and load[g] == 0:
                                     free += 1
                             key = free * (1 << 20) - left[s]
                             if best < 0 or key < best_key:
@@ -571,20 +571,16 @@ def _greedy_bank_steps(counts, starts, order, steps, zero_group):
                             break
                         s = best
                         done[s] = True
-                        pick, most_free, most = -1, 0, 0
-                        any_pick = -1
-                        for g in range(groups):             # the free group it has most of, else any
-                            if c[s, g] > 0 and not taken[g] and c[s, g] > most_free:
-                                pick, most_free = g, c[s, g]
-                            if c[s, g] > most:
-                                any_pick, most = g, c[s, g]
-                        if pick < 0:
-                            pick = any_pick
+                        pick = -1                           # the least loaded group, then its most entries
+                        for g in range(groups):
+                            if c[s, g] > 0 and (pick < 0 or load[g] < load[pick]
+                                                or (load[g] == load[pick] and c[s, g] > c[s, pick])):
+                                pick = g
                         steps[order[cursor[s, pick]]] = step
                         cursor[s, pick] += 1
                         c[s, pick] -= 1
                         left[s] -= 1
-                        taken[pick] = True
+                        load[pick] += 1
                     step += 1
 
         _greedy_bank_steps_jit = greedy
