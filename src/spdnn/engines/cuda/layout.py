@@ -28,6 +28,7 @@ slice) keeps a tile of rows in shared memory across many layers.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,10 +116,9 @@ class KernelConfig:
             raise OptionError("prefetch=True needs stationary=True")
         if not 2 <= self.stages <= 16:
             raise OptionError(f"stages={self.stages}: expected 2..16")
-        if self.bank_order and (self.stationary or self.dedupe):
-            raise OptionError("bank_order=True is for the general sparse kernel (not stationary, not dedupe)")
-        if self.pipelined and (self.stationary or self.dedupe):
-            raise OptionError("pipelined=True is for the general sparse kernel (not stationary, not dedupe)")
+        for name in ("pipelined", "bank_order"):
+            if getattr(self, name) and (self.stationary or self.dedupe):
+                raise OptionError(f"{name}=True is for the general sparse kernel (not stationary, not dedupe)")
 
     @property
     def prefetch_stages(self) -> int:
@@ -475,7 +475,7 @@ def pack_layer(w: sp.spmatrix, config: KernelConfig, neurons: int | None = None,
     if cfg.bank_order:
         if itemsize is None:
             raise OptionError("bank_order=True: pack_layer needs the activations' itemsize")
-        rank = bank_order_ranks(sid, lane, i - c * cfg.chunk, rank, cfg.rows_per_tile * int(itemsize), cfg.chunk)
+        rank = bank_order_ranks(sid, lane, i - c * cfg.chunk, cfg.rows_per_tile * int(itemsize), cfg.chunk)
     pos = offsets[sid] + rank * 32 + lane
 
     idx = np.full(total, cfg.chunk, dtype=np.uint16)
@@ -501,13 +501,13 @@ def bank_phase(tile_bytes: int) -> tuple[int, int, int]:
     return 128 // unit, 128 // unit, int(tile_bytes) // unit
 
 
-def bank_order_ranks(sid: np.ndarray, lane: np.ndarray, index: np.ndarray, rank: np.ndarray,
-                     tile_bytes: int, zero_slot: int) -> np.ndarray:
+def bank_order_ranks(sid: np.ndarray, lane: np.ndarray, index: np.ndarray, tile_bytes: int,
+                     zero_slot: int) -> np.ndarray:
     """A step for every entry (its new ``rank`` in its column) such that the lanes of one
     shared-memory phase read different bank groups at one step where they can.
 
-    Entries are given by warp slice ``sid``, ``lane`` (0..31), buffer-local input ``index``
-    and ``rank`` (0..count-1 in its column). A phase is ``lanes`` consecutive lanes of a
+    Entries are given by warp slice ``sid``, ``lane`` (0..31) and buffer-local input
+    ``index``. A phase is ``lanes`` consecutive lanes of a
     warp slice (:func:`bank_phase`). Greedy, phase by phase and step by step: the lane with
     the fewest groups still unread at this step chooses next (ties: the most entries left),
     and takes an entry of the least read group it has entries in (ties: the group it has
@@ -515,12 +515,12 @@ def bank_order_ranks(sid: np.ndarray, lane: np.ndarray, index: np.ndarray, rank:
     has nothing left (it reads the zero slot). Each lane takes one entry a step, so every
     column keeps its count of steps (the warp slice's width is unchanged); within a group a
     lane takes its entries in ascending input order. Returns int64 ranks, a permutation of
-    ``rank`` within each column.
+    0..count-1 within each column of ``count`` entries.
     """
     lanes, groups, slots = bank_phase(tile_bytes)
     sid, lane, index = (np.asarray(a, dtype=np.int64) for a in (sid, lane, index))
     if sid.size == 0:
-        return np.asarray(rank, dtype=np.int64)
+        return np.zeros(0, dtype=np.int64)
     group = (index * slots) % groups
     phases, phase = np.unique(sid * (32 // lanes) + lane // lanes, return_inverse=True)
     sub = lane % lanes
@@ -530,64 +530,60 @@ def bank_order_ranks(sid: np.ndarray, lane: np.ndarray, index: np.ndarray, rank:
     counts = np.bincount(cell, minlength=phases.size * lanes * groups)
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
     steps = np.empty(sid.size, dtype=np.int64)
-    _greedy_bank_steps(counts.reshape(phases.size, lanes, groups), starts.reshape(phases.size, lanes, groups),
-                       order, steps, (int(zero_slot) * slots) % groups)
+    _greedy_bank_steps()(counts.reshape(phases.size, lanes, groups), starts.reshape(phases.size, lanes, groups),
+                         order, steps, (int(zero_slot) * slots) % groups)
     return steps
 
 
-def _greedy_bank_steps(counts, starts, order, steps, zero_group):
-    """bank_order_ranks' greedy, phase by phase (numba, compiled at first use and cached)."""
-    global _greedy_bank_steps_jit
-    if _greedy_bank_steps_jit is None:
-        from numba import njit, prange
+@functools.cache
+def _greedy_bank_steps():
+    """bank_order_ranks' greedy, phase by phase: ``greedy(counts, starts, order, steps,
+    zero_group)`` (numba, compiled at first use, cached on disk)."""
+    from numba import njit, prange
 
-        @njit(parallel=True, cache=True, nogil=True)
-        def greedy(counts, starts, order, steps, zero_group):
-            phases, lanes, groups = counts.shape
-            for ph in prange(phases):
-                c = counts[ph].copy()
-                cursor = starts[ph].copy()
-                left = c.sum(axis=1)
-                step = 0
-                while left.sum() > 0:
-                    load = np.zeros(groups, dtype=np.int64)     # distinct Tiles read a group
-                    done = np.zeros(lanes, dtype=np.bool_)
-                    for s in range(lanes):
-                        if left[s] == 0:
-                            load[zero_group] = 1                # a padding lane reads the zero slot
-                    for _ in range(lanes):
-                        best, best_key = -1, 0
-                        for s in range(lanes):              # fewest free groups first, then most left
-                            if done[s] or left[s] == 0:
-                                continue
-                            free = 0
-                            for g in range(groups):
-                                if c[s, g] > 0 and load[g] == 0:
-                                    free += 1
-                            key = free * (1 << 20) - left[s]
-                            if best < 0 or key < best_key:
-                                best, best_key = s, key
-                        if best < 0:
-                            break
-                        s = best
-                        done[s] = True
-                        pick = -1                           # the least loaded group, then its most entries
+    @njit(parallel=True, cache=True, nogil=True)
+    def greedy(counts, starts, order, steps, zero_group):
+        phases, lanes, groups = counts.shape
+        for ph in prange(phases):
+            c = counts[ph].copy()
+            cursor = starts[ph].copy()
+            left = c.sum(axis=1)
+            step = 0
+            while left.sum() > 0:
+                load = np.zeros(groups, dtype=np.int64)     # distinct Tiles read a group
+                done = np.zeros(lanes, dtype=np.bool_)
+                for s in range(lanes):
+                    if left[s] == 0:
+                        load[zero_group] = 1                # a padding lane reads the zero slot
+                for _ in range(lanes):
+                    best, best_key = -1, 0
+                    for s in range(lanes):              # fewest free groups first, then most left
+                        if done[s] or left[s] == 0:
+                            continue
+                        free = 0
                         for g in range(groups):
-                            if c[s, g] > 0 and (pick < 0 or load[g] < load[pick]
-                                                or (load[g] == load[pick] and c[s, g] > c[s, pick])):
-                                pick = g
-                        steps[order[cursor[s, pick]]] = step
-                        cursor[s, pick] += 1
-                        c[s, pick] -= 1
-                        left[s] -= 1
-                        load[pick] += 1
-                    step += 1
+                            if c[s, g] > 0 and load[g] == 0:
+                                free += 1
+                        key = free * (1 << 20) - left[s]
+                        if best < 0 or key < best_key:
+                            best, best_key = s, key
+                    if best < 0:
+                        break
+                    s = best
+                    done[s] = True
+                    pick = -1                           # the least loaded group, then its most entries
+                    for g in range(groups):
+                        if c[s, g] > 0 and (pick < 0 or load[g] < load[pick]
+                                            or (load[g] == load[pick] and c[s, g] > c[s, pick])):
+                            pick = g
+                    steps[order[cursor[s, pick]]] = step
+                    cursor[s, pick] += 1
+                    c[s, pick] -= 1
+                    left[s] -= 1
+                    load[pick] += 1
+                step += 1
 
-        _greedy_bank_steps_jit = greedy
-    _greedy_bank_steps_jit(counts, starts, order, steps, zero_group)
-
-
-_greedy_bank_steps_jit = None
+    return greedy
 
 
 def gather_wavefronts(idx: np.ndarray, meta: np.ndarray, tile_bytes: int) -> tuple[int, int]:
