@@ -147,6 +147,40 @@ def test_tail_instance_fp64_exact(rng, monkeypatch, tail_rows_per_sm):
     assert res.extra["merged_samples"] > 0 and res.survivors[-1] > 0
 
 
+@pytest.mark.parametrize("values, bias", [("normal", -0.05), ("normal", 0.05), (0.0625, -0.3)])
+def test_distinct_tail_fp64_exact(rng, monkeypatch, values, bias):
+    """With one bias value the tail instance is kernels/tail.cu (rows held as their distinct
+    values): forced on for every segment after a merge, bit for bit the reference's, with
+    many rows in the tail and some dying there."""
+    import spdnn.engines.cuda.engine as cuda_engine
+
+    monkeypatch.setattr(cuda_engine, "TAIL_ROWS_PER_SM", 1000)
+    n = 1024
+    dup = duplicate_column_network(rng, n, 40, 64, values=values)
+    net = Network.from_layers(dup.layers, bias)
+    feats = planted_duplicates(rng, n, 500)
+    res = check_same(get_engine("cuda", precision="fp64", poison=POISON), net, feats)
+    assert res.extra["config"]["tail"]["distinct"] and res.extra["merged_samples"] > 0
+
+
+@pytest.mark.parametrize("n", [4096, 16384])
+def test_distinct_tail_radixnet_wide_rows(rng, n):
+    """RadiX-Net at N = 4096 and 16384 (the distinct tail's prefetch fits beside 1,025
+    values where a 16384-value row left no room): fp64 bit for bit the reference's and
+    fp32's categories equal fp32 without merging (no tail)."""
+    from spdnn.generate import radixnet_network
+
+    net = radixnet_network(n, 40)
+    dense, sparse = (0.5, 0.1) if n == 4096 else (0.4, 0.15)          # half the rows live, half die
+    feats = sp.vstack([random_features(rng, 100, n, dense), dying_features(rng, 100, n, sparse)]).tocsr()
+    res = check_same(get_engine("cuda", precision="fp64", poison=POISON), net, feats)
+    assert res.extra["config"]["tail"]["distinct"]
+    on = get_engine("cuda", precision="fp32", poison=POISON).run(net, feats)
+    off = get_engine("cuda", precision="fp32", poison=POISON, merge=False).run(net, feats)
+    np.testing.assert_array_equal(on.categories, off.categories)
+    np.testing.assert_array_equal(on.survivors, off.survivors)
+
+
 def test_fp32_matches_reference_categories(rng):
     net = random_network(rng, 512, 6, values=0.0625, bias=-0.05)
     feats = dying_features(rng, 200, 512, density=0.5)

@@ -14,6 +14,7 @@ from spdnn.engines.cuda.compilation import template_arguments
 from spdnn.engines.cuda.engine import CudaEngine
 from spdnn.engines.cuda.layout import KernelConfig
 from spdnn.generate import radixnet_network
+from spdnn.network import Network
 
 import fake_cupy
 from factories import feedforward_network, random_features, random_network
@@ -39,16 +40,23 @@ def _kernels(launches) -> set[str]:
 
 
 @pytest.mark.parametrize("debug", [True, False], ids=["launch_by_launch", "graph"])
-def test_stationary_segments_merges_and_tail(launches, rng, debug):
+@pytest.mark.parametrize("one_bias", [True, False], ids=["one_bias", "bias_per_neuron"])
+def test_stationary_segments_merges_and_tail(launches, rng, debug, one_bias):
+    """Segments after each merge queue a tail instance: the distinct tail (tail.cu) where
+    the bias is one value, the one-row stationary instance where it is not."""
     net = radixnet_network(1024, 40)
+    if not one_bias:
+        net = Network.from_layers(net.layers, rng.uniform(-0.4, -0.2, (40, 1024)), ymax=net.ymax)
     engine = CudaEngine(precision="fp32", debug=debug)
     _run(engine, net, random_features(rng, 300, 1024, 0.2))
     assert engine.config.stationary and engine.tail_config is not None
+    assert engine._plan.distinct_tail == one_bias
     names = [name for name, _ in launches]
     assert _kernels(launches) == {"spdnn_densify", "spdnn_stationary", "spdnn_merge_find", "spdnn_merge_compact",
-                                  "spdnn_copy_count"}
-    tails = [what for name, what in launches if what.endswith("(tail)")]
-    assert tails == ["layers 17..32 (tail)", "layers 33..40 (tail)"]      # after the merges at 16 and 32
+                                  "spdnn_copy_count", *(["spdnn_tail"] if one_bias else [])}
+    tails = [(template_arguments(name)[0], what) for name, what in launches if what.endswith("(tail)")]
+    kernel = "spdnn_tail" if one_bias else "spdnn_stationary"
+    assert tails == [(kernel, "layers 17..32 (tail)"), (kernel, "layers 33..40 (tail)")]  # after the merges at 16, 32
     assert names.count(next(n for n in names if n.startswith("spdnn_merge_find"))) == 2
 
 

@@ -19,7 +19,8 @@ from spdnn.errors import SpdnnError
 from spdnn.engines.cuda.layout import VALUE_ARRAY, VALUE_SCALAR, VALUE_SUM_THEN_SCALE, KernelConfig, choose_config
 
 _C1024 = choose_config(1024, 4, virtual=64).__dict__
-CASES = [  # (config, neurons, dtype, value dtype, value mode[, tail blocking])
+_C16384 = choose_config(16384, 4, virtual=1024).__dict__
+CASES = [  # (config, neurons, dtype, value dtype, value mode[, tail blocking[, distinct tail]])
     (choose_config(1024, 4, virtual=64), 1024, np.float32, None, VALUE_SUM_THEN_SCALE),
     (KernelConfig(**{**_C1024, "prefetch": True}), 1024, np.float32, None, VALUE_SUM_THEN_SCALE,
      KernelConfig(**{**_C1024, "rows_per_tile": 1, "prefetch": True, "stages": 5})),
@@ -33,6 +34,13 @@ CASES = [  # (config, neurons, dtype, value dtype, value mode[, tail blocking])
      VALUE_ARRAY),
     (KernelConfig(threads=64, cols_per_thread=2, rows_per_tile=8, chunk=480, stationary=True, prefetch=True), 480,
      np.float32, np.float16, VALUE_ARRAY),
+    # the distinct tail (tail.cu)
+    (KernelConfig(**{**_C1024, "prefetch": True}), 1024, np.float32, None, VALUE_SUM_THEN_SCALE,
+     KernelConfig(**{**_C1024, "rows_per_tile": 1, "prefetch": True, "stages": 4}), True),
+    (KernelConfig(**_C16384), 16384, np.float64, np.float32, VALUE_ARRAY,
+     KernelConfig(**{**_C16384, "rows_per_tile": 1, "prefetch": True, "stages": 2}), True),
+    (KernelConfig(**_C16384), 16384, np.float32, None, VALUE_SCALAR,
+     KernelConfig(**{**_C16384, "rows_per_tile": 1, "prefetch": True, "stages": 3}), True),
 ]
 
 
@@ -49,7 +57,7 @@ def test_kernel_source_resolves_includes_once_recursively_in_order(tmp_path, mon
         kernel_source("nope.cu")
 
 
-@pytest.mark.parametrize("filename", ["stationary.cu", "layer.cu", "merge.cu", "general.cu"])
+@pytest.mark.parametrize("filename", ["stationary.cu", "layer.cu", "merge.cu", "general.cu", "tail.cu"])
 def test_every_kernel_file_names_its_headers(filename):
     """Each kernel file includes common.cuh first; nothing is left unresolved; no header
     comes in twice; the cp.async helpers reach only the files that stage asynchronously
@@ -65,10 +73,11 @@ def test_every_kernel_file_names_its_headers(filename):
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
-@pytest.mark.parametrize("filename", ["stationary.cu", "layer.cu", "merge.cu"])
+@pytest.mark.parametrize("filename", ["stationary.cu", "layer.cu", "merge.cu", "tail.cu"])
 def test_kernels_compile_for_sm90(tmp_path, filename):
     names = sorted({name for case in CASES
-                    for name in kernel_instances(*case[:5], tail=case[5] if len(case) > 5 else None)
+                    for name in kernel_instances(*case[:5], tail=case[5] if len(case) > 5 else None,
+                                                 distinct_tail=len(case) > 6 and case[6])
                     .get(filename, {}).values()})
     assert names, filename
     code = kernel_source(filename) + "\n" + "\n".join(

@@ -265,3 +265,53 @@ def test_emulation_keeps_bits_on_sum_then_scale_traps(case, config):
     cats, survivors, erows, ey = emulate_network(network, features, precision="fp64", config=config)
     np.testing.assert_array_equal(cats, res.categories)
     np.testing.assert_array_equal(ey[np.argsort(erows)], vals.toarray())
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", ["radixnet", "duplicates_normal", "duplicates_scalar"])
+def test_distinct_tail_replay_equals_the_stationary_layers_bit_for_bit(rng, dtype, case):
+    """kernels/tail.cu's arithmetic (rows held as distinct values, composed indices, one
+    expansion at the end) replayed in numpy equals layer-by-layer expansion bit for bit,
+    from several first layers k0, with rows dying on the way (negative and positive bias)."""
+    from spdnn.engines.cuda.emulate import emulate_distinct_tail
+    from spdnn.engines.cuda.plan import plan_challenge
+    from spdnn.generate import radixnet_network
+    from spdnn.network import Network
+
+    if case == "radixnet":
+        n, net = 1024, radixnet_network(1024, 12)
+        feats = sp.vstack([random_features(rng, 30, n, 0.5), random_features(rng, 30, n, 0.15)]).tocsr()
+    else:
+        n = 96
+        dup = duplicate_column_network(rng, n, 12, 20, density=0.15,
+                                       values="normal" if case == "duplicates_normal" else 0.0625)
+        net = Network.from_layers(dup.layers, -0.05 if case == "duplicates_normal" else 0.05, ymax=3.0)
+        feats = sp.vstack([random_features(rng, 30, n, 0.3, values="normal"),
+                           random_features(rng, 30, n, 0.02, values="normal")]).tocsr()
+    plan, packed = plan_challenge(net, dtype, lambda k: net.layers[k], smem_limit=227 * 1024, budget=1 << 40)
+    cfg = plan.config
+    assert cfg.dedupe and plan.distinct_tail
+    bias = net.uniform_bias()
+    y = np.asarray(feats.toarray(), dtype=dtype)
+    outputs = []                          # outputs[k]: every row after layer k (dead rows zero)
+    for layer in packed:
+        y, _ = emulate_layer(y, layer, cfg, n, np.full(n, bias), net.ymax, mode=plan.values.mode,
+                             value_dtype=plan.value_dtype)
+        outputs.append(y)
+    assert 0 < np.count_nonzero(outputs[-1].any(axis=1)) < y.shape[0]        # rows live and rows die
+    for k0, k1 in [(1, 12), (4, 9), (11, 12)]:
+        z, alive = emulate_distinct_tail(outputs[k0 - 1], packed, cfg, n, bias, net.ymax, k0, k1,
+                                         mode=plan.values.mode, value_dtype=plan.value_dtype)
+        np.testing.assert_array_equal(alive, outputs[k1 - 1].any(axis=1))
+        np.testing.assert_array_equal(np.ascontiguousarray(z).view(np.uint8), np.ascontiguousarray(outputs[k1 - 1]).view(np.uint8))
+
+
+def test_composed_indices_and_reps(rng):
+    from spdnn.engines.cuda.layout import NO_REP, compose_indices, distinct_reps
+
+    out_map = np.array([2, 0, 2, 1, 0], dtype=np.uint16)
+    assert distinct_reps(out_map, 4).tolist() == [1, 3, 0, NO_REP]
+    with pytest.raises(OptionError, match="does not fit 2 slots"):
+        distinct_reps(out_map, 2)
+    idx = np.array([4, 5, 0, 3, 5], dtype=np.uint16)                 # 5: the zero slot of 5 inputs
+    assert compose_indices(idx, out_map, 5, 7).tolist() == [0, 7, 2, 1, 7]

@@ -9,12 +9,13 @@ import pytest
 import scipy.sparse as sp
 
 from spdnn.engines.cuda.layout import (VALUE_ARRAY, VALUE_SCALAR, VALUE_SUM_THEN_SCALE, KernelConfig,
-                                      stationary_smem_bytes)
+                                      distinct_tail_smem_bytes, stationary_smem_bytes)
 from spdnn.engines.cuda.plan import (PREFETCH_STAGES, TAIL_STAGES, Counters, Phase, check_invariants,
                                      count_survivors, merge_points, merge_roots, merged_members, plan_challenge,
                                      plan_streaming)
 from spdnn.errors import DeviceMemoryError, OptionError, SpdnnError
 from spdnn.generate import radixnet_network
+from spdnn.network import Network
 
 from factories import duplicate_column_network, random_network
 
@@ -40,7 +41,10 @@ def test_radixnet_plan_is_stationary_deduplicated_with_prefetch_and_a_tail(dtype
                                                                               cfg.chunk, cfg.dedupe)
     itemsize = np.dtype(dtype).itemsize
     assert plan.smem == stationary_smem_bytes(cfg, itemsize, max_entries=plan.max_entries) <= H100_SMEM
-    assert plan.tail_smem == stationary_smem_bytes(tail, itemsize, max_entries=plan.max_entries) <= H100_SMEM
+    # one bias value: the distinct tail (tail.cu), with its composed indices and reps resident
+    assert plan.distinct_tail
+    assert plan.tail_smem == distinct_tail_smem_bytes(tail, itemsize, max_entries=plan.max_entries) <= H100_SMEM
+    assert plan.tail_smem < stationary_smem_bytes(tail, itemsize, max_entries=plan.max_entries)
     # one weight value a layer: no values stored
     assert plan.values.mode in (VALUE_SUM_THEN_SCALE, VALUE_SCALAR) and plan.value_dtype is None
     assert plan.value_bytes == 0 and np.all(plan.scalars == 1 / 16)
@@ -50,10 +54,28 @@ def test_radixnet_plan_is_stationary_deduplicated_with_prefetch_and_a_tail(dtype
     assert np.array_equal(np.diff(plan.meta_off), [p.meta.shape[0] for p in packed])
     assert plan.max_entries == max(p.entries for p in packed)
     assert np.array_equal(plan.layer_bytes, [p.entries * 2 + 2 * 1024 for p in packed])
-    assert plan.weight_bytes == plan.layer_bytes.sum() + sum(p.meta.nbytes for p in packed)
+    tail_bytes = 2 * sum(p.entries for p in packed) + 2 * tail.outputs_per_block * net.depth
+    assert plan.weight_bytes == plan.layer_bytes.sum() + sum(p.meta.nbytes for p in packed) + tail_bytes
     assert plan.padding_ratio >= 1.0
     assert not plan.streaming and plan.resident == net.depth
-    assert plan.describe()["config"]["tail"] == {"rows_per_tile": 1, "stages": TAIL_STAGES}
+    assert plan.describe()["config"]["tail"] == {"rows_per_tile": 1, "stages": TAIL_STAGES, "distinct": True}
+
+
+def test_the_distinct_tail_needs_one_bias_merging_and_resident_weights(rng):
+    """A bias per neuron (outputs of one distinct column may differ), no merging (no tail
+    segments) or streamed weights (composed indices are resident only): the one-row
+    stationary instance or none, never the distinct tail."""
+    net = radixnet_network(1024, 20)
+    per_neuron = Network.from_layers(net.layers, rng.uniform(-0.4, -0.2, (20, 1024)), ymax=net.ymax)
+    plan, _ = _plan(per_neuron)
+    assert plan.tail_config is not None and not plan.distinct_tail
+    assert plan.tail_smem == stationary_smem_bytes(plan.tail_config, 4, max_entries=plan.max_entries)
+    plan, _ = _plan(net, merge=False)
+    assert not plan.distinct_tail
+    plan, _ = _plan(net, stream_weights=True)
+    assert plan.streaming and not plan.distinct_tail and plan.tail_config is not None
+    plan, _ = _plan(net)
+    assert plan.distinct_tail and not plan.streaming
 
 
 def test_per_entry_values_are_stored_in_the_narrowest_exact_type(rng):

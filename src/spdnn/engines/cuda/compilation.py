@@ -77,11 +77,12 @@ def kernel_source(filename: str) -> str:
 
 
 def kernel_instances(config: KernelConfig, neurons: int, dtype, value_dtype, value_mode: int, *,
-                     tail: KernelConfig | None = None) -> dict[str, dict[str, str]]:
+                     tail: KernelConfig | None = None, distinct_tail: bool = False) -> dict[str, dict[str, str]]:
     """The kernel template instances a challenge run needs: {file: {role: instance}}.
 
     Roles: 'stationary' or 'layer' (the layer kernel of ``config``), 'tail' (the stationary
-    kernel of ``tail``, if given), 'wide_sums', 'wide_expand' and 'wide_place' (the wide path of per-layer
+    kernel of ``tail``, if given; ``tail.cu``'s distinct tail with ``distinct_tail``),
+    'wide_sums', 'wide_expand' and 'wide_place' (the wide path of per-layer
     deduplicated blockings), 'compact', 'densify', 'copy' (``layer.cu``), 'find' and
     'mcompact' (``merge.cu``). ``value_dtype`` is the stored weight type for
     :data:`.layout.VALUE_ARRAY` (else None).
@@ -99,7 +100,10 @@ def kernel_instances(config: KernelConfig, neurons: int, dtype, value_dtype, val
 
     if cfg.stationary:
         out["stationary.cu"] = {"stationary": stationary(cfg)}
-        if tail is not None:
+        if tail is not None and distinct_tail:
+            out["tail.cu"] = {"tail": f"spdnn_tail<{t}, {v}, {value_mode}, {tail.threads}, {tail.cols_per_thread}, "
+                                      f"{tail.prefetch_stages}>"}
+        elif tail is not None:
             out["stationary.cu"]["tail"] = stationary(tail)
     else:
         fused = cfg.slices(neurons) == 1

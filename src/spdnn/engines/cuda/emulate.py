@@ -9,17 +9,19 @@ equal the reference bit for bit; the tests check that, which checks the layout.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 import numpy as np
 import scipy.sparse as sp
 
 from ...network import Network
-from .layout import VALUE_ARRAY, VALUE_SCALAR, VALUE_SUM_THEN_SCALE, KernelConfig, PackedLayer, entry_values
+from .layout import (NO_REP, VALUE_ARRAY, VALUE_SCALAR, VALUE_SUM_THEN_SCALE, KernelConfig, PackedLayer, compose_indices,
+                     distinct_reps, entry_values)
 from .compilation import bind_arguments, template_arguments
 from .kernel_args import kernel_args
 from .plan import plan_challenge
 
-__all__ = ["emulate_layer", "emulate_network", "packed_sums", "NumpyKernels"]
+__all__ = ["emulate_layer", "emulate_distinct_tail", "emulate_network", "packed_sums", "NumpyKernels"]
 
 
 def packed_sums(y: np.ndarray, idx: np.ndarray, values: np.ndarray | None, meta: np.ndarray,
@@ -111,6 +113,45 @@ def emulate_layer(y: np.ndarray, layer: PackedLayer, config: KernelConfig, neuro
     z = np.where(nonzero, z + bias.astype(y.dtype), t_(0))
     z = np.minimum(np.maximum(z, t_(0)), t_(ymax))
     return z, (z > 0).any(axis=1)
+
+
+def emulate_distinct_tail(y: np.ndarray, packed: list[PackedLayer], config: KernelConfig, neurons: int,
+                          bias: float, ymax: float, k0: int, k1: int, *, mode: int,
+                          value_dtype=None) -> tuple[np.ndarray, np.ndarray]:
+    """Layers k0..k1-1 as ``kernels/tail.cu`` computes them: each row held as its distinct
+    values (``y`` holds layer k0-1's outputs, read at :func:`.layout.distinct_reps`), sums
+    over the composed indices (:func:`.layout.compose_indices`), the epilogue on the
+    distinct sums, and the survivors expanded once at the end.
+
+    ``packed``: every layer packed for ``config`` (deduplicated); ``bias``: the one bias
+    value; ``k0 >= 1``. Returns (z, alive) as :func:`emulate_layer` (rows that died before
+    k1 are all zero in ``z``), which it must equal bit for bit.
+    """
+    if not (config.dedupe and 1 <= k0 < k1 <= len(packed)):
+        raise ValueError("the distinct tail needs deduplicated layers and 1 <= k0 < k1 <= depth")
+    t_ = y.dtype.type
+    cols, n = config.outputs_per_block, int(neurons)
+    reps = distinct_reps(packed[k0 - 1].out_map, cols).astype(np.int64)
+    a = np.zeros((y.shape[0], cols), dtype=y.dtype)            # padding columns read 0
+    real = reps != NO_REP
+    a[:, real] = y[:, reps[real]]
+    single = replace(config, chunk=cols)                       # one chunk of cols inputs, zero slot cols
+    alive = np.ones(y.shape[0], dtype=bool)
+    for k in range(k0, k1):
+        layer = packed[k]
+        scalar = t_(layer.uniform_value) if layer.uniform_value is not None else None
+        values = None
+        if mode == VALUE_ARRAY:
+            values = entry_values(layer, config.chunk).astype(value_dtype).astype(y.dtype)
+        cidx = compose_indices(layer.idx, packed[k - 1].out_map, n, cols)
+        z = packed_sums(a, cidx, values, layer.meta, single, cols, 1, mode=mode, scalar=scalar)
+        if mode == VALUE_SUM_THEN_SCALE:
+            z = z * scalar
+        z = np.where(z != 0, z + t_(bias), t_(0))
+        a = np.minimum(np.maximum(z, t_(0)), t_(ymax))
+        alive &= (a > 0).any(axis=1)
+        a[~alive] = 0                                              # a dead row stops (and stays zero)
+    return a[:, packed[k1 - 1].out_map.astype(np.int64)], alive
 
 
 def emulate_network(network: Network, features, *, precision: str = "fp64",

@@ -56,11 +56,16 @@ from .._cupy import cupy, device, device_name, free_device_bytes, pinned_empty
 from ..base import Engine
 from .compilation import blocks_per_sm, compiled_kernels, kernel_instances
 from .kernel_args import row_arguments
-from .layout import KernelConfig, PackedLayer, entry_values
+from .layout import KernelConfig, PackedLayer, compose_indices, distinct_reps, entry_values
 from .plan import (ChallengePlan, Counters, Phase, batch_size, count_survivors, merge_roots,
                    merged_members, plan_challenge, samples_fitting)
 
 __all__ = ["CudaEngine", "TAIL_ROWS_PER_SM", "WIDE_ROWS"]
+
+#: The arguments the distinct tail (``kernels/tail.cu``) shares with the stationary kernel.
+_TAIL_SHARED = ("y_in", "y_out", "ids_in", "ids_out", "mult_in", "mult_out", "count_in", "count_out", "ticket",
+                "deaths", "sample_deaths", "entry_val", "warp_slices", "entry_off", "max_entries", "out_map",
+                "ubias", "scalars", "ymax", "n", "k0", "k1")
 
 #: A segment after a merge runs one-row tiles (the tail instance) when at most this many
 #: rows a multiprocessor enter it: each row then has a block, and a multiprocessor, to itself.
@@ -274,6 +279,12 @@ class CudaEngine(Engine):
             omap = np.concatenate([p.out_map for p in packed[a:b]]) if cfg.dedupe else None
             return idx, vals, omap
 
+        if plan.distinct_tail:          # kernels/tail.cu: composed indices and reps, resident
+            cols = plan.tail_config.outputs_per_block
+            cidx = [np.full(packed[0].entries, cols, np.uint16)]      # layer 0 never runs there
+            cidx += [compose_indices(packed[k].idx, packed[k - 1].out_map, n, cols) for k in range(1, depth)]
+            self._ecidx = cp.asarray(np.concatenate(cidx))
+            self._reps = cp.asarray(np.concatenate([distinct_reps(p.out_map, cols) for p in packed]))
         r = plan.resident
         idx, vals, omap = host(0, r)
         self._eidx = cp.asarray(idx if idx.size else np.zeros(8, np.uint16))
@@ -310,7 +321,7 @@ class CudaEngine(Engine):
         cfg = plan.config
         kernels = {}
         for filename, names in kernel_instances(cfg, plan.neurons, self.dtype, plan.value_dtype, plan.values.mode,
-                                                tail=plan.tail_config).items():
+                                                tail=plan.tail_config, distinct_tail=plan.distinct_tail).items():
             kernels.update(compiled_kernels(dev.id, filename, names))
         main = kernels["stationary" if cfg.stationary else "layer"]
         for kernel, smem in ((main, plan.smem), (kernels.get("tail"), plan.tail_smem)):
@@ -339,8 +350,9 @@ class CudaEngine(Engine):
             free = self._budget(self._run_bytes())          # the free memory (weights already out of it)
             if self.memory_cap_bytes is not None:          # a cap counts the weights in it
                 slots = 2 * self._plan.slot_bytes
+                tail = 0 if not self._plan.distinct_tail else self._ecidx.nbytes + self._reps.nbytes
                 capped = self.memory_cap_bytes - int(self._eidx.nbytes + self._evals.nbytes + self._out_map.nbytes
-                                                     + self._meta.nbytes + slots)
+                                                     + self._meta.nbytes + slots + tail)
                 return min(capped, free)
             return free
 
@@ -496,6 +508,8 @@ class CudaEngine(Engine):
                      {**args, "rows_lo": 0 if tail is None else few + 1, "rows_hi": _ANY_ROWS},
                      self._plan.smem, what=what)
         if tail is not None:
+            if self._plan.distinct_tail:          # kernels/tail.cu: resident weights, one bias value
+                args = {**{a: args[a] for a in _TAIL_SHARED}, "entry_cidx": self._ecidx, "reps": self._reps}
             self._launch("tail", max(1, min(self._capacity, few)), tail.threads,
                          {**args, "rows_lo": 0, "rows_hi": few}, self._plan.tail_smem, what=what + " (tail)")
         self._cur = 1 - cur

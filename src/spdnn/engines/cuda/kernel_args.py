@@ -172,6 +172,12 @@ _define("spdnn_stationary", ROWS, COUNTS,
         (("entry_off", "const long long*"), ("ebase", "long long"), ("max_entries", "int"),
          ("out_map", "const unsigned short*"), ("kbase", "int"), ("bias", "const T*"), ("bias_stride", "long long"),
          ("ubias", "T"), ("scalars", "const T*"), ("ymax", "T"), ("n", "int"), ("k0", "int"), ("k1", "int")), RANGE)
+# tail.cu
+_define("spdnn_tail", ROWS, COUNTS, (("ticket", "int*"), ("deaths", "int*"), ("sample_deaths", "int*"),
+        ("entry_cidx", "const unsigned short*"), ("entry_val", "const V*"), ("warp_slices", "const int2*"),
+        ("entry_off", "const long long*"), ("max_entries", "int"), ("out_map", "const unsigned short*"),
+        ("reps", "const unsigned short*"), ("ubias", "T"), ("scalars", "const T*"), ("ymax", "T"), ("n", "int"),
+        ("k0", "int"), ("k1", "int")), RANGE)
 # merge.cu
 _define("spdnn_merge_find", (("y", "const T*"), ("mult", "const int*"), ("count_in", "const int*"),
         ("keys", "unsigned long long*"), ("vals", "int*"), ("tmask", "int"), ("rep", "int*"), ("mult_add", "int*"),

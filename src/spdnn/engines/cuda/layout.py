@@ -40,6 +40,7 @@ from ..columns import unique_columns
 
 __all__ = ["KernelConfig", "PackedLayer", "ValuePlan", "choose_config", "pack_layer", "value_plan",
            "narrowest_exact_dtype", "entry_values", "stationary_smem_bytes", "choose_general_config",
+           "compose_indices", "distinct_reps", "distinct_tail_smem_bytes", "NO_REP",
            "VALUE_SUM_THEN_SCALE", "VALUE_SCALAR", "VALUE_ARRAY"]
 
 #: Value modes (the kernels' VMODE, ``spdnn::ValueMode`` in ``kernels/common.cuh``): every
@@ -361,6 +362,48 @@ def _choose_dedupe(n, itemsize, virtual, smem_limit, max_accumulators, threads, 
         return KernelConfig(threads=threads, cols_per_thread=cols_per_thread, rows_per_tile=cand, chunk=chunk,
                             dedupe=True)
     raise OptionError(f"no blocking fits {smem_limit} bytes of shared memory for N={n}, virtual={virtual}")
+
+
+def distinct_tail_smem_bytes(config: KernelConfig, itemsize: int, *, max_entries: int, value_bytes: int = 0) -> int:
+    """Dynamic shared memory of one block of ``kernels/tail.cu`` (one row as its distinct
+    values): two buffers of ``outputs_per_block + 1`` activations (the distinct columns and
+    the zero slot), then ``config.stages`` stages of a layer's warp-slice table, composed
+    indices and values (``value_bytes`` each; 0 when not loaded). The kernel's carving."""
+    values = _align16((config.outputs_per_block + 1) * itemsize)
+    stage = _align16(8 * config.cols_per_thread * config.nwarps) + max_entries * (2 + value_bytes)
+    return 2 * values + config.stages * _align16(stage)
+
+
+#: ``distinct_reps``' mark of a distinct-column slot no output belongs to (read as 0).
+NO_REP = 0xFFFF
+
+
+def compose_indices(idx: np.ndarray, prev_out_map: np.ndarray, neurons: int, zero_slot: int) -> np.ndarray:
+    """The distinct tail's indices of one packed layer (``kernels/tail.cu``).
+
+    ``idx`` (entries,) uint16: input neurons, ``neurons`` for padding (the zero slot);
+    ``prev_out_map`` (neurons,): the previous layer's distinct column of each of its outputs.
+    Returns (entries,) uint16: ``prev_out_map[idx]``, and ``zero_slot`` for padding. The
+    entries keep their order, so a sum over them adds the same terms in the same order.
+    """
+    idx = np.asarray(idx)
+    pad = idx >= neurons
+    out = np.asarray(prev_out_map, dtype=np.uint16)[np.where(pad, 0, idx)]
+    out[pad] = zero_slot
+    return out
+
+
+def distinct_reps(out_map: np.ndarray, slots: int) -> np.ndarray:
+    """(slots,) uint16: one output of each distinct column (``out_map[j]``: output j's
+    column), :data:`NO_REP` for slots no output belongs to."""
+    if len(out_map) > NO_REP:
+        raise OptionError(f"{len(out_map)} outputs do not fit 16-bit reps")
+    cols, first = np.unique(np.asarray(out_map), return_index=True)
+    if cols.size and cols[-1] >= slots:
+        raise OptionError(f"distinct column {int(cols[-1])} does not fit {slots} slots")
+    reps = np.full(int(slots), NO_REP, dtype=np.uint16)
+    reps[cols] = first
+    return reps
 
 
 @dataclass

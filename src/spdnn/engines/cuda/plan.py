@@ -28,8 +28,8 @@ import scipy.sparse as sp
 from ...errors import DeviceMemoryError, OptionError, SpdnnError
 from ...network import Network
 from ..columns import pays_to_dedupe, unique_columns
-from .layout import (VALUE_ARRAY, KernelConfig, PackedLayer, ValuePlan, choose_config, narrowest_exact_dtype,
-                     pack_layer, stationary_smem_bytes, value_plan)
+from .layout import (VALUE_ARRAY, KernelConfig, PackedLayer, ValuePlan, choose_config, distinct_tail_smem_bytes,
+                     narrowest_exact_dtype, pack_layer, stationary_smem_bytes, value_plan)
 
 __all__ = ["ChallengePlan", "Phase", "Counters", "plan_challenge", "choose_blocking", "plan_streaming",
            "merge_points", "samples_fitting", "batch_size", "bytes_per_sample", "count_survivors",
@@ -160,6 +160,9 @@ class ChallengePlan:
         The blocking (with its prefetch stages).
     tail_config : KernelConfig or None
         The one-row tail instance of stationary segments after a merge (None: none).
+    distinct_tail : bool
+        The tail instance is ``kernels/tail.cu`` (a row held as its distinct values; needs
+        deduplicated columns, one bias value and resident weights), else ``stationary.cu``.
     values : ValuePlan
         How weight values are stored (one a layer, or per entry in ``values.value_dtype``).
     value_dtype : numpy.dtype or None
@@ -212,6 +215,7 @@ class ChallengePlan:
     resident: int = 0
     chunks: list = field(default_factory=list)
     slot_bytes: int = 0
+    distinct_tail: bool = False
 
     @property
     def streaming(self) -> bool:
@@ -268,7 +272,8 @@ class ChallengePlan:
                        "dedupe": cfg.dedupe, "stationary": cfg.stationary, "prefetch": cfg.prefetch,
                        "stages": cfg.prefetch_stages,
                        "tail": None if self.tail_config is None else {
-                           "rows_per_tile": self.tail_config.rows_per_tile, "stages": self.tail_config.prefetch_stages},
+                           "rows_per_tile": self.tail_config.rows_per_tile, "stages": self.tail_config.prefetch_stages,
+                           "distinct": self.distinct_tail},
                        "slices": cfg.slices(n), "nchunks": cfg.nchunks(n)},
             "value_mode": VALUE_MODE_NAMES[self.values.mode],
             "value_dtype": None if self.values.value_dtype is None else str(self.values.value_dtype),
@@ -443,10 +448,36 @@ def plan_challenge(network: Network, dtype, weights, *, smem_limit: int, budget:
         distinct_columns=float(np.mean([p.virtual for p in packed])),
         adds_per_row=[int(p.packed_nnz) for p in packed])
     small = entry_off.nbytes + meta_bytes + network.bias.nbytes
+    distinct = None
+    if cfg.stationary and cfg.dedupe and forced is None and network.uniform_bias() is not None and plan.merging:
+        distinct = _distinct_tail_config(cfg, lambda c: distinct_tail_smem_bytes(
+            c, itemsize, max_entries=max_entries, value_bytes=value_bytes) <= smem_limit)
+    if distinct is not None:
+        # Its composed indices and reps are resident beside the layers (never streamed).
+        extra = np.diff(entry_off) * 2 + 2 * distinct.outputs_per_block
+        streaming = plan_streaming(layer_bytes + extra, small, budget, plan.bytes_per_sample(), stream_weights)
+        if not streaming[1]:
+            plan.resident, plan.chunks, plan.slot_bytes = streaming
+            plan.tail_config, plan.distinct_tail = distinct, True
+            plan.tail_smem = distinct_tail_smem_bytes(distinct, itemsize, max_entries=max_entries,
+                                                      value_bytes=value_bytes)
+            plan.weight_bytes += int(extra.sum())
+            check_invariants(plan)
+            return plan, packed
     plan.resident, plan.chunks, plan.slot_bytes = plan_streaming(layer_bytes, small, budget,
                                                                  plan.bytes_per_sample(), stream_weights)
     check_invariants(plan)
     return plan, packed
+
+
+def _distinct_tail_config(cfg: KernelConfig, fits) -> KernelConfig | None:
+    """The distinct tail's blocking (``kernels/tail.cu``): ``cfg``'s packing, one-row tiles
+    and the deepest prefetch ring of :data:`TAIL_STAGES` down to 2 stages that ``fits``."""
+    for stages in range(TAIL_STAGES, 1, -1):
+        c = replace(cfg, rows_per_tile=1, prefetch=True, stages=stages)
+        if fits(c):
+            return c
+    return None
 
 
 def check_invariants(plan: ChallengePlan) -> None:
@@ -454,19 +485,20 @@ def check_invariants(plan: ChallengePlan) -> None:
     kernel would cost every layer; ``kernels/*.cu`` state them): 16-bit indices reach the
     zero slot (``chunk + 1 <= 65536``); with prefetch, every layer's first entry and the
     largest layer's entries are multiples of 8 (16-byte ``cp.async`` of 16-bit indices) and
-    a deduplicated row's out_map copies in 16-byte pieces (``N % 8 == 0``); the dynamic
+    a deduplicated row's out_map copies in 16-byte pieces (``N % 8 == 0``; the distinct
+    tail copies none); the dynamic
     shared memory is the blocking's. Raises SpdnnError (an internal error: the layout broke
     its own rule)."""
     cfg, n = plan.config, plan.neurons
     broken = []
     if cfg.chunk + 1 > 65536:
         broken.append(f"chunk {cfg.chunk} + 1 exceeds 16-bit indices")
-    for c in (cfg, plan.tail_config):
+    for c, maps in ((cfg, True), (plan.tail_config, not plan.distinct_tail)):   # the distinct tail stages no out_map
         if c is None or not c.prefetch:
             continue
         if np.any(plan.entry_off % 8) or plan.max_entries % 8:
             broken.append("prefetched layers' entries are not multiples of 8")
-        if c.dedupe and n % 8:
+        if maps and c.dedupe and n % 8:
             broken.append(f"prefetched out_maps need N % 8 == 0, N = {n}")
     if cfg.stationary and not cfg.fits_stationary(n):
         broken.append(f"a stationary blocking needs one chunk and one slice of {n}")
