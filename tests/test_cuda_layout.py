@@ -283,9 +283,10 @@ def test_distinct_tail_replay_equals_the_stationary_layers_bit_for_bit(rng, dtyp
         feats = sp.vstack([random_features(rng, 30, n, 0.5), random_features(rng, 30, n, 0.15)]).tocsr()
     else:
         n = 96
-        dup = duplicate_column_network(rng, n, 12, 20, density=0.15,
-                                       values="normal" if case == "duplicates_normal" else 0.0625)
-        net = Network.from_layers(dup.layers, -0.05 if case == "duplicates_normal" else 0.05, ymax=3.0)
+        normal = case == "duplicates_normal"
+        dup = duplicate_column_network(rng, n, 12, 20, density=0.3 if normal else 0.15,
+                                       values="normal" if normal else 0.0625)
+        net = Network.from_layers(dup.layers, -0.02 if normal else 0.05, ymax=3.0)
         feats = sp.vstack([random_features(rng, 30, n, 0.3, values="normal"),
                            random_features(rng, 30, n, 0.02, values="normal")]).tocsr()
     plan, packed = plan_challenge(net, dtype, lambda k: net.layers[k], smem_limit=227 * 1024, budget=1 << 40)
