@@ -478,3 +478,15 @@ def test_bench_command_on_official_files(official_dir, tmp_path):
     (wrong / "neuron1024-l120-categories.tsv").write_text("1\n2\n3\n")
     failed = spdnn_bench(wrong)
     assert failed.exit_code == 1 and "FAIL" in failed.output
+
+
+def test_run_bench_checkpoints_after_every_cell(small_cache, monkeypatch):
+    """The report is handed to ``checkpoint`` after each cell (the CLI writes --json-out
+    there, so a bench cut short keeps the cells it finished) and once more at the end."""
+    monkeypatch.setenv("SPDNN_CACHE_DIR", str(small_cache))
+    seen = []
+    report = bench.run_bench([(N, L), (N, L)], ["cpu"], repeats=1, samples=S, precision="fp64",
+                             bandwidth_gbs=10.0, checkpoint=lambda r: seen.append(
+                                 (len(r["cells"]), r["passed"], bool(r["floor_constants"]))))
+    assert seen == [(1, True, False), (2, True, False), (2, True, True)]
+    assert report["passed"]

@@ -527,7 +527,7 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
               samples: int | None = 60000, precision: str = "fp32", seed: int = 0, merge: Sequence = ("auto",),
               bandwidth_gbs: float | str = "auto", launch_latency_s: float | None = None,
               floor_constants_from=None, progress: bool | None = None, log: Callable[[str], None] | None = None,
-              data: Sequence[BenchData] = ()) -> dict[str, Any]:
+              data: Sequence[BenchData] = (), checkpoint: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Run the benchmark and return its report (a JSON-ready dict).
 
     Parameters
@@ -560,6 +560,10 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
         Receives one status line per step (the CLI prints them to stderr).
     data : sequence of BenchData
         Cells whose data are given (timed first, with the same repeats, floor and checks).
+    checkpoint : callable(dict), optional
+        Called with the report after every cell and once more at the end (the CLI writes
+        ``--json-out`` there, so a run cut short keeps the cells it finished; their honest
+        floors are filled as they are timed when the constants are given, else at the end).
 
     Returns
     -------
@@ -677,9 +681,14 @@ def run_bench(cells: Sequence[tuple[int, int]], engines: Sequence[str], *, repea
             del engine, timing, timed, last
             release_device_memory()      # the next engine or cell gets this one's device memory
         report["cells"].append(cell)
+        report["passed"] = all(e["passed"] for c in report["cells"] for e in c["engines"].values())
+        if checkpoint is not None:
+            checkpoint(report)
     constants = honest.resolve()
     report["floor_constants"] = {device: c.to_dict() for device, c in constants.items()}
     report["passed"] = all(e["passed"] for c in report["cells"] for e in c["engines"].values())
+    if checkpoint is not None:
+        checkpoint(report)
     return report
 
 

@@ -1113,7 +1113,9 @@ def bench(cells, data, engine_names, repeats, samples, precision, seed, merge, j
                                 seed=seed, merge=merge, bandwidth_gbs=bandwidth_gbs,
                                 launch_latency_s=None if launch_us is None else launch_us * 1e-6,
                                 floor_constants_from=floor_constants, progress=_progress(progress),
-                                log=None if progress is False else _status, data=given)
+                                log=None if progress is False else _status, data=given,
+                                checkpoint=None if json_out is None else
+                                (lambda partial: benchmod.write_json(partial, json_out)))
     if as_json:
         _echo_json(report)
     else:
