@@ -132,17 +132,53 @@ def test_save_categories_symlink_loop_is_refused_before_the_run(spdnn_cli, tmp_p
     assert "--save-categories" in line and "loop" in line
 
 
-def test_bench_json_out_into_a_fifo(spdnn_cli, tmp_path):
+@pytest.mark.parametrize("kind", ["challenge", "general"])
+def test_bench_json_out_into_a_fifo(spdnn_cli, tmp_path, monkeypatch, kind):
+    """A FIFO gets the final report once (a report after every cell, as a regular file
+    gets, would wait forever for a second reader), with every cell in it."""
+    import spdnn.bench_general as bg
+
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     got: list = []
     reader = _read_fifo_in_thread(fifo, got)
-    result = spdnn_cli("bench", "--cells", f"{N}x{L}", "--engines", "reference", "--repeats", 1, "--samples", S,
+    if kind == "challenge":
+        cells, engines = f"{N}x{L},{N}x{L // 2}", "reference"
+    else:
+        monkeypatch.setitem(bg.WIDE, "wide4096", (64, 2, 4))
+        monkeypatch.setitem(bg.WIDE, "wide16384", (96, 2, 4))
+        cells, engines = "wide4096,wide16384", "cpu"
+    result = spdnn_cli("bench", "--cells", cells, "--engines", engines, "--repeats", 1, "--samples", S,
                        "--bandwidth-gbs", 10, "--json-out", fifo, "--no-progress")
     reader.join(10)
-    assert result.exit_code == 0, result.stderr
+    assert not reader.is_alive() and result.exit_code == 0, result.stderr
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
-    assert json.loads(got[0])["passed"] is True
+    report = json.loads(got[0])
+    assert report["passed"] is True and len(report["cells"]) == 2 and report["floor_constants"]
+
+
+def test_bench_json_out_file_holds_each_finished_cell(spdnn_cli, tmp_path, monkeypatch):
+    """A regular --json-out file is replaced after every cell: a run interrupted after its
+    first cell leaves a whole JSON of that cell (and no temporary file beside it)."""
+    import spdnn.bench as benchmod
+
+    out = tmp_path / "bench.json"
+    real = benchmod.time_engine
+    calls = []
+
+    def interrupted_second_cell(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(benchmod, "time_engine", interrupted_second_cell)
+    result = spdnn_cli("bench", "--cells", f"{N}x{L},{N}x{L // 2}", "--engines", "reference", "--repeats", 1,
+                       "--samples", S, "--bandwidth-gbs", 10, "--json-out", out, "--no-progress")
+    assert result.exit_code == 130, result.stderr
+    report = json.loads(out.read_text())
+    assert len(report["cells"]) == 1 and report["cells"][0]["engines"]["reference"]["passed"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]
 
 
 # ------------------------------------------------------------- 13. bench options checked first

@@ -1014,23 +1014,37 @@ def _bandwidth(ctx, param, value):
     return gbs
 
 
+def _json_checkpoint(json_out):
+    """The bench's ``checkpoint``: where --json-out is a regular file (or not there yet),
+    write the report after every cell, each time replacing the file atomically, so a run
+    cut short keeps the cells it finished. None for no --json-out, and for a FIFO or a
+    device: a reader takes one report, and a second write would wait for another reader."""
+    from . import bench as benchmod
+
+    if json_out is None or (os.path.exists(json_out) and not os.path.isfile(json_out)):
+        return None
+    return lambda partial: benchmod.write_json(partial, json_out)
+
+
 def _bench_general(items, engine_names, repeats, samples, precision, seed, json_out, bandwidth_gbs, as_json,
                    progress, floor_constants=None):
     """``spdnn bench`` on general cells (spdnn.bench_general): cuda, cusparse and the PyTorch peers."""
     from . import bench as benchmod
     from . import bench_general as general
 
+    checkpoint = _json_checkpoint(json_out)
     report = general.run_general_bench(items, engine_names or ("cuda", "cusparse"), repeats=repeats,
                                        samples=OFFICIAL_SAMPLES if samples is None else samples, precision=precision,
                                        seed=seed, bandwidth_gbs=bandwidth_gbs, floor_constants_from=floor_constants,
                                        progress=_progress(progress), log=None if progress is False else _status,
-                                       checkpoint=None if json_out is None else
-                                       (lambda partial: benchmod.write_json(partial, json_out)))
+                                       checkpoint=checkpoint)
     if as_json:
         _echo_json(report)
     else:
         click.echo(general.format_general(report))
     if json_out is not None:
+        if checkpoint is None:                  # a FIFO or a device: the final report alone
+            benchmod.write_json(report, json_out)
         _status(f"wrote {json_out}")
     if not report["passed"]:
         sys.exit(ExitCode.FAIL)
@@ -1108,20 +1122,21 @@ def bench(cells, data, engine_names, repeats, samples, precision, seed, merge, j
     engines = engine_names or benchmod.default_engines()
     given = [] if data is None else [_bench_data(data, cell, samples, _progress(progress))
                                      for cell in (cell_list if cells else [(None, None)])]
+    checkpoint = _json_checkpoint(json_out)
     report = benchmod.run_bench([] if data is not None else cell_list, engines, repeats=repeats,
                                 samples=samples or 60000, precision=precision,
                                 seed=seed, merge=merge, bandwidth_gbs=bandwidth_gbs,
                                 launch_latency_s=None if launch_us is None else launch_us * 1e-6,
                                 floor_constants_from=floor_constants, progress=_progress(progress),
                                 log=None if progress is False else _status, data=given,
-                                checkpoint=None if json_out is None else
-                                (lambda partial: benchmod.write_json(partial, json_out)))
+                                checkpoint=checkpoint)
     if as_json:
         _echo_json(report)
     else:
         click.echo(format_bench(report))
     if json_out is not None:
-        benchmod.write_json(report, json_out)
+        if checkpoint is None:                  # a FIFO or a device: the final report alone
+            benchmod.write_json(report, json_out)
         _status(f"wrote {json_out}")
     if plot is not None:
         benchmod.write_plot(report, plot)
