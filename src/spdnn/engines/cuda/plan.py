@@ -452,20 +452,17 @@ def plan_challenge(network: Network, dtype, weights, *, smem_limit: int, budget:
     if cfg.stationary and cfg.dedupe and forced is None and network.uniform_bias() is not None and plan.merging:
         distinct = _distinct_tail_config(cfg, lambda c: distinct_tail_smem_bytes(
             c, itemsize, max_entries=max_entries, value_bytes=value_bytes) <= smem_limit)
+    # The distinct tail's composed indices and reps stay beside the layers; never streamed.
+    extra = 0 if distinct is None else np.diff(entry_off) * 2 + 2 * distinct.outputs_per_block
+    streaming = plan_streaming(layer_bytes + extra, small, budget, plan.bytes_per_sample(), stream_weights)
+    if distinct is not None and streaming[1]:
+        distinct, extra = None, 0
+        streaming = plan_streaming(layer_bytes, small, budget, plan.bytes_per_sample(), stream_weights)
+    plan.resident, plan.chunks, plan.slot_bytes = streaming
     if distinct is not None:
-        # Its composed indices and reps are resident beside the layers (never streamed).
-        extra = np.diff(entry_off) * 2 + 2 * distinct.outputs_per_block
-        streaming = plan_streaming(layer_bytes + extra, small, budget, plan.bytes_per_sample(), stream_weights)
-        if not streaming[1]:
-            plan.resident, plan.chunks, plan.slot_bytes = streaming
-            plan.tail_config, plan.distinct_tail = distinct, True
-            plan.tail_smem = distinct_tail_smem_bytes(distinct, itemsize, max_entries=max_entries,
-                                                      value_bytes=value_bytes)
-            plan.weight_bytes += int(extra.sum())
-            check_invariants(plan)
-            return plan, packed
-    plan.resident, plan.chunks, plan.slot_bytes = plan_streaming(layer_bytes, small, budget,
-                                                                 plan.bytes_per_sample(), stream_weights)
+        plan.tail_config, plan.distinct_tail = distinct, True
+        plan.tail_smem = distinct_tail_smem_bytes(distinct, itemsize, max_entries=max_entries, value_bytes=value_bytes)
+        plan.weight_bytes += int(extra.sum())
     check_invariants(plan)
     return plan, packed
 
