@@ -16,7 +16,7 @@
 //
 // A tile (a row r, by atomic ticket as in stationary.cu) starts from the row of layer
 // k0 - 1's outputs in y_in: a[c] = y_in[r][reps_{k0-1}[c]] (the distinct column's first
-// output; 0xFFFF for padding columns, read as 0). At the end of the segment a surviving
+// output; NO_REP = 0xFFFF for padding columns, read as 0). At the end of the segment a surviving
 // row is expanded once: y_out[row][j] = a[out_map_{k1-1}[j]].
 //
 // Layout (as stationary.cu, one slice, one chunk, deduplicated): warp_slices[k*SLICES + t*NWARPS +
@@ -61,7 +61,8 @@ __global__ void __launch_bounds__(THREADS) spdnn_tail(
     using Value = spdnn::Tile<T, 1>;   // one row: sum_column's input type
     constexpr int NWARPS = THREADS / 32, SLICES_PER_LAYER = COLS_PER_THREAD * NWARPS;
     constexpr int COLS = COLS_PER_THREAD * THREADS;          // distinct-column slots; COLS is the zero slot
-    static_assert(COLS < 65535, "composed indices and reps are 16-bit (0xFFFF marks a padding column)");
+    constexpr unsigned short NO_REP = 0xFFFF;                // reps of a padding column (layout.NO_REP)
+    static_assert(COLS < NO_REP, "composed indices and reps are 16-bit");
     constexpr int D = STAGES - 1, WAIT = D - 1;              // prefetch distance; groups left in flight
     constexpr size_t A_BYTES = ((COLS + 1) * sizeof(T) + 15) / 16 * 16;
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -106,8 +107,8 @@ __global__ void __launch_bounds__(THREADS) spdnn_tail(
         // The row as layer k0-1's distinct values; both zero slots (and padding columns) zero.
         const unsigned short* rep = reps + (size_t)(k0 - 1) * COLS;
         for (int c = tid; c <= COLS; c += THREADS) {
-            const unsigned short src = c < COLS ? rep[c] : (unsigned short)0xFFFF;
-            a0[c].v[0] = src != 0xFFFF ? y_in[(size_t)r * n + src] : T(0);
+            const unsigned short src = c < COLS ? rep[c] : NO_REP;
+            a0[c].v[0] = src != NO_REP ? y_in[(size_t)r * n + src] : T(0);
             a1[c].v[0] = T(0);
         }
         const int mult = mult_in[r];
